@@ -1,0 +1,1 @@
+"""Inbound media (MMS) and audio helpers."""

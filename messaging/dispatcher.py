@@ -1,0 +1,555 @@
+"""The dispatcher: turns "action X fired in call C at turn T" into at most one SMS.
+
+Order of work for one send (:meth:`Dispatcher.send`):
+
+1. Prepare: resolve the destination (caller / static / variable, normalised to
+   E.164), the sender (agent number or pool), render the body (or take the
+   LLM-written body), apply smart encoding and the segment cap.
+2. Check the opt-out list.
+3. Claim the idempotency key in the outbox, atomically with the per-call cap and
+   the "once per call" rule. A key is sent at most once, ever.
+4. Send through the provider with the one retry helper (only retryable errors
+   are retried). An ambiguous error (timeout, 5xx, dropped connection) is
+   resolved by asking the provider whether the message exists before any resend.
+5. Record the outcome and raise typed events.
+
+:meth:`Dispatcher.recover` finishes what a crashed process left unfinished, with
+the same ambiguity rule. :meth:`Dispatcher.handle_status` applies status callbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+
+from messaging.actions import ActionSet, SenderKind, SmsAction
+from messaging.clock import Clock, SystemClock
+from messaging.errors import InvalidPhoneNumberError, MissingVariableError, SendError, SendErrorKind
+from messaging.events import SmsEvent, SmsEventKind
+from messaging.optout import OptOutStore
+from messaging.outbox import ClaimOutcome, Outbox, OutboxRecord, idempotency_key
+from messaging.phone import last_digits, mask, normalize_e164
+from messaging.providers.base import OutboundSms, ProviderReceipt, SmsProvider
+from messaging.retry import RetryPolicy, retry
+from messaging.segments import MAX_BODY_CHARS, count_segments
+
+__all__ = ["CallContext", "Dispatcher", "SendOutcome", "SendResult"]
+
+_log = logging.getLogger(__name__)
+
+#: Cap on segments for LLM-written bodies when the action sets none.
+PROMPT_MAX_SEGMENTS = 3
+
+#: Seconds before a row's creation that a provider lookup still searches (clock skew).
+LOOKUP_SKEW = 600.0
+
+#: Delivery error codes from status callbacks, as failure reasons.
+DELIVERY_ERRORS: Mapping[int, str] = {
+    30003: "unreachable",
+    30004: "blocked",
+    30005: "invalid_number",
+    30006: "not_mobile",
+    30007: "filtered",
+    30008: "unknown_error",
+    30034: "sender_unregistered",
+    21610: "opted_out",
+}
+
+_BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
+EventHandler = Callable[[SmsEvent], Awaitable[None] | None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CallContext:
+    """What the dispatcher knows about the live call.
+
+    Attributes:
+        call_id: Unique call id (Twilio CallSid, or a simulation id).
+        caller_number: The inbound caller (E.164), or ``None`` when unknown.
+        agent_number: The agent's own SMS-capable number (the called number).
+    """
+
+    call_id: str
+    caller_number: str | None = None
+    agent_number: str | None = None
+
+
+class SendOutcome(enum.StrEnum):
+    """How one send request ended."""
+
+    ACCEPTED = "accepted"
+    """The provider accepted the message (now or earlier for the same key)."""
+    FAILED = "failed"
+    """Not sent, or sending could not be confirmed; see ``reason``."""
+    SKIPPED = "skipped"
+    """Deliberately not sent (missing variable, per-call limit)."""
+    DUPLICATE = "duplicate"
+    """Already handled for this key / call; nothing new was sent."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SendResult:
+    """Outcome of :meth:`Dispatcher.send`.
+
+    Attributes:
+        outcome: Accepted, failed, skipped or duplicate.
+        key: Idempotency key.
+        action: Action name.
+        reason: Why it failed or was skipped (``opted_out``, ``missing_variable`` ...).
+        sid: Provider SID when accepted.
+        to_masked: Masked destination (``+1******0142``), or ``None`` if unresolved.
+        to_last2: Last two digits of the destination, for the spoken confirmation.
+        segments: Segment count of the body.
+        encoding: ``GSM-7`` or ``UCS-2``.
+        error_code: Provider error code, when there was one.
+        retryable: For failures: whether a later attempt could succeed.
+        missing: Missing variable names, for ``missing_variable``.
+    """
+
+    outcome: SendOutcome
+    key: str
+    action: str
+    reason: str | None = None
+    sid: str | None = None
+    to_masked: str | None = None
+    to_last2: str | None = None
+    segments: int | None = None
+    encoding: str | None = None
+    error_code: int | None = None
+    retryable: bool = False
+    missing: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        """True when the provider really accepted the message."""
+        return self.outcome is SendOutcome.ACCEPTED
+
+
+class _Refused(Exception):
+    def __init__(self, outcome: SendOutcome, reason: str, **extra: object) -> None:
+        self.outcome = outcome
+        self.reason = reason
+        self.extra = extra
+        super().__init__(reason)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    sms: OutboundSms
+    segments: int
+    encoding: str
+
+
+class Dispatcher:
+    """Sends SMS for actions, exactly once per idempotency key.
+
+    Args:
+        actions: The validated action set.
+        provider: Where messages go.
+        outbox: Durable outbox (the same file across restarts of a worker).
+        optouts: The opt-out list.
+        clock: Time source (a ``ManualClock`` in tests).
+        retry_policy: Back-off for retryable errors.
+        pool_numbers: Pre-approved pool sender numbers (E.164) for ``pool`` actions.
+        messaging_service_sid: Alternative to ``pool_numbers``: a Twilio Messaging
+            Service that picks the pool sender.
+        default_agent_number: Used when a call has no agent number of its own.
+        status_callback_url: URL the provider posts delivery status to, or ``None``.
+        validity_period: Seconds the provider may queue a message (in-call texts
+            are useless hours later).
+        ambiguity_checks: How many times to ask the provider after an ambiguous error.
+        ambiguity_delay: Seconds to wait before each such check.
+        max_resends: Resends allowed after the provider confirmed it has no message.
+    """
+
+    def __init__(
+        self,
+        *,
+        actions: ActionSet,
+        provider: SmsProvider,
+        outbox: Outbox,
+        optouts: OptOutStore,
+        clock: Clock | None = None,
+        retry_policy: RetryPolicy | None = None,
+        pool_numbers: tuple[str, ...] = (),
+        messaging_service_sid: str | None = None,
+        default_agent_number: str | None = None,
+        status_callback_url: str | None = None,
+        validity_period: int | None = 600,
+        ambiguity_checks: int = 3,
+        ambiguity_delay: float = 2.0,
+        max_resends: int = 1,
+    ) -> None:
+        self.actions = actions
+        self.provider = provider
+        self.outbox = outbox
+        self.optouts = optouts
+        self.clock = clock or SystemClock()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._pool = tuple(normalize_e164(n, default_region=None, field="pool_numbers") for n in pool_numbers)
+        self._messaging_service_sid = messaging_service_sid
+        self._default_agent = (
+            normalize_e164(default_agent_number, default_region=None, field="default_agent_number")
+            if default_agent_number
+            else None
+        )
+        self._status_callback_url = status_callback_url
+        self._validity_period = validity_period
+        self._ambiguity_checks = ambiguity_checks
+        self._ambiguity_delay = ambiguity_delay
+        self._max_resends = max_resends
+        self._handlers: list[EventHandler] = []
+
+    # -- events ---------------------------------------------------------------
+
+    def subscribe(self, handler: EventHandler) -> None:
+        """Call ``handler(event)`` (sync or async) for every :class:`SmsEvent`."""
+        self._handlers.append(handler)
+
+    async def _emit(self, event: SmsEvent) -> None:
+        for handler in list(self._handlers):
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # a broken subscriber must not break sending
+                _log.exception("SMS event handler failed for %s", event.kind.value)
+
+    def _event(self, kind: SmsEventKind, record: OutboxRecord, **extra: object) -> SmsEvent:
+        return SmsEvent(
+            kind=kind,
+            key=record.key,
+            call_id=record.call_id,
+            action=record.action,
+            to_masked=mask(record.to_number),
+            sid=record.sid,
+            segments=record.segments,
+            encoding=record.encoding,
+            reason=record.reason,
+            error_code=record.error_code,
+            at=self.clock.now(),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    # -- preparation ----------------------------------------------------------
+
+    def variables_for(
+        self, action: SmsAction, call: CallContext, variables: Mapping[str, object], to: str | None = None
+    ) -> dict[str, object]:
+        """Built-in plus call variables available to ``action``'s texts."""
+        values: dict[str, object] = dict(variables)
+        values.update(
+            caller_number=call.caller_number or "",
+            agent_number=call.agent_number or self._default_agent or "",
+            call_id=call.call_id,
+            action_name=action.name,
+        )
+        if to:
+            values.update(to_last2=last_digits(to, 2), to_last4=last_digits(to, 4))
+        return values
+
+    def resolve_destination(self, action: SmsAction, call: CallContext, variables: Mapping[str, object]) -> str:
+        """The E.164 destination of ``action`` in ``call``.
+
+        Raises:
+            InvalidPhoneNumberError: No caller number, or the number is invalid.
+        """
+        dest = self.actions.destination(action)
+        if dest.kind == "static":
+            assert dest.number is not None
+            return dest.number
+        if dest.kind == "variable":
+            raw = variables.get(dest.variable or "")
+            if raw is None or raw == "":
+                raise InvalidPhoneNumberError("destination variable has no value", field=dest.variable)
+            return normalize_e164(str(raw), default_region=self.actions.default_region, field=dest.variable)
+        if not call.caller_number:
+            raise InvalidPhoneNumberError("the caller's number is unknown", field="caller")
+        return normalize_e164(call.caller_number, default_region=self.actions.default_region, field="caller")
+
+    def _sender(self, action: SmsAction, call: CallContext, to: str) -> tuple[str | None, str | None]:
+        if action.sender is SenderKind.POOL:
+            if self._pool:
+                digest = hashlib.sha256(to.encode()).digest()
+                return self._pool[digest[0] % len(self._pool)], None  # sticky sender per destination
+            if self._messaging_service_sid:
+                return None, self._messaging_service_sid
+            raise _Refused(SendOutcome.FAILED, "no_pool_sender")
+        sender = call.agent_number or self._default_agent
+        if not sender:
+            raise _Refused(SendOutcome.FAILED, "no_agent_number")
+        return normalize_e164(sender, default_region=None, field="agent_number"), None
+
+    def render_body(self, action: SmsAction, values: Mapping[str, object]) -> str:
+        """Render ``action``'s static (or preset) body with ``values``.
+
+        Raises:
+            MissingVariableError: A variable has no value (and, with the ``default``
+                policy, no declared default either).
+        """
+        defaults = action.defaults() if action.on_missing_variable == "default" else None
+        return self.actions.body_template(action).render(values, defaults=defaults)
+
+    def _prepare(
+        self,
+        action: SmsAction,
+        call: CallContext,
+        variables: Mapping[str, object],
+        key: str,
+        body: str | None,
+    ) -> _Prepared:
+        try:
+            to = self.resolve_destination(action, call, variables)
+        except InvalidPhoneNumberError as exc:
+            raise _Refused(SendOutcome.FAILED, "invalid_number", detail=exc.reason) from None
+        from_, service = self._sender(action, call, to)
+        values = self.variables_for(action, call, variables, to)
+        if body is None or action.content.mode != "prompt":
+            try:
+                text = self.render_body(action, values)
+            except MissingVariableError as exc:
+                raise _Refused(SendOutcome.SKIPPED, "missing_variable", missing=tuple(exc.names)) from None
+        else:
+            text = " ".join(_BODY_CONTROL.sub("", body).split())
+        if not text.strip():
+            raise _Refused(SendOutcome.FAILED, "empty_body")
+        info = count_segments(text, smart_encoding=action.smart_encoding)
+        cap = action.max_segments or (PROMPT_MAX_SEGMENTS if action.content.mode == "prompt" and body else None)
+        if len(info.body) > MAX_BODY_CHARS or (cap is not None and info.segments > cap):
+            raise _Refused(SendOutcome.FAILED, "too_long", segments=info.segments, encoding=info.encoding)
+        sms = OutboundSms(
+            to=to,
+            from_=from_,
+            messaging_service_sid=service,
+            body=info.body,
+            key=key,
+            media_urls=action.media_urls,
+            status_callback=self._status_callback_url,
+            validity_period=self._validity_period,
+        )
+        return _Prepared(sms=sms, segments=info.segments, encoding=info.encoding)
+
+    # -- sending ----------------------------------------------------------------
+
+    async def send(
+        self,
+        action: SmsAction | str,
+        *,
+        call: CallContext,
+        turn: int,
+        variables: Mapping[str, object] | None = None,
+        body: str | None = None,
+    ) -> SendResult:
+        """Send ``action``'s SMS for ``call`` at ``turn`` (at most once per key).
+
+        Never raises for send failures: the outcome says what happened. Safe to run
+        as a background task; cancelling it after the request was written leaves the
+        row ``sending`` for :meth:`recover` (it is never silently lost).
+
+        Args:
+            action: The action or its name.
+            call: The live call.
+            turn: Index of the conversation turn that triggered the send.
+            variables: Variable values extracted so far.
+            body: LLM-written body for ``prompt`` actions (``None``: use the template).
+
+        Returns:
+            A :class:`SendResult`.
+        """
+        if isinstance(action, str):
+            action = self.actions.get(action)
+        variables = variables or {}
+        key = idempotency_key(call.call_id, action.name, turn)
+        now = self.clock.now()
+        base = OutboxRecord(key=key, call_id=call.call_id, action=action.name, turn=turn, status="pending",
+                            created_at=now, updated_at=now)
+        try:
+            prepared = self._prepare(action, call, variables, key, body)
+        except _Refused as refused:
+            return await self._refuse(base, refused)
+        sms = prepared.sms
+        record = dataclasses.replace(
+            base,
+            to_number=sms.to,
+            from_number=sms.from_,
+            messaging_service_sid=sms.messaging_service_sid,
+            body=sms.body,
+            media_urls=sms.media_urls,
+            segments=prepared.segments,
+            encoding=prepared.encoding,
+        )
+        if await self.optouts.is_opted_out(sms.to):
+            return await self._refuse(record, _Refused(SendOutcome.FAILED, "opted_out"))
+        outcome, stored = await self.outbox.claim(
+            record, once_per_call=action.once_per_call, max_per_call=self.actions.max_sends_per_call
+        )
+        if outcome is ClaimOutcome.LIMIT_REACHED:
+            return await self._refuse(record, _Refused(SendOutcome.SKIPPED, "limit_reached"))
+        if outcome is ClaimOutcome.DUPLICATE:
+            _log.info("SMS %s for action %s: duplicate of %s (%s)", key, action.name, stored.key, stored.status)
+            return self._result(stored, SendOutcome.DUPLICATE, reason=f"already_{stored.status}")
+        await self._emit(self._event(SmsEventKind.QUEUED, stored))
+        return await self._deliver(stored, sms, resends_left=self._max_resends)
+
+    async def _refuse(self, record: OutboxRecord, refused: _Refused) -> SendResult:
+        status = "skipped" if refused.outcome is SendOutcome.SKIPPED else "failed"
+        record = dataclasses.replace(record, status=status, reason=refused.reason)
+        segments = refused.extra.get("segments")
+        encoding = refused.extra.get("encoding")
+        if isinstance(segments, int):
+            record = dataclasses.replace(record, segments=segments, encoding=str(encoding))
+        _log.info("SMS %s for action %s not sent: %s", record.key, record.action, refused.reason)
+        outcome, stored = await self.outbox.claim(record, once_per_call=False, max_per_call=1 << 30)
+        if outcome is ClaimOutcome.DUPLICATE and stored.status in ("accepted", "pending", "sending", "ambiguous"):
+            return self._result(stored, SendOutcome.DUPLICATE, reason=f"already_{stored.status}")
+        await self._emit(self._event(SmsEventKind.FAILED, record, retryable=refused.outcome is SendOutcome.SKIPPED))
+        missing = refused.extra.get("missing", ())
+        return self._result(record, refused.outcome, reason=refused.reason, missing=tuple(missing))  # type: ignore[arg-type]
+
+    def _result(self, record: OutboxRecord, outcome: SendOutcome, **extra: object) -> SendResult:
+        fields: dict[str, object] = dict(
+            outcome=outcome,
+            key=record.key,
+            action=record.action,
+            reason=record.reason,
+            sid=record.sid,
+            to_masked=mask(record.to_number) if record.to_number else None,
+            to_last2=last_digits(record.to_number, 2) if record.to_number else None,
+            segments=record.segments,
+            encoding=record.encoding,
+            error_code=record.error_code,
+        )
+        fields.update(extra)
+        return SendResult(**fields)  # type: ignore[arg-type]
+
+    async def _attempt(self, record: OutboxRecord, sms: OutboundSms) -> ProviderReceipt:
+        async def once() -> ProviderReceipt:
+            await self.outbox.update(record.key, now=self.clock.now(), status="sending", attempts="+1")
+            return await self.provider.send(sms)
+
+        def log_retry(attempt: int, exc: SendError, delay: float) -> None:
+            _log.warning("SMS %s attempt %d: %s; retrying in %.2fs", record.key, attempt, exc.reason, delay)
+
+        return await retry(once, policy=self.retry_policy, clock=self.clock, on_retry=log_retry)
+
+    async def _deliver(self, record: OutboxRecord, sms: OutboundSms, *, resends_left: int) -> SendResult:
+        try:
+            receipt = await self._attempt(record, sms)
+        except SendError as exc:
+            if exc.ambiguous:
+                return await self._resolve_ambiguous(record, sms, exc, resends_left=resends_left)
+            return await self._fail(record, exc)
+        return await self._accept(record, receipt)
+
+    async def _accept(self, record: OutboxRecord, receipt: ProviderReceipt) -> SendResult:
+        stored = await self.outbox.update(
+            record.key,
+            now=self.clock.now(),
+            status="accepted",
+            sid=receipt.sid,
+            delivery=None if receipt.status in ("queued", "accepted") else receipt.status,
+            reason=None,
+            error_code=None,
+            segments=receipt.segments or record.segments,
+        )
+        _log.info("SMS %s accepted by %s as %s (%s segment(s))", record.key, self.provider.name, receipt.sid,
+                  stored.segments)
+        await self._emit(self._event(SmsEventKind.SENT, stored))
+        return self._result(stored, SendOutcome.ACCEPTED)
+
+    async def _fail(self, record: OutboxRecord, exc: SendError) -> SendResult:
+        status = "ambiguous" if exc.ambiguous else "failed"
+        stored = await self.outbox.update(
+            record.key, now=self.clock.now(), status=status, reason=exc.reason, error_code=exc.code
+        )
+        if exc.reason == "opted_out" and stored.to_number:
+            await self.optouts.opt_out(stored.to_number, now=self.clock.now())
+        _log.warning("SMS %s failed: %s", record.key, exc)
+        reason = "unconfirmed" if exc.ambiguous else exc.reason
+        event = dataclasses.replace(self._event(SmsEventKind.FAILED, stored), reason=reason,
+                                    retryable=exc.kind is not SendErrorKind.PERMANENT)
+        await self._emit(event)
+        return self._result(stored, SendOutcome.FAILED, reason=reason, retryable=event.retryable)
+
+    async def _resolve_ambiguous(
+        self, record: OutboxRecord, sms: OutboundSms, exc: SendError, *, resends_left: int
+    ) -> SendResult:
+        await self.outbox.update(record.key, now=self.clock.now(), status="ambiguous", reason=exc.reason,
+                                 error_code=exc.code)
+        _log.warning("SMS %s ambiguous (%s): checking with %s before any resend", record.key, exc.reason,
+                     self.provider.name)
+        for _ in range(self._ambiguity_checks):
+            await self.clock.sleep(self._ambiguity_delay)
+            try:
+                found = await self.provider.find_sent(sms, since=record.created_at - LOOKUP_SKEW)
+            except SendError:
+                continue  # the provider could not answer: ask again, never guess
+            if found is not None:
+                return await self._accept(record, found)
+            if resends_left > 0:
+                _log.info("SMS %s: provider has no such message; resending", record.key)
+                return await self._deliver(record, sms, resends_left=resends_left - 1)
+            break
+        return await self._fail(record, exc)
+
+    # -- recovery and status ----------------------------------------------------
+
+    async def recover(self) -> list[SendResult]:
+        """Finish sends a previous process left unfinished (call at start-up).
+
+        ``pending`` rows (no request made) are sent; ``sending`` and ``ambiguous``
+        rows are first looked up at the provider and resent only if it has none.
+
+        Returns:
+            One result per row handled.
+        """
+        results = []
+        for record in await self.outbox.unfinished():
+            if record.to_number is None or record.body is None:
+                continue
+            sms = OutboundSms(
+                to=record.to_number,
+                from_=record.from_number,
+                messaging_service_sid=record.messaging_service_sid,
+                body=record.body,
+                key=record.key,
+                media_urls=record.media_urls,
+                status_callback=self._status_callback_url,
+                validity_period=self._validity_period,
+            )
+            _log.info("recovering SMS %s left %s", record.key, record.status)
+            if record.status == "pending" and record.attempts == 0:
+                results.append(await self._deliver(record, sms, resends_left=self._max_resends))
+            else:
+                crash = SendError("interrupted", kind=SendErrorKind.AMBIGUOUS)
+                results.append(await self._resolve_ambiguous(record, sms, crash, resends_left=self._max_resends))
+        return results
+
+    async def handle_status(self, sid: str, status: str, error_code: int | None = None) -> SmsEvent | None:
+        """Apply a provider status callback.
+
+        Duplicate and out-of-order callbacks change nothing and raise no event.
+
+        Returns:
+            The ``DELIVERED`` or ``FAILED`` event raised, or ``None``.
+        """
+        record, changed = await self.outbox.record_delivery(sid, status, error_code, now=self.clock.now())
+        if record is None or not changed:
+            return None
+        if status in ("delivered", "read"):
+            event = self._event(SmsEventKind.DELIVERED, record)
+        elif status in ("undelivered", "failed"):
+            reason = DELIVERY_ERRORS.get(error_code or 0, "undelivered")
+            if reason == "opted_out" and record.to_number:
+                await self.optouts.opt_out(record.to_number, now=self.clock.now())
+            event = dataclasses.replace(self._event(SmsEventKind.FAILED, record), reason=reason, error_code=error_code)
+        else:
+            return None
+        await self._emit(event)
+        return event

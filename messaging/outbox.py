@@ -1,0 +1,303 @@
+"""The durable outbox: one row per idempotency key, one send per key, ever.
+
+States of a row (``status``):
+
+* ``pending``: claimed, no request sent yet.
+* ``sending``: a request may be on the wire. After a crash this is treated as
+  *maybe sent*: the provider is asked before any resend.
+* ``accepted``: the provider accepted the message (it has a SID).
+* ``ambiguous``: a request may have created the message and the provider could
+  not confirm either way yet.
+* ``failed``: permanently failed (reason and code recorded); never resent.
+* ``skipped``: never sent on purpose (missing variable, cap, opt-out ...).
+
+Delivery progress from status callbacks lives in ``delivery`` (``queued``,
+``sent``, ``delivered``, ``undelivered``, ``failed``) and only moves forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import pathlib
+import sqlite3
+from typing import Any
+
+from messaging.store import SqliteDb, transaction
+
+__all__ = ["ClaimOutcome", "Outbox", "OutboxRecord", "idempotency_key"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    to_number TEXT,
+    from_number TEXT,
+    messaging_service_sid TEXT,
+    body TEXT,
+    media_urls TEXT NOT NULL DEFAULT '',
+    encoding TEXT,
+    segments INTEGER,
+    sid TEXT,
+    reason TEXT,
+    error_code INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    delivery TEXT,
+    delivery_error INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_call ON outbox(call_id, action);
+CREATE INDEX IF NOT EXISTS outbox_sid ON outbox(sid);
+CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status);
+"""
+
+#: Statuses that count as "this action has texted (or may have) in this call".
+ACTIVE_STATUSES = ("pending", "sending", "accepted", "ambiguous")
+UNFINISHED_STATUSES = ("pending", "sending", "ambiguous")
+
+_DELIVERY_RANK = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,
+    "receiving": 3,
+    "received": 4,
+    "delivered": 4,
+    "read": 5,
+    "undelivered": 4,
+    "failed": 4,
+    "canceled": 4,
+}
+_TERMINAL_DELIVERY = frozenset({"delivered", "read", "undelivered", "failed", "canceled"})
+
+
+def idempotency_key(call_id: str, action: str, turn: int) -> str:
+    """Key of one send: call id + action + the turn that triggered it."""
+    return f"{call_id}:{action}:{turn}"
+
+
+class ClaimOutcome(enum.Enum):
+    """Result of :meth:`Outbox.claim`."""
+
+    CREATED = "created"
+    DUPLICATE = "duplicate"
+    LIMIT_REACHED = "limit_reached"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxRecord:
+    """One outbox row. Holds the number and body: never log it whole (use ``masked()``)."""
+
+    key: str
+    call_id: str
+    action: str
+    turn: int
+    status: str
+    to_number: str | None = None
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    body: str | None = None
+    media_urls: tuple[str, ...] = ()
+    encoding: str | None = None
+    segments: int | None = None
+    sid: str | None = None
+    reason: str | None = None
+    error_code: int | None = None
+    attempts: int = 0
+    delivery: str | None = None
+    delivery_error: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> OutboxRecord:
+        data: dict[str, Any] = dict(row)
+        urls = data.pop("media_urls") or ""
+        return cls(media_urls=tuple(u for u in urls.split("\n") if u), **data)
+
+    def __repr__(self) -> str:  # never leak number or body through a repr in a log line
+        from messaging.phone import mask
+
+        return (
+            f"OutboxRecord(key={self.key!r}, status={self.status!r}, to={mask(self.to_number)}, "
+            f"sid={self.sid!r}, reason={self.reason!r}, delivery={self.delivery!r})"
+        )
+
+
+class Outbox:
+    """SQLite-backed outbox.
+
+    Args:
+        path: Database file (shared by restarts of the same worker); ``":memory:"`` for tests.
+    """
+
+    def __init__(self, path: str | pathlib.Path = ":memory:") -> None:
+        self._db = SqliteDb(path, schema=_SCHEMA)
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._db.path
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    async def claim(
+        self,
+        record: OutboxRecord,
+        *,
+        once_per_call: bool,
+        max_per_call: int,
+    ) -> tuple[ClaimOutcome, OutboxRecord]:
+        """Atomically insert ``record`` unless it would duplicate or exceed a cap.
+
+        Args:
+            record: The new row (status ``pending`` or ``skipped``/``failed`` for
+                sends refused before the provider).
+            once_per_call: Refuse when the call already has an active row for the action.
+            max_per_call: Refuse when the call already has this many active rows.
+
+        Returns:
+            The outcome and the row now standing for the key (the existing row on
+            ``DUPLICATE``).
+        """
+
+        def _claim(conn: sqlite3.Connection) -> tuple[ClaimOutcome, OutboxRecord]:
+            with transaction(conn):
+                row = conn.execute("SELECT * FROM outbox WHERE key = ?", (record.key,)).fetchone()
+                if row is not None:
+                    return ClaimOutcome.DUPLICATE, OutboxRecord._from_row(row)
+                if record.status == "pending":
+                    marks = ",".join("?" * len(ACTIVE_STATUSES))
+                    if once_per_call:
+                        row = conn.execute(
+                            f"SELECT * FROM outbox WHERE call_id = ? AND action = ? AND status IN ({marks}) "
+                            "ORDER BY created_at LIMIT 1",
+                            (record.call_id, record.action, *ACTIVE_STATUSES),
+                        ).fetchone()
+                        if row is not None:
+                            return ClaimOutcome.DUPLICATE, OutboxRecord._from_row(row)
+                    (count,) = conn.execute(
+                        f"SELECT COUNT(*) FROM outbox WHERE call_id = ? AND status IN ({marks})",
+                        (record.call_id, *ACTIVE_STATUSES),
+                    ).fetchone()
+                    if count >= max_per_call:
+                        return ClaimOutcome.LIMIT_REACHED, record
+                self._insert(conn, record)
+                return ClaimOutcome.CREATED, record
+
+        return await self._db.run(_claim)
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, record: OutboxRecord) -> None:
+        data = dataclasses.asdict(record)
+        data["media_urls"] = "\n".join(record.media_urls)
+        cols = ", ".join(data)
+        marks = ", ".join(f":{c}" for c in data)
+        conn.execute(f"INSERT INTO outbox ({cols}) VALUES ({marks})", data)
+
+    async def update(self, key: str, *, now: float, **fields: Any) -> OutboxRecord:
+        """Set ``fields`` on the row ``key`` and return the updated row.
+
+        Raises:
+            KeyError: No row has that key.
+        """
+        allowed = {f.name for f in dataclasses.fields(OutboxRecord)} - {"key", "created_at"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown outbox fields: {sorted(unknown)}")
+
+        def _update(conn: sqlite3.Connection) -> OutboxRecord:
+            values = dict(fields, updated_at=now, key=key)
+            if "attempts" in values and values["attempts"] == "+1":
+                values.pop("attempts")
+                sets = ["attempts = attempts + 1"]
+            else:
+                sets = []
+            sets += [f"{c} = :{c}" for c in values if c != "key"]
+            with transaction(conn):
+                conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE key = :key", values)
+                row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise KeyError(key)
+            return OutboxRecord._from_row(row)
+
+        return await self._db.run(_update)
+
+    async def get(self, key: str) -> OutboxRecord | None:
+        """The row for ``key``, or ``None``."""
+
+        def _get(conn: sqlite3.Connection) -> OutboxRecord | None:
+            row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+            return OutboxRecord._from_row(row) if row else None
+
+        return await self._db.run(_get)
+
+    async def by_sid(self, sid: str) -> OutboxRecord | None:
+        """The row whose provider SID is ``sid``, or ``None``."""
+
+        def _get(conn: sqlite3.Connection) -> OutboxRecord | None:
+            row = conn.execute("SELECT * FROM outbox WHERE sid = ?", (sid,)).fetchone()
+            return OutboxRecord._from_row(row) if row else None
+
+        return await self._db.run(_get)
+
+    async def unfinished(self) -> list[OutboxRecord]:
+        """Rows left ``pending``, ``sending`` or ``ambiguous`` (e.g. by a crash), oldest first."""
+
+        def _list(conn: sqlite3.Connection) -> list[OutboxRecord]:
+            marks = ",".join("?" * len(UNFINISHED_STATUSES))
+            rows = conn.execute(
+                f"SELECT * FROM outbox WHERE status IN ({marks}) ORDER BY created_at",
+                UNFINISHED_STATUSES,
+            ).fetchall()
+            return [OutboxRecord._from_row(r) for r in rows]
+
+        return await self._db.run(_list)
+
+    async def for_call(self, call_id: str) -> list[OutboxRecord]:
+        """All rows of a call, oldest first."""
+
+        def _list(conn: sqlite3.Connection) -> list[OutboxRecord]:
+            rows = conn.execute(
+                "SELECT * FROM outbox WHERE call_id = ? ORDER BY created_at, key", (call_id,)
+            ).fetchall()
+            return [OutboxRecord._from_row(r) for r in rows]
+
+        return await self._db.run(_list)
+
+    async def record_delivery(
+        self, sid: str, status: str, error_code: int | None, *, now: float
+    ) -> tuple[OutboxRecord | None, bool]:
+        """Apply a status callback; delivery state only moves forward.
+
+        Returns:
+            ``(row, changed)``: the row (``None`` for an unknown SID) and whether this
+            callback changed it (duplicates and out-of-order callbacks do not).
+        """
+        rank = _DELIVERY_RANK.get(status)
+
+        def _apply(conn: sqlite3.Connection) -> tuple[OutboxRecord | None, bool]:
+            with transaction(conn):
+                row = conn.execute("SELECT * FROM outbox WHERE sid = ?", (sid,)).fetchone()
+                if row is None:
+                    return None, False
+                current = row["delivery"]
+                if rank is None or current in _TERMINAL_DELIVERY:
+                    return OutboxRecord._from_row(row), False
+                if current is not None and _DELIVERY_RANK.get(current, -1) >= rank:
+                    return OutboxRecord._from_row(row), False
+                conn.execute(
+                    "UPDATE outbox SET delivery = ?, delivery_error = ?, updated_at = ? WHERE sid = ?",
+                    (status, error_code, now, sid),
+                )
+                row = conn.execute("SELECT * FROM outbox WHERE sid = ?", (sid,)).fetchone()
+                return OutboxRecord._from_row(row), True
+
+        return await self._db.run(_apply)

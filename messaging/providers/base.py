@@ -1,0 +1,82 @@
+"""The provider interface the dispatcher talks to."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+__all__ = ["OutboundSms", "ProviderReceipt", "SmsProvider"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundSms:
+    """One message as handed to a provider.
+
+    Attributes:
+        to: Destination, E.164.
+        from_: Sender number (E.164), or ``None`` when ``messaging_service_sid`` picks it.
+        messaging_service_sid: Twilio Messaging Service (pool) SID, or ``None``.
+        body: Text to send (already smart-encoded when the action asks for it).
+        media_urls: Public media URLs (MMS), at most 10.
+        key: The outbox idempotency key (for local bookkeeping; not sent to Twilio).
+        status_callback: URL for delivery status callbacks, or ``None``.
+        validity_period: Seconds the provider may queue the message before dropping it.
+    """
+
+    to: str
+    from_: str | None
+    body: str
+    key: str
+    messaging_service_sid: str | None = None
+    media_urls: tuple[str, ...] = ()
+    status_callback: str | None = None
+    validity_period: int | None = None
+
+    def __repr__(self) -> str:
+        from messaging.phone import mask
+
+        return f"OutboundSms(key={self.key!r}, to={mask(self.to)}, from={mask(self.from_)}, chars={len(self.body)})"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderReceipt:
+    """What the provider said when it accepted a message.
+
+    Attributes:
+        sid: Provider message id.
+        status: Provider status at acceptance (``queued``, ``accepted`` ...).
+        segments: Provider's segment count, when reported.
+    """
+
+    sid: str
+    status: str
+    segments: int | None = None
+
+
+class SmsProvider(Protocol):
+    """A provider that can send a message and look one up after an ambiguous failure."""
+
+    name: str
+
+    async def send(self, sms: OutboundSms) -> ProviderReceipt:
+        """Send one message.
+
+        Raises:
+            SendError: Classified as permanent, retryable or ambiguous.
+        """
+        ...
+
+    async def find_sent(self, sms: OutboundSms, *, since: float) -> ProviderReceipt | None:
+        """Look for a message matching ``sms`` created at or after ``since`` (epoch s).
+
+        Returns:
+            The receipt of the matching message, or ``None`` when the provider has none.
+
+        Raises:
+            SendError: The lookup itself failed (the answer is unknown).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,137 @@
+"""The embedded local provider: no network, messages land in a SQLite "phone inbox".
+
+Used by the local simulation and tests. It behaves like a provider: it assigns
+SIDs, refuses opted-out, landline and invalid numbers with Twilio's error codes,
+and can be told to fail the next requests (rate limits, timeouts) to exercise the
+dispatcher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import pathlib
+import secrets
+import sqlite3
+import time
+
+from messaging.errors import SendError, SendErrorKind
+from messaging.providers.base import OutboundSms, ProviderReceipt
+from messaging.segments import count_segments
+from messaging.store import SqliteDb
+
+__all__ = ["InboxMessage", "LocalProvider"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    sid TEXT PRIMARY KEY,
+    to_number TEXT NOT NULL,
+    from_number TEXT,
+    body TEXT NOT NULL,
+    media_urls TEXT NOT NULL DEFAULT '',
+    segments INTEGER NOT NULL,
+    encoding TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class InboxMessage:
+    """A message in the simulated phone's inbox."""
+
+    sid: str
+    to_number: str
+    from_number: str | None
+    body: str
+    segments: int
+    encoding: str
+    created_at: float
+
+
+class LocalProvider:
+    """A provider that stores messages locally.
+
+    Args:
+        path: SQLite file of the inbox (``":memory:"`` by default).
+        landlines: Numbers that behave like landlines (error 21614).
+        opted_out: Numbers that replied STOP at the carrier (error 21610).
+        clock: ``time.time``-like callable for timestamps.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        path: str | pathlib.Path = ":memory:",
+        *,
+        landlines: frozenset[str] = frozenset(),
+        opted_out: frozenset[str] = frozenset(),
+        clock: object = time.time,
+    ) -> None:
+        self._db = SqliteDb(path, schema=_SCHEMA)
+        self._landlines = set(landlines)
+        self._opted_out = set(opted_out)
+        self._scripted: list[SendError] = []
+        self._clock = clock
+        self._counter = itertools.count(1)
+        self.requests = 0
+
+    def fail_next(self, *errors: SendError) -> None:
+        """Make the next ``len(errors)`` send requests raise these errors, in order."""
+        self._scripted.extend(errors)
+
+    async def send(self, sms: OutboundSms) -> ProviderReceipt:
+        """Store the message in the inbox, or refuse it like Twilio would.
+
+        Raises:
+            SendError: Scripted failures, ``opted_out`` (21610), ``not_mobile`` (21614).
+        """
+        self.requests += 1
+        if self._scripted:
+            raise self._scripted.pop(0)
+        if sms.to in self._opted_out:
+            raise SendError("opted_out", kind=SendErrorKind.PERMANENT, code=21610, status=400)
+        if sms.to in self._landlines:
+            raise SendError("not_mobile", kind=SendErrorKind.PERMANENT, code=21614, status=400)
+        info = count_segments(sms.body)
+        sid = f"SM{secrets.token_hex(16)}"
+        now = float(self._clock())  # type: ignore[operator]
+        await self._db.run(
+            lambda c: c.execute(
+                "INSERT INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (sid, sms.to, sms.from_, sms.body, "\n".join(sms.media_urls), info.segments, info.encoding, now),
+            )
+        )
+        return ProviderReceipt(sid=sid, status="queued", segments=info.segments)
+
+    async def find_sent(self, sms: OutboundSms, *, since: float) -> ProviderReceipt | None:
+        """Find a stored message with the same destination and body."""
+
+        def _q(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            return conn.execute(
+                "SELECT sid, segments FROM inbox WHERE to_number = ? AND body = ? AND created_at >= ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                (sms.to, sms.body, since),
+            ).fetchone()
+
+        row = await self._db.run(_q)
+        return ProviderReceipt(sid=row["sid"], status="queued", segments=row["segments"]) if row else None
+
+    async def inbox(self, to: str | None = None) -> list[InboxMessage]:
+        """Messages stored so far, oldest first (all, or those to ``to``)."""
+
+        def _q(conn: sqlite3.Connection) -> list[InboxMessage]:
+            sql = "SELECT sid, to_number, from_number, body, segments, encoding, created_at FROM inbox"
+            args: tuple[str, ...] = ()
+            if to is not None:
+                sql += " WHERE to_number = ?"
+                args = (to,)
+            rows = conn.execute(sql + " ORDER BY created_at, rowid", args).fetchall()
+            return [InboxMessage(**dict(r)) for r in rows]
+
+        return await self._db.run(_q)
+
+    async def aclose(self) -> None:
+        """Close the inbox database."""
+        self._db.close()

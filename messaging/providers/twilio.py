@@ -1,0 +1,182 @@
+"""Twilio adapter: the real async ``twilio`` client, errors classified once here.
+
+* The HTTP client is created lazily inside the running event loop
+  (``AsyncTwilioHttpClient`` opens an aiohttp session) and never retries by itself
+  (its ``max_retries`` would resend POSTs on 5xx and create duplicates).
+* Every request has an explicit deadline (``asyncio.timeout``): the client's own
+  ``timeout`` argument is ignored by the SDK.
+* ``base_url`` points the client at a loopback peer in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+import aiohttp
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from messaging.errors import SendError, SendErrorKind
+from messaging.providers.base import OutboundSms, ProviderReceipt
+
+__all__ = ["TwilioProvider", "classify_twilio_error"]
+
+_log = logging.getLogger(__name__)
+
+_PERMANENT_CODES: dict[int, str] = {
+    21211: "invalid_number",
+    21214: "invalid_number",
+    21217: "invalid_number",
+    21401: "invalid_number",
+    21407: "region_not_allowed",
+    21408: "region_not_allowed",
+    21610: "opted_out",
+    21612: "unreachable",
+    21614: "not_mobile",
+    21606: "sender_not_capable",
+    21659: "sender_not_capable",
+    21212: "sender_invalid",
+    21660: "sender_invalid",
+    21602: "empty_body",
+    21617: "too_long",
+    21620: "invalid_media",
+    21623: "invalid_media",
+    20003: "auth_failed",
+    20404: "not_found",
+    30034: "sender_unregistered",
+}
+_RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited"}
+
+
+def classify_twilio_error(status: int | None, code: int | None) -> SendError:
+    """Translate a Twilio REST error into a classified :class:`SendError`.
+
+    Args:
+        status: HTTP status of the response.
+        code: Twilio error code from the body, if any.
+
+    Returns:
+        The error to raise (the caller raises it ``from None``).
+    """
+    if code in _RETRYABLE_CODES or status == 429:
+        return SendError(
+            _RETRYABLE_CODES.get(code or 0, "rate_limited"), kind=SendErrorKind.RETRYABLE, code=code, status=status
+        )
+    if code in _PERMANENT_CODES:
+        return SendError(_PERMANENT_CODES[code], kind=SendErrorKind.PERMANENT, code=code, status=status)
+    if status is not None and status >= 500:
+        return SendError("server_error", kind=SendErrorKind.AMBIGUOUS, code=code, status=status)
+    return SendError("rejected", kind=SendErrorKind.PERMANENT, code=code, status=status)
+
+
+class TwilioProvider:
+    """Sends through Twilio's Messages API with the official async client.
+
+    Args:
+        account_sid: Account SID (``AC...``).
+        auth_token: Auth token (never logged).
+        base_url: API base, e.g. ``http://127.0.0.1:8099`` for a loopback peer;
+            ``None`` keeps Twilio's.
+        timeout: Deadline for one request, seconds.
+    """
+
+    name = "twilio"
+
+    def __init__(
+        self,
+        *,
+        account_sid: str,
+        auth_token: str,
+        base_url: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if not account_sid or not auth_token:
+            raise ValueError("account_sid and auth_token are required")
+        self._account_sid = account_sid
+        self._auth_token = auth_token
+        self._base_url = base_url
+        self._timeout = timeout
+        self._client: Client | None = None
+        self._http: AsyncTwilioHttpClient | None = None
+
+    def _get_client(self) -> Client:
+        if self._client is None:
+            self._http = AsyncTwilioHttpClient()
+            self._client = Client(self._account_sid, self._auth_token, http_client=self._http)
+            if self._base_url:
+                self._client.api.base_url = self._base_url.rstrip("/")
+        return self._client
+
+    async def send(self, sms: OutboundSms) -> ProviderReceipt:
+        """Create the message at Twilio.
+
+        Raises:
+            SendError: Classified per :func:`classify_twilio_error`; ``timeout`` and
+                dropped connections after the request was written are ambiguous,
+                a refused connection is retryable.
+        """
+        kwargs: dict[str, object] = {"to": sms.to, "body": sms.body}
+        if sms.messaging_service_sid:
+            kwargs["messaging_service_sid"] = sms.messaging_service_sid
+        if sms.from_:
+            kwargs["from_"] = sms.from_
+        if sms.media_urls:
+            kwargs["media_url"] = list(sms.media_urls)
+        if sms.status_callback:
+            kwargs["status_callback"] = sms.status_callback
+        if sms.validity_period:
+            kwargs["validity_period"] = sms.validity_period
+        client = self._get_client()
+        try:
+            async with asyncio.timeout(self._timeout):
+                message = await client.messages.create_async(**kwargs)  # type: ignore[arg-type]
+        except TwilioRestException as exc:
+            raise classify_twilio_error(exc.status, exc.code) from None
+        except TwilioException:
+            raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS) from None
+        except TimeoutError:
+            raise SendError("timeout", kind=SendErrorKind.AMBIGUOUS) from None
+        except aiohttp.ClientConnectorError:
+            # Nothing was written: the TCP connection itself failed.
+            raise SendError("connection_refused", kind=SendErrorKind.RETRYABLE) from None
+        except (aiohttp.ClientError, OSError):
+            raise SendError("connection_lost", kind=SendErrorKind.AMBIGUOUS) from None
+        segments = int(message.num_segments) if message.num_segments else None
+        return ProviderReceipt(sid=str(message.sid), status=str(message.status or "queued"), segments=segments)
+
+    async def find_sent(self, sms: OutboundSms, *, since: float) -> ProviderReceipt | None:
+        """Look up recent messages to the same number with the same body.
+
+        Raises:
+            SendError: The lookup failed (ambiguous: the answer is unknown).
+        """
+        client = self._get_client()
+        kwargs: dict[str, object] = {"to": sms.to, "limit": 50}
+        if sms.from_:
+            kwargs["from_"] = sms.from_
+        try:
+            async with asyncio.timeout(self._timeout):
+                messages = await client.messages.list_async(**kwargs)  # type: ignore[arg-type]
+        except TwilioRestException as exc:
+            raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS, code=exc.code, status=exc.status) from None
+        except (TwilioException, TimeoutError, aiohttp.ClientError, OSError):
+            raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS) from None
+        cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
+        for message in messages:
+            created = message.date_created
+            if created is not None and created.tzinfo is None:
+                created = created.replace(tzinfo=dt.UTC)
+            if message.body == sms.body and (created is None or created >= cutoff):
+                segments = int(message.num_segments) if message.num_segments else None
+                return ProviderReceipt(sid=str(message.sid), status=str(message.status), segments=segments)
+        return None
+
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+            self._client = None

@@ -1,0 +1,1 @@
+"""Thin pipecat frame processors translating frames to SMS-core calls."""

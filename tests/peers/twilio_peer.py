@@ -1,0 +1,224 @@
+"""A behaviour peer of Twilio's Messages API on loopback, for tests and benchmarks.
+
+It speaks the wire format the real ``twilio`` client expects (form-encoded POST,
+HTTP Basic auth, JSON resources and error bodies) and can be scripted to misbehave:
+errors by code, 5xx, 429, slow answers, dropped connections, and "created the
+message, then failed to answer" (the case that makes retries dangerous).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import email.utils
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+ACCOUNT_SID = "AC" + "0" * 32
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+
+
+@dataclasses.dataclass
+class Fault:
+    """What the peer does with one request.
+
+    Attributes:
+        status: HTTP status to answer (200/201 = normal).
+        code: Twilio error code for error answers.
+        delay: Seconds to wait before answering.
+        commit: Whether the message is created even though the answer is an error,
+            a delay or a dropped connection.
+        drop: Close the connection without answering.
+    """
+
+    status: int = 201
+    code: int | None = None
+    delay: float = 0.0
+    commit: bool = True
+    drop: bool = False
+
+
+OK = Fault()
+
+
+@dataclasses.dataclass
+class PeerMessage:
+    """A message the peer created."""
+
+    sid: str
+    to: str
+    from_: str | None
+    body: str
+    form: dict[str, list[str]]
+    created: float
+    status: str = "queued"
+
+
+class TwilioPeer:
+    """Loopback Twilio peer. Use as ``async with TwilioPeer() as peer:``.
+
+    Attributes:
+        base_url: ``http://127.0.0.1:PORT`` to give the client.
+        requests: Every POST form received (also rejected ones), in order.
+        messages: Messages created.
+    """
+
+    def __init__(self, *, account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.requests: list[dict[str, list[str]]] = []
+        self.auth_failures = 0
+        self.list_requests = 0
+        self.messages: list[PeerMessage] = []
+        self.faults: list[Fault] = []
+        self.fault_for: Callable[[dict[str, list[str]]], Fault | None] | None = None
+        self.error_numbers: dict[str, int] = {}
+        self.list_faults: list[Fault] = []
+        self.received = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def __aenter__(self) -> TwilioPeer:
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", self._list)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _authorized(self, request: web.Request, sid: str) -> bool:
+        header = request.headers.get("Authorization", "")
+        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return header == expected and sid == self.account_sid
+
+    def _resource(self, msg: PeerMessage) -> dict[str, Any]:
+        from messaging.segments import count_segments
+
+        info = count_segments(msg.body)
+        return {
+            "sid": msg.sid,
+            "account_sid": self.account_sid,
+            "to": msg.to,
+            "from": msg.from_,
+            "messaging_service_sid": (msg.form.get("MessagingServiceSid") or [None])[0],
+            "body": msg.body,
+            "status": msg.status,
+            "num_segments": str(info.segments),
+            "num_media": str(len(msg.form.get("MediaUrl", []))),
+            "direction": "outbound-api",
+            "api_version": "2010-04-01",
+            "date_created": email.utils.formatdate(msg.created, usegmt=True),
+            "date_updated": email.utils.formatdate(msg.created, usegmt=True),
+            "date_sent": None,
+            "price": None,
+            "price_unit": "USD",
+            "error_code": None,
+            "error_message": None,
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{msg.sid}.json",
+            "subresource_uris": {},
+        }
+
+    @staticmethod
+    def _error(status: int, code: int | None, message: str) -> web.Response:
+        return web.json_response(
+            {
+                "code": code,
+                "message": message,
+                "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                "status": status,
+            },
+            status=status,
+        )
+
+    # -- handlers --------------------------------------------------------------
+
+    async def _create(self, request: web.Request) -> web.StreamResponse:
+        post = await request.post()
+        form: dict[str, list[str]] = {}
+        for key, value in post.items():
+            form.setdefault(key, []).append(str(value))
+        self.requests.append(form)
+        self.received.set()
+        if not self._authorized(request, request.match_info["sid"]):
+            self.auth_failures += 1
+            return self._error(401, 20003, "Authenticate")
+        to = (form.get("To") or [""])[0]
+        if not to:
+            return self._error(400, 21604, "A 'To' phone number is required.")
+        if not form.get("Body") and not form.get("MediaUrl"):
+            return self._error(400, 21602, "Message body is required.")
+        if not form.get("From") and not form.get("MessagingServiceSid"):
+            return self._error(400, 21603, "A 'From' phone number is required.")
+        fault = self.faults.pop(0) if self.faults else None
+        if fault is None and self.fault_for is not None:
+            fault = self.fault_for(form)
+        fault = fault or OK
+        if to in self.error_numbers:
+            fault = Fault(status=400, code=self.error_numbers[to], commit=False)
+        msg: PeerMessage | None = None
+        if fault.commit:
+            msg = PeerMessage(
+                sid=f"SM{next(self._ids):032x}",
+                to=to,
+                from_=(form.get("From") or [None])[0],
+                body=(form.get("Body") or [""])[0],
+                form=form,
+                created=time.time(),
+            )
+            self.messages.append(msg)
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.drop:
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError  # aiohttp treats this as an aborted handler
+        if fault.status >= 400:
+            return self._error(fault.status, fault.code, "scripted failure")
+        assert msg is not None
+        return web.json_response(self._resource(msg), status=fault.status)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        self.list_requests += 1
+        if not self._authorized(request, request.match_info["sid"]):
+            return self._error(401, 20003, "Authenticate")
+        if self.list_faults:
+            fault = self.list_faults.pop(0)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status >= 400:
+                return self._error(fault.status, fault.code, "scripted failure")
+        to = request.query.get("To")
+        from_ = request.query.get("From")
+        found = [
+            m for m in reversed(self.messages) if (to is None or m.to == to) and (from_ is None or m.from_ == from_)
+        ]
+        page_size = int(request.query.get("PageSize", "50"))
+        return web.json_response(
+            {
+                "messages": [self._resource(m) for m in found[:page_size]],
+                "end": min(len(found), page_size) - 1,
+                "first_page_uri": request.path_qs,
+                "next_page_uri": None,
+                "page": 0,
+                "page_size": page_size,
+                "previous_page_uri": None,
+                "start": 0,
+                "uri": request.path_qs,
+            }
+        )

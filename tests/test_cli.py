@@ -1,0 +1,43 @@
+import json
+import subprocess
+import sys
+
+from tests.conftest import EXAMPLES, ROOT
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "run_agent.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_lint_example_ok():
+    out = run("actions", "lint", str(EXAMPLES / "actions.yaml"), "--width", "200")
+    assert out.returncode == 0, out.stderr
+    assert "booking_confirmation" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "4 action(s), 0 error(s), 1 warning(s)"
+
+
+def test_lint_reports_every_problem_and_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "actions:\n"
+        "  - {name: a, condition: if asked for it, content: {template: 'Hi {who}'}}\n"
+        "  - {name: b, condition: if asked for pool, sender: pool, content: {template: custom}}\n"
+        "  - {name: c, condition: if asked for more, to: '+1 900', content: {template: 'Café ☕'}}\n",
+        encoding="utf-8",
+    )
+    out = run("actions", "lint", str(bad), "--json")
+    assert out.returncode == 1
+    rows = json.loads(out.stdout[: out.stdout.rindex("]") + 1])
+    assert [r["action"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["unknown_variables"] == ["who"]
+    assert "pool senders may only send a fixed preset" in rows[1]["errors"][0]
+    assert "actions[2].to" in rows[2]["errors"][0]
+    assert rows[2]["encoding"] == "UCS-2"
+
+
+def test_lint_unreadable_file(tmp_path):
+    out = run("actions", "lint", str(tmp_path / "nope.yaml"))
+    assert out.returncode == 2
+    assert "cannot read" in out.stdout

@@ -1,0 +1,294 @@
+"""Dispatcher rules with the embedded local provider and a manual clock."""
+
+import logging
+
+import pytest
+
+from messaging.actions import parse_actions
+from messaging.clock import ManualClock
+from messaging.dispatcher import CallContext, Dispatcher, SendOutcome
+from messaging.errors import SendError, SendErrorKind
+from messaging.events import SmsEventKind
+from messaging.optout import SqliteOptOutStore, classify_keyword
+from messaging.outbox import Outbox
+from messaging.providers.local import LocalProvider
+from messaging.retry import RetryPolicy
+
+CALLER = "+14155552671"
+AGENT = "+14155550100"
+POOL = ("+14155550111", "+14155550112")
+
+ACTIONS = {
+    "presets": {"confirm": "Booking {booking_time} confirmed."},
+    "max_sends_per_call": 3,
+    "actions": [
+        {
+            "name": "confirmation",
+            "condition": "if the caller asks for the confirmation",
+            "content": {"template": "Hi {caller_name}, booked for {{booking_time}}."},
+            "variables": {"caller_name": {"default": "there"}, "booking_time": {}},
+        },
+        {"name": "link", "condition": "if the caller wants the link", "content": {"template": "https://example.com"}},
+        {
+            "name": "strict",
+            "condition": "if the caller asks",
+            "content": {"template": "Hi {caller_name}"},
+            "variables": {"caller_name": {"default": "there"}},
+            "on_missing_variable": "skip",
+        },
+        {
+            "name": "pool",
+            "condition": "at the end",
+            "sender": "pool",
+            "content": {"preset": "confirm"},
+            "variables": {"booking_time": {}},
+        },
+        {
+            "name": "to_other",
+            "condition": "if the caller wants it sent to their colleague",
+            "to": "{{colleague_phone}}",
+            "allow_dynamic_destination": True,
+            "variables": {"colleague_phone": {}},
+            "content": {"template": "Hello from the clinic."},
+        },
+        {
+            "name": "repeatable",
+            "condition": "whenever asked",
+            "once_per_call": False,
+            "content": {"template": "Ping."},
+        },
+        {
+            "name": "long_one",
+            "condition": "x x x",
+            "max_segments": 1,
+            "content": {"template": "Your summary: {summary}"},
+            "variables": {"summary": {}},
+        },
+    ],
+}
+
+
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture
+async def parts(clock):
+    provider = LocalProvider(clock=clock.now)
+    outbox = Outbox()
+    optouts = SqliteOptOutStore()
+    dispatcher = Dispatcher(
+        actions=parse_actions(ACTIONS),
+        provider=provider,
+        outbox=outbox,
+        optouts=optouts,
+        clock=clock,
+        retry_policy=RetryPolicy(attempts=3, base_delay=1.0, jitter=0),
+        pool_numbers=POOL,
+    )
+    events = []
+    dispatcher.subscribe(events.append)
+    yield dispatcher, provider, events
+    await provider.aclose()
+    outbox.close()
+    optouts.close()
+
+
+CALL = CallContext(call_id="CA1", caller_number=CALLER, agent_number=AGENT)
+
+
+async def test_sends_to_caller_from_agent_number(parts):
+    dispatcher, provider, events = parts
+    result = await dispatcher.send("confirmation", call=CALL, turn=2, variables={"booking_time": "Fri 7pm"})
+    assert result.outcome is SendOutcome.ACCEPTED and result.accepted
+    assert result.to_masked == "+1******2671" and result.to_last2 == "71"
+    [msg] = await provider.inbox()
+    assert (msg.to_number, msg.from_number, msg.body) == (CALLER, AGENT, "Hi there, booked for Fri 7pm.")
+    assert [e.kind for e in events] == [SmsEventKind.QUEUED, SmsEventKind.SENT]
+    assert all(CALLER not in repr(e) for e in events)
+
+
+async def test_same_key_sends_once_and_once_per_call(parts):
+    dispatcher, provider, _ = parts
+    first = await dispatcher.send("link", call=CALL, turn=1)
+    again = await dispatcher.send("link", call=CALL, turn=1)
+    later = await dispatcher.send("link", call=CALL, turn=4)
+    assert first.accepted
+    assert again.outcome is SendOutcome.DUPLICATE and later.outcome is SendOutcome.DUPLICATE
+    assert provider.requests == 1
+
+
+async def test_concurrent_same_key_sends_once(parts):
+    import asyncio
+
+    dispatcher, provider, _ = parts
+    results = await asyncio.gather(*(dispatcher.send("repeatable", call=CALL, turn=7) for _ in range(10)))
+    assert sum(r.accepted for r in results) == 1
+    assert provider.requests == 1
+
+
+async def test_per_call_cap(parts):
+    dispatcher, provider, _events = parts
+    outcomes = [(await dispatcher.send("repeatable", call=CALL, turn=t)).outcome for t in range(5)]
+    assert outcomes[:3] == [SendOutcome.ACCEPTED] * 3
+    assert outcomes[3:] == [SendOutcome.SKIPPED] * 2
+    assert provider.requests == 3
+    other_call = CallContext(call_id="CA2", caller_number=CALLER, agent_number=AGENT)
+    assert (await dispatcher.send("repeatable", call=other_call, turn=0)).accepted
+
+
+async def test_missing_variable_policy(parts):
+    dispatcher, provider, _ = parts
+    skipped = await dispatcher.send("confirmation", call=CALL, turn=1)  # booking_time has no default
+    assert skipped.outcome is SendOutcome.SKIPPED and skipped.reason == "missing_variable"
+    assert skipped.missing == ("booking_time",)
+    strict = await dispatcher.send("strict", call=CALL, turn=1)  # default exists but policy is skip
+    assert strict.reason == "missing_variable"
+    assert provider.requests == 0
+    # a later turn with the value sends
+    assert (await dispatcher.send("confirmation", call=CALL, turn=2, variables={"booking_time": "noon"})).accepted
+
+
+async def test_opt_out_honoured_and_start_lifts_it(parts, clock):
+    dispatcher, provider, events = parts
+    await dispatcher.optouts.opt_out(CALLER, now=clock.now())
+    refused = await dispatcher.send("link", call=CALL, turn=1)
+    assert refused.outcome is SendOutcome.FAILED and refused.reason == "opted_out"
+    assert provider.requests == 0
+    assert events[-1].kind is SmsEventKind.FAILED and events[-1].reason == "opted_out"
+    await dispatcher.optouts.opt_in(CALLER)
+    assert (await dispatcher.send("link", call=CALL, turn=2)).accepted
+
+
+def test_keywords():
+    assert classify_keyword(" Stop ") == "opt_out"
+    assert classify_keyword("UNSUBSCRIBE.") == "opt_out"
+    assert classify_keyword("start") == "opt_in"
+    assert classify_keyword("help") == "help"
+    assert classify_keyword("please stop calling me") is None
+
+
+async def test_provider_opt_out_error_records_opt_out(clock):
+    provider = LocalProvider(opted_out=frozenset({CALLER}), clock=clock.now)
+    optouts = SqliteOptOutStore()
+    dispatcher = Dispatcher(
+        actions=parse_actions(ACTIONS), provider=provider, outbox=Outbox(), optouts=optouts, clock=clock
+    )
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    assert (result.outcome, result.reason, result.error_code) == (SendOutcome.FAILED, "opted_out", 21610)
+    assert await optouts.is_opted_out(CALLER)
+    assert provider.requests == 1
+    await dispatcher.send("repeatable", call=CALL, turn=2)
+    assert provider.requests == 1  # not even tried again
+
+
+async def test_permanent_error_not_retried(parts):
+    dispatcher, provider, _ = parts
+    provider.fail_next(SendError("not_mobile", kind=SendErrorKind.PERMANENT, code=21614))
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    assert result.reason == "not_mobile" and not result.retryable
+    assert provider.requests == 1
+
+
+async def test_retryable_error_retried_with_backoff(parts, clock):
+    dispatcher, provider, _ = parts
+    provider.fail_next(*[SendError("rate_limited", kind=SendErrorKind.RETRYABLE, status=429)] * 2)
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    assert result.accepted
+    assert provider.requests == 3
+    assert clock.sleeps == [1.0, 2.0]
+
+
+async def test_retryable_exhausted_fails_honestly(parts):
+    dispatcher, provider, _ = parts
+    provider.fail_next(*[SendError("rate_limited", kind=SendErrorKind.RETRYABLE, status=429)] * 3)
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    assert result.outcome is SendOutcome.FAILED and result.retryable
+    assert provider.requests == 3
+
+
+async def test_pool_sender_sticky_and_preset(parts):
+    dispatcher, provider, _ = parts
+    result = await dispatcher.send("pool", call=CALL, turn=9, variables={"booking_time": "Mon 10am"})
+    assert result.accepted
+    [msg] = await provider.inbox()
+    assert msg.from_number in POOL and msg.body == "Booking Mon 10am confirmed."
+
+
+async def test_dynamic_destination_validated(parts):
+    dispatcher, _provider, _ = parts
+    bad = await dispatcher.send("to_other", call=CALL, turn=1, variables={"colleague_phone": "+1 900"})
+    assert bad.reason == "invalid_number"
+    ok = await dispatcher.send("to_other", call=CALL, turn=2, variables={"colleague_phone": "(650) 253-0000"})
+    assert ok.accepted and ok.to_masked == "+1******0000"
+
+
+async def test_unknown_caller_number(parts):
+    dispatcher, _provider, _ = parts
+    result = await dispatcher.send("link", call=CallContext(call_id="CA9", agent_number=AGENT), turn=1)
+    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "invalid_number")
+
+
+async def test_segment_cap(parts):
+    dispatcher, provider, _ = parts
+    result = await dispatcher.send("long_one", call=CALL, turn=1, variables={"summary": "word " * 40})
+    assert (result.outcome, result.reason, result.segments) == (SendOutcome.FAILED, "too_long", 2)
+    assert provider.requests == 0
+
+
+async def test_prompt_body_cleaned_and_smart_encoded(clock):
+    actions = parse_actions(
+        {"actions": [{"name": "p", "condition": "x x x", "content": {"prompt": "write it", "template": "fallback"}}]}
+    )
+    provider = LocalProvider(clock=clock.now)
+    dispatcher = Dispatcher(
+        actions=actions, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(), clock=clock
+    )
+    result = await dispatcher.send("p", call=CALL, turn=1, body="It’s  booked —\x07 see you\n")
+    assert result.accepted and result.encoding == "GSM-7"
+    [msg] = await provider.inbox()
+    assert msg.body == "It's booked - see you"
+    too_long = await dispatcher.send("p", call=CALL, turn=2, body="🙂" * 150)
+    assert too_long.reason == "too_long"  # LLM text over 3 segments
+
+
+async def test_status_callbacks_forward_only(parts):
+    dispatcher, _provider, events = parts
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    events.clear()
+    assert await dispatcher.handle_status(result.sid, "sent") is None  # progress, no event
+    delivered = await dispatcher.handle_status(result.sid, "delivered")
+    assert delivered is not None and delivered.kind is SmsEventKind.DELIVERED
+    assert await dispatcher.handle_status(result.sid, "delivered") is None  # duplicate
+    assert await dispatcher.handle_status(result.sid, "sent") is None  # out of order
+    assert await dispatcher.handle_status(result.sid, "failed", 30003) is None  # terminal already
+    assert await dispatcher.handle_status("SMunknown", "delivered") is None
+    assert [e.kind for e in events] == [SmsEventKind.DELIVERED]
+
+
+async def test_undelivered_callback_raises_failed_with_reason(parts):
+    dispatcher, _provider, _events = parts
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    event = await dispatcher.handle_status(result.sid, "undelivered", 30006)
+    assert event.kind is SmsEventKind.FAILED and event.reason == "not_mobile" and event.error_code == 30006
+
+
+async def test_logs_carry_no_numbers_or_bodies(parts, caplog):
+    caplog.set_level(logging.DEBUG)
+    dispatcher, provider, _ = parts
+    provider.fail_next(SendError("rate_limited", kind=SendErrorKind.RETRYABLE))
+    await dispatcher.send("confirmation", call=CALL, turn=1, variables={"booking_time": "Fri 7pm"})
+    text = caplog.text
+    assert caplog.records
+    assert "4155552671" not in text and "5552671" not in text and "Fri 7pm" not in text
+
+
+async def test_broken_subscriber_does_not_break_send(parts):
+    dispatcher, _provider, _ = parts
+
+    def boom(event):
+        raise RuntimeError("subscriber bug")
+
+    dispatcher.subscribe(boom)
+    assert (await dispatcher.send("link", call=CALL, turn=1)).accepted

@@ -1,0 +1,70 @@
+"""Architecture rules: the core stays framework-free; library code has no blocking calls."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+FORBIDDEN_IN_CORE = ("pipecat", "aiohttp", "fastapi", "starlette", "twilio", "websockets", "deepgram", "requests")
+NETWORK_EDGE = {ROOT / "messaging" / "providers" / "twilio.py"}
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_imports_no_framework():
+    offenders = {}
+    for path in (ROOT / "messaging").rglob("*.py"):
+        if path in NETWORK_EDGE:
+            continue
+        bad = _imports(path) & set(FORBIDDEN_IN_CORE)
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = sorted(bad)
+    assert offenders == {}
+
+
+def test_core_import_does_not_load_frameworks():
+    code = (
+        "import sys, messaging, messaging.dispatcher, messaging.lint, messaging.providers.local\n"
+        f"bad = [m for m in {FORBIDDEN_IN_CORE!r} if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_no_blocking_calls_in_library_code():
+    patterns = (
+        "time.sleep(",
+        "requests.get(",
+        "requests.post(",
+        "messages.create(",
+        "asyncio.create_task(",
+        "asyncio.ensure_future(",
+    )
+    hits = []
+    for folder in ("messaging", "processors", "pipeline", "media"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            hits += [f"{path.name}: {p}" for p in patterns if p in text]
+    assert hits == []
+
+
+def test_ruff_clean():
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--output-format", "concise", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout[-3000:]
