@@ -1,10 +1,11 @@
 import logging
+import os
 import pathlib
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = pathlib.Path(os.environ.get("INCALL_SMS_SHARED", ROOT.parent / "shared"))
 EXAMPLES = ROOT / "examples"
 
 
