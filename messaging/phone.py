@@ -11,7 +11,12 @@ __all__ = ["is_e164", "last_digits", "mask", "normalize_e164"]
 _MAX_RAW_LENGTH = 64
 
 
-def normalize_e164(raw: str, *, default_region: str | None = "US", field: str | None = None) -> str:
+_PREMIUM_TYPES = frozenset({phonenumbers.PhoneNumberType.PREMIUM_RATE, phonenumbers.PhoneNumberType.SHARED_COST})
+
+
+def normalize_e164(
+    raw: str, *, default_region: str | None = "US", field: str | None = None, allow_premium: bool = False
+) -> str:
     """Parse a phone number and return it in E.164 form (``+14155550100``).
 
     Args:
@@ -19,13 +24,16 @@ def normalize_e164(raw: str, *, default_region: str | None = "US", field: str | 
         default_region: ISO region used when ``raw`` has no ``+`` country code;
             ``None`` requires an international number.
         field: Name of the field being parsed, used in the error message.
+        allow_premium: Accept premium-rate and shared-cost numbers (refused by default:
+            a caller must never be able to make the agent text a paid number).
 
     Returns:
         The E.164 string.
 
     Raises:
         InvalidPhoneNumberError: ``raw`` is not a string, is empty or too long,
-            contains control characters, cannot be parsed, or is not a valid number.
+            contains control characters, cannot be parsed, is not a valid number, or
+            is a premium-rate number.
     """
     if not isinstance(raw, str):
         raise InvalidPhoneNumberError("not a string", field=field)
@@ -44,6 +52,8 @@ def normalize_e164(raw: str, *, default_region: str | None = "US", field: str | 
         raise InvalidPhoneNumberError("extensions cannot receive SMS", field=field)
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidPhoneNumberError("not a valid number", field=field)
+    if not allow_premium and phonenumbers.number_type(parsed) in _PREMIUM_TYPES:
+        raise InvalidPhoneNumberError("premium-rate numbers are refused", field=field)
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -56,6 +56,46 @@ def _cmd_actions_lint(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _cmd_judge_eval(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from messaging.judges.evaluate import evaluate, load_cases
+
+    try:
+        cases = load_cases(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    judge = _make_judge(args.judge)
+    report = asyncio.run(evaluate(judge, cases))
+    table = Table(title=f"{judge.name} judge on {args.file}")
+    for column in ("condition", "n", "precision", "recall", "f1"):
+        table.add_column(column, overflow="fold")
+    for condition, scores in report.per_condition.items():
+        table.add_row(condition, str(scores.n), f"{scores.precision:.2f}", f"{scores.recall:.2f}", f"{scores.f1:.2f}")
+    console = Console(width=args.width) if args.width else Console()
+    console.print(table)
+    if args.verbose:
+        for case, predicted, reason in report.errors:
+            said = " / ".join(f"{t.role}: {t.text}" for t in case.transcript)
+            console.print(f"[red]{case.id}[/] expected {case.fires} got {predicted} ({reason}) :: {said}",
+                          highlight=False)
+    o = report.overall
+    print(json.dumps({"precision": round(o.precision, 4), "recall": round(o.recall, 4), "f1": round(o.f1, 4),
+                      "n": o.n}))
+    return 0
+
+
+def _make_judge(name: str):
+    from messaging.judges.embedded import EmbeddedJudge
+
+    if name == "embedded":
+        return EmbeddedJudge()
+    from messaging.judges.llm import LLMJudge
+
+    return LLMJudge.from_env()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``run_agent.py``."""
     parser = argparse.ArgumentParser(
@@ -71,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("--json", action="store_true", help="print the rows as JSON")
     lint.add_argument("--width", type=int, default=None, help="table width (default: terminal)")
     lint.set_defaults(handler=_cmd_actions_lint)
+
+    judge = sub.add_parser("judge", help="condition judges")
+    judge_sub = judge.add_subparsers(dest="judge_command", required=True)
+    ev = judge_sub.add_parser("eval", help="score a judge on a labelled JSONL file; last line is JSON")
+    ev.add_argument("file")
+    ev.add_argument("--judge", choices=("embedded", "llm"), default="embedded",
+                    help="llm uses SMS_JUDGE_LLM_URL / SMS_JUDGE_LLM_MODEL / SMS_JUDGE_LLM_KEY")
+    ev.add_argument("--verbose", "-v", action="store_true", help="list the misjudged cases")
+    ev.add_argument("--width", type=int, default=None)
+    ev.set_defaults(handler=_cmd_judge_eval)
     return parser
 
 

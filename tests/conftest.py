@@ -16,7 +16,28 @@ def shared() -> pathlib.Path:
     return SHARED
 
 
+@pytest.fixture(autouse=True)
+async def _close_providers():
+    yield
+    from tests.helpers.sms import OPEN_PROVIDERS
+
+    while OPEN_PROVIDERS:
+        await OPEN_PROVIDERS.pop().aclose()
+
+
 @pytest.fixture
 def caplog_all(caplog):
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+def pytest_configure(config):
+    # pipecat logs every frame link at DEBUG through loguru: keep test output readable
+    try:
+        import sys
+
+        from loguru import logger
+    except ImportError:  # pragma: no cover
+        return
+    logger.remove()
+    logger.add(sys.stderr, level=os.environ.get("LOGURU_LEVEL", "WARNING"))

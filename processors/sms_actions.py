@@ -1,0 +1,340 @@
+"""The SMS action processor: watches the live conversation and fires SMS actions.
+
+Place it between STT and the user context aggregator (the aggregator swallows
+transcripts), and its :meth:`SmsActionProcessor.agent_tap` right after the LLM::
+
+    Pipeline([transport.input(), stt, sms, context.user(), llm, sms.agent_tap(), tts,
+              transport.output(), context.assistant()])
+
+Audio is never blocked: ``process_frame`` only records text and, with an
+instant judge (the embedded one), judges inline in microseconds; LLM judging,
+variable extraction, content writing and the send itself run as the
+processor's own tasks. Interruptions cut the filler, never a send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMMessagesAppendFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    TTSSpeakFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from messaging.engine import ActionEngine, ActionOutcome, Firing
+from messaging.events import SmsEvent, SmsEventKind
+
+__all__ = ["AgentTranscriptTap", "SmsActionProcessor", "SpokenLine"]
+
+_log = logging.getLogger(__name__)
+
+_EVENT_NAMES = {
+    SmsEventKind.QUEUED: "on_sms_queued",
+    SmsEventKind.SENT: "on_sms_sent",
+    SmsEventKind.DELIVERED: "on_sms_delivered",
+    SmsEventKind.FAILED: "on_sms_failed",
+}
+
+
+class SpokenLine:
+    """A line the processor asked the TTS to speak (kept for reports and tests)."""
+
+    __slots__ = ("action", "at", "kind", "text")
+
+    def __init__(self, *, kind: str, text: str, action: str, at: float) -> None:
+        self.kind = kind
+        self.text = text
+        self.action = action
+        self.at = at
+
+    def __repr__(self) -> str:
+        return f"SpokenLine({self.kind}, {self.action}, {self.text!r})"
+
+
+class SmsActionProcessor(FrameProcessor):
+    """Fires SMS actions from the conversation, speaks filler and honest outcomes.
+
+    Event handlers (unknown names raise ``ValueError``):
+
+    - ``on_condition_matched(processor, firing)``: a condition held (with the judge's reason).
+    - ``on_sms_queued(processor, event)``: the send was claimed in the outbox.
+    - ``on_sms_sent(processor, event)``: the provider accepted the message.
+    - ``on_sms_delivered(processor, event)``: the carrier reported delivery.
+    - ``on_sms_failed(processor, event)``: refused, undelivered or unconfirmed.
+    - ``on_action_completed(processor, outcome)``: the send finished (any result).
+
+    Args:
+        engine: The call's action engine.
+        filler_threshold: Seconds to wait before speaking the filler; when the send
+            finishes sooner the filler is skipped and only the confirmation is said.
+        end_grace: On ``EndFrame``, how long in-flight sends may take (bounded).
+        cancel_grace: On ``CancelFrame``, the same, shorter; what is still running is
+            cancelled and left in the outbox for ``Dispatcher.recover()``.
+        user_quiet_wait: Longest wait for the caller to stop talking before the
+            confirmation is spoken.
+        speak_delivery_failures: Tell the caller when a delivery-failed status callback
+            arrives while the call is live.
+        tell_llm: Push a system note so the agent LLM does not answer the request itself.
+    """
+
+    EVENTS = (
+        "on_condition_matched",
+        "on_sms_queued",
+        "on_sms_sent",
+        "on_sms_delivered",
+        "on_sms_failed",
+        "on_action_completed",
+    )
+
+    def __init__(
+        self,
+        *,
+        engine: ActionEngine,
+        filler_threshold: float = 0.25,
+        end_grace: float = 10.0,
+        cancel_grace: float = 3.0,
+        user_quiet_wait: float = 5.0,
+        speak_delivery_failures: bool = True,
+        tell_llm: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        for name in self.EVENTS:
+            self._register_event_handler(name)
+        self.engine = engine
+        self._filler_threshold = filler_threshold
+        self._end_grace = end_grace
+        self._cancel_grace = cancel_grace
+        self._user_quiet_wait = user_quiet_wait
+        self._speak_delivery_failures = speak_delivery_failures
+        self._tell_llm = tell_llm
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._user_quiet = asyncio.Event()
+        self._user_quiet.set()
+        self._live = True
+        self._own_frames: set[int] = set()
+        self._sent_keys: set[str] = set()
+        self._t0 = time.monotonic()
+        self.outcomes: list[ActionOutcome] = []
+        self.spoken: list[SpokenLine] = []
+        engine.dispatcher.subscribe(self._on_sms_event)
+
+    # -- public -------------------------------------------------------------------
+
+    def add_event_handler(self, event_name: str, handler: Any) -> None:
+        """Add a handler; unlike pipecat's default, an unknown event name is an error.
+
+        Raises:
+            ValueError: ``event_name`` is not one of :attr:`EVENTS` (or a base event).
+        """
+        if event_name not in self._event_handlers:
+            raise ValueError(f"unknown event {event_name!r}; known: {', '.join(sorted(self._event_handlers))}")
+        super().add_event_handler(event_name, handler)
+
+    def agent_tap(self) -> AgentTranscriptTap:
+        """A processor to place after the LLM that reports the agent's turns to this processor."""
+        return AgentTranscriptTap(self)
+
+    @property
+    def in_flight(self) -> int:
+        """Background tasks (sends, judging, extraction) not finished yet."""
+        return sum(1 for t in self._tasks if not t.done())
+
+    async def on_agent_text(self, text: str) -> None:
+        """Record an agent turn and judge conditions that depend on it (e.g. "a meeting was booked")."""
+        self.engine.add_agent_text(text)
+        self._extract()
+        if self.engine.judge.instant:
+            self._start_all(self.engine.evaluate_now("turn"))
+        else:
+            self._spawn(self._judge_and_start("turn"), "sms-judge")
+
+    # -- frame handling -------------------------------------------------------------
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Record transcripts, judge, and pass every frame on in its direction."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame) and direction is FrameDirection.DOWNSTREAM:
+            await self._on_transcription(frame, direction)
+        elif isinstance(frame, (UserStartedSpeakingFrame, VADUserStartedSpeakingFrame)):
+            self._user_quiet.clear()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, (UserStoppedSpeakingFrame, VADUserStoppedSpeakingFrame)):
+            self._user_quiet.set()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, EndFrame):
+            await self._finish(at_end=True, grace=self._end_grace)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, CancelFrame):
+            self._live = False
+            await self._finish(at_end=True, grace=self._cancel_grace)
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _on_transcription(self, frame: TranscriptionFrame, direction: FrameDirection) -> None:
+        self.engine.add_user_text(frame.text)
+        self._extract()
+        if not self.engine.judge.instant:
+            await self.push_frame(frame, direction)
+            self._spawn(self._judge_and_start("turn"), "sms-judge")
+            return
+        firings = self.engine.evaluate_now("turn")  # microseconds, no I/O
+        if firings and self._tell_llm:
+            # before the transcript, so the agent LLM sees it when it answers this turn
+            note = {"role": "system", "content": self.engine.llm_note(firings)}
+            await self.push_frame(LLMMessagesAppendFrame([note], run_llm=False), direction)
+        await self.push_frame(frame, direction)
+        self._start_all(firings)
+
+    # -- background work ------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = self.create_task(coroutine, name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _extract(self) -> None:
+        if self.engine.extractor is not None:
+            self.engine.track_extraction(self._spawn(self.engine.extract(), "sms-extract"))
+
+    async def _judge_and_start(self, at: str) -> None:
+        firings = await self.engine.evaluate(at)  # type: ignore[arg-type]
+        if firings and self._tell_llm and self._live:
+            note = {"role": "system", "content": self.engine.llm_note(firings)}
+            await self.push_frame(LLMMessagesAppendFrame([note], run_llm=False))
+        self._start_all(firings)
+
+    def _start_all(self, firings: list[Firing]) -> None:
+        for firing in firings:
+            self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
+            self._spawn(self._run(firing), f"sms-{firing.action.name}")
+
+    async def _run(self, firing: Firing) -> None:
+        send = self._spawn(self.engine.execute(firing), f"sms-send-{firing.action.name}")
+        if firing.at == "turn" and self._live:
+            done, _ = await asyncio.wait({send}, timeout=self._filler_threshold)
+            if not done:
+                filler = await self.engine.filler_text(firing)
+                if filler and not send.done() and self._live:
+                    await self._speak(filler, kind="filler", action=firing.action.name, append=False)
+        try:
+            outcome = await asyncio.shield(send)
+        except Exception:
+            _log.exception("SMS action %s crashed", firing.action.name)
+            if self._live:
+                await self._speak("Sorry, something went wrong while sending the text.", kind="failure",
+                                  action=firing.action.name, append=True)
+            return
+        self.outcomes.append(outcome)
+        await self._call_event_handler("on_action_completed", outcome)
+        if outcome.line and self._live:
+            await self._wait_user_quiet()
+            if self._live:
+                kind = "confirmation" if outcome.result.accepted else "failure"
+                await self._speak(outcome.line, kind=kind, action=firing.action.name, append=True)
+
+    async def _wait_user_quiet(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._user_quiet.wait(), self._user_quiet_wait)
+
+    async def _speak(self, text: str, *, kind: str, action: str, append: bool) -> None:
+        frame = TTSSpeakFrame(text, append_to_context=append)
+        self._own_frames.add(frame.id)
+        self.spoken.append(SpokenLine(kind=kind, text=text, action=action, at=time.monotonic() - self._t0))
+        self.engine.add_agent_text(text)
+        await self.push_frame(frame)
+
+    def is_own_frame(self, frame: Frame) -> bool:
+        """Whether ``frame`` was pushed by this processor (the tap ignores those)."""
+        return frame.id in self._own_frames
+
+    async def _on_sms_event(self, event: SmsEvent) -> None:
+        if event.call_id != self.engine.call.call_id:
+            return
+        if event.kind is SmsEventKind.SENT:
+            self._sent_keys.add(event.key)
+        await self._call_event_handler(_EVENT_NAMES[event.kind], event)
+        delivery_failed = event.kind is SmsEventKind.FAILED and event.key in self._sent_keys
+        if delivery_failed and self._speak_delivery_failures and self._live:
+            last2 = event.to_masked[-2:] if event.to_masked else ""
+            line = f"I'm sorry, it looks like the text to your number ending in {last2} didn't go through."
+            self._spawn(self._speak(line, kind="delivery_failure", action=event.action, append=True), "sms-say")
+
+    async def _finish(self, *, at_end: bool, grace: float) -> None:
+        """Judge call-end conditions, then wait (bounded) for in-flight work."""
+        if at_end:
+            try:
+                async with asyncio.timeout(grace):
+                    firings = await self.engine.evaluate("call_end")
+            except TimeoutError:
+                _log.warning("call-end judging timed out")
+                firings = []
+            self._start_all(firings)
+        deadline = time.monotonic() + grace
+        while True:
+            pending = [t for t in self._tasks if not t.done()]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
+        left = [t for t in self._tasks if not t.done()]
+        if left:
+            _log.warning("%d SMS task(s) still running at call end; the outbox keeps them for recovery", len(left))
+
+    async def cleanup(self) -> None:
+        """Cancel what is still running (the outbox row stays for ``Dispatcher.recover()``)."""
+        await super().cleanup()
+        self._live = False
+        for task in list(self._tasks):
+            if not task.done():
+                await self.cancel_task(task)
+        self._tasks.clear()
+
+
+class AgentTranscriptTap(FrameProcessor):
+    """Reports the agent's text to an :class:`SmsActionProcessor`. Place it right after the LLM.
+
+    Collects LLM text between ``LLMFullResponseStartFrame`` and ``LLMFullResponseEndFrame``;
+    ``TTSSpeakFrame`` lines from elsewhere (greetings) count as agent turns too.
+    """
+
+    def __init__(self, owner: SmsActionProcessor, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._owner = owner
+        self._parts: list[str] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Collect agent text; every frame passes on unchanged."""
+        await super().process_frame(frame, direction)
+        if direction is FrameDirection.DOWNSTREAM:
+            if isinstance(frame, LLMFullResponseStartFrame):
+                self._parts = []
+            elif isinstance(frame, LLMTextFrame):
+                self._parts.append(frame.text)
+            elif isinstance(frame, LLMFullResponseEndFrame):
+                text = "".join(self._parts).strip()
+                self._parts = []
+                if text:
+                    await self._owner.on_agent_text(text)
+            elif isinstance(frame, TTSSpeakFrame) and not self._owner.is_own_frame(frame):
+                self._owner.engine.add_agent_text(frame.text)
+        await self.push_frame(frame, direction)

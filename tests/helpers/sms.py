@@ -1,0 +1,71 @@
+"""Builders shared by processor and pipeline tests."""
+
+from __future__ import annotations
+
+import time
+
+from messaging.actions import parse_actions
+from messaging.clock import ManualClock
+from messaging.dispatcher import CallContext, Dispatcher
+from messaging.engine import ActionEngine
+from messaging.judges.embedded import EmbeddedJudge
+from messaging.optout import SqliteOptOutStore
+from messaging.outbox import Outbox
+from messaging.providers.local import LocalProvider
+from messaging.providers.twilio import TwilioProvider
+from messaging.retry import RetryPolicy
+from messaging.variables import PatternExtractor
+from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
+
+#: Providers made by make_engine; the autouse fixture in conftest closes them after each test.
+OPEN_PROVIDERS: list = []
+
+CALLER = "+14155552671"
+AGENT = "+14155550100"
+
+ACTIONS = {
+    "actions": [
+        {
+            "name": "booking_confirmation",
+            "condition": "if the caller asks to receive the booking confirmation",
+            "content": {"template": "Your booking for {booking_time} is confirmed."},
+            "variables": {"booking_time": {"description": "date and time of the booking", "default": "your visit"}},
+            "filler": "One moment, I'm texting that to you.",
+            "confirmation": "Done, I've texted it to your number ending in {to_last2}.",
+        },
+        {
+            "name": "website_link",
+            "condition": "if the caller requests a link to the website",
+            "content": {"template": "Menu: https://example.com/menu"},
+            "filler": "Sure, sending the link now.",
+        },
+        {
+            "name": "meeting_followup",
+            "condition": "when the call ends and a meeting was booked",
+            "content": {"template": "Thanks for calling! See you {booking_time}."},
+            "variables": {"booking_time": {"description": "date and time of the booking"}},
+            "on_missing_variable": "skip",
+        },
+    ]
+}
+
+
+def make_engine(*, provider=None, peer=None, timeout=5.0, outbox=None, call_id="CA1", judge=None, extractor=True,
+                actions=None):
+    if provider is None and peer is not None:
+        provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url,
+                                  timeout=timeout)
+    provider = provider or LocalProvider()
+    OPEN_PROVIDERS.append(provider)
+    dispatcher = Dispatcher(
+        actions=parse_actions(actions or ACTIONS),
+        provider=provider,
+        outbox=outbox or Outbox(),
+        optouts=SqliteOptOutStore(),
+        clock=ManualClock(start=time.time()),
+        retry_policy=RetryPolicy(attempts=3, base_delay=0.1, jitter=0),
+        ambiguity_delay=0.0,
+    )
+    call = CallContext(call_id=call_id, caller_number=CALLER, agent_number=AGENT)
+    return ActionEngine(dispatcher=dispatcher, call=call, judge=judge or EmbeddedJudge(),
+                        extractor=PatternExtractor() if extractor else None)

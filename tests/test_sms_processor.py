@@ -1,0 +1,206 @@
+"""The SMS action processor under pipecat's own run_test harness, against real loopback peers."""
+
+import asyncio
+import json
+
+import pytest
+from pipecat.frames.frames import (
+    CancelFrame,
+    InterruptionFrame,
+    LLMMessagesAppendFrame,
+    TranscriptionFrame,
+    TTSSpeakFrame,
+)
+from pipecat.tests.utils import SleepFrame, run_test
+
+from messaging.dispatcher import SendOutcome
+from messaging.judges.llm import LLMJudge
+from messaging.outbox import Outbox
+from processors.sms_actions import SmsActionProcessor
+from tests.helpers.sms import CALLER, make_engine
+from tests.peers.llm_peer import LLMPeer
+from tests.peers.twilio_peer import Fault, TwilioPeer
+
+
+def said(text):
+    return TranscriptionFrame(text=text, user_id="", timestamp="")
+
+
+def kinds(processor):
+    return [(line.kind, line.action) for line in processor.spoken]
+
+
+@pytest.fixture
+async def peer():
+    async with TwilioPeer() as p:
+        yield p
+
+
+async def test_filler_then_confirmation_after_acceptance(peer):
+    peer.faults = [Fault(delay=0.8)]
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("Your table for four is booked for Friday at 7 pm.")
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.1)
+    events = []
+    for name in ("on_condition_matched", "on_sms_queued", "on_sms_sent"):
+        sms.add_event_handler(name, lambda proc, item, name=name: events.append(name))
+    down, _ = await run_test(
+        sms,
+        frames_to_send=[said("Great, can you text me the confirmation?"), SleepFrame(1.5)],
+        expected_down_frames=[LLMMessagesAppendFrame, TranscriptionFrame, TTSSpeakFrame, TTSSpeakFrame],
+    )
+    note, _, filler, confirmation = down
+    assert "Do not say that you sent a text" in note.messages[0]["content"]
+    assert filler.text == "One moment, I'm texting that to you." and filler.append_to_context is False
+    assert confirmation.text == "Done, I've texted it to your number ending in 71."
+    assert kinds(sms) == [("filler", "booking_confirmation"), ("confirmation", "booking_confirmation")]
+    # the booking also makes the call-end follow-up fire when run_test ends the call
+    assert [(m.to, m.body) for m in peer.messages] == [
+        (CALLER, "Your booking for Friday at 7 pm is confirmed."),
+        (CALLER, "Thanks for calling! See you Friday at 7 pm."),
+    ]
+    assert events[:3] == ["on_condition_matched", "on_sms_queued", "on_sms_sent"]
+
+
+async def test_fast_send_skips_filler(peer):
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's all on our website.")
+    sms = SmsActionProcessor(engine=engine, filler_threshold=1.0)
+    _down, _ = await run_test(
+        sms,
+        frames_to_send=[said("Can you text me the link?"), SleepFrame(0.5)],
+        expected_down_frames=[LLMMessagesAppendFrame, TranscriptionFrame, TTSSpeakFrame],
+    )
+    assert kinds(sms) == [("confirmation", "website_link")]
+
+
+async def test_provider_failure_speaks_honest_line_never_sent(peer):
+    peer.faults = [Fault(status=400, code=21610, delay=0.4, commit=False)]
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's all on our website.")
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    failed = []
+    sms.add_event_handler("on_sms_failed", lambda proc, event: failed.append(event))
+    down, _ = await run_test(sms, frames_to_send=[said("Send me the link please."), SleepFrame(1.0)])
+    texts = [f.text for f in down if isinstance(f, TTSSpeakFrame)]
+    assert len(texts) == 2
+    assert "opted out" in texts[1] and "texted" not in texts[1]
+    assert ("confirmation", "website_link") not in kinds(sms)
+    assert failed and failed[0].reason == "opted_out" and failed[0].to_masked == "+1******2671"
+    assert peer.messages == []
+
+
+async def test_interruption_cuts_filler_not_the_send(peer):
+    peer.faults = [Fault(delay=1.0)]
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("You're booked for Tuesday at 3.")
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    _down, _ = await run_test(
+        sms,
+        frames_to_send=[said("Could you send that to my phone?"), SleepFrame(0.3), InterruptionFrame(),
+                        said("Actually also, what time is it?"), SleepFrame(1.5)],
+    )
+    bodies = [m.body for m in peer.messages]
+    assert bodies.count("Your booking for Tuesday at 3 is confirmed.") == 1
+    assert kinds(sms)[-1] == ("confirmation", "booking_confirmation")
+    assert sms.outcomes[0].result.accepted
+
+
+async def test_repeated_request_fires_once(peer):
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's on our website.")
+    sms = SmsActionProcessor(engine=engine)
+    await run_test(sms, frames_to_send=[
+        said("Text me the link."), SleepFrame(0.3), said("Yes, please text me the link."), SleepFrame(0.3),
+    ])
+    assert len(peer.messages) == 1
+    assert [o.firing.action.name for o in sms.outcomes] == ["website_link"]
+
+
+async def test_call_end_condition_fires_on_end_frame(peer):
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("Your meeting with Dana is booked for Monday at 10 am.")
+    sms = SmsActionProcessor(engine=engine)
+    down, _ = await run_test(sms, frames_to_send=[said("Perfect, bye.")])
+    # run_test sends EndFrame last: the follow-up is sent before the EndFrame leaves, nothing is spoken
+    assert [m.body for m in peer.messages] == ["Thanks for calling! See you Monday at 10 am."]
+    assert not any(isinstance(f, TTSSpeakFrame) for f in down)
+
+
+async def test_call_end_waits_for_in_flight_send(peer):
+    peer.faults = [Fault(delay=1.0)]
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's all on our website.")
+    sms = SmsActionProcessor(engine=engine, end_grace=5.0)
+    await run_test(sms, frames_to_send=[said("Text me the link, bye!")])  # EndFrame right behind
+    assert len(peer.messages) == 1
+    assert sms.outcomes and sms.outcomes[0].result.accepted
+
+
+async def test_cancel_mid_send_leaves_row_for_recovery_no_duplicate(peer, tmp_path):
+    peer.faults = [Fault(delay=5.0, commit=True)]
+    db = tmp_path / "outbox.db"
+    engine = make_engine(peer=peer, outbox=Outbox(db), timeout=30)
+    engine.add_agent_text("It's all on our website.")
+    sms = SmsActionProcessor(engine=engine, cancel_grace=0.3)
+    await run_test(sms, frames_to_send=[said("Text me the link."), SleepFrame(0.3), CancelFrame()],
+                   send_end_frame=False)
+    [row] = await engine.dispatcher.outbox.unfinished()
+    assert row.status == "sending"
+    # a restarted worker resolves it with the provider: found, not resent
+    fresh = make_engine(peer=peer, outbox=Outbox(db))
+    results = await fresh.dispatcher.recover()
+    assert [r.outcome for r in results] == [SendOutcome.ACCEPTED]
+    assert len(peer.messages) == 1 and len(peer.requests) == 1
+
+
+async def test_negative_turns_send_nothing(peer):
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("Would you like me to text you the link?")
+    sms = SmsActionProcessor(engine=engine)
+    _down, _ = await run_test(sms, frames_to_send=[said("No thanks, I'll google it."), SleepFrame(0.2)],
+                             expected_down_frames=[TranscriptionFrame])
+    assert peer.requests == []
+
+
+def test_unknown_event_name_fails():
+    sms = SmsActionProcessor(engine=make_engine())
+    with pytest.raises(ValueError, match="unknown event 'on_sms_snet'"):
+        sms.add_event_handler("on_sms_snet", lambda *a: None)
+
+
+async def test_llm_judge_path_runs_in_background(peer):
+    def responder(body):
+        return json.dumps({"matches": [{"id": "website_link", "confidence": 0.95, "reason": "asked for the link"}]})
+
+    async with LLMPeer(responder, latency=0.3) as llm:
+        judge = LLMJudge(base_url=llm.base_url, model="judge", timeout=5)
+        engine = make_engine(peer=peer, judge=judge)
+        sms = SmsActionProcessor(engine=engine)
+        matched = []
+        sms.add_event_handler("on_condition_matched", lambda proc, firing: matched.append(firing.match.reason))
+        down, _ = await run_test(sms, frames_to_send=[said("could you shoot the site over"), SleepFrame(1.0)])
+        await judge.aclose()
+    # the transcript is forwarded at once; the note and lines follow when the judge answers
+    assert isinstance(down[0], TranscriptionFrame)
+    assert any(isinstance(f, LLMMessagesAppendFrame) for f in down[1:])
+    assert matched == ["asked for the link"]
+    assert len(peer.messages) == 1
+
+
+async def test_delivery_failure_callback_is_spoken(peer):
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's on our website.")
+    sms = SmsActionProcessor(engine=engine)
+
+    async def callback_later():
+        while not peer.messages:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        await engine.dispatcher.handle_status(peer.messages[0].sid, "undelivered", 30003)
+
+    task = asyncio.get_running_loop().create_task(callback_later())
+    await run_test(sms, frames_to_send=[said("Text me the link."), SleepFrame(1.0)])
+    await task
+    assert kinds(sms)[-1] == ("delivery_failure", "website_link")
+    assert "didn't go through" in sms.spoken[-1].text
