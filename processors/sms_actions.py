@@ -29,6 +29,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMMessagesAppendFrame,
     LLMTextFrame,
+    StartFrame,
     TranscriptionFrame,
     TTSSpeakFrame,
     UserStartedSpeakingFrame,
@@ -132,6 +133,7 @@ class SmsActionProcessor(FrameProcessor):
         self._own_frames: set[int] = set()
         self._sent_keys: set[str] = set()
         self._t0 = time.monotonic()
+        self._tap: AgentTranscriptTap | None = None
         self.outcomes: list[ActionOutcome] = []
         self.spoken: list[SpokenLine] = []
         engine.dispatcher.subscribe(self._on_sms_event)
@@ -149,8 +151,15 @@ class SmsActionProcessor(FrameProcessor):
         super().add_event_handler(event_name, handler)
 
     def agent_tap(self) -> AgentTranscriptTap:
-        """A processor to place after the LLM that reports the agent's turns to this processor."""
-        return AgentTranscriptTap(self)
+        """A processor to place right after the LLM (before the TTS).
+
+        It reports the agent's turns to this processor, and the filler and confirmation
+        lines are pushed from it straight into the TTS: a line pushed from here would
+        otherwise wait in the LLM's queue until the LLM finished its own answer.
+        """
+        if self._tap is None:
+            self._tap = AgentTranscriptTap(self)
+        return self._tap
 
     @property
     def in_flight(self) -> int:
@@ -261,7 +270,10 @@ class SmsActionProcessor(FrameProcessor):
         self._own_frames.add(frame.id)
         self.spoken.append(SpokenLine(kind=kind, text=text, action=action, at=time.monotonic() - self._t0))
         self.engine.add_agent_text(text)
-        await self.push_frame(frame)
+        if self._tap is not None and self._tap.linked:
+            await self._tap.push_frame(frame, FrameDirection.DOWNSTREAM)
+        else:
+            await self.push_frame(frame)
 
     def is_own_frame(self, frame: Frame) -> bool:
         """Whether ``frame`` was pushed by this processor (the tap ignores those)."""
@@ -321,10 +333,19 @@ class AgentTranscriptTap(FrameProcessor):
         super().__init__(**kwargs)
         self._owner = owner
         self._parts: list[str] = []
+        self.linked = False
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Collect agent text; every frame passes on unchanged."""
         await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self.linked = True
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            self.linked = False
+        await self._collect(frame, direction)
+        await self.push_frame(frame, direction)
+
+    async def _collect(self, frame: Frame, direction: FrameDirection) -> None:
         if direction is FrameDirection.DOWNSTREAM:
             if isinstance(frame, LLMFullResponseStartFrame):
                 self._parts = []
@@ -337,4 +358,3 @@ class AgentTranscriptTap(FrameProcessor):
                     await self._owner.on_agent_text(text)
             elif isinstance(frame, TTSSpeakFrame) and not self._owner.is_own_frame(frame):
                 self._owner.engine.add_agent_text(frame.text)
-        await self.push_frame(frame, direction)

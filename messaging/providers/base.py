@@ -77,6 +77,10 @@ class SmsProvider(Protocol):
         """
         ...
 
+    async def warm_up(self) -> None:
+        """Do slow one-time set-up (clients, imports) before calls start."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections."""
         ...

@@ -132,6 +132,9 @@ class LocalProvider:
 
         return await self._db.run(_q)
 
+    async def warm_up(self) -> None:
+        """Nothing to prepare."""
+
     async def aclose(self) -> None:
         """Close the inbox database."""
         self._db.close()
