@@ -178,6 +178,15 @@ class ActionEngine:
                       match.reason)
         return firings
 
+    def claim(self, action: SmsAction, *, match: Match, at: At = "turn") -> list[Firing]:
+        """Fire ``action`` because something other than the judge decided (tool mode).
+
+        Returns:
+            The firing, or an empty list when the action may not fire now (already sent
+            in this call, or not at this moment).
+        """
+        return self._firings([match], at)
+
     def evaluate_now(self, at: At = "turn") -> list[Firing]:
         """Judge synchronously (instant judges only) and claim the firings."""
         request = self.request(at)

@@ -41,3 +41,18 @@ def test_lint_unreadable_file(tmp_path):
     out = run("actions", "lint", str(tmp_path / "nope.yaml"))
     assert out.returncode == 2
     assert "cannot read" in out.stdout
+
+
+def test_judge_eval_contract(shared):
+    out = run("judge", "eval", str(shared / "conditions" / "dev.jsonl"))
+    assert out.returncode == 0, out.stderr
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(last) == {"precision", "recall", "f1", "n"}
+    assert last["n"] == 30 and 0.0 <= last["f1"] <= 1.0
+
+
+def test_judge_eval_bad_file(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"condition": "x"}\n', encoding="utf-8")
+    out = run("judge", "eval", str(bad))
+    assert out.returncode == 2 and "line 1" in out.stderr

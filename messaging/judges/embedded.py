@@ -30,7 +30,10 @@ from collections.abc import Iterable, Sequence
 
 from messaging.judges.base import ConditionSpec, JudgeRequest, Match, Turn
 
-__all__ = ["EmbeddedJudge", "ParsedCondition", "parse_condition"]
+__all__ = ["MAX_TURN_CHARS", "EmbeddedJudge", "ParsedCondition", "parse_condition"]
+
+#: Characters of the latest caller turn (and the agent turn before it) the judge reads.
+MAX_TURN_CHARS = 400
 
 # -- lexicon -------------------------------------------------------------------
 
@@ -166,16 +169,24 @@ def _stem(word: str) -> str:
     return word
 
 
+_GROUP_FORMS: list[frozenset[str]] = [frozenset(group | {_stem(g) for g in group}) for group in _GROUPS]
+
+
+@functools.lru_cache(maxsize=8192)
+def _expand_word(word: str) -> frozenset[str]:
+    stem = _stem(word)
+    out = {word, stem}
+    for forms in _GROUP_FORMS:
+        if word in forms or stem in forms:
+            out |= forms
+    return frozenset(out)
+
+
 def _expand(words: Iterable[str]) -> set[str]:
     """Words, their stems, and their synonym groups' members (stemmed)."""
     out: set[str] = set()
     for word in words:
-        out.add(word)
-        out.add(_stem(word))
-        for group in _GROUPS:
-            if word in group or _stem(word) in {_stem(g) for g in group}:
-                out.update(group)
-                out.update(_stem(g) for g in group)
+        out |= _expand_word(word)
     return out
 
 
@@ -469,8 +480,10 @@ class EmbeddedJudge:
         last_user_index = max((i for i, t in enumerate(transcript) if t.role == "user"), default=None)
         if last_user_index is None or last_user_index != len(transcript) - 1:
             return 0.0, "the caller has not just spoken"
-        user = _normalize(transcript[last_user_index].text)
+        # a turn is judged on its latest words: a long monologue costs no more than a sentence or two
+        user = _normalize(transcript[last_user_index].text[-MAX_TURN_CHARS:])
         agent = next((t.text for t in reversed(transcript[:last_user_index]) if t.role == "agent"), "")
+        agent = agent[-MAX_TURN_CHARS:]
         agent_words = tuple(_words(_normalize(agent)))
         terms = parsed.head | parsed.modifiers
         clauses = [_analyse(c) for c in _clauses(user)]
@@ -539,8 +552,8 @@ class EmbeddedJudge:
         evidence = 0.0
         reason = "no sign that it happened"
         event_words = _EVENT_WORDS.get(event or "", set()) | ({event} if event else set())
-        for turn in transcript:
-            text = _normalize(turn.text)
+        for turn in transcript[-40:]:
+            text = _normalize(turn.text[-MAX_TURN_CHARS:])
             for clause in _clauses(text):
                 analysed = _analyse(clause)
                 words = set(analysed.words)

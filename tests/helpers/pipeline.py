@@ -60,8 +60,12 @@ async def run_pipeline(
             await asyncio.sleep(max(0.0, start + n * audio_interval - time.monotonic()))
 
     async def drive():
-        await asyncio.wait_for(started.wait(), 5)
-        await asyncio.gather(audio(), script(worker))
+        try:
+            await asyncio.wait_for(started.wait(), 5)
+            await asyncio.gather(audio(), script(worker))
+        except BaseException:
+            await worker.cancel()
+            raise
         if end:
             await worker.queue_frame(EndFrame())
 

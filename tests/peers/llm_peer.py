@@ -17,7 +17,7 @@ from aiohttp import web
 class LLMPeer:
     """Loopback OpenAI-compatible peer. Use as ``async with LLMPeer(responder) as peer:``."""
 
-    def __init__(self, responder: Callable[[dict[str, Any]], str], *, latency: float = 0.0) -> None:
+    def __init__(self, responder: Callable[[dict[str, Any]], str | dict[str, Any]], *, latency: float = 0.0) -> None:
         self.responder = responder
         self.latency = latency
         self.requests: list[dict[str, Any]] = []
@@ -47,8 +47,11 @@ class LLMPeer:
             await asyncio.sleep(self.latency)
         if self.status != 200:
             return web.json_response({"error": {"message": "scripted", "type": "server_error"}}, status=self.status)
-        text = self.responder(body)
+        answer = self.responder(body)
         created = int(time.time())
+        if isinstance(answer, dict):  # {"tool_call": {"name": ..., "arguments": {...}}}
+            return await self._tool_call(request, body, answer["tool_call"], created)
+        text = answer
         if not body.get("stream"):
             return web.json_response({
                 "id": "chatcmpl-peer", "object": "chat.completion", "created": created, "model": body.get("model"),
@@ -68,5 +71,21 @@ class LLMPeer:
         end = {"id": "chatcmpl-peer", "object": "chat.completion.chunk", "created": created,
                "model": body.get("model"), "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         await response.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
+    async def _tool_call(self, request: web.Request, body: dict[str, Any], call: dict[str, Any],
+                         created: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "chatcmpl-peer", "object": "chat.completion.chunk", "created": created,
+                "model": body.get("model")}
+        delta = {"tool_calls": [{"index": 0, "id": f"call_{len(self.requests)}", "type": "function",
+                                 "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}]}
+        chunks = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                  {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+        for chunk in chunks:
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

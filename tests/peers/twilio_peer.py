@@ -72,6 +72,7 @@ class TwilioPeer:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.requests: list[dict[str, list[str]]] = []
+        self.request_times: list[float] = []
         self.auth_failures = 0
         self.list_requests = 0
         self.messages: list[PeerMessage] = []
@@ -154,6 +155,7 @@ class TwilioPeer:
         for key, value in post.items():
             form.setdefault(key, []).append(str(value))
         self.requests.append(form)
+        self.request_times.append(time.monotonic())
         self.received.set()
         if not self._authorized(request, request.match_info["sid"]):
             self.auth_failures += 1

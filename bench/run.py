@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Benchmarks of the in-call SMS component. Prints one JSON object with every figure.
+
+Everything runs in one process, side by side, so figures are compared as ratios
+(the machine is shared and noisy; absolute numbers drift between runs).
+
+    python bench/run.py            # full run (~1-2 min)
+    python bench/run.py --quick    # fewer repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loguru import logger  # noqa: E402
+
+logger.remove()
+logger.add(sys.stderr, level="ERROR")
+
+from pipecat.frames.frames import InputAudioRawFrame, TranscriptionFrame  # noqa: E402
+from pipecat.processors.frame_processor import FrameProcessor  # noqa: E402
+
+from messaging.judges import ConditionSpec, EmbeddedJudge, JudgeRequest, Turn  # noqa: E402
+from messaging.judges.llm import LLMJudge  # noqa: E402
+from pipeline.audio_gaps import GapMeter  # noqa: E402
+from processors.sms_actions import SmsActionProcessor  # noqa: E402
+from tests.helpers.pipeline import SILENCE_20MS_16K, NaiveSmsProcessor, run_pipeline  # noqa: E402
+from tests.helpers.sms import OPEN_PROVIDERS, make_engine  # noqa: E402
+from tests.peers.llm_peer import LLMPeer  # noqa: E402
+from tests.peers.twilio_peer import Fault, TwilioPeer  # noqa: E402
+
+PROVIDER_DELAY = 2.0
+
+
+def said(text: str) -> TranscriptionFrame:
+    return TranscriptionFrame(text=text, user_id="", timestamp="")
+
+
+def many_actions(n: int) -> dict:
+    return {
+        "max_sends_per_call": 50,
+        "actions": [
+            {"name": f"a{i}", "condition": "whenever the caller says to send a text", "once_per_call": False,
+             "content": {"template": f"Text number {i}"}}
+            for i in range(n)
+        ],
+    }
+
+
+async def close_providers() -> None:
+    while OPEN_PROVIDERS:
+        await OPEN_PROVIDERS.pop().aclose()
+
+
+def gap_figures(meter: GapMeter) -> dict:
+    stats = meter.stats()
+    return {
+        f"{kind}_{field}_ms": round(getattr(stats[kind], field) * 1000, 2)
+        for kind in ("input", "output")
+        for field in ("max_gap", "p99_gap")
+    }
+
+
+class PassThrough(FrameProcessor):
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+
+async def audio_path(sends: int, variant: str) -> dict:
+    """Audio gaps while `sends` SMS are in flight against a peer answering after 2 s."""
+    async with TwilioPeer() as peer:
+        peer.fault_for = lambda form: Fault(delay=PROVIDER_DELAY)
+        engine = make_engine(peer=peer, extractor=False, actions=many_actions(sends))
+        await engine.dispatcher.provider.warm_up()
+        if variant == "sms":
+            first: FrameProcessor = SmsActionProcessor(engine=engine)
+        elif variant == "naive":
+            async def send_all():
+                for action in engine.actions.actions:
+                    await engine.dispatcher.send(action, call=engine.call, turn=1)
+
+            first = NaiveSmsProcessor(send_all, lambda f: isinstance(f, TranscriptionFrame))
+        else:
+            first = PassThrough()  # baseline: same pipeline without the SMS processor
+        meter = GapMeter()
+
+        async def script(worker):
+            await asyncio.sleep(0.2)
+            await worker.queue_frame(said("Please send me a text with all of it."))
+            await asyncio.sleep(PROVIDER_DELAY + 0.8)
+
+        await run_pipeline([first, meter], script, audio_seconds=PROVIDER_DELAY + 1.0)
+        sent = len(peer.messages)
+    await close_providers()
+    return {"sent": sent, **gap_figures(meter)}
+
+
+async def _time_frames(processor: FrameProcessor, kind: str, frames: int) -> float:
+    done = asyncio.Event()
+    counter = {"n": 0}
+
+    class Counter(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, (InputAudioRawFrame, TranscriptionFrame)):
+                counter["n"] += 1
+                if counter["n"] == frames:
+                    done.set()
+            await self.push_frame(frame, direction)
+
+    timing = {}
+
+    async def script(worker):
+        start = time.perf_counter()
+        for i in range(frames):
+            if kind == "audio":
+                frame = InputAudioRawFrame(audio=SILENCE_20MS_16K, sample_rate=16000, num_channels=1)
+            else:
+                frame = said(f"what are your opening hours on day {i}")  # judged; matches nothing
+            await worker.queue_frame(frame)
+        await asyncio.wait_for(done.wait(), 120)
+        timing["seconds"] = time.perf_counter() - start
+
+    await run_pipeline([processor, Counter()], script)
+    return timing["seconds"] / frames
+
+
+async def per_frame_overhead(frames: int, rounds: int = 3) -> dict:
+    """Time to move N audio frames / N transcripts through the SMS processor vs a pass-through.
+
+    Interleaved rounds, median per variant (the first round also warms everything up).
+    """
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for kind in ("audio", "transcript"):
+            for label in ("passthrough", "sms"):
+                engine = make_engine(extractor=False)
+                processor = PassThrough() if label == "passthrough" else SmsActionProcessor(engine=engine)
+                samples.setdefault(f"{label}_{kind}", []).append(await _time_frames(processor, kind, frames))
+    await close_providers()
+    results = {f"{k}_us_per_frame": round(statistics.median(v) * 1e6, 2) for k, v in samples.items()}
+    for kind in ("audio", "transcript"):
+        results[f"{kind}_overhead_ratio"] = round(
+            results[f"sms_{kind}_us_per_frame"] / results[f"passthrough_{kind}_us_per_frame"], 3)
+    return results
+
+
+async def decision_latency(judge_kind: str, runs: int) -> dict:
+    """Final transcript queued -> provider request received (p50/p95, ms)."""
+    latencies = []
+    async with TwilioPeer() as peer, LLMPeer(
+        lambda body: json.dumps({"matches": [{"id": "a0", "confidence": 0.9, "reason": "asked"}]}), latency=0.3
+    ) as llm:
+        judge = LLMJudge(base_url=llm.base_url, model="judge", timeout=5) if judge_kind == "llm" else EmbeddedJudge()
+        engine = make_engine(peer=peer, extractor=False, actions=many_actions(1), judge=judge)
+        await engine.dispatcher.provider.warm_up()
+        sms = SmsActionProcessor(engine=engine)
+        queued: list[float] = []
+
+        async def script(worker):
+            for i in range(runs):
+                engine.add_agent_text(f"Anything else? ({i})")
+                peer.received.clear()
+                queued.append(time.monotonic())
+                await worker.queue_frame(said("Please send me a text."))
+                await asyncio.wait_for(peer.received.wait(), 10)
+                latencies.append(peer.request_times[-1] - queued[-1])
+                await asyncio.sleep(0.05)
+
+        await run_pipeline([sms], script)
+        if judge_kind == "llm":
+            await judge.aclose()
+    await close_providers()
+    ordered = sorted(latencies)
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2),
+        "runs": len(ordered),
+    }
+
+
+def embedded_judge_speed(repeats: int) -> dict:
+    judge = EmbeddedJudge()
+    conditions = [
+        ConditionSpec(id="confirmation", condition="if the caller asks to receive the booking confirmation"),
+        ConditionSpec(id="link", condition="if the caller requests a link to the website"),
+        ConditionSpec(id="address", condition="if the caller asks for the clinic's address"),
+        ConditionSpec(id="followup", condition="when the call ends and a meeting was booked"),
+    ]
+    request = JudgeRequest(conditions=conditions, transcript=[
+        Turn("agent", "Your table for four is booked for Friday at 7 pm."),
+        Turn("user", "Great, could you text me the confirmation and the link to your menu?"),
+    ])
+    judge.judge_now(request)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        judge.judge_now(request)
+    per_request = (time.perf_counter() - start) / repeats
+    return {"us_per_request_4_conditions": round(per_request * 1e6, 1),
+            "us_per_condition": round(per_request * 1e6 / len(conditions), 1)}
+
+
+async def main(quick: bool) -> dict:
+    out: dict = {"meta": {"python": sys.version.split()[0], "cpus": os.cpu_count(), "quick": quick,
+                          "provider_delay_s": PROVIDER_DELAY}}
+    levels = (1, 10) if quick else (1, 10, 50)
+    audio = {}
+    for sends in levels:
+        for variant in ("baseline", "sms", "naive"):
+            audio[f"{variant}_{sends}"] = await audio_path(sends, variant)
+        audio[f"ratio_max_output_gap_sms_vs_baseline_{sends}"] = round(
+            audio[f"sms_{sends}"]["output_max_gap_ms"] / audio[f"baseline_{sends}"]["output_max_gap_ms"], 3)
+        audio[f"ratio_max_output_gap_naive_vs_baseline_{sends}"] = round(
+            audio[f"naive_{sends}"]["output_max_gap_ms"] / audio[f"baseline_{sends}"]["output_max_gap_ms"], 3)
+    out["audio_path"] = audio
+    out["per_frame"] = await per_frame_overhead(500 if quick else 2000)
+    runs = 10 if quick else 30
+    out["decision_latency"] = {
+        "embedded_judge": await decision_latency("embedded", runs),
+        "llm_judge_300ms_peer": await decision_latency("llm", runs),
+    }
+    out["embedded_judge"] = embedded_judge_speed(200 if quick else 2000)
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.quick)), indent=2))

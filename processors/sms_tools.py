@@ -1,0 +1,106 @@
+"""Tool mode: each SMS action exposed as an LLM function, for pipelines where the agent LLM decides.
+
+Functions are registered with ``cancel_on_interruption=False``: a barge-in never
+cancels a send (pipecat then treats them as asynchronous tools: the LLM keeps
+talking and receives the result later). The result the LLM gets is the truth:
+``{"status": "sent", ...}`` only when the provider accepted the message,
+otherwise ``{"status": "failed", "reason": ..., "say": <honest line>}``.
+
+The destination is never a function argument unless the action explicitly has a
+dynamic destination: the LLM cannot be talked into texting an arbitrary number.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.services.llm_service import FunctionCallParams, LLMService
+
+from messaging.actions import SmsAction
+from messaging.engine import ActionEngine
+from messaging.judges.base import Match
+
+__all__ = ["SmsToolset"]
+
+_log = logging.getLogger(__name__)
+
+
+def _function_name(action: SmsAction) -> str:
+    return "send_sms_" + re.sub(r"[^A-Za-z0-9_]", "_", action.name)
+
+
+class SmsToolset:
+    """Exposes a call's SMS actions as LLM functions.
+
+    Args:
+        engine: The call's action engine.
+        speak_filler: Push the action's filler when the LLM calls the function.
+    """
+
+    def __init__(self, *, engine: ActionEngine, speak_filler: bool = True) -> None:
+        self.engine = engine
+        self._speak_filler = speak_filler
+        self._by_function = {_function_name(a): a for a in engine.actions.actions}
+
+    def schemas(self) -> list[FunctionSchema]:
+        """One function schema per action (declared variables are optional string arguments)."""
+        out = []
+        for name, action in self._by_function.items():
+            properties = {
+                var: {"type": "string", "description": spec.description or var.replace("_", " ")}
+                for var, spec in action.variables.items()
+            }
+            out.append(FunctionSchema(
+                name=name,
+                description=(f"Text the caller the '{action.name}' SMS. Call it when: {action.condition}. "
+                             "The system sends it and reports whether it was really sent; never claim it was "
+                             "sent before the result says so."),
+                properties=properties,
+                required=[],
+            ))
+        return out
+
+    def tools(self) -> ToolsSchema:
+        """A ``ToolsSchema`` for ``LLMContext(tools=...)``."""
+        return ToolsSchema(standard_tools=self.schemas())
+
+    def register(self, llm: LLMService) -> None:
+        """Register every action's handler on ``llm`` (and the filler on call start)."""
+        for name in self._by_function:
+            llm.register_function(name, self._handle, cancel_on_interruption=False)
+        if self._speak_filler:
+            llm.add_event_handler("on_function_calls_started", self._on_calls_started)
+
+    async def _on_calls_started(self, llm: LLMService, function_calls: list[Any]) -> None:
+        for call in function_calls:
+            action = self._by_function.get(call.function_name)
+            if action is not None and action.filler:
+                await llm.push_frame(TTSSpeakFrame(action.filler, append_to_context=False))
+
+    async def _handle(self, params: FunctionCallParams) -> None:
+        action = self._by_function[params.function_name]
+        arguments = params.arguments or {}
+        for var in action.variables:
+            value = arguments.get(var)
+            if isinstance(value, str) and value.strip():
+                self.engine.variables.set(var, value)
+        firings = self.engine.claim(action, match=Match(id=action.name, confidence=1.0,
+                                                        reason="the agent LLM called the tool"))
+        if not firings:
+            await params.result_callback({"status": "already_handled",
+                                          "say": "That text has already been sent in this call."})
+            return
+        outcome = await self.engine.execute(firings[0])
+        result = outcome.result
+        if result.accepted:
+            payload = {"status": "sent", "to": f"number ending in {result.to_last2}", "segments": result.segments,
+                       "say": outcome.line}
+        else:
+            payload = {"status": "failed" if result.outcome.value == "failed" else result.outcome.value,
+                       "reason": result.reason, "say": outcome.line}
+        await params.result_callback(payload)

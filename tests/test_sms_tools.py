@@ -1,0 +1,78 @@
+"""Tool mode: the agent LLM calls an SMS function; the result it gets is the truth."""
+
+import asyncio
+
+from pipecat.frames.frames import TranscriptionFrame, TTSTextFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.openai.llm import OpenAILLMService
+
+from pipeline.local_services import ToneTTSService
+from processors.sms_tools import SmsToolset
+from tests.helpers.pipeline import run_pipeline
+from tests.helpers.sms import CALLER, make_engine
+from tests.peers.llm_peer import LLMPeer
+from tests.peers.twilio_peer import Fault, TwilioPeer
+
+
+class SpokenText(FrameProcessor):
+    def __init__(self):
+        super().__init__()
+        self.texts = []
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSTextFrame):
+            self.texts.append(frame.text)
+        await self.push_frame(frame, direction)
+
+
+def tool_llm(body):
+    messages = body["messages"]
+    tool_results = [m for m in messages if m["role"] == "tool"]
+    if tool_results:
+        return "The result is in: " + tool_results[-1]["content"][:40]
+    names = [t["function"]["name"] for t in body.get("tools", [])]
+    assert "send_sms_website_link" in names
+    return {"tool_call": {"name": "send_sms_website_link", "arguments": {}}}
+
+
+async def run_tool_call(peer):
+    engine = make_engine(peer=peer)
+    await engine.dispatcher.provider.warm_up()
+    toolset = SmsToolset(engine=engine)
+    async with LLMPeer(tool_llm, latency=0.1) as llm:
+        service = OpenAILLMService(api_key="none", base_url=llm.base_url,
+                                   settings=OpenAILLMService.Settings(model="agent"))
+        toolset.register(service)
+        pair = LLMContextAggregatorPair(LLMContext(tools=toolset.tools()))
+        spoken = SpokenText()
+
+        async def script(worker):
+            await worker.queue_frame(TranscriptionFrame(text="Text me the link.", user_id="", timestamp=""))
+            await asyncio.sleep(3.0)
+
+        await run_pipeline([pair.user(), service, ToneTTSService(), spoken, pair.assistant()], script)
+        await service._client.close()
+    return spoken, llm
+
+
+async def test_tool_sends_and_llm_hears_sent():
+    async with TwilioPeer() as peer:
+        peer.faults = [Fault(delay=0.5)]
+        spoken, llm = await run_tool_call(peer)
+        assert [m.to for m in peer.messages] == [CALLER]
+    assert spoken.texts[0] == "Sure, sending the link now."  # the action's filler
+    tool_messages = [m for r in llm.requests for m in r["messages"] if m["role"] == "tool"]
+    assert tool_messages and '"status": "sent"' in tool_messages[-1]["content"]
+
+
+async def test_tool_failure_is_reported_as_failure():
+    async with TwilioPeer() as peer:
+        peer.error_numbers[CALLER] = 21614
+        _spoken, llm = await run_tool_call(peer)
+        assert peer.messages == []
+    tool_messages = [m for r in llm.requests for m in r["messages"] if m["role"] == "tool"]
+    assert '"status": "failed"' in tool_messages[-1]["content"]
+    assert "not_mobile" in tool_messages[-1]["content"]
