@@ -86,9 +86,9 @@ async def audio_path(sends: int, variant: str) -> dict:
         if variant == "sms":
             first: FrameProcessor = SmsActionProcessor(engine=engine)
         elif variant == "naive":
-            async def send_all():
-                for action in engine.actions.actions:
-                    await engine.dispatcher.send(action, call=engine.call, turn=1)
+            async def send_all():  # all sends concurrently, but awaited inside process_frame
+                await asyncio.gather(*(engine.dispatcher.send(a, call=engine.call, turn=1)
+                                       for a in engine.actions.actions))
 
             first = NaiveSmsProcessor(send_all, lambda f: isinstance(f, TranscriptionFrame))
         else:

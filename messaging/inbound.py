@@ -1,0 +1,320 @@
+"""Inbound SMS/MMS: validated messages, routing to live calls, dedupe, and the store for the rest.
+
+Twilio posts a form per inbound message. :func:`parse_inbound_form` validates it
+(unknown extra fields are tolerated; the fields we use are checked strictly).
+:class:`InboundRouter` then:
+
+1. drops retries (same ``MessageSid`` or ``I-Twilio-Idempotency-Token``),
+2. applies STOP/START keywords to the opt-out list,
+3. hands the message to the live call of (caller number, agent number), if any,
+4. otherwise stores it (never dropped silently, never routed to the wrong call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import pathlib
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from messaging.errors import InvalidPhoneNumberError, SmsError
+from messaging.optout import OptOutStore, classify_keyword
+from messaging.phone import mask, normalize_e164
+from messaging.store import SqliteDb
+
+__all__ = [
+    "InboundError",
+    "InboundMedia",
+    "InboundMessage",
+    "InboundRouter",
+    "LiveCallRegistry",
+    "RouteOutcome",
+    "parse_inbound_form",
+]
+
+_log = logging.getLogger(__name__)
+
+_SID = re.compile(r"^(SM|MM|SS)[0-9a-fA-F]{32}$")
+_ACCOUNT = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_SERVICE = re.compile(r"^MG[0-9a-fA-F]{32}$")
+_CONTENT_TYPE = re.compile(r"^[a-z0-9.+-]+/[a-z0-9.+-]+$")
+MAX_MEDIA = 10
+MAX_BODY = 1600 * 2  # generous: concatenated inbound messages can exceed outbound limits
+
+
+class InboundError(SmsError):
+    """An inbound form is invalid. ``field`` names the offending field."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InboundMedia:
+    """One attachment of an MMS.
+
+    Attributes:
+        url: Provider media URL (needs the account's credentials to fetch).
+        content_type: Declared MIME type (checked again when fetched).
+    """
+
+    url: str
+    content_type: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class InboundMessage:
+    """A validated inbound message. Holds personal data: log only ``describe()``.
+
+    Attributes:
+        sid: Provider message SID.
+        account_sid: Provider account.
+        from_number: Sender, E.164.
+        to_number: The agent's number that received it, E.164.
+        body: Text (may be empty for MMS).
+        media: Attachments, at most 10.
+        received_at: Epoch seconds.
+    """
+
+    sid: str
+    account_sid: str
+    from_number: str
+    to_number: str
+    body: str
+    media: tuple[InboundMedia, ...] = ()
+    received_at: float = 0.0
+
+    def describe(self) -> str:
+        """A log-safe description (masked numbers, no body)."""
+        return (f"message {self.sid} from {mask(self.from_number)} to {mask(self.to_number)}: "
+                f"{len(self.body)} chars, {len(self.media)} media")
+
+    def __repr__(self) -> str:
+        return f"InboundMessage({self.describe()})"
+
+
+def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> InboundMessage:
+    """Validate a Twilio inbound-message webhook form.
+
+    Args:
+        form: Field name to (single) value. Unknown fields are ignored.
+        now: Receive time (epoch seconds); ``time.time()`` when ``None``.
+
+    Returns:
+        The message.
+
+    Raises:
+        InboundError: A field we use is missing or malformed (the field is named;
+            values are not echoed).
+    """
+    sid = form.get("MessageSid") or form.get("SmsMessageSid") or ""
+    if not _SID.match(sid):
+        raise InboundError("missing or malformed", field="MessageSid")
+    account = form.get("AccountSid", "")
+    if not _ACCOUNT.match(account):
+        raise InboundError("missing or malformed", field="AccountSid")
+    service = form.get("MessagingServiceSid")
+    if service and not _SERVICE.match(service):
+        raise InboundError("malformed", field="MessagingServiceSid")
+    numbers = {}
+    for field in ("From", "To"):
+        try:
+            numbers[field] = normalize_e164(form.get(field, ""), default_region=None, field=field,
+                                            allow_premium=True)
+        except InvalidPhoneNumberError as exc:
+            raise InboundError(exc.reason, field=field) from None
+    body = form.get("Body", "")
+    if len(body) > MAX_BODY:
+        raise InboundError(f"longer than {MAX_BODY} characters", field="Body")
+    raw_count = form.get("NumMedia", "0") or "0"
+    if not raw_count.isdigit() or int(raw_count) > MAX_MEDIA:
+        raise InboundError(f"must be an integer from 0 to {MAX_MEDIA}", field="NumMedia")
+    media = []
+    for index in range(int(raw_count)):
+        url = form.get(f"MediaUrl{index}", "")
+        if not url.startswith("https://") or len(url) > 2048 or any(c.isspace() for c in url):
+            raise InboundError("must be an https URL", field=f"MediaUrl{index}")
+        content_type = form.get(f"MediaContentType{index}", "").strip().lower()
+        if not _CONTENT_TYPE.match(content_type):
+            raise InboundError("malformed", field=f"MediaContentType{index}")
+        media.append(InboundMedia(url=url, content_type=content_type))
+    return InboundMessage(
+        sid=sid, account_sid=account, from_number=numbers["From"], to_number=numbers["To"], body=body,
+        media=tuple(media), received_at=now if now is not None else time.time(),
+    )
+
+
+MessageHandler = Callable[[InboundMessage], Awaitable[None]]
+
+
+class LiveCallRegistry(Protocol):
+    """Live calls keyed by (caller number, agent number) (in-process, or Redis across workers)."""
+
+    def register(self, caller: str, agent: str, handler: MessageHandler) -> Callable[[], None]:
+        """Route messages from ``caller`` to ``agent`` to ``handler``; returns the unregister function."""
+        ...
+
+    def lookup(self, caller: str, agent: str) -> MessageHandler | None:
+        """The handler of the live call, or ``None``."""
+        ...
+
+
+class InProcessCallRegistry:
+    """Live-call registry for one worker process."""
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[str, str], MessageHandler] = {}
+
+    def register(self, caller: str, agent: str, handler: MessageHandler) -> Callable[[], None]:
+        """Register a live call; a second call for the same pair replaces the first."""
+        key = (caller, agent)
+        self._calls[key] = handler
+
+        def unregister() -> None:
+            if self._calls.get(key) is handler:
+                del self._calls[key]
+
+        return unregister
+
+    def lookup(self, caller: str, agent: str) -> MessageHandler | None:
+        """The live call's handler, or ``None``."""
+        return self._calls.get((caller, agent))
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+
+class RouteOutcome(str, enum.Enum):
+    """What the router did with a message."""
+
+    DELIVERED = "delivered"
+    """Handed to the live call."""
+    STORED = "stored"
+    """No live call: kept in the inbound store."""
+    DUPLICATE = "duplicate"
+    """A retry of a message already handled."""
+    OPT_OUT = "opt_out"
+    """A STOP keyword: opt-out recorded (and stored)."""
+    OPT_IN = "opt_in"
+    """A START keyword: opt-out lifted (and stored)."""
+
+
+class _SeenKeys:
+    """Bounded memory of handled keys (MessageSid, idempotency tokens) with a time-to-live."""
+
+    def __init__(self, *, ttl: float = 24 * 3600, capacity: int = 100_000) -> None:
+        self._ttl = ttl
+        self._capacity = capacity
+        self._keys: OrderedDict[str, float] = OrderedDict()
+
+    def check_and_add(self, keys: list[str], now: float) -> bool:
+        """True when any key was seen within the TTL; records all keys otherwise."""
+        while self._keys and next(iter(self._keys.values())) < now - self._ttl:
+            self._keys.popitem(last=False)
+        if any(k in self._keys for k in keys):
+            return True
+        for key in keys:
+            self._keys[key] = now
+            if len(self._keys) > self._capacity:
+                self._keys.popitem(last=False)
+        return False
+
+
+_STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbound (
+    sid TEXT PRIMARY KEY,
+    from_number TEXT NOT NULL,
+    to_number TEXT NOT NULL,
+    body TEXT NOT NULL,
+    media TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+"""
+
+
+class InboundRouter:
+    """Dedupe, keywords, routing and storage of inbound messages.
+
+    Args:
+        registry: Live calls.
+        optouts: The opt-out list shared with the dispatcher.
+        store_path: SQLite file keeping messages that reached no live call (and keywords).
+        clock: ``time.time``-like callable.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: LiveCallRegistry,
+        optouts: OptOutStore,
+        store_path: str | pathlib.Path = ":memory:",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.optouts = optouts
+        self._db = SqliteDb(store_path, schema=_STORE_SCHEMA)
+        self._seen = _SeenKeys()
+        self._clock = clock
+
+    async def route(self, message: InboundMessage, *, idempotency_token: str | None = None) -> RouteOutcome:
+        """Handle one validated inbound message (call after replying to the webhook).
+
+        Returns:
+            What was done with it.
+        """
+        keys = [f"sid:{message.sid}"] + ([f"token:{idempotency_token}"] if idempotency_token else [])
+        if self._seen.check_and_add(keys, self._clock()):
+            _log.info("inbound %s: duplicate delivery ignored", message.sid)
+            return RouteOutcome.DUPLICATE
+        keyword = classify_keyword(message.body) if not message.media else None
+        if keyword == "opt_out":
+            await self.optouts.opt_out(message.from_number, now=self._clock())
+            await self._store(message, RouteOutcome.OPT_OUT)
+            _log.info("inbound %s: opt-out recorded", message.describe())
+            return RouteOutcome.OPT_OUT
+        if keyword == "opt_in":
+            await self.optouts.opt_in(message.from_number)
+            await self._store(message, RouteOutcome.OPT_IN)
+            _log.info("inbound %s: opt-in recorded", message.describe())
+            return RouteOutcome.OPT_IN
+        handler = self.registry.lookup(message.from_number, message.to_number)
+        if handler is None:
+            await self._store(message, RouteOutcome.STORED)
+            _log.info("inbound %s: no live call, stored", message.describe())
+            return RouteOutcome.STORED
+        try:
+            await handler(message)
+        except Exception:
+            _log.exception("inbound %s: live call handler failed; stored instead", message.sid)
+            await self._store(message, RouteOutcome.STORED)
+            return RouteOutcome.STORED
+        _log.info("inbound %s: delivered to the live call", message.describe())
+        return RouteOutcome.DELIVERED
+
+    async def _store(self, message: InboundMessage, outcome: RouteOutcome) -> None:
+        media = "\n".join(f"{m.content_type} {m.url}" for m in message.media)
+        await self._db.run(lambda c: c.execute(
+            "INSERT OR IGNORE INTO inbound VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (message.sid, message.from_number, message.to_number, message.body, media, outcome.value,
+             message.received_at),
+        ))
+
+    async def stored(self) -> list[dict[str, object]]:
+        """Messages kept in the store, oldest first."""
+
+        def _q(conn):  # noqa: ANN001, ANN202
+            rows = conn.execute("SELECT * FROM inbound ORDER BY received_at, sid").fetchall()
+            return [dict(r) for r in rows]
+
+        return await self._db.run(_q)
+
+    def close(self) -> None:
+        """Close the store."""
+        self._db.close()
