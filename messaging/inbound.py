@@ -138,8 +138,8 @@ def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> 
     media = []
     for index in range(int(raw_count)):
         url = form.get(f"MediaUrl{index}", "")
-        if not url.startswith("https://") or len(url) > 2048 or any(c.isspace() for c in url):
-            raise InboundError("must be an https URL", field=f"MediaUrl{index}")
+        if not url.startswith(("https://", "http://")) or len(url) > 2048 or any(c.isspace() for c in url):
+            raise InboundError("must be an http(s) URL", field=f"MediaUrl{index}")
         content_type = form.get(f"MediaContentType{index}", "").strip().lower()
         if not _CONTENT_TYPE.match(content_type):
             raise InboundError("malformed", field=f"MediaContentType{index}")
@@ -190,7 +190,7 @@ class InProcessCallRegistry:
         return len(self._calls)
 
 
-class RouteOutcome(str, enum.Enum):
+class RouteOutcome(enum.StrEnum):
     """What the router did with a message."""
 
     DELIVERED = "delivered"
@@ -309,7 +309,7 @@ class InboundRouter:
     async def stored(self) -> list[dict[str, object]]:
         """Messages kept in the store, oldest first."""
 
-        def _q(conn):  # noqa: ANN001, ANN202
+        def _q(conn):
             rows = conn.execute("SELECT * FROM inbound ORDER BY received_at, sid").fetchall()
             return [dict(r) for r in rows]
 

@@ -1,0 +1,158 @@
+"""Turning an inbound SMS/MMS into an LLM user message.
+
+* text: quoted and attributed ("The caller sent a text message during the call: ...");
+* images: decoded with Pillow (bomb-protected), scaled to at most 1024 px, re-encoded as JPEG,
+  attached as ``image_url`` data-URL parts;
+* audio (amr/ogg/mp3/...): converted to 16 kHz mono WAV with the ffmpeg shipped by
+  ``imageio-ffmpeg``, transcribed by the configured :class:`Transcriber`;
+* video: the audio track transcribed, two key frames attached as images;
+* text/vCard/calendar: decoded text (capped); PDF and others: a clear "unsupported attachment" note.
+
+Heavy work (decoding, ffmpeg, transcription) runs off the event loop or as subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from media.fetch import FetchedMedia, MediaError, MediaFetcher
+from messaging.inbound import InboundMessage
+
+__all__ = ["Transcriber", "build_user_message", "ffmpeg_exe"]
+
+_log = logging.getLogger(__name__)
+
+MAX_IMAGE_SIDE = 1024
+MAX_TEXT_ATTACHMENT = 2000
+_FFMPEG_TIMEOUT = 30.0
+
+
+class Transcriber(Protocol):
+    """Speech-to-text for recorded audio (Deepgram prerecorded in production, offline in simulation)."""
+
+    async def transcribe(self, wav_16k_mono: bytes) -> str:
+        """Return the transcript of a 16 kHz mono WAV."""
+        ...
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary shipped by ``imageio-ffmpeg`` (or ``$FFMPEG``)."""
+    if os.environ.get("FFMPEG"):
+        return os.environ["FFMPEG"]
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+async def _ffmpeg(args: Sequence[str], data: bytes) -> bytes:
+    """Run ffmpeg with ``data`` written to a temp file (input ``{in}``); returns stdout."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "in")
+        with open(src, "wb") as handle:  # noqa: ASYNC230 - small local temp file
+            handle.write(data)
+        proc = await asyncio.create_subprocess_exec(
+            ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", src, *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), _FFMPEG_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise MediaError("timeout") from None
+        if proc.returncode != 0:
+            raise MediaError("undecodable")
+        return out
+
+
+def _image_part(data: bytes) -> dict[str, Any]:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = 40_000_000
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            frame = image.convert("RGB")
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+        raise MediaError("undecodable") from None
+    frame.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+    out = io.BytesIO()
+    frame.save(out, format="JPEG", quality=85)
+    encoded = base64.b64encode(out.getvalue()).decode()
+    return {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{encoded}"}}
+
+
+async def _audio_text(data: bytes, transcriber: Transcriber | None) -> str:
+    if transcriber is None:
+        return "[a voice note was attached, but no speech-to-text is configured]"
+    wav = await _ffmpeg(["-vn", "-ac", "1", "-ar", "16000", "-f", "wav", "pipe:1"], data)
+    transcript = (await transcriber.transcribe(wav)).strip()
+    return f'[voice note] "{transcript}"' if transcript else "[a voice note with no recognisable speech]"
+
+
+async def _video_parts(data: bytes, transcriber: Transcriber | None) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    try:
+        speech = await _audio_text(data, transcriber)
+        parts.append({"type": "text", "text": f"[video] sound track: {speech}"})
+    except MediaError:
+        parts.append({"type": "text", "text": "[video] (no sound track)"})
+    frames = await _ffmpeg(["-vf", "thumbnail,scale=640:-2", "-frames:v", "2", "-f", "image2pipe",
+                            "-vcodec", "mjpeg", "pipe:1"], data)
+    for chunk in frames.split(b"\xff\xd9")[:2]:
+        if chunk.strip():
+            parts.append(await asyncio.to_thread(_image_part, chunk + b"\xff\xd9"))
+    return parts
+
+
+async def _parts_for(item: FetchedMedia, transcriber: Transcriber | None) -> list[dict[str, Any]]:
+    kind = item.content_type.split("/")[0]
+    if kind == "image":
+        return [await asyncio.to_thread(_image_part, item.data)]
+    if kind == "audio":
+        return [{"type": "text", "text": await _audio_text(item.data, transcriber)}]
+    if kind == "video":
+        return await _video_parts(item.data, transcriber)
+    if item.content_type in ("text/plain", "text/vcard", "text/x-vcard", "text/calendar"):
+        text = item.data.decode("utf-8", errors="replace")[:MAX_TEXT_ATTACHMENT]
+        return [{"type": "text", "text": f"[attached {item.content_type}]\n{text}"}]
+    return [{"type": "text", "text": f"[unsupported attachment: {item.content_type}; its content is not available]"}]
+
+
+async def build_user_message(
+    message: InboundMessage,
+    *,
+    fetcher: MediaFetcher | None,
+    transcriber: Transcriber | None = None,
+) -> dict[str, Any]:
+    """Build the LLM user message for an inbound SMS/MMS (fetching and converting media).
+
+    Never raises for bad media: each failed attachment becomes a clear note.
+    """
+    parts: list[dict[str, Any]] = []
+    intro = "The caller sent a text message to this number during the call"
+    body = message.body.strip()
+    parts.append({"type": "text", "text": f'{intro}: "{body}"' if body else f"{intro} (no text)."})
+    budget = fetcher.policy.max_total_bytes if fetcher else 0
+    for index, media in enumerate(message.media):
+        if fetcher is None:
+            parts.append({"type": "text", "text": f"[attachment {index + 1} ({media.content_type}) not fetched]"})
+            continue
+        try:
+            item = await fetcher.fetch(media, budget=budget)
+            budget -= len(item.data)
+            parts.extend(await _parts_for(item, transcriber))
+        except MediaError as exc:
+            _log.warning("inbound %s attachment %d: %s", message.sid, index, exc.reason)
+            parts.append({"type": "text", "text": f"[attachment {index + 1} ({media.content_type}) could not be "
+                                                  f"opened: {exc.reason.replace('_', ' ')}]"})
+    if len(parts) == 1:
+        return {"role": "user", "content": parts[0]["text"]}
+    return {"role": "user", "content": parts}

@@ -1,0 +1,163 @@
+"""The webhook app: inbound SMS/MMS and message status callbacks (one app, one port).
+
+* Every request's ``X-Twilio-Signature`` is checked with Twilio's own
+  ``RequestValidator`` against the configured **public** URL (so it works behind a
+  proxy); forged or unsigned requests get 403 and nothing personal is logged.
+* The form is parsed from the raw body with blank fields kept (Twilio signs them),
+  size-capped, strictly UTF-8.
+* The reply (empty TwiML) goes out at once; routing, media fetching and context
+  injection run afterwards as tasks owned by :class:`WebhookService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from twilio.request_validator import RequestValidator
+
+from messaging.dispatcher import Dispatcher
+from messaging.inbound import InboundError, InboundRouter, parse_inbound_form
+
+__all__ = ["WebhookService", "WebhookSettings", "create_app"]
+
+_log = logging.getLogger(__name__)
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+_STATUSES = {"accepted", "scheduled", "queued", "sending", "sent", "delivered", "undelivered", "failed", "read",
+             "receiving", "received", "canceled"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookSettings:
+    """Webhook settings.
+
+    Attributes:
+        public_url: The base URL Twilio calls (``https://agent.example.com``), used for
+            signature validation exactly as Twilio saw it.
+        auth_token: Twilio auth token (signing key).
+        max_body_bytes: Largest accepted request body.
+    """
+
+    public_url: str
+    auth_token: str
+    max_body_bytes: int = 64 * 1024
+
+
+class WebhookService:
+    """Owns the webhook work: signature checks, routing tasks, status callbacks.
+
+    Args:
+        settings: Webhook settings.
+        router: Inbound message router.
+        dispatcher: The dispatcher whose outbox receives status callbacks (``None``: ignored).
+    """
+
+    def __init__(self, *, settings: WebhookSettings, router: InboundRouter, dispatcher: Dispatcher | None = None):
+        self.settings = settings
+        self.router = router
+        self.dispatcher = dispatcher
+        self._validator = RequestValidator(settings.auth_token)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.refused = 0
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coroutine`` after the reply; failures are logged, never lost silently."""
+        task = asyncio.get_running_loop().create_task(self._guard(coroutine))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guard(coroutine: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await coroutine
+        except Exception:
+            _log.exception("webhook background work failed")
+
+    async def drain(self, grace: float = 10.0) -> None:
+        """Wait (bounded) for background work, then cancel what is left."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+
+    def url_for(self, request: Request) -> str:
+        """The URL Twilio signed: public base + path + query."""
+        url = self.settings.public_url.rstrip("/") + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        return url
+
+    async def signed_form(self, request: Request) -> dict[str, str] | Response:
+        """The validated form of a signed request, or the error response to send."""
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.settings.max_body_bytes):
+            return PlainTextResponse("request body too large", status_code=413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.settings.max_body_bytes:
+                return PlainTextResponse("request body too large", status_code=413)
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+        except (UnicodeDecodeError, ValueError):
+            pairs = None
+        signature = request.headers.get("X-Twilio-Signature", "")
+        form = dict(pairs) if pairs is not None else {}
+        if pairs is None or len(form) != len(pairs) or not signature or not self._validator.validate(
+            self.url_for(request), form, signature
+        ):
+            self.refused += 1
+            _log.warning("webhook %s refused: missing or invalid signature", request.url.path)
+            return PlainTextResponse("forbidden", status_code=403)
+        return form
+
+
+def create_app(service: WebhookService) -> FastAPI:
+    """Build the FastAPI app serving the webhooks of ``service``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await service.drain()
+
+    app = FastAPI(title="incall-sms webhooks", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.post("/sms/inbound")
+    async def inbound(request: Request) -> Response:
+        form = await service.signed_form(request)
+        if isinstance(form, Response):
+            return form
+        try:
+            message = parse_inbound_form(form)
+        except InboundError as exc:
+            _log.warning("inbound webhook rejected: %s", exc)
+            return PlainTextResponse(f"invalid webhook: {exc}", status_code=400)
+        token = request.headers.get("I-Twilio-Idempotency-Token")
+        service.spawn(service.router.route(message, idempotency_token=token))
+        return Response(EMPTY_TWIML, media_type="text/xml")
+
+    @app.post("/sms/status")
+    async def status(request: Request) -> Response:
+        form = await service.signed_form(request)
+        if isinstance(form, Response):
+            return form
+        sid = form.get("MessageSid", "")
+        state = form.get("MessageStatus", form.get("SmsStatus", "")).lower()
+        code = form.get("ErrorCode", "")
+        if not sid or state not in _STATUSES or (code and not code.isdigit()):
+            return PlainTextResponse("invalid status callback", status_code=400)
+        if service.dispatcher is not None:
+            service.spawn(service.dispatcher.handle_status(sid, state, int(code) if code else None))
+        return Response(status_code=204)
+
+    return app

@@ -1,0 +1,241 @@
+"""Inbound SMS/MMS: real signed webhooks to the app on loopback, media peers, context injection."""
+
+import asyncio
+
+import pytest
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.services.openai.llm import OpenAILLMService
+
+from media.fetch import MediaFetcher, MediaPolicy
+from media.transcribe import DeepgramPrerecordedTranscriber
+from messaging.inbound import InboundRouter, InProcessCallRegistry, RouteOutcome
+from messaging.optout import SqliteOptOutStore
+from processors.inbound import InboundMessageProcessor
+from tests.helpers.pipeline import run_pipeline
+from tests.helpers.sms import make_engine
+from tests.helpers.webhooks import (
+    AGENT,
+    CALLER,
+    PUBLIC,
+    STRANGER,
+    App,
+    DeepgramRestPeer,
+    MediaPeer,
+    make_amr,
+    make_big_jpeg,
+    make_mp4,
+    make_png,
+    sms_form,
+)
+from tests.peers.llm_peer import LLMPeer
+from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
+
+
+@pytest.fixture
+async def parts(tmp_path):
+    optouts = SqliteOptOutStore()
+    registry = InProcessCallRegistry()
+    router = InboundRouter(registry=registry, optouts=optouts, store_path=tmp_path / "inbound.db")
+    yield registry, router, optouts
+    router.close()
+
+
+async def test_live_call_receives_text_and_image_in_llm_context(parts):
+    registry, router, optouts = parts
+    png = make_png()
+    answered = asyncio.Event()
+
+    def llm_answer(body):
+        answered.set()
+        return "Thanks, I can see the photo of the damaged part."
+
+    async with MediaPeer() as media, LLMPeer(llm_answer) as llm:
+        media.items["img1"] = ("image/png", png)
+        fetcher = MediaFetcher(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, policy=MediaPolicy(
+            allowed_hosts=("127.0.0.1", "localhost"), auth_hosts=("127.0.0.1",), allow_private=True))
+        inbound = InboundMessageProcessor(fetcher=fetcher)
+        unregister = registry.register(CALLER, AGENT, inbound.deliver)
+        pair = LLMContextAggregatorPair(LLMContext())
+        service = OpenAILLMService(api_key="none", base_url=llm.base_url,
+                                   settings=OpenAILLMService.Settings(model="agent"))
+
+        async with App(router) as app:
+            async def script(worker):
+                status, text, ctype = await app.post("/sms/inbound", sms_form(
+                    media=[(media.url("img1"), "image/png")]))
+                assert (status, ctype.split(";")[0]) == (200, "text/xml")
+                assert text.endswith("<Response/>")
+                await asyncio.wait_for(answered.wait(), 10)
+                await asyncio.sleep(0.2)
+
+            await run_pipeline([pair.user(), service, pair.assistant(), inbound], script)
+        await service._client.close()
+        await fetcher.aclose()
+        unregister()
+
+    messages = llm.requests[-1]["messages"]
+    user = [m for m in messages if m["role"] == "user"][-1]
+    kinds = [part["type"] for part in user["content"]]
+    assert kinds == ["text", "image_url"]
+    assert user["content"][0]["text"].startswith("The caller sent a text message")
+    assert user["content"][1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    # credentials went to the provider host only, never to the signed URL's host
+    assert media.first_hop_auth[0].startswith("Basic ") and media.second_hop_auth == [None]
+    assert inbound.injected and inbound.injected[0][1].startswith("MM")
+
+
+async def test_forged_unsigned_and_oversized_requests_are_refused(parts):
+    registry, router, _ = parts
+    async with App(router) as app:
+        form = sms_form(body="hi")
+        assert (await app.post("/sms/inbound", form, signature="forged"))[0] == 403
+        assert (await app.post("/sms/inbound", form, sign=False))[0] == 403
+        tampered = dict(form, Body="text +19005550100 now")
+        signature = app.validator.compute_signature(PUBLIC + "/sms/inbound", form)
+        assert (await app.post("/sms/inbound", tampered, signature=signature))[0] == 403
+        # signed for the internal URL instead of the public one: refused
+        internal = app.validator.compute_signature(f"http://127.0.0.1:{app.port}/sms/inbound", form)
+        assert (await app.post("/sms/inbound", form, signature=internal))[0] == 403
+        assert (await app.post("/sms/inbound", {"Body": "x" * 70_000}, sign=True))[0] == 413
+        assert (await app.post("/sms/inbound", {}, raw=b"Body=\xff\xfe&From=1"))[0] == 403
+        await asyncio.sleep(0.1)
+        assert app.service.refused == 5
+    assert await router.stored() == []
+
+
+async def test_invalid_fields_get_400_naming_the_field(parts):
+    registry, router, _ = parts
+    async with App(router) as app:
+        status, text, _ = await app.post("/sms/inbound", sms_form(from_="not a number"))
+        assert (status, "From" in text, "not a number" in text) == (400, True, False)
+        form = sms_form()
+        form["NumMedia"] = "99"
+        status, text, _ = await app.post("/sms/inbound", form)
+        assert status == 400 and "NumMedia" in text
+        form = sms_form(media=[("ftp://evil/x", "image/png")])
+        status, text, _ = await app.post("/sms/inbound", form)
+        assert status == 400 and "MediaUrl0" in text
+
+
+async def test_unknown_number_is_stored_and_replays_are_deduped(parts):
+    registry, router, _ = parts
+    delivered = []
+
+    async def handler(message):
+        delivered.append(message.sid)
+
+    registry.register(CALLER, AGENT, handler)
+    async with App(router) as app:
+        stranger = sms_form(body="who is this?", from_=STRANGER)
+        assert (await app.post("/sms/inbound", stranger))[0] == 200
+        live = sms_form(body="my order number is 4411")
+        for _ in range(3):  # Twilio retries carry the same MessageSid
+            assert (await app.post("/sms/inbound", live, headers={"I-Twilio-Idempotency-Token": "tok-1"}))[0] == 200
+        other_sid_same_token = sms_form(body="my order number is 4411")
+        await app.post("/sms/inbound", other_sid_same_token, headers={"I-Twilio-Idempotency-Token": "tok-1"})
+        await asyncio.sleep(0.2)
+    assert delivered == [live["MessageSid"]]
+    stored = await router.stored()
+    assert [(r["sid"], r["outcome"]) for r in stored] == [(stranger["MessageSid"], "stored")]
+
+
+async def test_stop_and_start_keywords_update_opt_outs(parts):
+    registry, router, optouts = parts
+    async with App(router) as app:
+        await app.post("/sms/inbound", sms_form(body="STOP"))
+        await asyncio.sleep(0.1)
+        assert await optouts.is_opted_out(CALLER)
+        await app.post("/sms/inbound", sms_form(body=" start "))
+        await asyncio.sleep(0.1)
+        assert not await optouts.is_opted_out(CALLER)
+
+
+@pytest.fixture
+async def media_setup():
+    async with MediaPeer() as media, DeepgramRestPeer("please call me back tomorrow") as deepgram:
+        fetcher = MediaFetcher(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, policy=MediaPolicy(
+            allowed_hosts=("127.0.0.1", "localhost"), auth_hosts=("127.0.0.1",), allow_private=True,
+            max_item_bytes=600_000, max_total_bytes=2_000_000))
+        transcriber = DeepgramPrerecordedTranscriber(api_key="dg-test-key", base_url=deepgram.base_url)
+        yield media, deepgram, fetcher, transcriber
+        await fetcher.aclose()
+        await transcriber.aclose()
+
+
+async def build(message_form, fetcher, transcriber):
+    from media.content import build_user_message
+    from messaging.inbound import parse_inbound_form
+
+    return await build_user_message(parse_inbound_form(message_form), fetcher=fetcher, transcriber=transcriber)
+
+
+async def test_media_kinds_become_llm_content(media_setup):
+    media, deepgram, fetcher, transcriber = media_setup
+    media.items["voice"] = ("audio/amr", make_amr())
+    media.items["video"] = ("video/mp4", make_mp4())
+    media.items["card"] = ("text/vcard", b"BEGIN:VCARD\nFN:Dana Smith\nEND:VCARD\n")
+    media.items["doc"] = ("application/pdf", b"%PDF-1.4 ...")
+    message = await build(sms_form(body="see attached", media=[
+        (media.url("voice"), "audio/amr"), (media.url("video"), "video/mp4"), (media.url("card"), "text/vcard"),
+        (media.url("doc"), "application/pdf")]), fetcher, transcriber)
+    texts = [p["text"] for p in message["content"] if p["type"] == "text"]
+    images = [p for p in message["content"] if p["type"] == "image_url"]
+    assert '[voice note] "please call me back tomorrow"' in texts
+    assert any(t.startswith("[video] sound track:") and "please call me back" in t for t in texts)
+    assert len(images) == 2  # video key frames
+    assert any("FN:Dana Smith" in t for t in texts)
+    assert any("unsupported attachment: application/pdf" in t for t in texts)
+    assert len(deepgram.bodies) == 2
+
+
+async def test_bad_media_is_refused_with_a_note_and_nothing_lost(media_setup):
+    media, deepgram, fetcher, transcriber = media_setup
+    media.items["big"] = ("image/jpeg", make_big_jpeg(1_000_000))
+    media.items["exe"] = ("application/x-msdownload", b"MZ....")
+    media.items["broken"] = ("image/png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    message = await build(sms_form(body="files", media=[
+        (media.url("big"), "image/jpeg"),
+        (media.url("exe"), "application/x-msdownload"),
+        ("https://evil.example.com/steal", "image/png"),
+        (media.url("loop"), "image/png"),
+        (media.url("broken"), "image/png"),
+    ]), fetcher, transcriber)
+    texts = [p["text"] for p in message["content"] if p["type"] == "text"]
+    assert texts[0] == 'The caller sent a text message to this number during the call: "files"'
+    assert "could not be opened: too large" in texts[1]
+    assert "could not be opened: bad type" in texts[2]
+    assert "could not be opened: host not allowed" in texts[3]
+    assert "could not be opened: too many redirects" in texts[4]
+    assert "could not be opened: undecodable" in texts[5]
+
+
+async def test_private_addresses_refused_by_default():
+    from media.fetch import MediaError
+    from messaging.inbound import InboundMedia
+
+    fetcher = MediaFetcher(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN,
+                           policy=MediaPolicy(allowed_hosts=("localhost",)))
+    with pytest.raises(MediaError) as info:
+        await fetcher.fetch(InboundMedia(url="https://localhost/x.png", content_type="image/png"))
+    await fetcher.aclose()
+    assert info.value.reason == "private_address"
+
+
+async def test_status_callbacks_are_signed_and_applied(parts, tmp_path):
+    registry, router, _ = parts
+    engine = make_engine()
+    result = await engine.dispatcher.send("website_link", call=engine.call, turn=1)
+    async with App(router, dispatcher=engine.dispatcher) as app:
+        form = {"MessageSid": result.sid, "MessageStatus": "delivered", "AccountSid": ACCOUNT_SID,
+                "ErrorCode": "", "To": CALLER}
+        assert (await app.post("/sms/status", form, signature="bad"))[0] == 403
+        assert (await app.post("/sms/status", form))[0] == 204
+        assert (await app.post("/sms/status", dict(form, MessageStatus="exploded")))[0] == 400
+        await asyncio.sleep(0.1)
+    record = await engine.dispatcher.outbox.get(result.key)
+    assert record.delivery == "delivered"
+
+
+def test_router_outcomes_enum():
+    assert {o.value for o in RouteOutcome} == {"delivered", "stored", "duplicate", "opt_out", "opt_in"}
