@@ -190,6 +190,57 @@ async def decision_latency(judge_kind: str, runs: int) -> dict:
     }
 
 
+async def inbound_latency(runs: int) -> dict:
+    """Webhook POST sent -> LLMMessagesAppendFrame reaching the pipeline upstream (text; 1 MB image)."""
+    from pipecat.frames.frames import LLMMessagesAppendFrame
+
+    from media.fetch import MediaFetcher, MediaPolicy
+    from messaging.inbound import InboundRouter, InProcessCallRegistry
+    from messaging.optout import SqliteOptOutStore
+    from processors.inbound import InboundMessageProcessor
+    from tests.helpers.webhooks import AGENT, CALLER, App, MediaPeer, make_big_jpeg, sms_form
+    from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
+
+    arrivals: list[float] = []
+    arrived = asyncio.Event()
+
+    class UpstreamRecorder(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, LLMMessagesAppendFrame):
+                arrivals.append(time.monotonic())
+                arrived.set()
+            await self.push_frame(frame, direction)
+
+    image = make_big_jpeg(1_000_000)
+    results: dict[str, list[float]] = {"text": [], "image_1mb": []}
+    registry = InProcessCallRegistry()
+    router = InboundRouter(registry=registry, optouts=SqliteOptOutStore())
+    async with MediaPeer() as media:
+        media.items["big"] = ("image/jpeg", image)
+        fetcher = MediaFetcher(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, policy=MediaPolicy(
+            allowed_hosts=("127.0.0.1", "localhost"), auth_hosts=("127.0.0.1",), allow_private=True))
+        inbound = InboundMessageProcessor(fetcher=fetcher)
+        registry.register(CALLER, AGENT, inbound.deliver)
+        async with App(router) as app:
+            async def script(worker):
+                for i in range(runs):
+                    for kind in ("text", "image_1mb"):
+                        form = sms_form(body=f"message {i}", media=[(media.url("big"), "image/jpeg")]
+                                        if kind == "image_1mb" else ())
+                        arrived.clear()
+                        start = time.monotonic()
+                        await app.post("/sms/inbound", form)
+                        await asyncio.wait_for(arrived.wait(), 30)
+                        results[kind].append(arrivals[-1] - start)
+
+            await run_pipeline([UpstreamRecorder(), inbound], script)
+        await fetcher.aclose()
+    router.close()
+    return {kind: {"p50_ms": round(statistics.median(v) * 1000, 1), "max_ms": round(max(v) * 1000, 1),
+                   "runs": len(v)} for kind, v in results.items()} | {"image_bytes": len(image)}
+
+
 def embedded_judge_speed(repeats: int) -> dict:
     judge = EmbeddedJudge()
     conditions = [
@@ -231,6 +282,7 @@ async def main(quick: bool) -> dict:
         "llm_judge_300ms_peer": await decision_latency("llm", runs),
     }
     out["embedded_judge"] = embedded_judge_speed(200 if quick else 2000)
+    out["inbound_latency"] = await inbound_latency(3 if quick else 10)
     return out
 
 

@@ -36,13 +36,13 @@ def make_png(size=(64, 48), color=(200, 30, 30)):
 
 
 def make_big_jpeg(target_bytes):
-    # random pixels barely compress: a ~1 MB JPEG
-    side = 1200
+    # random pixels barely compress (JPEG q95 keeps ~39 % of the raw bytes)
+    side = int((target_bytes / 0.39 / 3) ** 0.5)
     image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=95)
     data = out.getvalue()
-    assert len(data) >= target_bytes * 0.5
+    assert 0.7 * target_bytes <= len(data) <= 1.4 * target_bytes
     return data
 
 

@@ -1,0 +1,65 @@
+"""LLM-backed helpers against a loopback OpenAI-compatible peer: prompt-mode bodies, variable extraction."""
+
+import json
+
+from messaging.judges.base import Turn
+from messaging.variables import LLMVariableExtractor, PatternExtractor
+from messaging.writer import LLMContentWriter
+from tests.helpers.sms import make_engine
+from tests.peers.llm_peer import LLMPeer
+
+PROMPT_ACTIONS = {"actions": [{
+    "name": "summary",
+    "condition": "if the caller asks for a summary by text",
+    "content": {"prompt": "Summarise the booking in one SMS.", "template": "Your booking summary: {booking_time}"},
+    "variables": {"booking_time": {"description": "date and time of the booking", "default": "see you soon"}},
+}]}
+
+
+async def test_prompt_mode_body_written_by_llm_and_smart_encoded():
+    async with LLMPeer(lambda body: "“Booked” — Friday 7 pm, table for 4. See you then!") as llm:
+        engine = make_engine(actions=PROMPT_ACTIONS)
+        engine.writer = LLMContentWriter(base_url=llm.base_url, model="writer", timeout=5)
+        engine.add_agent_text("You're booked for Friday at 7 pm, table for four.")
+        engine.add_user_text("Can you text me a summary?")
+        [firing] = engine.evaluate_now("turn")
+        outcome = await engine.execute(firing)
+        await engine.writer.aclose()
+    assert outcome.result.accepted and outcome.content_source == "prompt"
+    [msg] = await engine.dispatcher.provider.inbox()
+    assert msg.body == '"Booked" - Friday 7 pm, table for 4. See you then!'
+    assert msg.encoding == "GSM-7"
+    sent_prompt = llm.requests[0]["messages"][1]["content"]
+    assert "Summarise the booking" in sent_prompt and "Friday at 7 pm" in sent_prompt
+
+
+async def test_prompt_mode_falls_back_to_template_when_llm_fails():
+    async with LLMPeer(lambda body: "unused") as llm:
+        llm.status = 500
+        engine = make_engine(actions=PROMPT_ACTIONS)
+        engine.writer = LLMContentWriter(base_url=llm.base_url, model="writer", timeout=5)
+        engine.add_user_text("Can you text me a summary?")
+        [firing] = engine.evaluate_now("turn")
+        outcome = await engine.execute(firing)
+        await engine.writer.aclose()
+    assert outcome.result.accepted and outcome.content_source == "template"
+    [msg] = await engine.dispatcher.provider.inbox()
+    assert msg.body == "Your booking summary: see you soon"
+
+
+async def test_llm_variable_extractor():
+    async with LLMPeer(lambda body: json.dumps({"booking_time": "Friday 7 pm", "unasked": "x", "caller_name": 5})) as llm:
+        extractor = LLMVariableExtractor(base_url=llm.base_url, model="m", timeout=5)
+        values = await extractor.extract([Turn("agent", "Booked for Friday at 7 pm.")],
+                                         {"booking_time": "time of the booking", "caller_name": "name"})
+        await extractor.aclose()
+    assert values == {"booking_time": "Friday 7 pm", "caller_name": "5"}
+
+
+def test_pattern_extractor():
+    values = PatternExtractor().extract_now(
+        [Turn("user", "Hi, this is Dana Smith."), Turn("agent", "You're booked for Tuesday at 3 pm."),
+         Turn("user", "my email is dana@example.com")],
+        {"caller_name": "the caller's name", "booking_time": "when", "email": "e-mail address"},
+    )
+    assert values == {"caller_name": "Dana Smith", "booking_time": "Tuesday at 3 pm", "email": "dana@example.com"}
