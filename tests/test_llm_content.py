@@ -48,7 +48,8 @@ async def test_prompt_mode_falls_back_to_template_when_llm_fails():
 
 
 async def test_llm_variable_extractor():
-    async with LLMPeer(lambda body: json.dumps({"booking_time": "Friday 7 pm", "unasked": "x", "caller_name": 5})) as llm:
+    answer = json.dumps({"booking_time": "Friday 7 pm", "unasked": "x", "caller_name": 5})
+    async with LLMPeer(lambda body: answer) as llm:
         extractor = LLMVariableExtractor(base_url=llm.base_url, model="m", timeout=5)
         values = await extractor.extract([Turn("agent", "Booked for Friday at 7 pm.")],
                                          {"booking_time": "time of the booking", "caller_name": "name"})
