@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 __all__ = ["main"]
+
+_EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
 def _cmd_actions_lint(args: argparse.Namespace) -> int:
@@ -96,6 +99,33 @@ def _make_judge(name: str):
     return LLMJudge.from_env()
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import logging
+
+    from loguru import logger
+
+    from messaging.errors import ActionConfigError
+    from pipeline.simulation import load_script, simulate
+
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    logging.basicConfig(level=logging.WARNING)
+    console = Console(width=args.width) if args.width else Console()
+    try:
+        steps = None if args.interactive else load_script(args.script)
+        console.rule("[bold]local simulation[/] (no phone, no keys, no network)")
+        result = simulate(actions_path=args.actions, steps=steps, console=console, state_dir=args.state,
+                          pace=args.pace)
+    except (ActionConfigError, ValueError, OSError) as exc:
+        console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        return 2
+    sent = [e for e in result.events if e.kind.value == "sent"]
+    failed = [e for e in result.events if e.kind.value == "failed"]
+    print(f"simulated call {result.call_id}: {len(sent)} SMS sent, {len(failed)} failed, "
+          f"{len(result.spoken)} SMS line(s) spoken, {result.seconds:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``run_agent.py``."""
     parser = argparse.ArgumentParser(
@@ -103,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="In-call SMS for pipecat phone agents.",
     )
     sub = parser.add_subparsers(dest="command")
+
+    sim = sub.add_parser("simulate", help="run a local simulated call (the default command)")
+    sim.add_argument("--actions", default=str(_EXAMPLES / "actions.yaml"), help="action file")
+    sim.add_argument("--script", default=str(_EXAMPLES / "demo_call.txt"), help="caller script")
+    sim.add_argument("--interactive", action="store_true", help="type the caller's lines ('text: ...' texts)")
+    sim.add_argument("--pace", type=float, default=1.0, help="seconds between caller lines")
+    sim.add_argument("--state", default=None, help="keep the outbox/inbox databases in this folder")
+    sim.add_argument("--width", type=int, default=None)
+    sim.set_defaults(handler=_cmd_simulate)
 
     actions = sub.add_parser("actions", help="work with action files")
     actions_sub = actions.add_subparsers(dest="actions_command", required=True)
@@ -129,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        args = parser.parse_args(["actions", "lint", "examples/actions.yaml"])
+        args = parser.parse_args(["simulate", *(argv or [])])
     return int(args.handler(args))
 
 

@@ -83,8 +83,11 @@ class SmsActionProcessor(FrameProcessor):
 
     Args:
         engine: The call's action engine.
-        filler_threshold: Seconds to wait before speaking the filler; when the send
-            finishes sooner the filler is skipped and only the confirmation is said.
+        filler_threshold: Seconds the filler waits; when the send finishes sooner it is
+            skipped and only the confirmation is said. With the tap in the pipeline the
+            filler is released earlier if the agent LLM starts answering, so it is always
+            spoken before that answer (and after the caller's turn began, which interrupts
+            anything queued before it).
         end_grace: On ``EndFrame``, how long in-flight sends may take (bounded).
         cancel_grace: On ``CancelFrame``, the same, shorter; what is still running is
             cancelled and left in the outbox for ``Dispatcher.recover()``.
@@ -134,6 +137,7 @@ class SmsActionProcessor(FrameProcessor):
         self._sent_keys: set[str] = set()
         self._t0 = time.monotonic()
         self._tap: AgentTranscriptTap | None = None
+        self._lines: dict[int, SpokenLine] = {}
         self.outcomes: list[ActionOutcome] = []
         self.spoken: list[SpokenLine] = []
         engine.dispatcher.subscribe(self._on_sms_event)
@@ -240,11 +244,7 @@ class SmsActionProcessor(FrameProcessor):
     async def _run(self, firing: Firing) -> None:
         send = self._spawn(self.engine.execute(firing), f"sms-send-{firing.action.name}")
         if firing.at == "turn" and self._live:
-            done, _ = await asyncio.wait({send}, timeout=self._filler_threshold)
-            if not done:
-                filler = await self.engine.filler_text(firing)
-                if filler and not send.done() and self._live:
-                    await self._speak(filler, kind="filler", action=firing.action.name, append=False)
+            await self._filler(firing, send)
         try:
             outcome = await asyncio.shield(send)
         except Exception:
@@ -261,15 +261,50 @@ class SmsActionProcessor(FrameProcessor):
                 kind = "confirmation" if outcome.result.accepted else "failure"
                 await self._speak(outcome.line, kind=kind, action=firing.action.name, append=True)
 
+    async def _filler(self, firing: Firing, send: asyncio.Task[Any]) -> None:
+        tap = self._tap if self._tap is not None and self._tap.linked else None
+        if tap is None:
+            done, _ = await asyncio.wait({send}, timeout=self._filler_threshold)
+            if not done:
+                filler = await self.engine.filler_text(firing)
+                if filler and not send.done() and self._live:
+                    await self._speak(filler, kind="filler", action=firing.action.name, append=False)
+            return
+        filler = await self.engine.filler_text(firing)
+        if not filler or send.done():
+            return
+        frame = self._line_frame(filler, kind="filler", action=firing.action.name, append=False)
+        tap.hold(frame)  # released before the LLM's answer starts, or when the threshold passes
+        await asyncio.wait({send}, timeout=self._filler_threshold)
+        if send.done() and tap.drop(frame):
+            self._forget_line(frame)
+            return
+        await tap.release(frame)
+
     async def _wait_user_quiet(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._user_quiet.wait(), self._user_quiet_wait)
 
-    async def _speak(self, text: str, *, kind: str, action: str, append: bool) -> None:
+    def _line_frame(self, text: str, *, kind: str, action: str, append: bool) -> TTSSpeakFrame:
         frame = TTSSpeakFrame(text, append_to_context=append)
         self._own_frames.add(frame.id)
-        self.spoken.append(SpokenLine(kind=kind, text=text, action=action, at=time.monotonic() - self._t0))
-        self.engine.add_agent_text(text)
+        self._lines[frame.id] = SpokenLine(kind=kind, text=text, action=action, at=0.0)
+        return frame
+
+    def _forget_line(self, frame: TTSSpeakFrame) -> None:
+        self._lines.pop(frame.id, None)
+
+    def line_emitted(self, frame: TTSSpeakFrame) -> None:
+        """Record a line as spoken (called when it is pushed toward the TTS)."""
+        line = self._lines.pop(frame.id, None)
+        if line is not None:
+            line.at = time.monotonic() - self._t0
+            self.spoken.append(line)
+            self.engine.add_agent_text(line.text)
+
+    async def _speak(self, text: str, *, kind: str, action: str, append: bool) -> None:
+        frame = self._line_frame(text, kind=kind, action=action, append=append)
+        self.line_emitted(frame)
         if self._tap is not None and self._tap.linked:
             await self._tap.push_frame(frame, FrameDirection.DOWNSTREAM)
         else:
@@ -333,7 +368,29 @@ class AgentTranscriptTap(FrameProcessor):
         super().__init__(**kwargs)
         self._owner = owner
         self._parts: list[str] = []
+        self._held: list[TTSSpeakFrame] = []
         self.linked = False
+
+    def hold(self, frame: TTSSpeakFrame) -> None:
+        """Keep ``frame`` until :meth:`release`, or until the LLM starts its next answer."""
+        self._held.append(frame)
+
+    def drop(self, frame: TTSSpeakFrame) -> bool:
+        """Discard a held frame; False when it was already released."""
+        if frame in self._held:
+            self._held.remove(frame)
+            return True
+        return False
+
+    async def release(self, frame: TTSSpeakFrame) -> None:
+        """Push a held frame toward the TTS now (no-op if already released or dropped)."""
+        if self.drop(frame):
+            self._owner.line_emitted(frame)
+            await self.push_frame(frame, FrameDirection.DOWNSTREAM)
+
+    async def _release_all(self) -> None:
+        for frame in list(self._held):
+            await self.release(frame)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Collect agent text; every frame passes on unchanged."""
@@ -342,6 +399,8 @@ class AgentTranscriptTap(FrameProcessor):
             self.linked = True
         elif isinstance(frame, (EndFrame, CancelFrame)):
             self.linked = False
+        if isinstance(frame, LLMFullResponseStartFrame) and direction is FrameDirection.DOWNSTREAM:
+            await self._release_all()  # the filler goes before the agent's answer
         await self._collect(frame, direction)
         await self.push_frame(frame, direction)
 

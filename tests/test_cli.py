@@ -56,3 +56,22 @@ def test_judge_eval_bad_file(tmp_path):
     bad.write_text('{"condition": "x"}\n', encoding="utf-8")
     out = run("judge", "eval", str(bad))
     assert out.returncode == 2 and "line 1" in out.stderr
+
+
+def test_main_job_simulation_runs_to_completion(tmp_path):
+    out = run("simulate", "--pace", "0.4", "--width", "160", "--state", str(tmp_path / "state"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1].startswith("simulated call SIM") and "3 SMS sent, 0 failed" in lines[-1]
+    assert "agent (filler): One moment, I'm texting the confirmation to you now." in out.stdout
+    assert "agent (SMS confirmed): Done, I've just texted it to your number ending in 23." in out.stdout
+    assert "Here is our menu and booking page: https://example.com/menu" in out.stdout
+    # the declined address text was not sent
+    assert "500 Market St" not in out.stdout
+
+
+def test_simulation_bad_script(tmp_path):
+    script = tmp_path / "call.txt"
+    script.write_text("caller: hi\nshouting: what\n", encoding="utf-8")
+    out = run("simulate", "--script", str(script))
+    assert out.returncode == 2 and "line 2" in out.stdout

@@ -107,7 +107,7 @@ _GROUPS: list[set[str]] = [
     {"book", "booking", "booked", "reservation", "reserve", "reserved", "appointment", "meeting", "slot",
      "table", "schedule", "scheduled", "visit", "session", "consultation"},
     {"confirmation", "confirm", "confirmed", "receipt", "proof", "writing", "summary", "details", "detail",
-     "recap", "itinerary", "booking", "reservation", "appointment"},
+     "recap", "itinerary"},
     {"link", "url", "website", "site", "page", "web", "webpage", "online", "internet", "homepage", "portal",
      "form", "signup", "download"},
     {"address", "location", "located", "directions", "direction", "where", "map", "route", "street",

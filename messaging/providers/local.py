@@ -8,6 +8,7 @@ dispatcher.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import pathlib
@@ -57,6 +58,7 @@ class LocalProvider:
         landlines: Numbers that behave like landlines (error 21614).
         opted_out: Numbers that replied STOP at the carrier (error 21610).
         clock: ``time.time``-like callable for timestamps.
+        latency: Seconds each send takes (the simulation uses a realistic 0.6 s).
     """
 
     name = "local"
@@ -68,6 +70,7 @@ class LocalProvider:
         landlines: frozenset[str] = frozenset(),
         opted_out: frozenset[str] = frozenset(),
         clock: object = time.time,
+        latency: float = 0.0,
     ) -> None:
         self._db = SqliteDb(path, schema=_SCHEMA)
         self._landlines = set(landlines)
@@ -75,6 +78,7 @@ class LocalProvider:
         self._scripted: list[SendError] = []
         self._clock = clock
         self._counter = itertools.count(1)
+        self._latency = latency
         self.requests = 0
 
     def fail_next(self, *errors: SendError) -> None:
@@ -88,6 +92,8 @@ class LocalProvider:
             SendError: Scripted failures, ``opted_out`` (21610), ``not_mobile`` (21614).
         """
         self.requests += 1
+        if self._latency:
+            await asyncio.sleep(self._latency)
         if self._scripted:
             raise self._scripted.pop(0)
         if sms.to in self._opted_out:

@@ -1,0 +1,257 @@
+"""The local simulation: a whole call on this machine, no phone, no keys, no network.
+
+The same pipeline pieces as the live agent (SMS processor and tap, pipecat's context
+aggregators, a TTS service, inbound-message injection), with local stand-ins where a
+live call has remote services:
+
+* caller: a script of lines (``caller: ...``), inbound texts (``text: ...``) and
+  ``hangup``; or typed interactively. Caller lines enter as final transcripts
+  (text mode: no speech recognition in between);
+* agent LLM: :class:`~pipeline.local_agent.LocalAgentLLM` (labelled "local stand-in"),
+  or pipecat's ``OpenAILLMService`` when ``SMS_AGENT_LLM_URL`` is set (e.g. a local Ollama);
+* TTS: the offline :class:`~pipeline.local_services.ToneTTSService`;
+* SMS provider: the embedded :class:`~messaging.providers.local.LocalProvider`,
+  whose "phone inbox" is shown as texts arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import pathlib
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from pipecat.frames.frames import EndFrame, Frame, TranscriptionFrame, TTSTextFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+from rich.console import Console
+from rich.table import Table
+
+from messaging.actions import load_actions
+from messaging.dispatcher import CallContext, Dispatcher
+from messaging.engine import ActionEngine
+from messaging.events import SmsEvent, SmsEventKind
+from messaging.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
+from messaging.judges.embedded import EmbeddedJudge
+from messaging.optout import SqliteOptOutStore
+from messaging.outbox import Outbox
+from messaging.providers.local import LocalProvider
+from messaging.variables import PatternExtractor
+from pipeline.local_agent import LocalAgentLLM
+from pipeline.local_services import ToneTTSService
+from processors.inbound import InboundMessageProcessor
+from processors.sms_actions import SmsActionProcessor
+
+__all__ = ["ScriptStep", "SimulationResult", "load_script", "simulate"]
+
+CALLER = "+14155550123"
+AGENT = "+14155550100"
+POOL = ("+14155550111",)
+SYSTEM_PROMPT = (
+    "You are the phone agent of a restaurant. Keep answers short. Texts (SMS) are sent by a separate "
+    "system which confirms them itself: never claim you sent a text."
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScriptStep:
+    """One step of a simulated call: ``say`` (caller speaks), ``text`` (caller texts the agent), ``hangup``."""
+
+    kind: str
+    text: str = ""
+
+
+def load_script(path: str | pathlib.Path) -> list[ScriptStep]:
+    """Read a call script (``caller: ...``, ``text: ...``, ``hangup``; ``#`` comments).
+
+    Raises:
+        ValueError: A line is not understood (the line number is named).
+    """
+    steps = []
+    for number, raw in enumerate(pathlib.Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.lower() == "hangup":
+            steps.append(ScriptStep("hangup"))
+            continue
+        kind, _, text = line.partition(":")
+        kind = kind.strip().lower()
+        if kind not in ("caller", "text") or not text.strip():
+            raise ValueError(f"line {number}: expected 'caller: ...', 'text: ...' or 'hangup'")
+        steps.append(ScriptStep("say" if kind == "caller" else "text", text.strip()))
+    return steps
+
+
+@dataclasses.dataclass
+class SimulationResult:
+    """What happened in the simulated call."""
+
+    call_id: str
+    inbox: list[Any]
+    events: list[SmsEvent]
+    spoken: list[Any]
+    seconds: float
+
+
+class _Printer(FrameProcessor):
+    """Prints what the agent says, labelling SMS filler / confirmation / failure lines."""
+
+    def __init__(self, console: Console, sms: SmsActionProcessor) -> None:
+        super().__init__()
+        self._console = console
+        self._sms = sms
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSTextFrame) and frame.text.strip():
+            kind = next((line.kind for line in reversed(self._sms.spoken) if line.text == frame.text), None)
+            label = {"filler": "agent (filler)", "confirmation": "agent (SMS confirmed)",
+                     "failure": "agent (SMS failed)", "delivery_failure": "agent (delivery failed)"}.get(
+                kind or "", "agent")
+            style = "magenta" if kind else "green"
+            self._console.print(f"[{style}]{label}:[/] {frame.text}", highlight=False)
+        await self.push_frame(frame, direction)
+
+
+def _agent_llm(console: Console) -> FrameProcessor:
+    url = os.environ.get("SMS_AGENT_LLM_URL")
+    if not url:
+        console.print("[dim]agent LLM: local stand-in (rule-based; set SMS_AGENT_LLM_URL for a real model)[/]")
+        return LocalAgentLLM()
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    model = os.environ.get("SMS_AGENT_LLM_MODEL", "llama3.1")
+    console.print(f"[dim]agent LLM: {model} at {url}[/]")
+    return OpenAILLMService(api_key=os.environ.get("SMS_AGENT_LLM_KEY", "none"), base_url=url,
+                            settings=OpenAILLMService.Settings(model=model, system_instruction=SYSTEM_PROMPT))
+
+
+def simulate(
+    *,
+    actions_path: str | pathlib.Path,
+    steps: list[ScriptStep] | None,
+    console: Console,
+    state_dir: str | pathlib.Path | None = None,
+    pace: float = 1.0,
+) -> SimulationResult:
+    """Run one simulated call (blocking; starts its own event loop).
+
+    Args:
+        actions_path: Action file.
+        steps: The caller's script; ``None`` reads lines typed at the prompt.
+        console: Where the live transcript goes.
+        state_dir: Keep outbox/inbox databases here (default: a temporary directory).
+        pace: Seconds to wait after each caller line for the agent to answer.
+    """
+    actions = load_actions(actions_path)
+    with tempfile.TemporaryDirectory(prefix="incall-sms-sim-") as temp:
+        folder = pathlib.Path(state_dir or temp)
+        folder.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(_simulate(actions=actions, folder=folder, steps=steps, console=console, pace=pace))
+
+
+async def _simulate(
+    *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float
+) -> SimulationResult:
+    call_id = f"SIM{uuid.uuid4().hex[:16]}"
+    provider = LocalProvider(folder / "phone.db", latency=0.6)  # a provider answers in about this time
+    outbox = Outbox(folder / "outbox.db")
+    optouts = SqliteOptOutStore(folder / "optouts.db")
+    dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=optouts,
+                            pool_numbers=POOL, default_agent_number=AGENT)
+    call = CallContext(call_id=call_id, caller_number=CALLER, agent_number=AGENT)
+    engine = ActionEngine(dispatcher=dispatcher, call=call, judge=EmbeddedJudge(), extractor=PatternExtractor())
+    sms = SmsActionProcessor(engine=engine)
+    events: list[SmsEvent] = []
+
+    async def on_event(event: SmsEvent) -> None:
+        events.append(event)
+        if event.kind is SmsEventKind.SENT:
+            [message] = [m for m in await provider.inbox() if m.sid == event.sid] or [None]
+            body = message.body if message else "?"
+            console.print(f"[bold cyan]  >> SMS to {event.to_masked} ({event.encoding}, {event.segments} "
+                          f"segment(s)):[/] {body}", highlight=False)
+        elif event.kind is SmsEventKind.FAILED:
+            console.print(f"[bold red]  >> SMS {event.action} not sent: {event.reason}[/]", highlight=False)
+
+    dispatcher.subscribe(on_event)
+    inbound = InboundMessageProcessor()
+    registry = InProcessCallRegistry()
+    router = InboundRouter(registry=registry, optouts=optouts, store_path=folder / "inbound.db")
+    registry.register(CALLER, AGENT, inbound.deliver)
+    pair = LLMContextAggregatorPair(LLMContext())
+    llm = _agent_llm(console)
+    worker = PipelineWorker(
+        Pipeline([sms, pair.user(), llm, sms.agent_tap(), ToneTTSService(), _Printer(console, sms),
+                  pair.assistant(), inbound]),
+        cancel_on_idle_timeout=False, params=PipelineParams(),
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(_worker: Any, _frame: Any) -> None:
+        started.set()
+
+    async def caller_lines():
+        if steps is not None:
+            for step in steps:
+                yield step
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, input, "you (caller)> ")
+            if line.strip().lower() in ("", "hangup", "bye!", "quit", "exit"):
+                yield ScriptStep("hangup")
+                return
+            if line.lower().startswith("text:"):
+                yield ScriptStep("text", line[5:].strip())
+            else:
+                yield ScriptStep("say", line.strip())
+
+    async def drive() -> None:
+        await asyncio.wait_for(started.wait(), 10)
+        sequence = 0
+        async for step in caller_lines():
+            if step.kind == "hangup":
+                console.print("[yellow]caller hangs up[/]")
+                break
+            if step.kind == "say":
+                console.print(f"[yellow]caller:[/] {step.text}", highlight=False)
+                await worker.queue_frame(TranscriptionFrame(text=step.text, user_id=CALLER, timestamp=""))
+            else:
+                sequence += 1
+                console.print(f"[yellow]caller texts the agent:[/] {step.text}", highlight=False)
+                message = InboundMessage(sid=f"SM{uuid.uuid4().hex}", account_sid="AC" + "0" * 32,
+                                         from_number=CALLER, to_number=AGENT, body=step.text,
+                                         received_at=time.time())
+                await router.route(message)
+            await asyncio.sleep(pace)
+        await worker.queue_frame(EndFrame())
+
+    start = time.monotonic()
+    runner = WorkerRunner()
+    await runner.add_workers(worker)
+    await asyncio.gather(runner.run(), drive())
+    inbox = await provider.inbox()
+    result = SimulationResult(call_id=call_id, inbox=inbox, events=events, spoken=list(sms.spoken),
+                              seconds=time.monotonic() - start)
+    await provider.aclose()
+    outbox.close()
+    optouts.close()
+    router.close()
+    table = Table(title=f"simulated phone inbox of {CALLER[:2]}******{CALLER[-4:]} ({len(inbox)} text(s))")
+    for column in ("from", "segments", "encoding", "text"):
+        table.add_column(column, overflow="fold")
+    for message in inbox:
+        table.add_row(message.from_number or "-", str(message.segments), message.encoding, message.body)
+    console.print(table)
+    return result
