@@ -139,11 +139,9 @@ class LLMVariableExtractor:
     """
 
     def __init__(self, *, base_url: str, model: str, api_key: str = "none", timeout: float = 3.0) -> None:
-        from openai import AsyncOpenAI
+        from messaging.chat import ChatModel
 
-        self._client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-        self._model = model
-        self._timeout = timeout
+        self._chat = ChatModel(base_url=base_url, model=model, api_key=api_key, timeout=timeout)
 
     async def extract(self, transcript: Sequence[Turn], wanted: Mapping[str, str]) -> dict[str, str]:
         """Ask the model; unusable answers give no values (the caller logs nothing personal).
@@ -151,19 +149,15 @@ class LLMVariableExtractor:
         Raises:
             TimeoutError: The deadline passed (the engine logs the class and moves on).
         """
-        import asyncio
         import json
 
         if not wanted or not transcript:
             return {}
         prompt = "Wanted:\n" + "\n".join(f"- {k}: {v}" for k, v in wanted.items()) + "\n\nConversation:\n"
         prompt += "\n".join(f"{t.role}: {t.text}" for t in transcript[-20:])
-        async with asyncio.timeout(self._timeout):
-            response = await self._client.chat.completions.create(
-                model=self._model, temperature=0, response_format={"type": "json_object"},
-                messages=[{"role": "system", "content": _EXTRACT_SYSTEM}, {"role": "user", "content": prompt}],
-            )
-        text = response.choices[0].message.content or ""
+        text = await self._chat.complete(
+            [{"role": "system", "content": _EXTRACT_SYSTEM}, {"role": "user", "content": prompt}], json_mode=True
+        )
         match = re.search(r"\{.*\}", text, re.DOTALL)
         try:
             data = json.loads(match.group(0)) if match else {}
@@ -175,4 +169,4 @@ class LLMVariableExtractor:
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
-        await self._client.close()
+        await self._chat.aclose()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from messaging.chat import ChatModel
 from messaging.judges.base import Turn
 
 __all__ = ["ContentWriter", "LLMContentWriter"]
@@ -42,11 +42,7 @@ class LLMContentWriter:
     """
 
     def __init__(self, *, base_url: str, model: str, api_key: str = "none", timeout: float = 4.0) -> None:
-        from openai import AsyncOpenAI
-
-        self._client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-        self._model = model
-        self._timeout = timeout
+        self._chat = ChatModel(base_url=base_url, model=model, api_key=api_key, timeout=timeout)
 
     async def write(
         self, prompt: str, *, transcript: Sequence[Turn], variables: Mapping[str, str], max_chars: int
@@ -59,21 +55,19 @@ class LLMContentWriter:
         """
         conversation = "\n".join(f"{t.role}: {t.text}" for t in transcript[-20:])
         values = "\n".join(f"{k}: {v}" for k, v in variables.items())
-        async with asyncio.timeout(self._timeout):
-            response = await self._client.chat.completions.create(
-                model=self._model,
-                temperature=0.3,
-                messages=[
-                    {"role": "system", "content": _SMS_SYSTEM.format(max_chars=max_chars)},
-                    {"role": "user", "content": f"Task: {prompt}\n\nVariables:\n{values}\n\nConversation:\n"
-                                                f"{conversation}"},
-                ],
-            )
-        text = (response.choices[0].message.content or "").strip().strip('"')
+        answer = await self._chat.complete(
+            [
+                {"role": "system", "content": _SMS_SYSTEM.format(max_chars=max_chars)},
+                {"role": "user", "content": f"Task: {prompt}\n\nVariables:\n{values}\n\nConversation:\n"
+                                            f"{conversation}"},
+            ],
+            temperature=0.3,
+        )
+        text = answer.strip().strip('"')
         if not text:
             raise ValueError("empty completion")
         return text
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
-        await self._client.close()
+        await self._chat.aclose()

@@ -4,31 +4,18 @@ against the loopback Twilio peer."""
 
 import asyncio
 
-from pipecat.frames.frames import TranscriptionFrame, TTSTextFrame
+from pipecat.frames.frames import TranscriptionFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
-from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.openai.llm import OpenAILLMService
 
 from pipeline.audio_gaps import GapMeter
 from pipeline.local_services import ToneTTSService
 from processors.sms_actions import SmsActionProcessor
-from tests.helpers.pipeline import run_pipeline
+from tests.helpers.pipeline import SpokenText, run_pipeline
 from tests.helpers.sms import CALLER, make_engine
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import Fault, TwilioPeer
-
-
-class SpokenText(FrameProcessor):
-    def __init__(self):
-        super().__init__()
-        self.texts = []
-
-    async def process_frame(self, frame, direction):
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TTSTextFrame):
-            self.texts.append(frame.text)
-        await self.push_frame(frame, direction)
 
 
 def agent_llm(body):

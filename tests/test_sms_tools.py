@@ -2,30 +2,17 @@
 
 import asyncio
 
-from pipecat.frames.frames import TranscriptionFrame, TTSTextFrame
+from pipecat.frames.frames import TranscriptionFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
-from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.openai.llm import OpenAILLMService
 
 from pipeline.local_services import ToneTTSService
 from processors.sms_tools import SmsToolset
-from tests.helpers.pipeline import run_pipeline
+from tests.helpers.pipeline import SpokenText, run_pipeline
 from tests.helpers.sms import CALLER, make_engine
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import Fault, TwilioPeer
-
-
-class SpokenText(FrameProcessor):
-    def __init__(self):
-        super().__init__()
-        self.texts = []
-
-    async def process_frame(self, frame, direction):
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TTSTextFrame):
-            self.texts.append(frame.text)
-        await self.push_frame(frame, direction)
 
 
 def tool_llm(body):

@@ -11,13 +11,13 @@ guessing, and logs the failure class (never the transcript).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import re
 from typing import Any
 
+from messaging.chat import ChatModel
 from messaging.judges.base import ConditionJudge, JudgeRequest, Match
 from messaging.judges.embedded import EmbeddedJudge
 
@@ -96,11 +96,7 @@ class LLMJudge:
         fallback: ConditionJudge | None = None,
         json_mode: bool = True,
     ) -> None:
-        from openai import AsyncOpenAI
-
-        self._client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-        self._model = model
-        self._timeout = timeout
+        self._chat = ChatModel(base_url=base_url, model=model, api_key=api_key, timeout=timeout)
         self._threshold = threshold
         self._fallback = fallback
         self._json_mode = json_mode
@@ -132,21 +128,11 @@ class LLMJudge:
         """Ask the model; fall back on failure."""
         if not request.conditions or not request.transcript:
             return []
-        kwargs: dict[str, Any] = {}
-        if self._json_mode:
-            kwargs["response_format"] = {"type": "json_object"}
         try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._client.chat.completions.create(
-                    model=self._model,
-                    temperature=0,
-                    messages=[
-                        {"role": "system", "content": SYSTEM_PROMPT},
-                        {"role": "user", "content": _render(request)},
-                    ],
-                    **kwargs,
-                )
-            content = response.choices[0].message.content or ""
+            content = await self._chat.complete(
+                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": _render(request)}],
+                json_mode=self._json_mode,
+            )
             matches = _parse(content, {c.id for c in request.conditions})
         except Exception as exc:  # any failure: timeout, transport, HTTP, bad JSON
             self.failures += 1
@@ -159,4 +145,4 @@ class LLMJudge:
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
-        await self._client.close()
+        await self._chat.aclose()

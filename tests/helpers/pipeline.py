@@ -6,13 +6,27 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from pipecat.frames.frames import EndFrame, Frame, InputAudioRawFrame, OutputAudioRawFrame
+from pipecat.frames.frames import EndFrame, Frame, InputAudioRawFrame, OutputAudioRawFrame, TTSTextFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 SILENCE_20MS_16K = b"\x00\x00" * 320
+
+
+class SpokenText(FrameProcessor):
+    """Records the text the TTS says (TTSTextFrame)."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts = []
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSTextFrame):
+            self.texts.append(frame.text)
+        await self.push_frame(frame, direction)
 
 
 class NaiveSmsProcessor(FrameProcessor):
@@ -74,4 +88,4 @@ async def run_pipeline(
     await asyncio.gather(runner.run(), drive())
 
 
-__all__ = ["SILENCE_20MS_16K", "FrameDirection", "NaiveSmsProcessor", "run_pipeline"]
+__all__ = ["SILENCE_20MS_16K", "FrameDirection", "NaiveSmsProcessor", "SpokenText", "run_pipeline"]
