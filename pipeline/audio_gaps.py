@@ -45,22 +45,44 @@ class GapMeter(FrameProcessor):
 
     Args:
         clock: Monotonic clock (seconds).
+        queued_at: Frame id -> time it was queued; when given, the added delay of each
+            input frame up to this point is recorded too.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        queued_at: dict[int, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._clock = clock
+        self._queued_at = queued_at
         self.input_times: list[float] = []
         self.output_times: list[float] = []
+        self.input_delays: list[float] = []
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Record audio arrival times; pass everything on."""
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame):
-            self.input_times.append(self._clock())
+            now = self._clock()
+            self.input_times.append(now)
+            if self._queued_at is not None:
+                queued = self._queued_at.pop(frame.id, None)
+                if queued is not None:
+                    self.input_delays.append(now - queued)
         elif isinstance(frame, OutputAudioRawFrame):
             self.output_times.append(self._clock())
         await self.push_frame(frame, direction)
+
+    def delay_stats(self) -> tuple[float, float]:
+        """Max and p99 delay (seconds) between queueing an input frame and its arrival here."""
+        if not self.input_delays:
+            return 0.0, 0.0
+        ordered = sorted(self.input_delays)
+        return ordered[-1], ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
     def stats(self) -> dict[str, GapStats]:
         """Gap statistics for ``input`` and ``output`` audio."""

@@ -126,6 +126,44 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    import pydantic
+    import yaml
+    from loguru import logger
+
+    from messaging.actions import load_actions
+    from messaging.errors import ActionConfigError
+    from pipeline.recording import Expectations
+    from pipeline.replay import replay
+
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        actions = load_actions(args.actions)
+        expectations = None
+        if args.expect:
+            with open(args.expect, encoding="utf-8") as handle:
+                expectations = Expectations.model_validate(yaml.safe_load(handle) or {})
+        report = asyncio.run(replay(args.recording, actions=actions, speed=args.speed, expectations=expectations))
+    except (ActionConfigError, ValueError, OSError, yaml.YAMLError, pydantic.ValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pathlib.Path(args.report).write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    sent = sum(1 for s in report.sms if s.outcome == "accepted")
+    print(f"{report.recording}: {sent} SMS sent, {len(report.sms) - sent} not sent, {len(report.lines)} line(s), "
+          f"{len(report.inbound)} inbound, max audio delay {report.audio.max_delay_ms} ms; report: {args.report}")
+    if report.expectations.checked:
+        for failure in report.expectations.failures:
+            print(f"FAILED: {failure}")
+        print("expectations: " + ("passed" if report.expectations.passed else "FAILED"))
+        return 0 if report.expectations.passed else 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``run_agent.py``."""
     parser = argparse.ArgumentParser(
@@ -150,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("--json", action="store_true", help="print the rows as JSON")
     lint.add_argument("--width", type=int, default=None, help="table width (default: terminal)")
     lint.set_defaults(handler=_cmd_actions_lint)
+
+    rep = sub.add_parser("replay", help="replay a recorded call and write a JSON report")
+    rep.add_argument("recording", help="NAME.jsonl (with NAME.meta.json next to it)")
+    rep.add_argument("--actions", required=True, help="action file")
+    rep.add_argument("--report", required=True, help="where to write the JSON report")
+    rep.add_argument("--expect", default=None, help="expectations (YAML/JSON); exit 1 when they fail")
+    rep.add_argument("--speed", type=float, default=8.0, help="replay speed (default 8x real time)")
+    rep.set_defaults(handler=_cmd_replay)
 
     judge = sub.add_parser("judge", help="condition judges")
     judge_sub = judge.add_subparsers(dest="judge_command", required=True)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -46,21 +47,21 @@ class ToneTTSService(TTSService):
         )
         self._cps = chars_per_second
         self._rate = sample_rate
+        samples = int(sample_rate * 0.02)
+        # one 20 ms chunk of a 200 Hz tone (a whole number of periods), computed once
+        self._chunk = b"".join(
+            int(1200 * math.sin(2 * math.pi * 200 * n / sample_rate)).to_bytes(2, "little", signed=True)
+            for n in range(samples)
+        )
 
     def can_generate_metrics(self) -> bool:
         """Metrics are supported."""
         return True
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        """Yield 20 ms tone chunks for ``text``."""
+        """Yield 20 ms tone chunks for ``text`` (cheap: the chunk is precomputed)."""
         seconds = max(0.2, len(text) / self._cps)
-        chunk = int(self._rate * 0.02)
-        total = int(seconds * self._rate)
-        amplitude = 1200
-        for start in range(0, total, chunk):
-            samples = bytearray()
-            for n in range(start, min(start + chunk, total)):
-                value = int(amplitude * math.sin(2 * math.pi * 220 * n / self._rate))
-                samples += value.to_bytes(2, "little", signed=True)
-            yield TTSAudioRawFrame(audio=bytes(samples), sample_rate=self._rate, num_channels=1,
-                                   context_id=context_id)
+        for index in range(int(seconds / 0.02)):
+            if index % 25 == 0:
+                await asyncio.sleep(0)  # let the loop breathe, as a network TTS would
+            yield TTSAudioRawFrame(audio=self._chunk, sample_rate=self._rate, num_channels=1, context_id=context_id)

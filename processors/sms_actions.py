@@ -310,6 +310,10 @@ class SmsActionProcessor(FrameProcessor):
         else:
             await self.push_frame(frame)
 
+    def mark_own(self, frame: Frame) -> None:
+        """Treat ``frame`` as already recorded (the tap will not report it as an agent turn)."""
+        self._own_frames.add(frame.id)
+
     def is_own_frame(self, frame: Frame) -> bool:
         """Whether ``frame`` was pushed by this processor (the tap ignores those)."""
         return frame.id in self._own_frames

@@ -1,0 +1,199 @@
+"""Replaying a recorded call through the live agent's pipeline pieces, faster than real time.
+
+The caller's audio goes through pipecat's real ``TwilioFrameSerializer`` (mu-law 8 kHz to
+PCM 16 kHz) into the SMS processor; recorded STT results enter as final transcripts at
+their times; recorded agent turns are reported to the processor and spoken by the TTS
+(or, without them, the local stand-in LLM answers); inbound texts go through the inbound
+router into the call. Sends go to the embedded provider configured by the recording.
+Everything is scheduled on the recording's clock divided by ``speed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import time
+import types
+import uuid
+from typing import Any
+
+from pipecat.frames.frames import EndFrame, TranscriptionFrame, TTSSpeakFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.serializers.twilio import TwilioFrameSerializer
+from pipecat.workers.runner import WorkerRunner
+
+from messaging.actions import ActionSet
+from messaging.dispatcher import CallContext, Dispatcher
+from messaging.engine import ActionEngine, ActionOutcome
+from messaging.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
+from messaging.judges.embedded import EmbeddedJudge
+from messaging.optout import SqliteOptOutStore
+from messaging.outbox import Outbox
+from messaging.providers.local import LocalProvider
+from messaging.variables import PatternExtractor
+from pipeline.audio_gaps import GapMeter
+from pipeline.local_agent import LocalAgentLLM
+from pipeline.local_services import ToneTTSService
+from pipeline.recording import (
+    Expectations,
+    ReplayReport,
+    ReportAudio,
+    ReportExpectations,
+    ReportInbound,
+    ReportLine,
+    ReportSms,
+    load_recording,
+)
+from processors.inbound import InboundMessageProcessor
+from processors.sms_actions import SmsActionProcessor
+
+__all__ = ["replay"]
+
+
+async def replay(
+    recording: str | pathlib.Path,
+    *,
+    actions: ActionSet,
+    speed: float = 8.0,
+    expectations: Expectations | None = None,
+) -> ReplayReport:
+    """Replay one recording and build its report.
+
+    Args:
+        recording: Path of ``NAME.jsonl`` (its ``NAME.meta.json`` sits next to it).
+        actions: The action set to run.
+        speed: Replay speed (8 = eight times faster than the call).
+        expectations: Checked against the report when given.
+
+    Raises:
+        ValueError: The recording is invalid.
+    """
+    events, meta = load_recording(recording)
+    provider = LocalProvider(landlines=frozenset(meta.provider.landlines),
+                             opted_out=frozenset(meta.provider.opted_out),
+                             latency=meta.provider.latency / speed)
+    outbox = Outbox()
+    optouts = SqliteOptOutStore()
+    dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=optouts,
+                            pool_numbers=("+14155550111",), default_agent_number=meta.agent_number)
+    call = CallContext(call_id=meta.call_sid, caller_number=meta.caller, agent_number=meta.agent_number)
+    engine = ActionEngine(dispatcher=dispatcher, call=call, judge=EmbeddedJudge(), extractor=PatternExtractor())
+    engine.variables.update(meta.variables)
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0)
+    inbound = InboundMessageProcessor()
+    registry = InProcessCallRegistry()
+    router = InboundRouter(registry=registry, optouts=optouts)
+    registry.register(meta.caller, meta.agent_number, inbound.deliver)
+    queued_at: dict[int, float] = {}
+    meter = GapMeter(queued_at=queued_at)
+    tap = sms.agent_tap()
+    processors: list[FrameProcessor]
+    if meta.agent:
+        processors = [sms, tap, ToneTTSService(), meter, inbound]
+    else:
+        pair = LLMContextAggregatorPair(LLMContext())
+        processors = [sms, pair.user(), LocalAgentLLM(), tap, ToneTTSService(), meter, pair.assistant(), inbound]
+    worker = PipelineWorker(Pipeline(processors), cancel_on_idle_timeout=False, params=PipelineParams())
+    serializer = TwilioFrameSerializer(meta.call_sid, params=TwilioFrameSerializer.InputParams(
+        sample_rate=16000, auto_hang_up=False))
+    await serializer.setup(types.SimpleNamespace(audio_in_sample_rate=16000))  # only the rate is read
+    started = asyncio.Event()
+    sms_times: dict[str, float] = {}
+    clock0 = [0.0]
+
+    def call_time() -> float:
+        return (time.monotonic() - clock0[0]) * speed
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(_worker: Any, _frame: Any) -> None:
+        started.set()
+
+    async def completed(_processor: Any, outcome: ActionOutcome) -> None:
+        sms_times[outcome.result.key] = call_time()
+
+    sms.add_event_handler("on_action_completed", completed)
+
+    timeline: list[tuple[float, str, Any]] = [(t, "ws", m) for t, m in events]
+    timeline += [(u.t, "stt", u.text) for u in meta.stt]
+    timeline += [(u.t, "agent", u.text) for u in meta.agent]
+    timeline += [(m.t, "inbound", m.body) for m in meta.inbound]
+    timeline.sort(key=lambda item: item[0])
+
+    async def drive() -> None:
+        await asyncio.wait_for(started.wait(), 10)
+        clock0[0] = time.monotonic()
+        for t, kind, payload in timeline:
+            delay = t / speed - (time.monotonic() - clock0[0])
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if kind == "ws":
+                if payload.get("event") == "stop":
+                    break
+                frame = await serializer.deserialize(json.dumps(payload))
+                if frame is not None:
+                    queued_at[frame.id] = time.monotonic()
+                    await worker.queue_frame(frame)
+            elif kind == "stt":
+                await worker.queue_frame(TranscriptionFrame(text=payload, user_id="", timestamp=""))
+            elif kind == "agent":
+                await sms.on_agent_text(payload)
+                frame = TTSSpeakFrame(payload, append_to_context=False)
+                sms.mark_own(frame)
+                await tap.push_frame(frame, FrameDirection.DOWNSTREAM)
+            else:
+                await router.route(InboundMessage(
+                    sid=f"SM{uuid.uuid4().hex}", account_sid="AC" + "0" * 32, from_number=meta.caller,
+                    to_number=meta.agent_number, body=payload, received_at=time.time()))
+        await asyncio.sleep(1.0 / speed + 0.2)
+        await worker.queue_frame(EndFrame())
+
+    runner = WorkerRunner()
+    await runner.add_workers(worker)
+    await asyncio.gather(runner.run(), drive())
+    duration = call_time()
+    inbox = {m.sid: m for m in await provider.inbox()}
+    sms_rows = []
+    for outcome in sms.outcomes:
+        result = outcome.result
+        message = inbox.get(result.sid or "")
+        sms_rows.append(ReportSms(
+            action=outcome.firing.action.name, outcome=result.outcome.value, reason=result.reason,
+            to_masked=result.to_masked, body=message.body if message else None, encoding=result.encoding,
+            segments=result.segments, trigger_turn=outcome.firing.turn, at=outcome.firing.at,
+            t=round(sms_times.get(result.key, duration), 3), sid=result.sid,
+        ))
+    stats = meter.stats()
+    max_delay, p99_delay = meter.delay_stats()
+    report = ReplayReport(
+        recording=pathlib.Path(recording).name,
+        call_sid=meta.call_sid,
+        duration_s=round(duration, 3),
+        speed=speed,
+        sms=sms_rows,
+        lines=[ReportLine(kind=line.kind, action=line.action, text=line.text, t=round(line.at * speed, 3))
+               for line in sms.spoken],
+        inbound=[ReportInbound(t=round(t * speed, 3), sid=sid,
+                               parts=len(msg["content"]) if isinstance(msg["content"], list) else 1)
+                 for t, sid, msg in inbound.injected],
+        audio=ReportAudio(
+            input_frames=stats["input"].frames, output_frames=stats["output"].frames,
+            max_delay_ms=round(max_delay * 1000, 2),
+            p99_delay_ms=round(p99_delay * 1000, 2),
+            max_gap_ms=round(stats["input"].max_gap * 1000 * speed, 1),
+            p99_gap_ms=round(stats["input"].p99_gap * 1000 * speed, 1),
+        ),
+        expectations=ReportExpectations(checked=False, passed=True),
+    )
+    if expectations is not None:
+        failures = expectations.check(report)
+        report.expectations = ReportExpectations(checked=True, passed=not failures, failures=failures)
+    await provider.aclose()
+    outbox.close()
+    optouts.close()
+    router.close()
+    return report

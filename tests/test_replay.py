@@ -1,0 +1,70 @@
+"""Recorded-call replays: every call in tests/calls meets its expectations."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from messaging.actions import load_actions
+from pipeline.recording import Expectations, RecordingMeta, ReplayReport
+from pipeline.replay import replay
+from tests.conftest import EXAMPLES, ROOT
+
+CALLS = sorted(p for p in (ROOT / "tests" / "calls").glob("*.jsonl"))
+
+
+def test_corpus_present():
+    assert len(CALLS) >= 4
+
+
+@pytest.mark.parametrize("recording", CALLS, ids=[p.stem for p in CALLS])
+async def test_replay_meets_expectations(recording):
+    expect = Expectations.model_validate(yaml.safe_load(recording.with_suffix(".expect.yaml").read_text()))
+    report = await replay(recording, actions=load_actions(EXAMPLES / "actions.yaml"), speed=8.0,
+                          expectations=expect)
+    assert report.expectations.passed, report.expectations.failures
+    assert report.audio.input_frames > 50  # the 8->16 kHz resampler emits in batches
+    assert report.audio.max_delay_ms < 100  # generous: the audio path is never blocked by SMS work
+    for sms in report.sms:
+        assert sms.to_masked is None or "*" in sms.to_masked
+
+
+def test_corpus_is_reproducible(tmp_path):
+    before = {p.name: p.read_bytes() for p in (ROOT / "tests" / "calls").glob("*.json*")}
+    subprocess.run([sys.executable, "tests/calls/make_calls.py"], cwd=ROOT, check=True, capture_output=True)
+    after = {p.name: p.read_bytes() for p in (ROOT / "tests" / "calls").glob("*.json*")}
+    assert before == after
+
+
+def test_schemas_up_to_date():
+    for model, name in ((ReplayReport, "replay_report"), (RecordingMeta, "recording_meta"),
+                        (Expectations, "replay_expect")):
+        stored = json.loads((ROOT / "pipeline" / f"{name}.schema.json").read_text())
+        assert stored == model.model_json_schema(), f"regenerate pipeline/{name}.schema.json"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "run_agent.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_replay_cli_contract(tmp_path):
+    recording = ROOT / "tests" / "calls" / "booking_confirmation.jsonl"
+    report_path = tmp_path / "report.json"
+    out = _run("replay", str(recording), "--actions", str(EXAMPLES / "actions.yaml"), "--report", str(report_path),
+               "--expect", str(recording.with_suffix(".expect.yaml")))
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = ReplayReport.model_validate_json(report_path.read_text())
+    assert next(s.action for s in report.sms if s.outcome == "accepted") == "booking_confirmation"
+    # a failing expectation: exit 1
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("no_sms: [booking_confirmation]\n")
+    out = _run("replay", str(recording), "--actions", str(EXAMPLES / "actions.yaml"), "--report",
+               str(tmp_path / "r2.json"), "--expect", str(wrong))
+    assert out.returncode == 1 and "FAILED: SMS booking_confirmation was sent" in out.stdout
+    # bad input: exit 2
+    out = _run("replay", str(tmp_path / "missing.jsonl"), "--actions", str(EXAMPLES / "actions.yaml"),
+               "--report", str(tmp_path / "r3.json"))
+    assert out.returncode == 2
