@@ -164,6 +164,31 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    import uvicorn
+    from loguru import logger
+
+    # pipecat logs raw call data (numbers) and transcripts at DEBUG: keep its log at WARNING unless asked
+    logger.remove()
+    logger.add(sys.stderr, level=os.environ.get("PIPECAT_LOG_LEVEL", "WARNING"))
+    from pipeline.live import LiveAgent, LiveSettings, SettingsError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = LiveSettings.from_env(public_url=args.public_url)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    agent = LiveAgent(settings)
+    print(f"serving on {args.host}:{args.port}; Twilio voice webhook: {settings.public_url}/voice, "
+          f"messaging webhook: {settings.public_url}/sms/inbound", flush=True)
+    uvicorn.run(agent.app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``run_agent.py``."""
     parser = argparse.ArgumentParser(
@@ -188,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("--json", action="store_true", help="print the rows as JSON")
     lint.add_argument("--width", type=int, default=None, help="table width (default: terminal)")
     lint.set_defaults(handler=_cmd_actions_lint)
+
+    serve = sub.add_parser("serve", help="run the live phone agent (Twilio webhooks + media streams)")
+    serve.add_argument("--public-url", default=None, help="the https URL Twilio calls (or PUBLIC_URL)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.set_defaults(handler=_cmd_serve)
 
     rep = sub.add_parser("replay", help="replay a recorded call and write a JSON report")
     rep.add_argument("recording", help="NAME.jsonl (with NAME.meta.json next to it)")

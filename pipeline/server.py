@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -122,13 +122,28 @@ class WebhookService:
         return form
 
 
-def create_app(service: WebhookService) -> FastAPI:
-    """Build the FastAPI app serving the webhooks of ``service``."""
+def create_app(
+    service: WebhookService,
+    *,
+    startup: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """Build the FastAPI app serving the webhooks of ``service``.
+
+    Args:
+        service: The webhook service.
+        startup: Awaited before the app serves (e.g. provider warm-up, outbox recovery).
+        shutdown: Awaited after background work drained.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if startup is not None:
+            await startup()
         yield
         await service.drain()
+        if shutdown is not None:
+            await shutdown()
 
     app = FastAPI(title="incall-sms webhooks", lifespan=lifespan, docs_url=None, redoc_url=None)
 

@@ -119,6 +119,12 @@ CALLS = {
         "expect": {"sms": [{"action": "website_link", "outcome": "failed", "reason": "not_mobile"}],
                    "lines": [{"kind": "failure", "action": "website_link"}], "max_sms": 0},
     },
+    "e2e_link": {
+        "description": "Short call for the end-to-end test: the caller asks for the menu link (agent by LLM).",
+        "duration": 6.0,
+        "stt": [{"t": 2.5, "text": "Could you text me the link to your menu?"}],
+        "expect": {"sms": [{"action": "website_link"}], "max_sms": 1},
+    },
     "inbound_text": {
         "description": "The caller texts the agent during the call; the text reaches the conversation.",
         "duration": 8.0,

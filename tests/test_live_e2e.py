@@ -1,0 +1,119 @@
+"""End to end: a recorded call played over a real websocket into `run_agent.py serve`, exactly as Twilio
+would, with the real Deepgram service class against a loopback Deepgram peer, pipecat's OpenAI LLM
+service against a loopback LLM peer, and the real Twilio client against the loopback Twilio peer."""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+import websockets
+from twilio.request_validator import RequestValidator
+
+from pipeline.recording import load_recording
+from tests.conftest import ROOT
+from tests.peers.deepgram_peer import DeepgramPeer
+from tests.peers.llm_peer import LLMPeer
+from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, Fault, TwilioPeer
+
+PUBLIC = "https://agent.example.com"
+RECORDING = ROOT / "tests" / "calls" / "e2e_link.jsonl"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_port(port, proc, timeout=60):
+    for _ in range(int(timeout / 0.1)):
+        if proc.poll() is not None:
+            raise AssertionError("serve exited: " + proc.stderr.read().decode()[-3000:])
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("serve did not start")
+
+
+@pytest.fixture
+async def peers():
+    events, meta = load_recording(RECORDING)
+    script = [(u.t, u.text) for u in meta.stt]
+    async with TwilioPeer() as twilio, DeepgramPeer(script) as deepgram, \
+            LLMPeer(lambda body: "Sure, anything else?", latency=0.2) as llm:
+        twilio.fault_for = lambda form: Fault(delay=0.5)
+        yield twilio, deepgram, llm, events, meta
+
+
+async def test_recorded_call_through_serve(peers, tmp_path):
+    twilio, deepgram, llm, events, meta = peers
+    port = free_port()
+    env = {**os.environ, "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+           "TWILIO_API_BASE_URL": twilio.base_url, "DEEPGRAM_API_KEY": "dg-test-key",
+           "DEEPGRAM_BASE_URL": deepgram.base_url, "SMS_AGENT_LLM_URL": llm.base_url, "SMS_AGENT_LLM_MODEL": "agent",
+           "SMS_AGENT_TTS": "tone", "PUBLIC_URL": PUBLIC, "SMS_STATE_DIR": str(tmp_path / "state"),
+           "SMS_ACTIONS_FILE": str(ROOT / "examples" / "actions.yaml"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "run_agent.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        await wait_port(port, proc)
+        # 1. the voice webhook answers TwiML that streams the call with the numbers as parameters
+        form = {"CallSid": meta.call_sid, "AccountSid": ACCOUNT_SID, "From": meta.caller, "To": meta.agent_number}
+        signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + "/voice", form)
+        async with aiohttp.ClientSession() as session, session.post(f"http://127.0.0.1:{port}/voice", data=form,
+                                headers={"X-Twilio-Signature": signature}) as response:
+            twiml = await response.text()
+        assert response.status == 200
+        assert '<Stream url="wss://agent.example.com/media">' in twiml
+        assert f'<Parameter name="from_number" value="{meta.caller}"/>' in twiml
+
+        # 2. play the recorded media stream, paced, and collect what the agent sends back
+        received = []
+        async with websockets.connect(f"ws://127.0.0.1:{port}/media") as ws:
+            async def reader():
+                async for message in ws:
+                    received.append(json.loads(message))
+
+            reader_task = asyncio.get_running_loop().create_task(reader())
+            start = asyncio.get_running_loop().time()
+            for t, message in events:
+                if message["event"] == "stop":
+                    break
+                delay = t / 2.0 - (asyncio.get_running_loop().time() - start)  # twice real time
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await ws.send(json.dumps(message))
+            for _ in range(60):  # let the send, filler and confirmation finish
+                if twilio.messages and sum(1 for m in received if m.get("event") == "media") > 100:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            await ws.send(json.dumps(events[-1][1]))  # stop
+            await asyncio.sleep(0.5)
+            reader_task.cancel()
+    finally:
+        proc.terminate()
+        try:
+            _, stderr = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+
+    assert deepgram.connections >= 1 and deepgram.sent == [meta.stt[0].text]
+    assert [(m.to, m.body) for m in twilio.messages] == [
+        (meta.caller, "Here is our menu and booking page: https://example.com/menu")]
+    assert twilio.requests[0]["StatusCallback"] == [PUBLIC + "/sms/status"]
+    media = [m for m in received if m.get("event") == "media"]
+    assert len(media) > 100, stderr.decode()[-3000:]  # filler, LLM answer and confirmation audio (20 ms each)
+    assert all(m["streamSid"] == events[1][1]["start"]["streamSid"] for m in media)
+    log = stderr.decode()
+    assert meta.caller not in log and meta.caller[-7:] not in log  # numbers are masked in logs
