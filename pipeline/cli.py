@@ -99,6 +99,24 @@ def _make_judge(name: str):
     return LLMJudge.from_env()
 
 
+def _mic_unavailable() -> str | None:
+    """Why a microphone cannot be used here, or ``None``."""
+    try:
+        import pyaudio  # noqa: F401
+    except ImportError:
+        return ("PyAudio is not installed (apt-get install portaudio19-dev, then pip install pyaudio; "
+                "pipecat's LocalAudioTransport needs it)")
+    import pyaudio
+
+    audio = pyaudio.PyAudio()
+    try:
+        if audio.get_device_count() == 0:
+            return "no audio device found"
+    finally:
+        audio.terminate()
+    return None
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import logging
 
@@ -111,11 +129,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     logger.add(sys.stderr, level="ERROR")
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=args.width) if args.width else Console()
+    if args.mic:
+        reason = _mic_unavailable()
+        if reason:
+            console.print(f"[bold red]--mic is not available here[/]: {reason}", highlight=False)
+            return 2
+        console.print("[yellow]--mic: microphone mode is not implemented yet; use --interactive[/]")
+        return 2
     try:
         steps = None if args.interactive else load_script(args.script)
         console.rule("[bold]local simulation[/] (no phone, no keys, no network)")
         result = simulate(actions_path=args.actions, steps=steps, console=console, state_dir=args.state,
-                          pace=args.pace)
+                          pace=args.pace, voice=args.voice)
     except (ActionConfigError, ValueError, OSError) as exc:
         console.print(f"[bold red]error[/]: {exc}", highlight=False)
         return 2
@@ -203,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--interactive", action="store_true", help="type the caller's lines ('text: ...' texts)")
     sim.add_argument("--pace", type=float, default=1.0, help="seconds between caller lines")
     sim.add_argument("--state", default=None, help="keep the outbox/inbox databases in this folder")
+    sim.add_argument("--voice", choices=("auto", "on", "off"), default="auto",
+                     help="offline speech: Piper + faster-whisper (auto: when installed)")
+    sim.add_argument("--mic", action="store_true", help="talk through a real microphone (needs PyAudio and a device)")
     sim.add_argument("--width", type=int, default=None)
     sim.set_defaults(handler=_cmd_simulate)
 

@@ -142,6 +142,7 @@ def simulate(
     console: Console,
     state_dir: str | pathlib.Path | None = None,
     pace: float = 1.0,
+    voice: str = "auto",
 ) -> SimulationResult:
     """Run one simulated call (blocking; starts its own event loop).
 
@@ -151,16 +152,37 @@ def simulate(
         console: Where the live transcript goes.
         state_dir: Keep outbox/inbox databases here (default: a temporary directory).
         pace: Seconds to wait after each caller line for the agent to answer.
+        voice: ``on``: the caller's lines are spoken (Piper) over the phone path and
+            recognised (faster-whisper), the agent speaks with Piper; ``off``: text mode
+            (lines enter as transcripts, tone TTS); ``auto``: ``on`` when installed.
     """
+    from media.offline_speech import available
+
+    reason = available()
+    if voice == "on" and reason:
+        raise ValueError(f"--voice on is not possible here: {reason}")
+    use_voice = voice == "on" or (voice == "auto" and reason is None)
     actions = load_actions(actions_path)
     with tempfile.TemporaryDirectory(prefix="incall-sms-sim-") as temp:
         folder = pathlib.Path(state_dir or temp)
         folder.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_simulate(actions=actions, folder=folder, steps=steps, console=console, pace=pace))
+        return asyncio.run(_simulate(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
+                                     use_voice=use_voice))
+
+
+def _agent_tts(use_voice: bool) -> FrameProcessor:
+    if not use_voice:
+        return ToneTTSService()
+    from pipecat.services.piper.tts import PiperTTSService
+
+    from media.offline_speech import VOICE, piper_voice_dir
+
+    return PiperTTSService(download_dir=pathlib.Path(piper_voice_dir()), settings=PiperTTSService.Settings(voice=VOICE))
 
 
 async def _simulate(
-    *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float
+    *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float,
+    use_voice: bool,
 ) -> SimulationResult:
     call_id = f"SIM{uuid.uuid4().hex[:16]}"
     provider = LocalProvider(folder / "phone.db", latency=0.6)  # a provider answers in about this time
@@ -190,8 +212,17 @@ async def _simulate(
     registry.register(CALLER, AGENT, inbound.deliver)
     pair = LLMContextAggregatorPair(LLMContext())
     llm = _agent_llm(console)
+    speech = None
+    if use_voice:
+        from media.offline_speech import OfflineSpeech
+
+        speech = OfflineSpeech()
+        console.print("[dim]voice: caller lines spoken with Piper over an 8 kHz mu-law line, heard by "
+                      "faster-whisper tiny.en; agent speaks with Piper[/]")
+    else:
+        console.print("[dim]voice: off (text mode: caller lines enter as transcripts; tone TTS)[/]")
     worker = PipelineWorker(
-        Pipeline([sms, pair.user(), llm, sms.agent_tap(), ToneTTSService(), _Printer(console, sms),
+        Pipeline([sms, pair.user(), llm, sms.agent_tap(), _agent_tts(use_voice), _Printer(console, sms),
                   pair.assistant(), inbound]),
         cancel_on_idle_timeout=False, params=PipelineParams(),
     )
@@ -226,7 +257,13 @@ async def _simulate(
                 break
             if step.kind == "say":
                 console.print(f"[yellow]caller:[/] {step.text}", highlight=False)
-                await worker.queue_frame(TranscriptionFrame(text=step.text, user_id=CALLER, timestamp=""))
+                heard = step.text
+                if speech is not None:
+                    heard, seconds = await speech.say_and_hear(step.text)
+                    console.print(f"[dim]  (heard by STT after {seconds:.1f} s of speech: {heard})[/]",
+                                  highlight=False)
+                if heard:
+                    await worker.queue_frame(TranscriptionFrame(text=heard, user_id=CALLER, timestamp=""))
             else:
                 sequence += 1
                 console.print(f"[yellow]caller texts the agent:[/] {step.text}", highlight=False)

