@@ -102,7 +102,7 @@ def _make_judge(name: str):
 def _mic_unavailable() -> str | None:
     """Why a microphone cannot be used here, or ``None``."""
     try:
-        import pyaudio  # noqa: F401
+        import pyaudio
     except ImportError:
         return ("PyAudio is not installed (apt-get install portaudio19-dev, then pip install pyaudio; "
                 "pipecat's LocalAudioTransport needs it)")

@@ -73,6 +73,8 @@ class LiveSettings:
     pool_numbers: tuple[str, ...] = ()
     messaging_service_sid: str | None = None
     system_prompt: str = SYSTEM_PROMPT
+    record_dir: str | None = None
+    record_unmasked: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> LiveSettings:
@@ -115,6 +117,8 @@ class LiveSettings:
             twilio_api_base_url=env.get("TWILIO_API_BASE_URL") or None,
             pool_numbers=pool,
             messaging_service_sid=env.get("SMS_MESSAGING_SERVICE_SID") or None,
+            record_dir=env.get("SMS_RECORD_DIR") or None,
+            record_unmasked=env.get("SMS_RECORD_UNMASKED", "") == "1",
         )
 
 
@@ -187,7 +191,13 @@ class LiveAgent:
         @app.websocket("/media")
         async def media(websocket: WebSocket) -> None:
             await websocket.accept()
-            await agent.run_call(websocket)
+            recorder = CallRecorder(websocket, unmasked=agent.settings.record_unmasked) \
+                if agent.settings.record_dir else None
+            try:
+                await agent.run_call(websocket, recorder=recorder)
+            finally:
+                if recorder is not None:
+                    recorder.save(pathlib.Path(agent.settings.record_dir or "."))
 
         return app
 
@@ -208,7 +218,7 @@ class LiveAgent:
         except InvalidPhoneNumberError:
             return None
 
-    async def run_call(self, websocket: WebSocket) -> None:
+    async def run_call(self, websocket: WebSocket, *, recorder: CallRecorder | None = None) -> None:
         """Run one call's pipeline on an accepted Media Streams websocket."""
         from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.pipeline.pipeline import Pipeline
@@ -266,8 +276,13 @@ class LiveAgent:
             else (lambda: None)
         pair = LLMContextAggregatorPair(LLMContext(), user_params=LLMUserAggregatorParams(
             vad_analyzer=SileroVADAnalyzer()))
-        pipeline = Pipeline([transport.input(), stt, sms, pair.user(), llm, sms.agent_tap(), tts,
-                             transport.output(), pair.assistant(), inbound])
+        if recorder is not None:
+            recorder.call_sid, recorder.caller, recorder.agent_number = call_sid, caller or "", agent_number or ""
+        stages: list[Any] = [transport.input(), stt]
+        if recorder is not None:
+            stages.append(recorder.transcripts())
+        stages += [sms, pair.user(), llm, sms.agent_tap(), tts, transport.output(), pair.assistant(), inbound]
+        pipeline = Pipeline(stages)
         worker = PipelineWorker(pipeline, params=PipelineParams(audio_in_sample_rate=8000,
                                                                 audio_out_sample_rate=8000))
 
@@ -293,3 +308,84 @@ class LiveAgent:
         self.outbox.close()
         self.optouts.close()
         self.router.close()
+
+
+class CallRecorder:
+    """Writes a live call as a recording (``incall-sms-recording/1``) for replays.
+
+    Captures the Media Streams messages exactly as received and the final STT results;
+    phone numbers are masked unless ``unmasked``.
+    """
+
+    def __init__(self, websocket: WebSocket, *, unmasked: bool = False) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+        self._unmasked = unmasked
+        self.messages: list[dict[str, Any]] = []
+        self.stt: list[dict[str, Any]] = []
+        self.call_sid = ""
+        self.caller = ""
+        self.agent_number = ""
+        original = websocket._receive
+
+        async def receive() -> Any:
+            event = await original()
+            if event.get("type") == "websocket.receive" and event.get("text"):
+                self._capture(event["text"])
+            return event
+
+        websocket._receive = receive
+
+    def _mask(self, number: str) -> str:
+        return number if self._unmasked or not number else mask(number)
+
+    def _capture(self, text: str) -> None:
+        import json
+
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        params = message.get("start", {}).get("customParameters") if isinstance(message, dict) else None
+        if isinstance(params, dict):
+            for key in ("from_number", "to_number"):
+                if key in params:
+                    params[key] = self._mask(str(params[key]))
+        self.messages.append({"t": round(self._clock() - self._t0, 3), "message": message})
+
+    def transcripts(self) -> Any:
+        """A pass-through processor (after STT) recording final transcripts with their times."""
+        from pipecat.frames.frames import TranscriptionFrame
+        from pipecat.processors.frame_processor import FrameProcessor
+
+        recorder = self
+
+        class _Tap(FrameProcessor):
+            async def process_frame(self, frame: Any, direction: Any) -> None:
+                await super().process_frame(frame, direction)
+                if isinstance(frame, TranscriptionFrame) and frame.text.strip():
+                    recorder.stt.append({"t": round(recorder._clock() - recorder._t0, 3), "text": frame.text})
+                await self.push_frame(frame, direction)
+
+        return _Tap()
+
+    def save(self, folder: pathlib.Path) -> pathlib.Path | None:
+        """Write ``<call_sid>.jsonl`` and ``<call_sid>.meta.json`` into ``folder``."""
+        import json
+
+        from pipeline.recording import FORMAT
+
+        if not self.messages:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        name = self.call_sid or "call"
+        events = folder / f"{name}.jsonl"
+        events.write_text("".join(json.dumps(m) + "\n" for m in self.messages), encoding="utf-8")
+        meta = {"format": FORMAT, "call_sid": name, "caller": self._mask(self.caller),
+                "agent_number": self._mask(self.agent_number), "stt": self.stt,
+                "description": "recorded from a live call"}
+        (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _log.info("call %s recorded (%d messages)", name, len(self.messages))
+        return events

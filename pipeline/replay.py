@@ -55,6 +55,14 @@ from processors.sms_actions import SmsActionProcessor
 __all__ = ["replay"]
 
 
+def _real_or_fake(number: str) -> str:
+    """Recordings from live calls carry masked numbers: replay them as a fake number, same last digits."""
+    if "*" not in number:
+        return number
+    digits = "".join(ch for ch in number if ch.isdigit())[-4:].rjust(4, "0")
+    return f"+1415555{digits}"
+
+
 async def replay(
     recording: str | pathlib.Path,
     *,
@@ -74,6 +82,8 @@ async def replay(
         ValueError: The recording is invalid.
     """
     events, meta = load_recording(recording)
+    meta = meta.model_copy(update={"caller": _real_or_fake(meta.caller),
+                                   "agent_number": _real_or_fake(meta.agent_number)})
     provider = LocalProvider(landlines=frozenset(meta.provider.landlines),
                              opted_out=frozenset(meta.provider.opted_out),
                              latency=meta.provider.latency / speed)

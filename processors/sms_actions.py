@@ -212,7 +212,7 @@ class SmsActionProcessor(FrameProcessor):
         firings = self.engine.evaluate_now("turn")  # microseconds, no I/O
         if firings and self._tell_llm:
             # before the transcript, so the agent LLM sees it when it answers this turn
-            note = {"role": "system", "content": self.engine.llm_note(firings)}
+            note = {"role": "developer", "content": self.engine.llm_note(firings)}
             await self.push_frame(LLMMessagesAppendFrame([note], run_llm=False), direction)
         await self.push_frame(frame, direction)
         self._start_all(firings)
@@ -232,7 +232,7 @@ class SmsActionProcessor(FrameProcessor):
     async def _judge_and_start(self, at: str) -> None:
         firings = await self.engine.evaluate(at)  # type: ignore[arg-type]
         if firings and self._tell_llm and self._live:
-            note = {"role": "system", "content": self.engine.llm_note(firings)}
+            note = {"role": "developer", "content": self.engine.llm_note(firings)}
             await self.push_frame(LLMMessagesAppendFrame([note], run_llm=False))
         self._start_all(firings)
 

@@ -59,7 +59,7 @@ def test_judge_eval_bad_file(tmp_path):
 
 
 def test_main_job_simulation_runs_to_completion(tmp_path):
-    out = run("simulate", "--pace", "0.4", "--width", "160", "--state", str(tmp_path / "state"))
+    out = run("simulate", "--pace", "1.0", "--width", "160", "--state", str(tmp_path / "state"))
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert lines[-1].startswith("simulated call SIM") and "3 SMS sent, 0 failed" in lines[-1]

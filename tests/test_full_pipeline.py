@@ -59,5 +59,5 @@ async def test_filler_reaches_tts_before_the_llm_answer_and_confirmation_after()
     # the agent LLM saw the SMS note before the caller's request in the same turn
     second = [(m["role"], m["content"]) for m in llm.requests[1]["messages"]]
     roles = [r for r, _ in second]
-    assert roles[-2:] == ["system", "user"] and second[-2][1].startswith("[SMS system]")
+    assert roles[-2:] == ["developer", "user"] and second[-2][1].startswith("[SMS system]")
     assert meter.stats()["output"].frames > 50

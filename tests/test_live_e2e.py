@@ -5,6 +5,7 @@ service against a loopback LLM peer, and the real Twilio client against the loop
 import asyncio
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -61,7 +62,8 @@ async def test_recorded_call_through_serve(peers, tmp_path):
            "TWILIO_API_BASE_URL": twilio.base_url, "DEEPGRAM_API_KEY": "dg-test-key",
            "DEEPGRAM_BASE_URL": deepgram.base_url, "SMS_AGENT_LLM_URL": llm.base_url, "SMS_AGENT_LLM_MODEL": "agent",
            "SMS_AGENT_TTS": "tone", "PUBLIC_URL": PUBLIC, "SMS_STATE_DIR": str(tmp_path / "state"),
-           "SMS_ACTIONS_FILE": str(ROOT / "examples" / "actions.yaml"), "PYTHONPATH": str(ROOT)}
+           "SMS_ACTIONS_FILE": str(ROOT / "examples" / "actions.yaml"), "PYTHONPATH": str(ROOT),
+           "SMS_RECORD_DIR": str(tmp_path / "recordings"), "PIPECAT_LOG_LEVEL": os.environ.get("E2E_LOG", "WARNING")}
     proc = subprocess.Popen([sys.executable, "run_agent.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -100,14 +102,22 @@ async def test_recorded_call_through_serve(peers, tmp_path):
             await ws.send(json.dumps(events[-1][1]))  # stop
             await asyncio.sleep(0.5)
             reader_task.cancel()
+        # the call ends when the websocket closes; its recording is written then
+        recorded = tmp_path / "recordings" / f"{meta.call_sid}.meta.json"
+        for _ in range(150):
+            if recorded.exists():
+                break
+            await asyncio.sleep(0.1)
     finally:
         proc.terminate()
-        try:
-            _, stderr = proc.communicate(timeout=20)
+        try:  # never block the loop: the loopback peers live on it
+            _, stderr = await asyncio.to_thread(proc.communicate, timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, stderr = proc.communicate()
+            _, stderr = await asyncio.to_thread(proc.communicate)
 
+    if os.environ.get("E2E_LOG_FILE"):
+        pathlib.Path(os.environ["E2E_LOG_FILE"]).write_bytes(stderr)
     assert deepgram.connections >= 1 and deepgram.sent == [meta.stt[0].text]
     assert [(m.to, m.body) for m in twilio.messages] == [
         (meta.caller, "Here is our menu and booking page: https://example.com/menu")]
@@ -117,3 +127,16 @@ async def test_recorded_call_through_serve(peers, tmp_path):
     assert all(m["streamSid"] == events[1][1]["start"]["streamSid"] for m in media)
     log = stderr.decode()
     assert meta.caller not in log and meta.caller[-7:] not in log  # numbers are masked in logs
+
+    # 3. the call was recorded (numbers masked) and replays to the same SMS decision
+    recorded = tmp_path / "recordings" / f"{meta.call_sid}.jsonl"
+    assert recorded.exists(), stderr.decode()[-3000:]
+    text = recorded.read_text() + recorded.with_suffix("").with_suffix(".meta.json").read_text()
+    assert meta.caller not in text and "******" in text
+    report = tmp_path / "replay.json"
+    out = subprocess.run([sys.executable, "run_agent.py", "replay", str(recorded), "--actions",
+                          str(ROOT / "examples" / "actions.yaml"), "--report", str(report)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    replayed = json.loads(report.read_text())
+    assert [s["action"] for s in replayed["sms"] if s["outcome"] == "accepted"] == ["website_link"]
