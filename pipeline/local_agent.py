@@ -24,10 +24,10 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 __all__ = ["LocalAgentLLM"]
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^\[photo\]|\b(photo|picture|image)\b", re.I),
+     "Thanks, I got the photo you texted. I've added it to your booking notes."),
     (re.compile(r"^The caller sent a text message", re.I),
      "Thanks, I got your text and I've added it to your booking notes."),
-    (re.compile(r"\b(photo|picture|image)\b", re.I),
-     "Thanks, I got the photo you texted. I've added it to your booking notes."),
     (re.compile(r"\b(book|table|reservation|reserve)\b", re.I),
      "Your table for four is booked for Friday at 7 pm."),
     (re.compile(r"\b(hours|open|close)\b", re.I), "We're open every day from 11 am to 10 pm."),
@@ -44,7 +44,11 @@ def _last_user_text(messages: list[Any]) -> str:
         if isinstance(content, str):
             return content
         if isinstance(content, list):
-            return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts = [p for p in content if isinstance(p, dict)]
+            text = " ".join(p.get("text", "") for p in parts)
+            if any(p.get("type") == "image_url" for p in parts):
+                text = "[photo] " + text  # the stand-in cannot see images; it knows one arrived
+            return text
     return ""
 
 

@@ -35,11 +35,12 @@ from pipecat.workers.runner import WorkerRunner
 from rich.console import Console
 from rich.table import Table
 
+from media.fetch import MediaFetcher, MediaPolicy
 from messaging.actions import load_actions
 from messaging.dispatcher import CallContext, Dispatcher
 from messaging.engine import ActionEngine
 from messaging.events import SmsEvent, SmsEventKind
-from messaging.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
+from messaging.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
 from messaging.judges.embedded import EmbeddedJudge
 from messaging.optout import SqliteOptOutStore
 from messaging.outbox import Outbox
@@ -63,7 +64,11 @@ SYSTEM_PROMPT = (
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ScriptStep:
-    """One step of a simulated call: ``say`` (caller speaks), ``text`` (caller texts the agent), ``hangup``."""
+    """One step of a simulated call.
+
+    ``say`` (caller speaks), ``text`` (caller texts the agent), ``mms`` (caller texts a photo
+    with this caption), ``hangup``.
+    """
 
     kind: str
     text: str = ""
@@ -85,9 +90,9 @@ def load_script(path: str | pathlib.Path) -> list[ScriptStep]:
             continue
         kind, _, text = line.partition(":")
         kind = kind.strip().lower()
-        if kind not in ("caller", "text") or not text.strip():
-            raise ValueError(f"line {number}: expected 'caller: ...', 'text: ...' or 'hangup'")
-        steps.append(ScriptStep("say" if kind == "caller" else "text", text.strip()))
+        if kind not in ("caller", "text", "mms") or not text.strip():
+            raise ValueError(f"line {number}: expected 'caller: ...', 'text: ...', 'mms: ...' or 'hangup'")
+        steps.append(ScriptStep({"caller": "say", "text": "text", "mms": "mms"}[kind], text.strip()))
     return steps
 
 
@@ -100,6 +105,50 @@ class SimulationResult:
     events: list[SmsEvent]
     spoken: list[Any]
     seconds: float
+
+
+class _MediaHost:
+    """A loopback stand-in for the provider's media host (photos the simulated caller sends)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, bytes] = {}
+        self._runner: Any = None
+        self.port = 0
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        async def serve(request: web.Request) -> web.Response:
+            data = self._items.get(request.match_info["id"])
+            if data is None:
+                return web.Response(status=404)
+            return web.Response(body=data, content_type="image/jpeg")
+
+        app = web.Application()
+        app.router.add_get("/media/{id}", serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def add_photo(self, caption: str) -> str:
+        """Draw a small photo for ``caption``; return its media URL."""
+        import io
+
+        from PIL import Image, ImageDraw
+
+        image = Image.new("RGB", (320, 240), (90, 140, 200))
+        ImageDraw.Draw(image).text((12, 110), caption[:40], fill=(255, 255, 255))
+        out = io.BytesIO()
+        image.save(out, format="JPEG")
+        item = uuid.uuid4().hex
+        self._items[item] = out.getvalue()
+        return f"http://127.0.0.1:{self.port}/media/{item}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 class _Printer(FrameProcessor):
@@ -206,7 +255,12 @@ async def _simulate(
             console.print(f"[bold red]  >> SMS {event.action} not sent: {event.reason}[/]", highlight=False)
 
     dispatcher.subscribe(on_event)
-    inbound = InboundMessageProcessor()
+    media_host = _MediaHost()
+    await media_host.start()
+    fetcher = MediaFetcher(account_sid="AC" + "0" * 32, auth_token="simulation",  # noqa: S106 - loopback stand-in
+                           policy=MediaPolicy(
+        allowed_hosts=("127.0.0.1",), auth_hosts=("127.0.0.1",), allow_private=True))
+    inbound = InboundMessageProcessor(fetcher=fetcher)
     registry = InProcessCallRegistry()
     router = InboundRouter(registry=registry, optouts=optouts, store_path=folder / "inbound.db")
     registry.register(CALLER, AGENT, inbound.deliver)
@@ -266,10 +320,15 @@ async def _simulate(
                     await worker.queue_frame(TranscriptionFrame(text=heard, user_id=CALLER, timestamp=""))
             else:
                 sequence += 1
-                console.print(f"[yellow]caller texts the agent:[/] {step.text}", highlight=False)
-                message = InboundMessage(sid=f"SM{uuid.uuid4().hex}", account_sid="AC" + "0" * 32,
-                                         from_number=CALLER, to_number=AGENT, body=step.text,
-                                         received_at=time.time())
+                media: tuple[InboundMedia, ...] = ()
+                if step.kind == "mms":
+                    media = (InboundMedia(url=media_host.add_photo(step.text), content_type="image/jpeg"),)
+                    console.print(f"[yellow]caller texts the agent a photo:[/] {step.text}", highlight=False)
+                else:
+                    console.print(f"[yellow]caller texts the agent:[/] {step.text}", highlight=False)
+                message = InboundMessage(sid=f"{'MM' if media else 'SM'}{uuid.uuid4().hex}",
+                                         account_sid="AC" + "0" * 32, from_number=CALLER, to_number=AGENT,
+                                         body=step.text, media=media, received_at=time.time())
                 await router.route(message)
             await asyncio.sleep(pace)
         await worker.queue_frame(EndFrame())
@@ -279,6 +338,13 @@ async def _simulate(
     await runner.add_workers(worker)
     await asyncio.gather(runner.run(), drive())
     inbox = await provider.inbox()
+    for _, _, llm_message in inbound.injected:
+        parts = llm_message["content"] if isinstance(llm_message["content"], list) else []
+        images = sum(1 for p in parts if p.get("type") == "image_url")
+        if images:
+            console.print(f"[dim]  (the photo reached the agent's context as {images} image part(s))[/]")
+    await fetcher.aclose()
+    await media_host.stop()
     result = SimulationResult(call_id=call_id, inbox=inbox, events=events, spoken=list(sms.spoken),
                               seconds=time.monotonic() - start)
     await provider.aclose()

@@ -66,6 +66,7 @@ def test_main_job_simulation_runs_to_completion(tmp_path):
     assert "agent (filler): One moment, I'm texting the confirmation to you now." in out.stdout
     assert "agent (SMS confirmed): Done, I've just texted it to your number ending in 23." in out.stdout
     assert "Here is our menu and booking page: https://example.com/menu" in out.stdout
+    assert "the photo reached the agent's context as 1 image part(s)" in out.stdout
     # the declined address text was not sent
     assert "500 Market St" not in out.stdout
 
