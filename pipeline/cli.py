@@ -171,7 +171,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if args.expect:
             with open(args.expect, encoding="utf-8") as handle:
                 expectations = Expectations.model_validate(yaml.safe_load(handle) or {})
-        report = asyncio.run(replay(args.recording, actions=actions, speed=args.speed, expectations=expectations))
+        report = asyncio.run(replay(args.recording, actions=actions, speed=args.speed, expectations=expectations,
+                                    stt=args.stt))
     except (ActionConfigError, ValueError, OSError, yaml.YAMLError, pydantic.ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--report", required=True, help="where to write the JSON report")
     rep.add_argument("--expect", default=None, help="expectations (YAML/JSON); exit 1 when they fail")
     rep.add_argument("--speed", type=float, default=8.0, help="replay speed (default 8x real time)")
+    rep.add_argument("--stt", choices=("recorded", "whisper"), default="recorded",
+                     help="use the recorded STT results, or run the caller audio through offline STT")
     rep.set_defaults(handler=_cmd_replay)
 
     judge = sub.add_parser("judge", help="condition judges")

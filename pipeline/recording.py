@@ -40,17 +40,30 @@ class _Model(pydantic.BaseModel):
 
 
 class TimedText(_Model):
-    """A recorded utterance: seconds since the call started, and the text."""
+    """A recorded utterance: seconds since the call started, and the text.
+
+    ``barge_in`` marks a caller utterance that interrupted the agent (the replay
+    interrupts the agent's speech there, as the user aggregator does live).
+    """
 
     t: float = pydantic.Field(ge=0)
     text: str = pydantic.Field(min_length=1, max_length=2000)
+    barge_in: bool = False
+
+
+class InboundAttachment(_Model):
+    """An attachment of an inbound MMS, embedded in the sidecar (served to the media fetcher on loopback)."""
+
+    content_type: str
+    data_b64: str = pydantic.Field(max_length=8_000_000)
 
 
 class InboundText(_Model):
-    """A text the caller sent to the agent's number during the call."""
+    """A text (or MMS) the caller sent to the agent's number during the call."""
 
     t: float = pydantic.Field(ge=0)
-    body: str = pydantic.Field(max_length=3200)
+    body: str = pydantic.Field(default="", max_length=3200)
+    media: list[InboundAttachment] = []
 
 
 class ProviderBehaviour(_Model):
@@ -136,6 +149,8 @@ class ReportInbound(_Model):
     t: float
     sid: str
     parts: int
+    images: int = 0
+    texts: list[str] = []
 
 
 class ReportAudio(_Model):
@@ -199,6 +214,8 @@ class Expectations(_Model):
     max_sms: int | None = None
     max_audio_delay_ms: float | None = None
     inbound_injected: int | None = None
+    inbound_contains: list[str] = []
+    inbound_images: int | None = None
 
     def check(self, report: ReplayReport) -> list[str]:
         """Return the failed expectations, as sentences."""
@@ -223,4 +240,11 @@ class Expectations(_Model):
             failures.append(f"audio delay {report.audio.max_delay_ms:.1f} ms exceeds {self.max_audio_delay_ms} ms")
         if self.inbound_injected is not None and len(report.inbound) != self.inbound_injected:
             failures.append(f"{len(report.inbound)} inbound texts injected, {self.inbound_injected} expected")
+        injected_text = " ".join(t for item in report.inbound for t in item.texts).lower()
+        for fragment in self.inbound_contains:
+            if fragment.lower() not in injected_text:
+                failures.append(f"inbound context lacks {fragment!r}")
+        images = sum(item.images for item in report.inbound)
+        if self.inbound_images is not None and images != self.inbound_images:
+            failures.append(f"{images} inbound image part(s), {self.inbound_images} expected")
         return failures

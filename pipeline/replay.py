@@ -11,6 +11,7 @@ Everything is scheduled on the recording's clock divided by ``speed``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import pathlib
 import time
@@ -18,7 +19,7 @@ import types
 import uuid
 from typing import Any
 
-from pipecat.frames.frames import EndFrame, TranscriptionFrame, TTSSpeakFrame
+from pipecat.frames.frames import EndFrame, InterruptionFrame, TranscriptionFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -27,10 +28,12 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.workers.runner import WorkerRunner
 
+from media.loopback_host import LoopbackMediaHost
+from media.offline_speech import OfflineSpeech, available, whisper_model_dir
 from messaging.actions import ActionSet
 from messaging.dispatcher import CallContext, Dispatcher
 from messaging.engine import ActionEngine, ActionOutcome
-from messaging.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
+from messaging.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
 from messaging.judges.embedded import EmbeddedJudge
 from messaging.optout import SqliteOptOutStore
 from messaging.outbox import Outbox
@@ -69,6 +72,7 @@ async def replay(
     actions: ActionSet,
     speed: float = 8.0,
     expectations: Expectations | None = None,
+    stt: str = "recorded",
 ) -> ReplayReport:
     """Replay one recording and build its report.
 
@@ -77,6 +81,9 @@ async def replay(
         actions: The action set to run.
         speed: Replay speed (8 = eight times faster than the call).
         expectations: Checked against the report when given.
+        stt: ``recorded`` feeds the recorded STT results (fast, deterministic); ``whisper``
+            runs the caller audio through pipecat's Silero VAD and WhisperSTTService
+            (offline tiny.en) instead.
 
     Raises:
         ValueError: The recording is invalid.
@@ -95,19 +102,37 @@ async def replay(
     engine = ActionEngine(dispatcher=dispatcher, call=call, judge=EmbeddedJudge(), extractor=PatternExtractor())
     engine.variables.update(meta.variables)
     sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0)
-    inbound = InboundMessageProcessor()
+    media_host = LoopbackMediaHost()
+    await media_host.start()
+    fetcher = media_host.fetcher()
+    transcriber = None
+    if available() is None:
+        transcriber = OfflineSpeech()  # voice notes, offline
+    inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber)
     registry = InProcessCallRegistry()
     router = InboundRouter(registry=registry, optouts=optouts)
     registry.register(meta.caller, meta.agent_number, inbound.deliver)
     queued_at: dict[int, float] = {}
     meter = GapMeter(queued_at=queued_at)
     tap = sms.agent_tap()
+    front: list[FrameProcessor] = []
+    if stt == "whisper":
+        reason = available()
+        if reason:
+            raise ValueError(f"--stt whisper is not possible here: {reason}")
+        from pipecat.audio.vad.silero import SileroVADAnalyzer
+        from pipecat.processors.audio.vad_processor import VADProcessor
+        from pipecat.services.whisper.stt import WhisperSTTService
+
+        front = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), WhisperSTTService(
+            device="cpu", compute_type="int8", settings=WhisperSTTService.Settings(model=whisper_model_dir()))]
     processors: list[FrameProcessor]
     if meta.agent:
-        processors = [sms, tap, ToneTTSService(), meter, inbound]
+        processors = [*front, sms, tap, ToneTTSService(), meter, inbound]
     else:
         pair = LLMContextAggregatorPair(LLMContext())
-        processors = [sms, pair.user(), LocalAgentLLM(), tap, ToneTTSService(), meter, pair.assistant(), inbound]
+        processors = [*front, sms, pair.user(), LocalAgentLLM(), tap, ToneTTSService(), meter, pair.assistant(),
+                      inbound]
     worker = PipelineWorker(Pipeline(processors), cancel_on_idle_timeout=False, params=PipelineParams())
     serializer = TwilioFrameSerializer(meta.call_sid, params=TwilioFrameSerializer.InputParams(
         sample_rate=16000, auto_hang_up=False))
@@ -129,9 +154,12 @@ async def replay(
     sms.add_event_handler("on_action_completed", completed)
 
     timeline: list[tuple[float, str, Any]] = [(t, "ws", m) for t, m in events]
-    timeline += [(u.t, "stt", u.text) for u in meta.stt]
+    if stt == "recorded":
+        timeline += [(u.t, "stt", u) for u in meta.stt]
+    else:
+        timeline += [(u.t - 1.2, "barge", u) for u in meta.stt if u.barge_in]
     timeline += [(u.t, "agent", u.text) for u in meta.agent]
-    timeline += [(m.t, "inbound", m.body) for m in meta.inbound]
+    timeline += [(m.t, "inbound", m) for m in meta.inbound]
     timeline.sort(key=lambda item: item[0])
 
     async def drive() -> None:
@@ -149,17 +177,29 @@ async def replay(
                     queued_at[frame.id] = time.monotonic()
                     await worker.queue_frame(frame)
             elif kind == "stt":
-                await worker.queue_frame(TranscriptionFrame(text=payload, user_id="", timestamp=""))
+                if payload.barge_in:
+                    await worker.queue_frame(InterruptionFrame())  # the caller talks over the agent
+                await worker.queue_frame(TranscriptionFrame(text=payload.text, user_id="", timestamp=""))
+            elif kind == "barge":
+                await worker.queue_frame(InterruptionFrame())
             elif kind == "agent":
                 await sms.on_agent_text(payload)
                 frame = TTSSpeakFrame(payload, append_to_context=False)
                 sms.mark_own(frame)
                 await tap.push_frame(frame, FrameDirection.DOWNSTREAM)
             else:
+                media = tuple(InboundMedia(url=media_host.add(base64.b64decode(a.data_b64), a.content_type),
+                                           content_type=a.content_type) for a in payload.media)
                 await router.route(InboundMessage(
-                    sid=f"SM{uuid.uuid4().hex}", account_sid="AC" + "0" * 32, from_number=meta.caller,
-                    to_number=meta.agent_number, body=payload, received_at=time.time()))
+                    sid=f"{'MM' if media else 'SM'}{uuid.uuid4().hex}", account_sid="AC" + "0" * 32,
+                    from_number=meta.caller, to_number=meta.agent_number, body=payload.body, media=media,
+                    received_at=time.time()))
         await asyncio.sleep(1.0 / speed + 0.2)
+        # attachments (fetch, decode, transcription) may still be on their way into the context
+        for _ in range(100):
+            if len(inbound.injected) >= len(meta.inbound):
+                break
+            await asyncio.sleep(0.05)
         await worker.queue_frame(EndFrame())
 
     runner = WorkerRunner()
@@ -187,9 +227,7 @@ async def replay(
         sms=sms_rows,
         lines=[ReportLine(kind=line.kind, action=line.action, text=line.text, t=round(line.at * speed, 3))
                for line in sms.spoken],
-        inbound=[ReportInbound(t=round(t * speed, 3), sid=sid,
-                               parts=len(msg["content"]) if isinstance(msg["content"], list) else 1)
-                 for t, sid, msg in inbound.injected],
+        inbound=[_report_inbound(t * speed, sid, msg) for t, sid, msg in inbound.injected],
         audio=ReportAudio(
             input_frames=stats["input"].frames, output_frames=stats["output"].frames,
             max_delay_ms=round(max_delay * 1000, 2),
@@ -203,7 +241,19 @@ async def replay(
         failures = expectations.check(report)
         report.expectations = ReportExpectations(checked=True, passed=not failures, failures=failures)
     await provider.aclose()
+    await fetcher.aclose()
+    await media_host.stop()
     outbox.close()
     optouts.close()
     router.close()
     return report
+
+
+def _report_inbound(t: float, sid: str, message: dict[str, Any]) -> ReportInbound:
+    content = message["content"]
+    parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+    return ReportInbound(
+        t=round(t, 3), sid=sid, parts=len(parts),
+        images=sum(1 for p in parts if p.get("type") == "image_url"),
+        texts=[str(p.get("text", "")) for p in parts if p.get("type") == "text"],
+    )

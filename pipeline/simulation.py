@@ -36,7 +36,7 @@ from pipecat.workers.runner import WorkerRunner
 from rich.console import Console
 from rich.table import Table
 
-from media.fetch import MediaFetcher, MediaPolicy
+from media.loopback_host import LoopbackMediaHost
 from messaging.actions import load_actions
 from messaging.dispatcher import CallContext, Dispatcher
 from messaging.engine import ActionEngine
@@ -106,50 +106,6 @@ class SimulationResult:
     events: list[SmsEvent]
     spoken: list[Any]
     seconds: float
-
-
-class _MediaHost:
-    """A loopback stand-in for the provider's media host (photos the simulated caller sends)."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, bytes] = {}
-        self._runner: Any = None
-        self.port = 0
-
-    async def start(self) -> None:
-        from aiohttp import web
-
-        async def serve(request: web.Request) -> web.Response:
-            data = self._items.get(request.match_info["id"])
-            if data is None:
-                return web.Response(status=404)
-            return web.Response(body=data, content_type="image/jpeg")
-
-        app = web.Application()
-        app.router.add_get("/media/{id}", serve)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def add_photo(self, caption: str) -> str:
-        """Draw a small photo for ``caption``; return its media URL."""
-        import io
-
-        from PIL import Image, ImageDraw
-
-        image = Image.new("RGB", (320, 240), (90, 140, 200))
-        ImageDraw.Draw(image).text((12, 110), caption[:40], fill=(255, 255, 255))
-        out = io.BytesIO()
-        image.save(out, format="JPEG")
-        item = uuid.uuid4().hex
-        self._items[item] = out.getvalue()
-        return f"http://127.0.0.1:{self.port}/media/{item}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 async def _speak_into(worker: PipelineWorker, pcm16k: bytes, *, trailing_silence: float = 1.0) -> None:
@@ -293,11 +249,9 @@ async def _simulate(
             console.print(f"[bold red]  >> SMS {event.action} not sent: {event.reason}[/]", highlight=False)
 
     dispatcher.subscribe(on_event)
-    media_host = _MediaHost()
+    media_host = LoopbackMediaHost()
     await media_host.start()
-    fetcher = MediaFetcher(account_sid="AC" + "0" * 32, auth_token="simulation",  # noqa: S106 - loopback stand-in
-                           policy=MediaPolicy(
-        allowed_hosts=("127.0.0.1",), auth_hosts=("127.0.0.1",), allow_private=True))
+    fetcher = media_host.fetcher()
     inbound = InboundMessageProcessor(fetcher=fetcher)
     registry = InProcessCallRegistry()
     router = InboundRouter(registry=registry, optouts=optouts, store_path=folder / "inbound.db")

@@ -106,8 +106,8 @@ _STOP = {
 _GROUPS: list[set[str]] = [
     {"book", "booking", "booked", "reservation", "reserve", "reserved", "appointment", "meeting", "slot",
      "table", "schedule", "scheduled", "visit", "session", "consultation"},
-    {"confirmation", "confirm", "confirmed", "receipt", "proof", "writing", "summary", "details", "detail",
-     "recap", "itinerary"},
+    {"confirmation", "confirm", "confirmed", "receipt", "proof", "writing", "itinerary"},
+    {"summary", "recap", "overview", "rundown"},
     {"link", "url", "website", "site", "page", "web", "webpage", "online", "internet", "homepage", "portal",
      "form", "signup", "download"},
     {"address", "location", "located", "directions", "direction", "where", "map", "route", "street",
@@ -220,6 +220,7 @@ class ParsedCondition:
     generic: bool
     event: str | None
     info: bool
+    recipients: frozenset[str] = frozenset()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -266,14 +267,16 @@ def parse_condition(condition: str) -> ParsedCondition:
     verbs_info = re.search(r"\b(asks? (for|about|where|what|when|how)|wants to know|inquires?|enquires?)\b", text)
     sending = re.search(r"\b(receive|sent|send|text|texted|sms|message|copy|in writing|link)\b", body)
     info = bool(verbs_info) and not sending
+    recipients = frozenset(_recipients(body, pronouns=False))
     return ParsedCondition(
         at_end=at_end,
         kind="request" if request else "state",
-        head=frozenset(head_words),
-        modifiers=frozenset(modifiers),
+        head=frozenset(w for w in head_words if w not in recipients),
+        modifiers=frozenset(w for w in modifiers if w not in recipients),
         generic=generic,
         event=event,
         info=info,
+        recipients=recipients,
     )
 
 
@@ -380,6 +383,29 @@ _PAST_QUESTION = re.compile(
     r"^(did|have|has|do|does|is|was|were|are) (you|i|it|they|we|there)\b(?!.*\b(please|can you|could you)\b)"
 )
 _DESTINATION = re.compile(r"\b(to|at) (my|our|your|his|her|their|the) (\w+)")
+#: People a text can be meant for, other than the caller.
+_PERSONS = frozenset({
+    "colleague", "coworker", "co-worker", "wife", "husband", "partner", "friend", "boss", "assistant", "manager",
+    "team", "family", "mother", "mom", "mum", "father", "dad", "son", "daughter", "sister", "brother", "spouse",
+    "secretary", "office", "caregiver", "nurse", "doctor", "client", "customer", "landlord", "tenant",
+})
+_THIRD_PARTY = re.compile(r"\b(to|for) (my|our|his|her|their|the) ([a-z-]+)\b|\b(to|for) (him|her|them)\b")
+
+
+def _recipients(phrase: str, *, pronouns: bool = True) -> set[str]:
+    """Third parties a phrase directs a text to ("to my colleague" -> {"colleague"}).
+
+    In a condition "to them" means the caller, so conditions pass ``pronouns=False``.
+    """
+    found = set()
+    for match in _THIRD_PARTY.finditer(phrase):
+        if match.group(3) and match.group(3) in _PERSONS:
+            found.add(match.group(3))
+        elif match.group(5) and pronouns:
+            found.add("them")
+    return found
+
+
 _GENERIC_HEADS = frozenset({"details", "detail", "info", "information", "summary", "recap", "everything"})
 _TIME = re.compile(
     r"\b(monday|tuesday|wednesday|thursday|friday|saturday|sunday|tomorrow|tonight|today|noon|midnight"
@@ -527,6 +553,12 @@ class EmbeddedJudge:
                 if clause.send or explicit or head_hit:
                     return 0.0, "caller declined"
                 continue
+            # who the text is for: the caller, or a third party the condition names
+            wanted_for = _recipients(" ".join(clause.words))
+            if wanted_for and not (wanted_for & parsed.recipients or (parsed.recipients and "them" in wanted_for)):
+                continue  # "send it to my colleague" is not a request for the caller's own text
+            if parsed.recipients and not wanted_for:
+                continue  # the condition is about texting someone else
             if clause.send and not clause.other_channel:
                 if parsed.generic:
                     best = max(best, (0.9, "caller asked to be texted"))

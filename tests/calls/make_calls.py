@@ -2,8 +2,10 @@
 """Generate the recorded-call corpus of tests/calls reproducibly (no network, no binaries in git).
 
 Each call: a Twilio Media Streams capture (connected, start, 20 ms mu-law media frames, stop)
-where the caller's speech is a voiced tone at the recorded times (with light noise on some
-calls), a sidecar with the recorded STT results and agent turns, and an expectations file.
+where the caller's utterances are spoken by the offline Piper voice (a voiced tone where Piper
+is not installed), with light background noise on some calls, a sidecar with the recorded STT
+results and agent turns (and inbound texts/MMS with embedded attachments), and an expectations
+file. Replays use the recorded STT results by default; `--stt whisper` recognises the audio.
 
     python tests/calls/make_calls.py          # (re)writes tests/calls/*.jsonl|.meta.json|.expect.yaml
 """
@@ -39,27 +41,76 @@ def _ulaw(sample: int) -> int:
     return ~(sign | (exponent << 4) | mantissa) & 0xFF
 
 
-def _frames(duration: float, speech: list[tuple[float, float]], noise: float, seed: int) -> list[bytes]:
+def _speech_8k(text: str) -> list[float] | None:
+    """The utterance in the Piper voice at 8 kHz (samples in PCM16 units), or None without Piper."""
+    try:
+        import numpy as np
+
+        from media.offline_speech import OfflineSpeech, available
+    except ImportError:
+        return None
+    if available() is not None:
+        return None
+    speech = OfflineSpeech()
+    speech._load_voice()
+    pcm = b"".join(c.audio_int16_bytes for c in speech._voice.synthesize(text))
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float64)
+    rate = speech._voice.config.sample_rate
+    count = int(len(samples) * 8000 / rate)
+    return list(np.interp(np.linspace(0, len(samples) - 1, count), np.arange(len(samples)), samples))
+
+
+def _frames(duration: float, utterances: list[tuple[float, str]], noise: float, seed: int) -> list[bytes]:
     rng = random.Random(seed)
+    total = int(duration / 0.02) * 160
+    signal = [0.0] * total
+    for end, text in utterances:  # each utterance ends where its final transcript was recorded
+        voice = _speech_8k(text)
+        if voice is None:  # a voiced tone of about the utterance's length
+            length = int(min(len(text) / 14, 4.0) * 8000)
+            voice = [6000 * math.sin(2 * math.pi * 180 * n / 8000) * (0.6 + 0.4 * math.sin(2 * math.pi * 3 * n / 8000))
+                     for n in range(length)]
+        start = max(0, int(end * 8000) - len(voice))
+        for i, value in enumerate(voice[: total - start]):
+            signal[start + i] += value
     frames = []
-    total = int(duration / 0.02)
-    for index in range(total):
-        t0 = index * 0.02
-        speaking = any(a <= t0 < b for a, b in speech)
+    for index in range(0, total, 160):
         chunk = bytearray()
-        for n in range(160):  # 8 kHz, 20 ms
-            t = t0 + n / 8000
-            value = rng.gauss(0, noise) if noise else 0.0
-            if speaking:
-                value += 6000 * math.sin(2 * math.pi * 180 * t) * (0.6 + 0.4 * math.sin(2 * math.pi * 3 * t))
-            chunk.append(_ulaw(int(value)))
+        for value in signal[index:index + 160]:
+            chunk.append(_ulaw(int(value + (rng.gauss(0, noise) if noise else 0.0))))
         frames.append(bytes(chunk))
     return frames
 
 
+def _attachment(kind: str) -> dict:
+    """An embedded attachment: a drawn PNG photo, or a voice note (Piper speech as AMR-NB via ffmpeg)."""
+    import io
+    import subprocess
+
+    if kind == "image":
+        from PIL import Image, ImageDraw
+
+        image = Image.new("RGB", (240, 180), (200, 200, 210))
+        ImageDraw.Draw(image).line((20, 20, 220, 160), fill=(40, 40, 40), width=4)
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return {"content_type": "image/png", "data_b64": base64.b64encode(out.getvalue()).decode()}
+    text = kind.split(":", 1)[1]
+    voice = _speech_8k(text)
+    if voice is None:
+        raise SystemExit("voice notes need the offline Piper voice (pip install -e .)")
+    pcm = b"".join(int(max(-32768, min(32767, v))).to_bytes(2, "little", signed=True) for v in voice)
+    from media.content import ffmpeg_exe
+
+    amr = subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "s16le", "-ar", "8000", "-ac", "1",
+                          "-i", "pipe:0", "-c:a", "libopencore_amrnb", "-b:a", "12.2k", "-f", "amr", "pipe:1"],
+                         input=pcm, capture_output=True, check=True).stdout
+    return {"content_type": "audio/amr", "data_b64": base64.b64encode(amr).decode()}
+
+
 def write_call(name: str, spec: dict) -> None:
     duration = spec["duration"]
-    speech = [(u["t"] - 1.2, u["t"]) for u in spec["stt"]]  # the final transcript closes each utterance
+    utterances = [(u["t"] - 0.6, u["text"]) for u in spec["stt"]]  # the final transcript closes each utterance
     stream_sid = "MZ" + f"{sum(ord(c) * 31 ** i for i, c in enumerate(name)) % 16**32:032x}"
     call_sid = "CA" + f"{sum(map(ord, name)):032x}"
     lines = [
@@ -69,7 +120,7 @@ def write_call(name: str, spec: dict) -> None:
             "customParameters": {"from_number": CALLER, "to_number": AGENT},
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}},
     ]
-    for index, chunk in enumerate(_frames(duration, speech, spec.get("noise", 0.0), seed=len(name))):
+    for index, chunk in enumerate(_frames(duration, utterances, spec.get("noise", 0.0), seed=len(name))):
         lines.append({"t": round(0.02 + index * 0.02, 3), "message": {
             "event": "media", "sequenceNumber": str(index + 2), "streamSid": stream_sid,
             "media": {"track": "inbound", "chunk": str(index + 1), "timestamp": str(index * 20),
@@ -77,9 +128,11 @@ def write_call(name: str, spec: dict) -> None:
     lines.append({"t": round(duration + 0.05, 3), "message": {"event": "stop", "streamSid": stream_sid,
                                                               "stop": {"accountSid": ACCOUNT, "callSid": call_sid}}})
     (HERE / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    inbound = [{"t": item["t"], "body": item["body"], "media": [_attachment(m) for m in item.get("media", [])]}
+               for item in spec.get("inbound", [])]
     meta = {"format": "incall-sms-recording/1", "call_sid": call_sid, "caller": CALLER, "agent_number": AGENT,
             "description": spec["description"], "variables": spec.get("variables", {}), "stt": spec["stt"],
-            "agent": spec.get("agent", []), "inbound": spec.get("inbound", []),
+            "agent": spec.get("agent", []), "inbound": inbound,
             "provider": spec.get("provider", {"latency": 0.4})}
     (HERE / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (HERE / f"{name}.expect.yaml").write_text(yaml.safe_dump(spec["expect"], sort_keys=False), encoding="utf-8")
@@ -93,8 +146,9 @@ CALLS = {
                 {"t": 8.0, "text": "Great, can you text me the confirmation?"}],
         "agent": [{"t": 4.5, "text": "Your table for four is booked for Friday at 7 pm."},
                   {"t": 9.5, "text": "Anything else I can help with?"}],
-        "expect": {"sms": [{"action": "booking_confirmation", "body_contains": "Friday at 7 pm"}],
-                   "no_sms": ["website_link", "clinic_address"],
+        "expect": {"sms": [{"action": "booking_confirmation", "body_contains": "Friday at 7 pm"},
+                           {"action": "meeting_followup"}], "max_sms": 2,
+                   "no_sms": ["website_link", "clinic_address", "colleague_copy", "visit_summary"],
                    "lines": [{"kind": "confirmation", "action": "booking_confirmation"}],
                    "max_audio_delay_ms": 100},
     },
@@ -125,6 +179,93 @@ CALLS = {
         "stt": [{"t": 2.5, "text": "Could you text me the link to your menu?"}],
         "expect": {"sms": [{"action": "website_link"}], "max_sms": 1},
     },
+    "link_paraphrase": {
+        "description": "A paraphrased request for the website link.",
+        "duration": 9.0,
+        "stt": [{"t": 4.0, "text": "Could you shoot the site over to my phone?"}],
+        "agent": [{"t": 1.0, "text": "You can find the whole menu and the booking form online."}],
+        "expect": {"sms": [{"action": "website_link", "body_contains": "example.com/menu"}], "max_sms": 1,
+                   "max_audio_delay_ms": 100},
+    },
+    "already_got_it": {
+        "description": "Hard negative: the caller already has the text.",
+        "duration": 8.0,
+        "stt": [{"t": 4.0, "text": "Yep, I already got the text, thanks."}],
+        "agent": [{"t": 1.0, "text": "I've texted you the confirmation a minute ago."}],
+        "expect": {"max_sms": 0},
+    },
+    "two_actions": {
+        "description": "Two actions in one call: the confirmation and the address.",
+        "duration": 16.0, "noise": 250.0,
+        "stt": [{"t": 3.0, "text": "Can you text me the booking confirmation?"},
+                {"t": 10.0, "text": "And where exactly are you located? Text me the address too."}],
+        "agent": [{"t": 1.0, "text": "You're booked for Thursday at 2 pm."},
+                  {"t": 6.0, "text": "Anything else?"}],
+        "expect": {"sms": [{"action": "booking_confirmation", "body_contains": "Thursday at 2 pm"},
+                           {"action": "clinic_address", "body_contains": "500 Market St"}], "max_sms": 3,
+                   "no_sms": ["colleague_copy", "visit_summary"],
+                   "lines": [{"kind": "confirmation", "action": "clinic_address"}]},
+    },
+    "call_end_booking": {
+        "description": "An action on call end: a meeting was booked, the pool number sends the preset.",
+        "duration": 8.0,
+        "stt": [{"t": 5.0, "text": "Perfect, thank you, goodbye."}],
+        "agent": [{"t": 2.0, "text": "Your meeting with Dana is booked for Monday at 10 am."}],
+        "expect": {"sms": [{"action": "meeting_followup", "body_contains": "Monday at 10 am"}], "max_sms": 1},
+    },
+    "dynamic_destination": {
+        "description": "The caller asks to text a colleague; the number comes from a variable (explicitly allowed).",
+        "duration": 10.0,
+        "stt": [{"t": 5.0, "text": "Please send the details to my colleague, her number is 415 555 0199."}],
+        "agent": [{"t": 1.0, "text": "Your visit is booked for Wednesday at 4 pm."}],
+        "expect": {"sms": [{"action": "colleague_copy", "body_contains": "Wednesday at 4 pm"}], "max_sms": 2,
+                   "no_sms": ["booking_confirmation", "visit_summary"],
+                   "lines": [{"kind": "confirmation", "action": "colleague_copy"}]},
+    },
+    "opted_out": {
+        "description": "Provider failure: the number replied STOP earlier (21610); honest failure line.",
+        "duration": 8.0,
+        "stt": [{"t": 4.0, "text": "Could you text me the link to your website?"}],
+        "agent": [{"t": 1.0, "text": "Everything is on our website."}],
+        "provider": {"opted_out": [CALLER], "latency": 0.4},
+        "expect": {"sms": [{"action": "website_link", "outcome": "failed", "reason": "opted_out"}],
+                   "lines": [{"kind": "failure", "action": "website_link"}], "max_sms": 0},
+    },
+    "barge_in_filler": {
+        "description": "The caller barges in during the filler: the send is not cancelled.",
+        "duration": 10.0,
+        "stt": [{"t": 3.0, "text": "Send me the link to the menu please."},
+                {"t": 4.0, "text": "Oh and what time do you close?", "barge_in": True}],
+        "agent": [{"t": 1.0, "text": "Our menu is online."}],
+        "provider": {"latency": 1.5},
+        "expect": {"sms": [{"action": "website_link"}], "max_sms": 1,
+                   "lines": [{"kind": "confirmation", "action": "website_link"}]},
+    },
+    "prompt_summary": {
+        "description": "Prompt-mode content (no LLM in the replay: the declared template fallback is sent).",
+        "duration": 9.0,
+        "stt": [{"t": 5.0, "text": "Can you text me a summary of the call?"}],
+        "agent": [{"t": 2.0, "text": "So that's Friday at 9 am for the cleaning."}],
+        "expect": {"sms": [{"action": "visit_summary", "body_contains": "Friday at 9 am"}], "max_sms": 2,
+                   "no_sms": ["booking_confirmation", "colleague_copy"]},
+    },
+    "inbound_image": {
+        "description": "The caller texts a photo during the call; it reaches the context as an image part.",
+        "duration": 8.0,
+        "stt": [{"t": 2.0, "text": "I'm sending you a photo of the damage."}],
+        "agent": [{"t": 3.5, "text": "Thanks, I'll take a look."}],
+        "inbound": [{"t": 4.0, "body": "Here's the crack in the window", "media": ["image"]}],
+        "expect": {"inbound_injected": 1, "inbound_images": 1, "inbound_contains": ["crack in the window"],
+                   "max_sms": 0},
+    },
+    "inbound_voice_note": {
+        "description": "The caller sends a voice note (AMR); it is transcribed offline into the context.",
+        "duration": 8.0,
+        "stt": [{"t": 2.0, "text": "I just sent you a voice message."}],
+        "agent": [{"t": 3.5, "text": "Got it, one moment."}],
+        "inbound": [{"t": 4.0, "body": "", "media": ["voice:My order number is four four one one."]}],
+        "expect": {"inbound_injected": 1, "inbound_contains": ["voice note", "order number"], "max_sms": 0},
+    },
     "inbound_text": {
         "description": "The caller texts the agent during the call; the text reaches the conversation.",
         "duration": 8.0,
@@ -136,6 +277,7 @@ CALLS = {
 }
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent.parent))
     names = sys.argv[1:] or list(CALLS)
     for call_name in names:
         write_call(call_name, CALLS[call_name])
