@@ -283,6 +283,11 @@ async def main(quick: bool) -> dict:
     }
     out["embedded_judge"] = embedded_judge_speed(200 if quick else 2000)
     out["inbound_latency"] = await inbound_latency(3 if quick else 10)
+    from bench.scale import plot, scale_curve
+
+    curve = await scale_curve((1, 10, 50) if quick else (1, 10, 50, 100, 200, 400), seconds=3.0 if quick else 4.0)
+    plot(curve, ROOT / "bench" / "scale.png")
+    out["scale"] = curve | {"plot": "bench/scale.png"}
     return out
 
 

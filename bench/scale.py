@@ -1,0 +1,158 @@
+"""Scale benchmark: concurrent simulated calls in one process until the event loop lags.
+
+Each call is a real pipecat pipeline ``[SmsActionProcessor, GapMeter]`` fed 20 ms input and
+output audio frames at real-time pace, with one caller transcript that fires one SMS to the
+embedded provider (0.3 s latency). A monitor measures event-loop lag (how late a 10 ms sleep
+wakes up). Memory per call is the RSS growth divided by the number of calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import statistics
+import time
+from pathlib import Path
+
+from pipecat.frames.frames import EndFrame, InputAudioRawFrame, OutputAudioRawFrame, TranscriptionFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.workers.runner import WorkerRunner
+
+from messaging.actions import parse_actions
+from messaging.dispatcher import CallContext, Dispatcher
+from messaging.engine import ActionEngine
+from messaging.judges.embedded import EmbeddedJudge
+from messaging.optout import SqliteOptOutStore
+from messaging.outbox import Outbox
+from messaging.providers.local import LocalProvider
+from pipeline.audio_gaps import GapMeter
+from processors.sms_actions import SmsActionProcessor
+
+SILENCE = b"\x00\x00" * 320
+ACTIONS = parse_actions({"actions": [{"name": "link", "condition": "if the caller requests a link to the website",
+                                      "content": {"template": "Menu: https://example.com/menu"}}],
+                         "max_sends_per_call": 3})
+
+
+def _rss_mb() -> float:
+    """Current resident set size (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def _lag_monitor(stop: asyncio.Event, lags: list[float]) -> None:
+    while not stop.is_set():
+        start = time.monotonic()
+        await asyncio.sleep(0.01)
+        lags.append(max(0.0, time.monotonic() - start - 0.01))
+
+
+async def run_calls(calls: int, seconds: float = 4.0) -> dict:
+    """Run ``calls`` concurrent calls for ``seconds``; return lag, gaps, sends and memory."""
+    provider = LocalProvider(latency=0.3)
+    outbox, optouts = Outbox(), SqliteOptOutStore()
+    dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=outbox, optouts=optouts,
+                            default_agent_number="+14155550100")
+    rss_before = _rss_mb()
+    workers, meters = [], []
+    for index in range(calls):
+        call = CallContext(call_id=f"CA{index:032d}", caller_number=f"+1415555{index % 10000:04d}",
+                           agent_number="+14155550100")
+        engine = ActionEngine(dispatcher=dispatcher, call=call, judge=EmbeddedJudge())
+        engine.add_agent_text("All our links are on the website.")
+        meter = GapMeter()
+        meters.append(meter)
+        workers.append(PipelineWorker(Pipeline([SmsActionProcessor(engine=engine), meter]),
+                                      cancel_on_idle_timeout=False, params=PipelineParams()))
+    runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+    await runner.add_workers(*workers)
+    rss_after = _rss_mb()  # all calls built and registered
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def feed(worker: PipelineWorker, offset: float) -> None:
+        await asyncio.sleep(0.5 + offset)
+        start = time.monotonic()
+        n = 0
+        while time.monotonic() - start < seconds:
+            await worker.queue_frame(InputAudioRawFrame(audio=SILENCE, sample_rate=16000, num_channels=1))
+            await worker.queue_frame(OutputAudioRawFrame(audio=SILENCE, sample_rate=16000, num_channels=1))
+            if n == 25:
+                await worker.queue_frame(TranscriptionFrame(text="Can you text me the link?", user_id="",
+                                                            timestamp=""))
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+        await worker.queue_frame(EndFrame())
+
+    async def drive() -> None:
+        monitor = asyncio.get_running_loop().create_task(_lag_monitor(stop, lags))
+        await asyncio.gather(*(feed(w, (i % 50) * 0.0004) for i, w in enumerate(workers)))
+        stop.set()
+        await monitor
+
+    await asyncio.gather(runner.run(), drive())
+    sent = len(await provider.inbox())
+    await provider.aclose()
+    outbox.close()
+    optouts.close()
+    steady = sorted(lags[len(lags) // 10:]) or [0.0]  # skip start-up
+    gaps = [m.stats()["output"].max_gap for m in meters if m.output_times]
+    return {
+        "calls": calls,
+        "sms_sent": sent,
+        "loop_lag_p99_ms": round(steady[min(len(steady) - 1, int(0.99 * len(steady)))] * 1000, 2),
+        "loop_lag_max_ms": round(steady[-1] * 1000, 2),
+        "audio_max_gap_ms_median_call": round(statistics.median(gaps) * 1000, 2) if gaps else None,
+        "rss_growth_mb": round(rss_after - rss_before, 1),
+        "memory_per_call_kb": round((rss_after - rss_before) * 1024 / calls, 1),
+    }
+
+
+async def scale_curve(levels: tuple[int, ...], *, seconds: float = 4.0, lag_limit_ms: float = 20.0) -> dict:
+    """Run each level; the sustained level is the largest whose p99 loop lag stays under the limit."""
+    points = []
+    for calls in levels:
+        points.append(await run_calls(calls, seconds))
+        if points[-1]["loop_lag_p99_ms"] > 4 * lag_limit_ms:
+            break  # far past the knee: no point in going further
+    sustained = max((p["calls"] for p in points if p["loop_lag_p99_ms"] <= lag_limit_ms), default=0)
+    return {"lag_limit_ms": lag_limit_ms, "sustained_calls": sustained, "curve": points}
+
+
+def plot(curve: dict, path: Path) -> None:
+    """Draw calls vs p99 loop lag (and the limit) as a PNG with Pillow."""
+    from PIL import Image, ImageDraw
+
+    points = curve["curve"]
+    width, height, margin = 640, 400, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    max_calls = max(p["calls"] for p in points)
+    max_lag = max(max(p["loop_lag_p99_ms"] for p in points), curve["lag_limit_ms"] * 1.5)
+
+    def xy(calls: float, lag: float) -> tuple[float, float]:
+        return (margin + (width - 2 * margin) * calls / max_calls,
+                height - margin - (height - 2 * margin) * lag / max_lag)
+
+    draw.line([(margin, height - margin), (width - margin, height - margin)], fill="black")
+    draw.line([(margin, margin), (margin, height - margin)], fill="black")
+    limit = curve["lag_limit_ms"]
+    draw.line([xy(0, limit), xy(max_calls, limit)], fill=(200, 0, 0))
+    draw.text((width - margin - 120, xy(0, limit)[1] - 14), f"{limit:.0f} ms limit", fill=(200, 0, 0))
+    coords = [xy(p["calls"], p["loop_lag_p99_ms"]) for p in points]
+    if len(coords) > 1:
+        draw.line(coords, fill=(0, 60, 200), width=3)
+    for (x, y), p in zip(coords, points, strict=True):
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(0, 60, 200))
+        label = f"{p['calls']}: {p['loop_lag_p99_ms']:.1f} ms"
+        draw.text((x - 110 if x > width - 130 else x + 6, y - 16 if y > margin + 20 else y + 6), label, fill="black")
+    draw.text((margin, 15), "Event-loop lag (p99) vs concurrent calls, one process, 2 cores", fill="black")
+    draw.text((width // 2 - 60, height - 30), "concurrent calls", fill="black")
+    draw.text((5, margin - 20), "lag ms", fill="black")
+    image.save(path)
