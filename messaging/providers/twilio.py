@@ -158,30 +158,35 @@ class TwilioProvider:
         return ProviderReceipt(sid=str(message.sid), status=str(message.status or "queued"), segments=segments)
 
     async def find_sent(self, sms: OutboundSms, *, since: float) -> ProviderReceipt | None:
-        """Look up recent messages to the same number with the same body.
+        """Look for a message to the same number with the same body, created at or after ``since``.
+
+        Pages through the newest messages (to this number, from this sender) until they are
+        older than ``since``, so a busy number cannot push the message out of a first page.
 
         Raises:
             SendError: The lookup failed (ambiguous: the answer is unknown).
         """
         client = self._get_client()
-        kwargs: dict[str, object] = {"to": sms.to, "limit": 50}
+        kwargs: dict[str, object] = {"to": sms.to, "page_size": 100}
         if sms.from_:
             kwargs["from_"] = sms.from_
+        cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
         try:
-            async with asyncio.timeout(self._timeout):
-                messages = await client.messages.list_async(**kwargs)  # type: ignore[arg-type]
+            async with asyncio.timeout(self._timeout * 3):
+                stream = await client.messages.stream_async(**kwargs)  # type: ignore[arg-type]
+                async for message in stream:
+                    created = message.date_created
+                    if created is not None and created.tzinfo is None:
+                        created = created.replace(tzinfo=dt.UTC)
+                    if created is not None and created < cutoff:
+                        return None  # newest first: everything after this is older still
+                    if message.body == sms.body:
+                        segments = int(message.num_segments) if message.num_segments else None
+                        return ProviderReceipt(sid=str(message.sid), status=str(message.status), segments=segments)
         except TwilioRestException as exc:
             raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS, code=exc.code, status=exc.status) from None
         except (TwilioException, TimeoutError, aiohttp.ClientError, OSError):
             raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS) from None
-        cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
-        for message in messages:
-            created = message.date_created
-            if created is not None and created.tzinfo is None:
-                created = created.replace(tzinfo=dt.UTC)
-            if message.body == sms.body and (created is None or created >= cutoff):
-                segments = int(message.num_segments) if message.num_segments else None
-                return ProviderReceipt(sid=str(message.sid), status=str(message.status), segments=segments)
         return None
 
     async def aclose(self) -> None:

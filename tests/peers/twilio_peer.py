@@ -16,6 +16,7 @@ import itertools
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -211,16 +212,23 @@ class TwilioPeer:
             m for m in reversed(self.messages) if (to is None or m.to == to) and (from_ is None or m.from_ == from_)
         ]
         page_size = int(request.query.get("PageSize", "50"))
+        page = int(request.query.get("Page", "0"))
+        chunk = found[page * page_size:(page + 1) * page_size]
+        next_uri = None
+        if (page + 1) * page_size < len(found):
+            query = {k: v for k, v in request.query.items() if k != "Page"}
+            query["Page"] = str(page + 1)
+            next_uri = request.path + "?" + urlencode(query)
         return web.json_response(
             {
-                "messages": [self._resource(m) for m in found[:page_size]],
-                "end": min(len(found), page_size) - 1,
+                "messages": [self._resource(m) for m in chunk],
+                "end": page * page_size + len(chunk) - 1,
                 "first_page_uri": request.path_qs,
-                "next_page_uri": None,
-                "page": 0,
+                "next_page_uri": next_uri,
+                "page": page,
                 "page_size": page_size,
                 "previous_page_uri": None,
-                "start": 0,
+                "start": page * page_size,
                 "uri": request.path_qs,
             }
         )
