@@ -50,6 +50,10 @@ _PERMANENT_CODES: dict[int, str] = {
 }
 _RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited"}
 
+#: A lookup that has to read more messages than this without reaching the send time gives up
+#: (answer unknown, so no resend) instead of paging forever.
+_MAX_LOOKUP_MESSAGES = 2000
+
 
 def classify_twilio_error(status: int | None, code: int | None) -> SendError:
     """Translate a Twilio REST error into a classified :class:`SendError`.
@@ -174,7 +178,11 @@ class TwilioProvider:
         try:
             async with asyncio.timeout(self._timeout * 3):
                 stream = await client.messages.stream_async(**kwargs)  # type: ignore[arg-type]
+                seen = 0
                 async for message in stream:
+                    seen += 1
+                    if seen > _MAX_LOOKUP_MESSAGES:
+                        raise SendError("lookup_too_long", kind=SendErrorKind.AMBIGUOUS)
                     created = message.date_created
                     if created is not None and created.tzinfo is None:
                         created = created.replace(tzinfo=dt.UTC)
@@ -183,6 +191,8 @@ class TwilioProvider:
                     if message.body == sms.body:
                         segments = int(message.num_segments) if message.num_segments else None
                         return ProviderReceipt(sid=str(message.sid), status=str(message.status), segments=segments)
+        except SendError:
+            raise
         except TwilioRestException as exc:
             raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS, code=exc.code, status=exc.status) from None
         except (TwilioException, TimeoutError, aiohttp.ClientError, OSError):
