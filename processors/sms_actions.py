@@ -193,11 +193,11 @@ class SmsActionProcessor(FrameProcessor):
             self._user_quiet.set()
             await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
-            await self._finish(at_end=True, grace=self._end_grace)
+            await self._finish(grace=self._end_grace)
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):
             self._live = False
-            await self._finish(at_end=True, grace=self._cancel_grace)
+            await self._finish(grace=self._cancel_grace)
             await self.push_frame(frame, direction)
         else:
             await self.push_frame(frame, direction)
@@ -330,16 +330,15 @@ class SmsActionProcessor(FrameProcessor):
             line = f"I'm sorry, it looks like the text to your number ending in {last2} didn't go through."
             self._spawn(self._speak(line, kind="delivery_failure", action=event.action, append=True), "sms-say")
 
-    async def _finish(self, *, at_end: bool, grace: float) -> None:
+    async def _finish(self, *, grace: float) -> None:
         """Judge call-end conditions, then wait (bounded) for in-flight work."""
-        if at_end:
-            try:
-                async with asyncio.timeout(grace):
-                    firings = await self.engine.evaluate("call_end")
-            except TimeoutError:
-                _log.warning("call-end judging timed out")
-                firings = []
-            self._start_all(firings)
+        try:
+            async with asyncio.timeout(grace):
+                firings = await self.engine.evaluate("call_end")
+        except TimeoutError:
+            _log.warning("call-end judging timed out")
+            firings = []
+        self._start_all(firings)
         deadline = time.monotonic() + grace
         while True:
             pending = [t for t in self._tasks if not t.done()]
