@@ -208,7 +208,7 @@ class LiveAgent:
                 client = self.provider._get_client()
                 async with asyncio.timeout(5):
                     call = await client.calls(call_data.call_id).fetch_async()
-                raw = call.from_formatted or getattr(call, "_from", None)
+                raw = getattr(call, "_from", None)  # E.164 (from_formatted is for display)
             except Exception as exc:
                 _log.warning("caller number lookup failed (%s)", exc.__class__.__name__)
         if not raw:

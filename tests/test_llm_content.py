@@ -64,3 +64,33 @@ def test_pattern_extractor():
         {"caller_name": "the caller's name", "booking_time": "when", "email": "e-mail address"},
     )
     assert values == {"caller_name": "Dana Smith", "booking_time": "Tuesday at 3 pm", "email": "dana@example.com"}
+
+
+async def test_llm_phrased_filler_and_confirmation():
+    from pipecat.frames.frames import TranscriptionFrame
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from messaging.providers.local import LocalProvider
+    from processors.sms_actions import SmsActionProcessor
+
+    actions = {"actions": [{
+        "name": "link", "condition": "if the caller requests a link to the website",
+        "content": {"template": "https://example.com/menu"},
+        "filler_prompt": "Tell the caller briefly that the link is being texted.",
+        "confirmation_prompt": "Tell the caller the link was texted to the number ending in {to_last2}.",
+    }]}
+
+    def writer_answer(body):
+        task = body["messages"][1]["content"]
+        return "Hang on, texting it now." if "being texted" in task else "All done, check your phone."
+
+    async with LLMPeer(writer_answer) as llm:
+        engine = make_engine(actions=actions, provider=LocalProvider(latency=0.6))
+        engine.writer = LLMContentWriter(base_url=llm.base_url, model="writer", timeout=5)
+        engine.add_agent_text("It's all on our website.")
+        sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+        await run_test(sms, frames_to_send=[TranscriptionFrame(text="Can you text me the link?", user_id="",
+                                                               timestamp=""), SleepFrame(1.5)])
+        await engine.writer.aclose()
+    assert [(line.kind, line.text) for line in sms.spoken] == [
+        ("filler", "Hang on, texting it now."), ("confirmation", "All done, check your phone.")]

@@ -80,6 +80,7 @@ class TwilioPeer:
         self.faults: list[Fault] = []
         self.fault_for: Callable[[dict[str, list[str]]], Fault | None] | None = None
         self.error_numbers: dict[str, int] = {}
+        self.calls: dict[str, dict[str, str]] = {}
         self.list_faults: list[Fault] = []
         self.received = asyncio.Event()
         self._ids = itertools.count(1)
@@ -90,6 +91,7 @@ class TwilioPeer:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
         app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", self._list)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Calls/{call}.json", self._call)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -195,6 +197,15 @@ class TwilioPeer:
             return self._error(fault.status, fault.code, "scripted failure")
         assert msg is not None
         return web.json_response(self._resource(msg), status=fault.status)
+
+    async def _call(self, request: web.Request) -> web.Response:
+        if not self._authorized(request, request.match_info["sid"]):
+            return self._error(401, 20003, "Authenticate")
+        call = self.calls.get(request.match_info["call"])
+        if call is None:
+            return self._error(404, 20404, "The requested resource was not found")
+        return web.json_response({"sid": request.match_info["call"], "account_sid": self.account_sid,
+                                  "status": "in-progress", "direction": "inbound", **call})
 
     async def _list(self, request: web.Request) -> web.Response:
         self.list_requests += 1

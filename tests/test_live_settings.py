@@ -1,0 +1,45 @@
+"""Live agent settings and caller-number capture."""
+
+import types
+
+import pytest
+
+from pipeline.live import LiveAgent, LiveSettings, SettingsError, stream_twiml
+from tests.conftest import EXAMPLES
+from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, TwilioPeer
+
+
+def test_missing_settings_are_all_named():
+    with pytest.raises(SettingsError) as info:
+        LiveSettings.from_env({})
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "DEEPGRAM_API_KEY", "PUBLIC_URL", "OPENAI_API_KEY"):
+        assert name in str(info.value)
+
+
+def test_twiml_escapes_parameters():
+    import xml.etree.ElementTree as ET
+
+    twiml = stream_twiml(ws_url="wss://a.example.com/media", params={"from_number": '+1"><x', "to_number": ""})
+    root = ET.fromstring(twiml)  # well-formed: the value cannot break out of its attribute
+    [param] = root.iter("Parameter")
+    assert param.get("value") == '+1"><x' and "to_number" not in twiml
+
+
+async def test_caller_number_falls_back_to_calls_api(tmp_path):
+    async with TwilioPeer() as peer:
+        peer.calls["CA" + "9" * 32] = {"from": "+14155552671", "from_formatted": "(415) 555-2671",
+                                        "to": "+14155550100"}
+        settings = LiveSettings.from_env({
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "k",
+            "OPENAI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "TWILIO_API_BASE_URL": peer.base_url,
+            "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(EXAMPLES / "actions.yaml")})
+        agent = LiveAgent(settings)
+        try:
+            with_param = types.SimpleNamespace(from_number="+14155550199", call_id="CA" + "9" * 32)
+            assert await agent._caller_number(with_param) == "+14155550199"
+            without = types.SimpleNamespace(from_number=None, call_id="CA" + "9" * 32)
+            assert await agent._caller_number(without) == "+14155552671"
+            unknown = types.SimpleNamespace(from_number=None, call_id="CA" + "8" * 32)
+            assert await agent._caller_number(unknown) is None
+        finally:
+            await agent.aclose()
