@@ -41,3 +41,14 @@ def pytest_configure(config):
         return
     logger.remove()
     logger.add(sys.stderr, level=os.environ.get("LOGURU_LEVEL", "WARNING"))
+
+
+# Property tests: random locally (to find new cases), fixed seed in CI (a red CI is always reproducible).
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", derandomize=True, deadline=None)
+    _hyp_settings.register_profile("dev", deadline=None)
+    _hyp_settings.load_profile("ci" if os.environ.get("CI") else "dev")
+except ImportError:  # pragma: no cover
+    pass
