@@ -35,6 +35,7 @@ from messaging.optout import OptOutStore
 from messaging.outbox import ClaimOutcome, Outbox, OutboxRecord, idempotency_key
 from messaging.phone import last_digits, mask, normalize_e164
 from messaging.providers.base import OutboundSms, ProviderReceipt, SmsProvider
+from messaging.ratelimit import RateLimiter
 from messaging.retry import RetryPolicy, retry
 from messaging.segments import MAX_BODY_CHARS, count_segments
 
@@ -166,6 +167,7 @@ class Dispatcher:
         ambiguity_checks: How many times to ask the provider after an ambiguous error.
         ambiguity_delay: Seconds to wait before each such check.
         max_resends: Resends allowed after the provider confirmed it has no message.
+        rate_limiter: Spreads sends per sender number (segments per second); ``None``: no limit.
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class Dispatcher:
         ambiguity_checks: int = 3,
         ambiguity_delay: float = 2.0,
         max_resends: int = 1,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.actions = actions
         self.provider = provider
@@ -204,6 +207,7 @@ class Dispatcher:
         self._ambiguity_checks = ambiguity_checks
         self._ambiguity_delay = ambiguity_delay
         self._max_resends = max_resends
+        self._rate_limiter = rate_limiter
         self._handlers: list[EventHandler] = []
 
     # -- events ---------------------------------------------------------------
@@ -430,6 +434,11 @@ class Dispatcher:
 
     async def _attempt(self, record: OutboxRecord, sms: OutboundSms) -> ProviderReceipt:
         async def once() -> ProviderReceipt:
+            if self._rate_limiter is not None:
+                try:
+                    await self._rate_limiter.acquire(sms.from_ or sms.messaging_service_sid or "", record.segments or 1)
+                except TimeoutError:
+                    raise SendError("sender_busy", kind=SendErrorKind.RETRYABLE) from None
             await self.outbox.update(record.key, now=self.clock.now(), status="sending", attempts="+1")
             return await self.provider.send(sms)
 

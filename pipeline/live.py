@@ -36,6 +36,7 @@ from messaging.optout import SqliteOptOutStore
 from messaging.outbox import Outbox
 from messaging.phone import mask, normalize_e164
 from messaging.providers.twilio import TwilioProvider
+from messaging.ratelimit import TokenBucketLimiter
 from messaging.variables import PatternExtractor
 from pipeline.server import WebhookService, WebhookSettings, create_app
 
@@ -75,6 +76,7 @@ class LiveSettings:
     system_prompt: str = SYSTEM_PROMPT
     record_dir: str | None = None
     record_unmasked: bool = False
+    sender_rate: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> LiveSettings:
@@ -119,7 +121,18 @@ class LiveSettings:
             messaging_service_sid=env.get("SMS_MESSAGING_SERVICE_SID") or None,
             record_dir=env.get("SMS_RECORD_DIR") or None,
             record_unmasked=env.get("SMS_RECORD_UNMASKED", "") == "1",
+            sender_rate=_positive_float(env.get("SMS_SENDER_RATE", "1.0"), "SMS_SENDER_RATE"),
         )
+
+
+def _positive_float(raw: str, name: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be > 0")
+    return value
 
 
 def stream_twiml(*, ws_url: str, params: Mapping[str, str]) -> str:
@@ -149,6 +162,7 @@ class LiveAgent:
             actions=self.actions, provider=self.provider, outbox=self.outbox, optouts=self.optouts,
             pool_numbers=settings.pool_numbers, messaging_service_sid=settings.messaging_service_sid,
             status_callback_url=f"{settings.public_url}/sms/status", validity_period=600,
+            rate_limiter=TokenBucketLimiter(rate=settings.sender_rate, burst=3),
         )
         self.registry = InProcessCallRegistry()
         self.router = InboundRouter(registry=self.registry, optouts=self.optouts, store_path=state / "inbound.db")

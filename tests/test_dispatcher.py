@@ -292,3 +292,30 @@ async def test_broken_subscriber_does_not_break_send(parts):
 
     dispatcher.subscribe(boom)
     assert (await dispatcher.send("link", call=CALL, turn=1)).accepted
+
+
+async def test_sender_rate_limit_spreads_sends(clock):
+    from messaging.ratelimit import TokenBucketLimiter
+
+    provider = LocalProvider(clock=clock.now)
+    dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=provider, outbox=Outbox(),
+                            optouts=SqliteOptOutStore(), clock=clock,
+                            rate_limiter=TokenBucketLimiter(rate=1.0, burst=2, clock=clock))
+    for index in range(5):  # five calls, one text each, all from the agent's long code
+        call = CallContext(call_id=f"CA{index}", caller_number=CALLER, agent_number=AGENT)
+        assert (await dispatcher.send("link", call=call, turn=1)).accepted
+    assert clock.sleeps == [1.0, 1.0, 1.0]  # burst of 2, then one segment per second
+
+
+async def test_sender_rate_limit_gives_up_honestly(clock):
+    from messaging.ratelimit import TokenBucketLimiter
+
+    dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=LocalProvider(clock=clock.now), outbox=Outbox(),
+                            optouts=SqliteOptOutStore(), clock=clock,
+                            retry_policy=RetryPolicy(attempts=1),
+                            rate_limiter=TokenBucketLimiter(rate=0.01, burst=1, max_wait=5, clock=clock))
+    first = await dispatcher.send("link", call=CALL, turn=1)
+    other = CallContext(call_id="CA2", caller_number=CALLER, agent_number=AGENT)
+    second = await dispatcher.send("link", call=other, turn=1)
+    assert first.accepted and (second.outcome, second.reason, second.retryable) == (
+        SendOutcome.FAILED, "sender_busy", True)
