@@ -28,12 +28,14 @@ from messaging.phone import mask, normalize_e164
 from messaging.store import SqliteDb
 
 __all__ = [
+    "InProcessSeenKeys",
     "InboundError",
     "InboundMedia",
     "InboundMessage",
     "InboundRouter",
     "LiveCallRegistry",
     "RouteOutcome",
+    "SeenKeys",
     "parse_inbound_form",
 ]
 
@@ -205,7 +207,15 @@ class RouteOutcome(enum.StrEnum):
     """A START keyword: opt-out lifted (and stored)."""
 
 
-class _SeenKeys:
+class SeenKeys(Protocol):
+    """Dedupe memory of handled webhooks (in-process by default, Redis across workers)."""
+
+    async def check_and_add(self, keys: list[str], now: float) -> bool:
+        """True when any key was seen; records all keys otherwise."""
+        ...
+
+
+class InProcessSeenKeys:
     """Bounded memory of handled keys (MessageSid, idempotency tokens) with a time-to-live."""
 
     def __init__(self, *, ttl: float = 24 * 3600, capacity: int = 100_000) -> None:
@@ -213,7 +223,7 @@ class _SeenKeys:
         self._capacity = capacity
         self._keys: OrderedDict[str, float] = OrderedDict()
 
-    def check_and_add(self, keys: list[str], now: float) -> bool:
+    async def check_and_add(self, keys: list[str], now: float) -> bool:
         """True when any key was seen within the TTL; records all keys otherwise."""
         while self._keys and next(iter(self._keys.values())) < now - self._ttl:
             self._keys.popitem(last=False)
@@ -247,6 +257,7 @@ class InboundRouter:
         optouts: The opt-out list shared with the dispatcher.
         store_path: SQLite file keeping messages that reached no live call (and keywords).
         clock: ``time.time``-like callable.
+        seen: Dedupe memory (in-process by default; ``RedisSeenKeys`` across workers).
     """
 
     def __init__(
@@ -256,11 +267,12 @@ class InboundRouter:
         optouts: OptOutStore,
         store_path: str | pathlib.Path = ":memory:",
         clock: Callable[[], float] = time.time,
+        seen: SeenKeys | None = None,
     ) -> None:
         self.registry = registry
         self.optouts = optouts
         self._db = SqliteDb(store_path, schema=_STORE_SCHEMA)
-        self._seen = _SeenKeys()
+        self._seen = seen or InProcessSeenKeys()
         self._clock = clock
 
     async def route(self, message: InboundMessage, *, idempotency_token: str | None = None) -> RouteOutcome:
@@ -270,7 +282,7 @@ class InboundRouter:
             What was done with it.
         """
         keys = [f"sid:{message.sid}"] + ([f"token:{idempotency_token}"] if idempotency_token else [])
-        if self._seen.check_and_add(keys, self._clock()):
+        if await self._seen.check_and_add(keys, self._clock()):
             _log.info("inbound %s: duplicate delivery ignored", message.sid)
             return RouteOutcome.DUPLICATE
         keyword = classify_keyword(message.body) if not message.media else None

@@ -77,6 +77,7 @@ class LiveSettings:
     record_dir: str | None = None
     record_unmasked: bool = False
     sender_rate: float = 1.0
+    redis_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> LiveSettings:
@@ -122,6 +123,7 @@ class LiveSettings:
             record_dir=env.get("SMS_RECORD_DIR") or None,
             record_unmasked=env.get("SMS_RECORD_UNMASKED", "") == "1",
             sender_rate=_positive_float(env.get("SMS_SENDER_RATE", "1.0"), "SMS_SENDER_RATE"),
+            redis_url=env.get("REDIS_URL") or None,
         )
 
 
@@ -157,15 +159,27 @@ class LiveAgent:
         self.provider = TwilioProvider(account_sid=settings.account_sid, auth_token=settings.auth_token,
                                        base_url=settings.twilio_api_base_url)
         self.outbox = Outbox(state / "outbox.db")
-        self.optouts = SqliteOptOutStore(state / "optouts.db")
+        self.redis: Any = None
+        seen = None
+        limiter: Any = TokenBucketLimiter(rate=settings.sender_rate, burst=3)
+        if settings.redis_url:  # opt-outs, webhook dedupe and sender rate limits shared by all workers
+            from messaging.redis_store import RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
+
+            self.redis = connect(settings.redis_url)
+            self.optouts: Any = RedisOptOutStore(self.redis)
+            seen = RedisSeenKeys(self.redis)
+            limiter = RedisRateLimiter(self.redis, rate=settings.sender_rate, burst=3)
+        else:
+            self.optouts = SqliteOptOutStore(state / "optouts.db")
         self.dispatcher = Dispatcher(
             actions=self.actions, provider=self.provider, outbox=self.outbox, optouts=self.optouts,
             pool_numbers=settings.pool_numbers, messaging_service_sid=settings.messaging_service_sid,
             status_callback_url=f"{settings.public_url}/sms/status", validity_period=600,
-            rate_limiter=TokenBucketLimiter(rate=settings.sender_rate, burst=3),
+            rate_limiter=limiter,
         )
         self.registry = InProcessCallRegistry()
-        self.router = InboundRouter(registry=self.registry, optouts=self.optouts, store_path=state / "inbound.db")
+        self.router = InboundRouter(registry=self.registry, optouts=self.optouts, store_path=state / "inbound.db",
+                                    seen=seen)
         self.webhooks = WebhookService(
             settings=WebhookSettings(public_url=settings.public_url, auth_token=settings.auth_token),
             router=self.router, dispatcher=self.dispatcher,
@@ -320,7 +334,10 @@ class LiveAgent:
         await self.fetcher.aclose()
         await self.transcriber.aclose()
         self.outbox.close()
-        self.optouts.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        else:
+            self.optouts.close()
         self.router.close()
 
 

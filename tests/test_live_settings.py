@@ -43,3 +43,21 @@ async def test_caller_number_falls_back_to_calls_api(tmp_path):
             assert await agent._caller_number(unknown) is None
         finally:
             await agent.aclose()
+
+
+async def test_redis_url_shares_stores(tmp_path, redis_url):
+    from messaging.redis_store import RedisOptOutStore
+
+    settings = LiveSettings.from_env({
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "k",
+        "OPENAI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "REDIS_URL": redis_url,
+        "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(EXAMPLES / "actions.yaml")})
+    first, second = LiveAgent(settings), LiveAgent(settings)  # two workers
+    try:
+        assert isinstance(first.optouts, RedisOptOutStore)
+        await first.optouts.opt_out("+14155552671", now=0)
+        assert await second.dispatcher.optouts.is_opted_out("+14155552671")
+        await first.optouts.opt_in("+14155552671")
+    finally:
+        await first.aclose()
+        await second.aclose()

@@ -1,0 +1,90 @@
+"""Contract tests: the embedded stores and their Redis implementations behave the same.
+
+Redis runs for real (`redis-server` on loopback); two Redis-backed instances stand for two workers.
+"""
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from messaging.clock import ManualClock
+from messaging.inbound import InProcessSeenKeys
+from messaging.optout import SqliteOptOutStore
+from messaging.ratelimit import TokenBucketLimiter
+from messaging.redis_store import RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
+
+KINDS = ["embedded", "redis"]
+
+
+@pytest.fixture
+async def make(request, redis_url):
+    clients = []
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+
+    def factory(kind, what, **kwargs):
+        if kind == "embedded":
+            return {"optouts": lambda: SqliteOptOutStore(), "seen": lambda: InProcessSeenKeys(),
+                    "limiter": lambda: TokenBucketLimiter(**kwargs)}[what]()
+        client = connect(redis_url)
+        clients.append(client)
+        return {"optouts": lambda: RedisOptOutStore(client, prefix=prefix),
+                "seen": lambda: RedisSeenKeys(client, prefix=prefix),
+                "limiter": lambda: RedisRateLimiter(client, prefix=prefix, **kwargs)}[what]()
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_optout_contract(make, kind):
+    store = make(kind, "optouts")
+    number = "+14155552671"
+    assert not await store.is_opted_out(number)
+    await store.opt_out(number, now=time.time())
+    await store.opt_out(number, now=time.time())  # idempotent
+    assert await store.is_opted_out(number)
+    await store.opt_in(number)
+    assert not await store.is_opted_out(number)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_seen_keys_contract(make, kind):
+    seen = make(kind, "seen")
+    now = time.time()
+    assert not await seen.check_and_add(["sid:SM1", "token:a"], now)
+    assert await seen.check_and_add(["sid:SM1"], now)
+    assert await seen.check_and_add(["sid:SM2", "token:a"], now)  # same idempotency token
+    assert not await seen.check_and_add(["sid:SM3"], now)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_rate_limiter_contract(make, kind):
+    clock = ManualClock(start=time.time())
+    limiter = make(kind, "limiter", rate=1.0, burst=2, max_wait=5, clock=clock)
+    waits = [await limiter.acquire("+14155550100", 1) for _ in range(4)]
+    assert waits[:2] == [0.0, 0.0] and all(0.9 <= w <= 1.1 or 1.9 <= w <= 2.1 for w in waits[2:])
+    assert await limiter.acquire("+14155550111", 1) == 0.0  # other sender, own bucket
+
+
+async def test_redis_stores_are_shared_between_workers(make):
+    # two workers = two clients on the same server
+    a, b = make("redis", "optouts"), make("redis", "optouts")
+    await a.opt_out("+14155552671", now=time.time())
+    assert await b.is_opted_out("+14155552671")
+    seen_a, seen_b = make("redis", "seen"), make("redis", "seen")
+    assert not await seen_a.check_and_add(["sid:SMx"], time.time())
+    assert await seen_b.check_and_add(["sid:SMx"], time.time())
+    clock = ManualClock(start=time.time())
+    lim_a = make("redis", "limiter", rate=1.0, burst=1, max_wait=5, clock=clock)
+    lim_b = make("redis", "limiter", rate=1.0, burst=1, max_wait=5, clock=clock)
+    assert await lim_a.acquire("+14155550100", 1) == 0.0
+    assert await lim_b.acquire("+14155550100", 1) > 0.5  # the bucket is shared
+
+
+async def test_concurrent_seen_keys_admit_one(make):
+    stores = [make("redis", "seen") for _ in range(5)]
+    results = await asyncio.gather(*(s.check_and_add(["sid:SMrace"], time.time()) for s in stores * 4))
+    assert results.count(False) == 1
