@@ -58,30 +58,24 @@ except ImportError:  # pragma: no cover
 def redis_url(tmp_path_factory):
     """A real redis-server on a loopback port for the session (Debian's package; .ci/run installs it)."""
     import shutil
-    import socket
     import subprocess
-    import time
 
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed: .ci/run must install it (apt-get install redis-server)")
         pytest.skip("redis-server not installed (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.peers.loopback import free_port, start_server_process
+
+    port = free_port()
     folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("redis-server did not start")
+        proc = start_server_process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                     "--appendonly", "no", "--dir", str(folder)], port,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()

@@ -11,7 +11,7 @@ import json
 import os
 import pathlib
 import shutil
-import socket
+import subprocess
 
 import pytest
 
@@ -19,6 +19,7 @@ from messaging.errors import SendError
 from messaging.providers.base import OutboundSms
 from messaging.providers.twilio import TwilioProvider
 from tests.conftest import ROOT, SHARED
+from tests.peers.loopback import free_port, start_server_process
 
 pytestmark = pytest.mark.contract
 
@@ -54,29 +55,15 @@ def prism(tmp_path_factory):
     if binary is None:
         pytest.skip("prism not installed (npm install --prefix .cache/prism @stoplight/prism-cli)")
     spec = _relaxed_spec(tmp_path_factory.mktemp("spec"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    import subprocess
-
+    port = free_port()
     log = tmp_path_factory.mktemp("prism") / "prism.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [binary, "mock", "-h", "127.0.0.1", "-p", str(port), str(spec)], stdout=out, stderr=subprocess.STDOUT
-        )
         try:
-            for _ in range(300):
-                if proc.poll() is not None:
-                    pytest.fail(f"prism exited: {log.read_text()[-2000:]}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    import time
-
-                    time.sleep(0.1)
-            else:
-                pytest.fail("prism did not start within 30 s")
+            proc = start_server_process([binary, "mock", "-h", "127.0.0.1", "-p", str(port), str(spec)], port,
+                                        stdout=out, stderr=subprocess.STDOUT)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}: {log.read_text()[-2000:]}")
+        try:
             yield f"http://127.0.0.1:{port}"
         finally:
             proc.terminate()

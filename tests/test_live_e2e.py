@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -19,16 +18,11 @@ from pipeline.recording import load_recording
 from tests.conftest import ROOT
 from tests.peers.deepgram_peer import DeepgramPeer
 from tests.peers.llm_peer import LLMPeer
+from tests.peers.loopback import free_port
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, Fault, TwilioPeer
 
 PUBLIC = "https://agent.example.com"
 RECORDING = ROOT / "tests" / "calls" / "e2e_link.jsonl"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_port(port, proc, timeout=60):

@@ -4,7 +4,6 @@ import asyncio
 import base64
 import io
 import os
-import socket
 import subprocess
 
 import aiohttp
@@ -15,6 +14,7 @@ from twilio.request_validator import RequestValidator
 
 from media.content import ffmpeg_exe
 from pipeline.server import WebhookService, WebhookSettings, create_app
+from tests.peers.loopback import free_port, serve_app
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
 
 CALLER = "+14155552671"
@@ -23,10 +23,6 @@ STRANGER = "+14155559999"
 PUBLIC = "https://agent.example.com"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_png(size=(64, 48), color=(200, 30, 30)):
@@ -74,11 +70,7 @@ class MediaPeer:
         app = web.Application()
         app.router.add_get("/media/{id}", self._first)
         app.router.add_get("/signed/{id}", self._second)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc):
@@ -112,11 +104,8 @@ class DeepgramRestPeer:
     async def __aenter__(self):
         app = web.Application(client_max_size=20 * 1024 * 1024)
         app.router.add_post("/v1/listen", self._listen)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self._runner, port = await serve_app(app)
+        self.base_url = f"http://127.0.0.1:{port}"
         return self
 
     async def __aexit__(self, *exc):

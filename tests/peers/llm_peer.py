@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.peers.loopback import serve_app
+
 
 class LLMPeer:
     """Loopback OpenAI-compatible peer. Use as ``async with LLMPeer(responder) as peer:``."""
@@ -28,11 +30,7 @@ class LLMPeer:
     async def __aenter__(self) -> LLMPeer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_app(app)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         return self
 

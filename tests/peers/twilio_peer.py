@@ -20,6 +20,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from tests.peers.loopback import serve_app
+
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 
@@ -92,11 +94,7 @@ class TwilioPeer:
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
         app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", self._list)
         app.router.add_get("/2010-04-01/Accounts/{sid}/Calls/{call}.json", self._call)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_app(app, handler_cancellation=True)
         self.base_url = f"http://127.0.0.1:{port}"
         return self
 
