@@ -221,7 +221,7 @@ async def inbound_latency(runs: int) -> dict:
         fetcher = MediaFetcher(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, policy=MediaPolicy(
             allowed_hosts=("127.0.0.1", "localhost"), auth_hosts=("127.0.0.1",), allow_private=True))
         inbound = InboundMessageProcessor(fetcher=fetcher)
-        registry.register(CALLER, AGENT, inbound.deliver)
+        await registry.register(CALLER, AGENT, inbound.deliver)
         async with App(router) as app:
             async def script(worker):
                 for i in range(runs):

@@ -155,15 +155,18 @@ def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> 
 MessageHandler = Callable[[InboundMessage], Awaitable[None]]
 
 
+Unregister = Callable[[], Awaitable[None]]
+
+
 class LiveCallRegistry(Protocol):
     """Live calls keyed by (caller number, agent number) (in-process, or Redis across workers)."""
 
-    def register(self, caller: str, agent: str, handler: MessageHandler) -> Callable[[], None]:
-        """Route messages from ``caller`` to ``agent`` to ``handler``; returns the unregister function."""
+    async def register(self, caller: str, agent: str, handler: MessageHandler) -> Unregister:
+        """Route messages from ``caller`` to ``agent`` to ``handler``; returns the unregister coroutine."""
         ...
 
-    def lookup(self, caller: str, agent: str) -> MessageHandler | None:
-        """The handler of the live call, or ``None``."""
+    async def lookup(self, caller: str, agent: str) -> MessageHandler | None:
+        """The handler of the live call (maybe one forwarding to another worker), or ``None``."""
         ...
 
 
@@ -173,18 +176,18 @@ class InProcessCallRegistry:
     def __init__(self) -> None:
         self._calls: dict[tuple[str, str], MessageHandler] = {}
 
-    def register(self, caller: str, agent: str, handler: MessageHandler) -> Callable[[], None]:
+    async def register(self, caller: str, agent: str, handler: MessageHandler) -> Unregister:
         """Register a live call; a second call for the same pair replaces the first."""
         key = (caller, agent)
         self._calls[key] = handler
 
-        def unregister() -> None:
+        async def unregister() -> None:
             if self._calls.get(key) is handler:
                 del self._calls[key]
 
         return unregister
 
-    def lookup(self, caller: str, agent: str) -> MessageHandler | None:
+    async def lookup(self, caller: str, agent: str) -> MessageHandler | None:
         """The live call's handler, or ``None``."""
         return self._calls.get((caller, agent))
 
@@ -296,7 +299,7 @@ class InboundRouter:
             await self._store(message, RouteOutcome.OPT_IN)
             _log.info("inbound %s: opt-in recorded", message.describe())
             return RouteOutcome.OPT_IN
-        handler = self.registry.lookup(message.from_number, message.to_number)
+        handler = await self.registry.lookup(message.from_number, message.to_number)
         if handler is None:
             await self._store(message, RouteOutcome.STORED)
             _log.info("inbound %s: no live call, stored", message.describe())
@@ -309,6 +312,10 @@ class InboundRouter:
             return RouteOutcome.STORED
         _log.info("inbound %s: delivered to the live call", message.describe())
         return RouteOutcome.DELIVERED
+
+    async def store_unrouted(self, message: InboundMessage) -> None:
+        """Keep a message whose live call went away before it could be delivered."""
+        await self._store(message, RouteOutcome.STORED)
 
     async def _store(self, message: InboundMessage, outcome: RouteOutcome) -> None:
         media = "\n".join(f"{m.content_type} {m.url}" for m in message.media)

@@ -12,7 +12,7 @@ from typing import Any
 
 from messaging.clock import Clock, SystemClock
 
-__all__ = ["RedisOptOutStore", "RedisRateLimiter", "RedisSeenKeys", "connect"]
+__all__ = ["RedisCallRegistry", "RedisOptOutStore", "RedisRateLimiter", "RedisSeenKeys", "connect"]
 
 
 def connect(url: str) -> Any:
@@ -116,3 +116,149 @@ class RedisRateLimiter:
         if result:
             await self._clock.sleep(result)
         return result
+
+
+class RedisCallRegistry:
+    """Live calls shared by all workers; inbound texts are routed to the worker that owns the call.
+
+    Each worker registers its calls under ``call:{caller}:{agent}`` (value: its worker id, with a
+    TTL) and listens on its own channel. A lookup on another worker returns a forwarder that
+    publishes the message to the owner's channel; if no worker receives it, the forwarder raises
+    and the router stores the message (never lost silently).
+
+    Args:
+        client: ``redis.asyncio.Redis``.
+        worker_id: Unique id of this worker.
+        orphan: Called with messages that arrive for a call this worker no longer has.
+        ttl: Seconds a registration lives without being renewed (calls are shorter).
+        prefix: Key prefix.
+    """
+
+    def __init__(self, client: Any, *, worker_id: str, orphan: Any = None, ttl: int = 4 * 3600,
+                 prefix: str = "incall-sms") -> None:
+        self._client = client
+        self.worker_id = worker_id
+        self.orphan = orphan
+        self._ttl = ttl
+        self._prefix = prefix
+        self._local: dict[tuple[str, str], Any] = {}
+        self.status_handler: Any = None  # async (sid, status, error_code) -> None, for routed callbacks
+        self._pubsub: Any = None
+        self._listener: Any = None
+        self.forwarded = 0
+        self.received = 0
+
+    def _key(self, caller: str, agent: str) -> str:
+        return f"{self._prefix}:call:{caller}:{agent}"
+
+    def _channel(self, worker_id: str) -> str:
+        return f"{self._prefix}:worker:{worker_id}"
+
+    async def start(self) -> None:
+        """Subscribe to this worker's channel (call before serving)."""
+        import asyncio
+
+        self._pubsub = self._client.pubsub()
+        await self._pubsub.subscribe(self._channel(self.worker_id))
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        import json
+        import logging
+
+        from messaging.inbound import InboundMedia, InboundMessage
+
+        log = logging.getLogger(__name__)
+        async for item in self._pubsub.listen():
+            if item.get("type") != "message":
+                continue
+            try:
+                data = json.loads(item["data"])
+                if data.get("type") == "status":
+                    if self.status_handler is not None:
+                        await self.status_handler(data["sid"], data["status"], data.get("error_code"))
+                    continue
+                message = InboundMessage(
+                    sid=data["sid"], account_sid=data["account_sid"], from_number=data["from_number"],
+                    to_number=data["to_number"], body=data["body"], received_at=data["received_at"],
+                    media=tuple(InboundMedia(url=m[0], content_type=m[1]) for m in data["media"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("malformed routed message ignored")
+                continue
+            self.received += 1
+            handler = self._local.get((message.from_number, message.to_number))
+            try:
+                if handler is not None:
+                    await handler(message)
+                elif self.orphan is not None:
+                    await self.orphan(message)
+            except Exception:
+                log.exception("routed message %s could not be handled", message.sid)
+                if self.orphan is not None:
+                    await self.orphan(message)
+
+    async def register(self, caller: str, agent: str, handler: Any) -> Any:
+        """Own the call of (``caller``, ``agent``) on this worker."""
+        key = (caller, agent)
+        self._local[key] = handler
+        await self._client.set(self._key(caller, agent), self.worker_id, ex=self._ttl)
+
+        async def unregister() -> None:
+            if self._local.get(key) is handler:
+                del self._local[key]
+                if await self._client.get(self._key(caller, agent)) == self.worker_id:
+                    await self._client.delete(self._key(caller, agent))
+
+        return unregister
+
+    async def lookup(self, caller: str, agent: str) -> Any:
+        """The local handler, a forwarder to the owning worker, or ``None``."""
+        local = self._local.get((caller, agent))
+        if local is not None:
+            return local
+        owner = await self._client.get(self._key(caller, agent))
+        if not owner or owner == self.worker_id:
+            return None
+        return self._forwarder(owner)
+
+    def _forwarder(self, owner: str) -> Any:
+        import json
+
+        async def forward(message: Any) -> None:
+            payload = json.dumps({
+                "sid": message.sid, "account_sid": message.account_sid, "from_number": message.from_number,
+                "to_number": message.to_number, "body": message.body, "received_at": message.received_at,
+                "media": [[m.url, m.content_type] for m in message.media],
+            })
+            receivers = await self._client.publish(self._channel(owner), payload)
+            if not receivers:
+                raise RuntimeError("the worker owning the call is gone")
+            self.forwarded += 1
+
+        return forward
+
+    async def claim_sid(self, sid: str) -> None:
+        """Record that this worker sent message ``sid`` (its status callbacks are routed here)."""
+        await self._client.set(f"{self._prefix}:sid:{sid}", self.worker_id, ex=3 * 24 * 3600)
+
+    async def route_status(self, sid: str, status: str, error_code: int | None) -> bool:
+        """Forward a status callback to the worker that sent ``sid``; False when none can take it."""
+        import json
+
+        owner = await self._client.get(f"{self._prefix}:sid:{sid}")
+        if not owner or owner == self.worker_id:
+            return False
+        payload = json.dumps({"type": "status", "sid": sid, "status": status, "error_code": error_code})
+        return bool(await self._client.publish(self._channel(owner), payload))
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        import asyncio
+        import contextlib
+
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        if self._pubsub is not None:
+            await self._pubsub.aclose()

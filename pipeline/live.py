@@ -177,12 +177,31 @@ class LiveAgent:
             status_callback_url=f"{settings.public_url}/sms/status", validity_period=600,
             rate_limiter=limiter,
         )
-        self.registry = InProcessCallRegistry()
+        self.registry: Any = InProcessCallRegistry()
+        if self.redis is not None:  # inbound texts reach the worker that owns the call
+            import os as _os
+            import socket
+
+            from messaging.redis_store import RedisCallRegistry
+
+            self.registry = RedisCallRegistry(self.redis, worker_id=f"{socket.gethostname()}-{_os.getpid()}")
         self.router = InboundRouter(registry=self.registry, optouts=self.optouts, store_path=state / "inbound.db",
                                     seen=seen)
+        if self.redis is not None:
+            self.registry.orphan = self.router.store_unrouted
+        status_router = None
+        if self.redis is not None:  # status callbacks reach the worker that sent the message
+            status_router = self.registry.route_status
+            self.registry.status_handler = self.dispatcher.handle_status
+
+            async def claim(event: Any) -> None:
+                if event.kind.value == "sent" and event.sid:
+                    await self.registry.claim_sid(event.sid)
+
+            self.dispatcher.subscribe(claim)
         self.webhooks = WebhookService(
             settings=WebhookSettings(public_url=settings.public_url, auth_token=settings.auth_token),
-            router=self.router, dispatcher=self.dispatcher,
+            router=self.router, dispatcher=self.dispatcher, status_router=status_router,
         )
         self.fetcher = MediaFetcher(account_sid=settings.account_sid, auth_token=settings.auth_token)
         deepgram_http = None
@@ -194,8 +213,10 @@ class LiveAgent:
         self.app = self._build_app()
 
     async def startup(self) -> None:
-        """Warm the provider up and finish sends a previous run left unfinished."""
+        """Warm the provider up, join the shared call registry, finish sends a previous run left unfinished."""
         await self.provider.warm_up()
+        if hasattr(self.registry, "start"):
+            await self.registry.start()
         results = await self.dispatcher.recover()
         if results:
             _log.info("recovered %d unfinished send(s) from the outbox", len(results))
@@ -300,8 +321,9 @@ class LiveAgent:
                               extractor=PatternExtractor())
         sms = SmsActionProcessor(engine=engine)
         inbound = InboundMessageProcessor(fetcher=self.fetcher, transcriber=self.transcriber)
-        unregister = self.registry.register(caller, agent_number, inbound.deliver) if caller and agent_number \
-            else (lambda: None)
+        unregister = None
+        if caller and agent_number:
+            unregister = await self.registry.register(caller, agent_number, inbound.deliver)
         pair = LLMContextAggregatorPair(LLMContext(), user_params=LLMUserAggregatorParams(
             vad_analyzer=SileroVADAnalyzer()))
         if recorder is not None:
@@ -324,7 +346,8 @@ class LiveAgent:
             await runner.add_workers(worker)
             await runner.run()
         finally:
-            unregister()
+            if unregister is not None:
+                await unregister()
             self.calls.pop(call_sid, None)
             _log.info("call %s ended", call_sid)
 
@@ -334,6 +357,8 @@ class LiveAgent:
         await self.fetcher.aclose()
         await self.transcriber.aclose()
         self.outbox.close()
+        if hasattr(self.registry, "aclose"):
+            await self.registry.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         else:

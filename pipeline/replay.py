@@ -111,7 +111,7 @@ async def replay(
     inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber)
     registry = InProcessCallRegistry()
     router = InboundRouter(registry=registry, optouts=optouts)
-    registry.register(meta.caller, meta.agent_number, inbound.deliver)
+    await registry.register(meta.caller, meta.agent_number, inbound.deliver)
     queued_at: dict[int, float] = {}
     meter = GapMeter(queued_at=queued_at)
     tap = sms.agent_tap()

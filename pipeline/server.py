@@ -58,12 +58,22 @@ class WebhookService:
         settings: Webhook settings.
         router: Inbound message router.
         dispatcher: The dispatcher whose outbox receives status callbacks (``None``: ignored).
+        status_router: For callbacks about messages this worker did not send: forwards them to
+            the worker that did (multi-worker mode); returns whether one took it.
     """
 
-    def __init__(self, *, settings: WebhookSettings, router: InboundRouter, dispatcher: Dispatcher | None = None):
+    def __init__(
+        self,
+        *,
+        settings: WebhookSettings,
+        router: InboundRouter,
+        dispatcher: Dispatcher | None = None,
+        status_router: Callable[[str, str, int | None], Awaitable[bool]] | None = None,
+    ):
         self.settings = settings
         self.router = router
         self.dispatcher = dispatcher
+        self.status_router = status_router
         self._validator = RequestValidator(settings.auth_token)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.refused = 0
@@ -89,6 +99,14 @@ class WebhookService:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+
+    async def apply_status(self, sid: str, status: str, error_code: int | None) -> None:
+        """Apply a status callback here, or route it to the worker that sent the message."""
+        assert self.dispatcher is not None
+        if await self.dispatcher.outbox.by_sid(sid) is not None:
+            await self.dispatcher.handle_status(sid, status, error_code)
+        elif self.status_router is None or not await self.status_router(sid, status, error_code):
+            _log.info("status callback for unknown message %s ignored", sid)
 
     def url_for(self, request: Request) -> str:
         """The URL Twilio signed: public base + path + query."""
@@ -172,7 +190,7 @@ def create_app(
         if not sid or state not in _STATUSES or (code and not code.isdigit()):
             return PlainTextResponse("invalid status callback", status_code=400)
         if service.dispatcher is not None:
-            service.spawn(service.dispatcher.handle_status(sid, state, int(code) if code else None))
+            service.spawn(service.apply_status(sid, state, int(code) if code else None))
         return Response(status_code=204)
 
     return app

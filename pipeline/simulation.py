@@ -255,7 +255,7 @@ async def _simulate(
     inbound = InboundMessageProcessor(fetcher=fetcher)
     registry = InProcessCallRegistry()
     router = InboundRouter(registry=registry, optouts=optouts, store_path=folder / "inbound.db")
-    registry.register(CALLER, AGENT, inbound.deliver)
+    await registry.register(CALLER, AGENT, inbound.deliver)
     pair = LLMContextAggregatorPair(LLMContext())
     llm = _agent_llm(console)
     speech = None

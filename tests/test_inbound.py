@@ -55,7 +55,7 @@ async def test_live_call_receives_text_and_image_in_llm_context(parts):
         fetcher = MediaFetcher(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, policy=MediaPolicy(
             allowed_hosts=("127.0.0.1", "localhost"), auth_hosts=("127.0.0.1",), allow_private=True))
         inbound = InboundMessageProcessor(fetcher=fetcher)
-        unregister = registry.register(CALLER, AGENT, inbound.deliver)
+        unregister = await registry.register(CALLER, AGENT, inbound.deliver)
         pair = LLMContextAggregatorPair(LLMContext())
         service = OpenAILLMService(api_key="none", base_url=llm.base_url,
                                    settings=OpenAILLMService.Settings(model="agent"))
@@ -72,7 +72,7 @@ async def test_live_call_receives_text_and_image_in_llm_context(parts):
             await run_pipeline([pair.user(), service, pair.assistant(), inbound], script)
         await service._client.close()
         await fetcher.aclose()
-        unregister()
+        await unregister()
 
     messages = llm.requests[-1]["messages"]
     user = [m for m in messages if m["role"] == "user"][-1]
@@ -125,7 +125,7 @@ async def test_unknown_number_is_stored_and_replays_are_deduped(parts):
     async def handler(message):
         delivered.append(message.sid)
 
-    registry.register(CALLER, AGENT, handler)
+    await registry.register(CALLER, AGENT, handler)
     async with App(router) as app:
         stranger = sms_form(body="who is this?", from_=STRANGER)
         assert (await app.post("/sms/inbound", stranger))[0] == 200

@@ -88,3 +88,31 @@ async def test_concurrent_seen_keys_admit_one(make):
     stores = [make("redis", "seen") for _ in range(5)]
     results = await asyncio.gather(*(s.check_and_add(["sid:SMrace"], time.time()) for s in stores * 4))
     assert results.count(False) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_call_registry_contract(make, kind, redis_url):
+    from messaging.inbound import InProcessCallRegistry
+    from messaging.redis_store import RedisCallRegistry
+
+    if kind == "embedded":
+        registry = InProcessCallRegistry()
+    else:
+        client = connect(redis_url)
+        registry = RedisCallRegistry(client, worker_id=uuid.uuid4().hex, prefix=f"t{uuid.uuid4().hex[:8]}")
+        await registry.start()
+
+    async def handler(message):
+        return None
+
+    try:
+        assert await registry.lookup("+14155552671", "+14155550100") is None
+        unregister = await registry.register("+14155552671", "+14155550100", handler)
+        assert await registry.lookup("+14155552671", "+14155550100") is handler
+        assert await registry.lookup("+14155552672", "+14155550100") is None
+        await unregister()
+        assert await registry.lookup("+14155552671", "+14155550100") is None
+    finally:
+        if kind == "redis":
+            await registry.aclose()
+            await client.aclose()

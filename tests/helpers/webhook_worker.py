@@ -1,0 +1,72 @@
+"""A webhook worker process for the multi-worker test: shared Redis stores, its own port.
+
+Usage: python -m tests.helpers.webhook_worker REDIS_URL PORT WORKER_ID STORE_DB [CALLER AGENT OUT_FILE]
+With CALLER/AGENT/OUT_FILE the worker owns that "live call" and appends every message it gets to OUT_FILE.
+"""
+
+import asyncio
+import json
+import sys
+
+import uvicorn
+
+from messaging.actions import parse_actions
+from messaging.dispatcher import CallContext, Dispatcher
+from messaging.inbound import InboundRouter
+from messaging.outbox import Outbox
+from messaging.providers.local import LocalProvider
+from messaging.redis_store import RedisCallRegistry, RedisOptOutStore, RedisSeenKeys, connect
+from pipeline.server import WebhookService, WebhookSettings, create_app
+from tests.peers.twilio_peer import AUTH_TOKEN
+
+PUBLIC = "https://agent.example.com"
+
+
+async def main(redis_url, port, worker_id, store_db, own=None):
+    client = connect(redis_url)
+    registry = RedisCallRegistry(client, worker_id=worker_id)
+    router = InboundRouter(registry=registry, optouts=RedisOptOutStore(client), store_path=store_db,
+                           seen=RedisSeenKeys(client))
+    registry.orphan = router.store_unrouted
+    actions = parse_actions({"actions": [{"name": "link", "condition": "if the caller wants the link",
+                                          "content": {"template": "https://example.com"}}]})
+    dispatcher = Dispatcher(actions=actions, provider=LocalProvider(), outbox=Outbox(store_db + ".outbox"),
+                            optouts=RedisOptOutStore(client))
+    registry.status_handler = dispatcher.handle_status
+
+    def record(item):
+        if own:
+            with open(own[2], "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({**item, "worker": worker_id}) + "\n")
+
+    async def on_event(event):
+        if event.kind.value == "sent":
+            await registry.claim_sid(event.sid)
+            record({"sent": event.sid})
+        elif event.kind.value == "delivered":
+            record({"delivered": event.sid})
+
+    dispatcher.subscribe(on_event)
+
+    async def startup():
+        await registry.start()
+        if own:
+            caller, agent, _ = own
+
+            async def handler(message):
+                record({"sid": message.sid, "body": message.body})
+
+            await registry.register(caller, agent, handler)
+            await dispatcher.send("link", call=CallContext(call_id="CAowner", caller_number=caller,
+                                                           agent_number=agent), turn=1)
+        print("ready", flush=True)
+
+    service = WebhookService(settings=WebhookSettings(public_url=PUBLIC, auth_token=AUTH_TOKEN), router=router,
+                             dispatcher=dispatcher, status_router=registry.route_status)
+    app = create_app(service, startup=startup, shutdown=registry.aclose)
+    await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).serve()
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    asyncio.run(main(args[0], int(args[1]), args[2], args[3], tuple(args[4:7]) if len(args) >= 7 else None))

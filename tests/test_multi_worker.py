@@ -1,0 +1,94 @@
+"""Two webhook worker processes sharing Redis: an inbound text posted to the worker that does not own
+the call reaches the call on the other worker; dedupe is shared; a vanished owner loses nothing."""
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import aiohttp
+from twilio.request_validator import RequestValidator
+
+from tests.conftest import ROOT
+from tests.helpers.webhooks import sms_form
+from tests.peers.loopback import free_port, start_server_process
+from tests.peers.twilio_peer import AUTH_TOKEN
+
+PUBLIC = "https://agent.example.com"
+CALLER, AGENT = "+14155552671", "+14155550100"
+
+
+async def post(port, form, path="/sms/inbound"):
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + path, form)
+    async with aiohttp.ClientSession() as session, session.post(
+        f"http://127.0.0.1:{port}{path}", data=form, headers={"X-Twilio-Signature": signature}
+    ) as response:
+        return response.status
+
+
+async def wait_lines(path, count, timeout=10.0):
+    for _ in range(int(timeout / 0.05)):
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return [json.loads(line) for line in path.read_text().splitlines()]
+        await asyncio.sleep(0.05)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path):
+    out = tmp_path / "owner_received.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ports = {"A": free_port(), "B": free_port()}
+    workers = {}
+    try:
+        workers["A"] = await asyncio.to_thread(
+            start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["A"]),
+                                   "worker-a", str(tmp_path / "a.db"), CALLER, AGENT, str(out)],
+            ports["A"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers["B"] = await asyncio.to_thread(
+            start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["B"]),
+                                   "worker-b", str(tmp_path / "b.db")],
+            ports["B"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(0.5)  # subscriptions and registrations in place after start-up
+
+        [sent] = await wait_lines(out, 1)  # the owner texted the caller at start
+        sid = sent["sent"]
+
+        # a status callback for A's message arrives at B: routed to A, applied to A's outbox
+        status = {"MessageSid": sid, "MessageStatus": "delivered", "ErrorCode": ""}
+        assert await post(ports["B"], status, path="/sms/status") == 204
+        lines = await wait_lines(out, 2)
+        assert {"delivered": sid, "worker": "worker-a"} in lines
+
+        first = sms_form(body="my order number is 4411")
+        assert await post(ports["B"], first) == 200  # B does not own the call
+        received = [r for r in await wait_lines(out, 3) if "body" in r]
+        assert [(r["sid"], r["worker"]) for r in received] == [(first["MessageSid"], "worker-a")]
+
+        assert await post(ports["A"], first) == 200  # Twilio retry hitting the other worker: deduped via Redis
+        assert await post(ports["B"], first) == 200
+        second = sms_form(body="and the color is blue")
+        assert await post(ports["A"], second) == 200  # posted to the owner directly
+        received = [r for r in await wait_lines(out, 4) if "body" in r]
+        assert [r["sid"] for r in received] == [first["MessageSid"], second["MessageSid"]]
+
+        # the owner dies: the registration outlives it, the forward finds no receiver, B keeps the message
+        owner = workers.pop("A")
+        owner.kill()
+        await asyncio.to_thread(owner.wait, 10)
+        await asyncio.sleep(0.3)
+        third = sms_form(body="are you still there?")
+        assert await post(ports["B"], third) == 200
+        stored = []
+        for _ in range(100):
+            with sqlite3.connect(tmp_path / "b.db") as conn:
+                stored = [row[0] for row in conn.execute("SELECT sid FROM inbound")]
+            if stored:
+                break
+            await asyncio.sleep(0.05)
+        assert stored == [third["MessageSid"]]
+    finally:
+        for proc in workers.values():
+            proc.terminate()
+            await asyncio.to_thread(proc.wait, 10)
