@@ -288,6 +288,10 @@ async def main(quick: bool) -> dict:
     curve = await scale_curve((1, 10, 50) if quick else (1, 10, 50, 100, 200, 400), seconds=3.0 if quick else 4.0)
     plot(curve, ROOT / "bench" / "scale.png")
     out["scale"] = curve | {"plot": "bench/scale.png"}
+    from bench.scale import run_calls
+
+    # load: many calls with outbound and inbound texts, bounded, loopback only (60 s full, 10 s quick)
+    out["load"] = await run_calls(50 if quick else 200, 10.0 if quick else 60.0, inbound=True)
     return out
 
 

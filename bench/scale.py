@@ -53,10 +53,20 @@ async def _lag_monitor(stop: asyncio.Event, lags: list[float]) -> None:
         lags.append(max(0.0, time.monotonic() - start - 0.01))
 
 
-async def run_calls(calls: int, seconds: float = 4.0) -> dict:
-    """Run ``calls`` concurrent calls for ``seconds``; return lag, gaps, sends and memory."""
+async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) -> dict:
+    """Run ``calls`` concurrent calls for ``seconds``; return lag, gaps, sends and memory.
+
+    With ``inbound``, each caller also texts the agent once; the text goes through the inbound
+    router into the call's context (counted as injected).
+    """
+    from messaging.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
+    from processors.inbound import InboundMessageProcessor
+
     provider = LocalProvider(latency=0.3)
     outbox, optouts = Outbox(), SqliteOptOutStore()
+    registry = InProcessCallRegistry()
+    router = InboundRouter(registry=registry, optouts=optouts)
+    injectors: list[InboundMessageProcessor] = []
     dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=outbox, optouts=optouts,
                             default_agent_number="+14155550100")
     rss_before = _rss_mb()
@@ -68,8 +78,13 @@ async def run_calls(calls: int, seconds: float = 4.0) -> dict:
         engine.add_agent_text("All our links are on the website.")
         meter = GapMeter()
         meters.append(meter)
-        workers.append(PipelineWorker(Pipeline([SmsActionProcessor(engine=engine), meter]),
-                                      cancel_on_idle_timeout=False, params=PipelineParams()))
+        stages: list = [SmsActionProcessor(engine=engine), meter]
+        if inbound:
+            injector = InboundMessageProcessor()
+            injectors.append(injector)
+            stages.append(injector)
+            await registry.register(call.caller_number or "", "+14155550100", injector.deliver)
+        workers.append(PipelineWorker(Pipeline(stages), cancel_on_idle_timeout=False, params=PipelineParams()))
     runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
     await runner.add_workers(*workers)
     rss_after = _rss_mb()  # all calls built and registered
@@ -86,6 +101,11 @@ async def run_calls(calls: int, seconds: float = 4.0) -> dict:
             if n == 25:
                 await worker.queue_frame(TranscriptionFrame(text="Can you text me the link?", user_id="",
                                                             timestamp=""))
+            if inbound and n == 50:
+                index = workers.index(worker)
+                await router.route(InboundMessage(
+                    sid=f"SM{index:032x}", account_sid="AC" + "0" * 32, from_number=f"+1415555{index % 10000:04d}",
+                    to_number="+14155550100", body="here is my order number", received_at=time.time()))
             n += 1
             await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
         await worker.queue_frame(EndFrame())
@@ -98,14 +118,19 @@ async def run_calls(calls: int, seconds: float = 4.0) -> dict:
 
     await asyncio.gather(runner.run(), drive())
     sent = len(await provider.inbox())
+    injected = sum(len(i.injected) for i in injectors)
     await provider.aclose()
+    router.close()
     outbox.close()
     optouts.close()
     steady = sorted(lags[len(lags) // 10:]) or [0.0]  # skip start-up
     gaps = [m.stats()["output"].max_gap for m in meters if m.output_times]
     return {
         "calls": calls,
+        "seconds": seconds,
         "sms_sent": sent,
+        "sms_lost": calls - sent,
+        **({"inbound_injected": injected, "inbound_lost": calls - injected} if inbound else {}),
         "loop_lag_p99_ms": round(steady[min(len(steady) - 1, int(0.99 * len(steady)))] * 1000, 2),
         "loop_lag_max_ms": round(steady[-1] * 1000, 2),
         "audio_max_gap_ms_median_call": round(statistics.median(gaps) * 1000, 2) if gaps else None,
