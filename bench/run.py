@@ -49,6 +49,7 @@ def said(text: str) -> TranscriptionFrame:
 def many_actions(n: int) -> dict:
     return {
         "max_sends_per_call": 50,
+        "max_sends_per_destination": 1000,
         "actions": [
             {"name": f"a{i}", "condition": "whenever the caller says to send a text", "once_per_call": False,
              "content": {"template": f"Text number {i}"}}

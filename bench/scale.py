@@ -119,6 +119,7 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) 
     await asyncio.gather(runner.run(), drive())
     sent = len(await provider.inbox())
     injected = sum(len(i.injected) for i in injectors)
+    stored = len(await router.stored())
     await provider.aclose()
     router.close()
     outbox.close()
@@ -130,7 +131,8 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) 
         "seconds": seconds,
         "sms_sent": sent,
         "sms_lost": calls - sent,
-        **({"inbound_injected": injected, "inbound_lost": calls - injected} if inbound else {}),
+        **({"inbound_injected": injected, "inbound_stored": stored, "inbound_lost": calls - injected - stored}
+           if inbound else {}),
         "loop_lag_p99_ms": round(steady[min(len(steady) - 1, int(0.99 * len(steady)))] * 1000, 2),
         "loop_lag_max_ms": round(steady[-1] * 1000, 2),
         "audio_max_gap_ms_median_call": round(statistics.median(gaps) * 1000, 2) if gaps else None,

@@ -274,12 +274,14 @@ class ActionSet(_Model):
         presets: Pre-approved template texts by name.
         default_region: Region for numbers written without ``+country``.
         max_sends_per_call: Cap on SMS per call across all actions.
+        max_sends_per_destination: Cap on SMS to one number per 24 hours, across calls (abuse guard).
     """
 
     actions: tuple[SmsAction, ...]
     presets: dict[str, str] = pydantic.Field(default_factory=dict)
     default_region: str = "US"
     max_sends_per_call: int = pydantic.Field(default=3, ge=1, le=50)
+    max_sends_per_destination: int = pydantic.Field(default=10, ge=1, le=1000)
 
     @pydantic.model_validator(mode="after")
     def _cross_checks(self) -> ActionSet:

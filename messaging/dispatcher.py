@@ -391,7 +391,8 @@ class Dispatcher:
         if await self.optouts.is_opted_out(sms.to):
             return await self._refuse(record, _Refused(SendOutcome.FAILED, "opted_out"))
         outcome, stored = await self.outbox.claim(
-            record, once_per_call=action.once_per_call, max_per_call=self.actions.max_sends_per_call
+            record, once_per_call=action.once_per_call, max_per_call=self.actions.max_sends_per_call,
+            max_per_destination=self.actions.max_sends_per_destination,
         )
         if outcome is ClaimOutcome.LIMIT_REACHED:
             return await self._refuse(record, _Refused(SendOutcome.SKIPPED, "limit_reached"))

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_call ON outbox(call_id, action);
 CREATE INDEX IF NOT EXISTS outbox_sid ON outbox(sid);
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status);
+CREATE INDEX IF NOT EXISTS outbox_destination ON outbox(to_number, created_at);
 """
 
 #: Statuses that count as "this action has texted (or may have) in this call".
@@ -154,6 +155,8 @@ class Outbox:
         *,
         once_per_call: bool,
         max_per_call: int,
+        max_per_destination: int | None = None,
+        window: float = 24 * 3600,
     ) -> tuple[ClaimOutcome, OutboxRecord]:
         """Atomically insert ``record`` unless it would duplicate or exceed a cap.
 
@@ -162,6 +165,9 @@ class Outbox:
                 sends refused before the provider).
             once_per_call: Refuse when the call already has an active row for the action.
             max_per_call: Refuse when the call already has this many active rows.
+            max_per_destination: Refuse when the destination already received this many texts
+                (active rows, any call) within ``window`` seconds; ``None``: no cap.
+            window: Seconds the destination cap looks back.
 
         Returns:
             The outcome and the row now standing for the key (the existing row on
@@ -189,6 +195,14 @@ class Outbox:
                     ).fetchone()
                     if count >= max_per_call:
                         return ClaimOutcome.LIMIT_REACHED, record
+                    if max_per_destination is not None and record.to_number:
+                        (sent_to,) = conn.execute(
+                            f"SELECT COUNT(*) FROM outbox WHERE to_number = ? AND created_at >= ? "
+                            f"AND status IN ({marks})",
+                            (record.to_number, record.created_at - window, *ACTIVE_STATUSES),
+                        ).fetchone()
+                        if sent_to >= max_per_destination:
+                            return ClaimOutcome.LIMIT_REACHED, record
                 self._insert(conn, record)
                 return ClaimOutcome.CREATED, record
 

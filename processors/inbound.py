@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from pipecat.frames.frames import Frame, LLMMessagesAppendFrame
+from pipecat.frames.frames import Frame, LLMMessagesAppendFrame, StartFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from media.content import Transcriber, build_user_message
@@ -45,6 +45,8 @@ class InboundMessageProcessor(FrameProcessor):
         self._fetcher = fetcher
         self._transcriber = transcriber
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending: list[InboundMessage] = []
+        self._started = False
         self._t0 = time.monotonic()
         self.injected: list[tuple[float, str, dict[str, Any]]] = []
 
@@ -55,7 +57,16 @@ class InboundMessageProcessor(FrameProcessor):
         super().add_event_handler(event_name, handler)
 
     async def deliver(self, message: InboundMessage) -> None:
-        """Accept a message for this call (returns at once; the work runs as a task)."""
+        """Accept a message for this call (returns at once; the work runs as a task).
+
+        A text that arrives before the pipeline started waits for the start.
+        """
+        if not self._started:
+            self._pending.append(message)
+            return
+        self._spawn(message)
+
+    def _spawn(self, message: InboundMessage) -> None:
         task = self.create_task(self._inject(message), "inbound-inject")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -68,9 +79,14 @@ class InboundMessageProcessor(FrameProcessor):
         _log.info("inbound %s injected into the conversation", message.sid)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Pass every frame on."""
+        """Pass every frame on; texts that arrived before the start are injected once started."""
         await super().process_frame(frame, direction)
         await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame) and not self._started:
+            self._started = True
+            pending, self._pending = self._pending, []
+            for message in pending:
+                self._spawn(message)
 
     async def cleanup(self) -> None:
         """Cancel injections still running."""

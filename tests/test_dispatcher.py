@@ -319,3 +319,20 @@ async def test_sender_rate_limit_gives_up_honestly(clock):
     second = await dispatcher.send("link", call=other, turn=1)
     assert first.accepted and (second.outcome, second.reason, second.retryable) == (
         SendOutcome.FAILED, "sender_busy", True)
+
+
+async def test_per_destination_cap_across_calls(clock):
+    actions = parse_actions({**ACTIONS, "max_sends_per_destination": 2})
+    provider = LocalProvider(clock=clock.now)
+    dispatcher = Dispatcher(actions=actions, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                            clock=clock)
+    results = []
+    for index in range(4):  # four different calls, same caller number
+        call = CallContext(call_id=f"CA{index}", caller_number=CALLER, agent_number=AGENT)
+        results.append(await dispatcher.send("link", call=call, turn=1))
+    assert [r.outcome for r in results] == [SendOutcome.ACCEPTED] * 2 + [SendOutcome.SKIPPED] * 2
+    assert results[-1].reason == "limit_reached"
+    clock.advance(25 * 3600)  # a day later the window has moved on
+    later = await dispatcher.send("link", call=CallContext(call_id="CA9", caller_number=CALLER,
+                                                           agent_number=AGENT), turn=1)
+    assert later.accepted and provider.requests == 3
