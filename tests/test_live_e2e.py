@@ -121,6 +121,7 @@ async def test_recorded_call_through_serve(peers, tmp_path):
     assert all(m["streamSid"] == events[1][1]["start"]["streamSid"] for m in media)
     log = stderr.decode()
     assert meta.caller not in log and meta.caller[-7:] not in log  # numbers are masked in logs
+    assert AUTH_TOKEN not in log and "dg-test-key" not in log  # secrets never logged
 
     # 3. the call was recorded (numbers masked) and replays to the same SMS decision
     recorded = tmp_path / "recordings" / f"{meta.call_sid}.jsonl"
