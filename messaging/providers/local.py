@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import pathlib
 import secrets
 import sqlite3
@@ -77,7 +76,6 @@ class LocalProvider:
         self._opted_out = set(opted_out)
         self._scripted: list[SendError] = []
         self._clock = clock
-        self._counter = itertools.count(1)
         self._latency = latency
         self.requests = 0
 
