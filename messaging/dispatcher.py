@@ -13,19 +13,32 @@ Order of work for one send (:meth:`Dispatcher.send`):
    resolved by asking the provider whether the message exists before any resend.
 5. Record the outcome and raise typed events.
 
-:meth:`Dispatcher.recover` finishes what a crashed process left unfinished, with
-the same ambiguity rule. :meth:`Dispatcher.handle_status` applies status callbacks.
+The ambiguity rule: after a timeout, a 5xx or a dropped connection the provider is
+asked which messages to the destination, from the sender, with the same body exist.
+Only a message created after this row's first attempt began (minus ``lookup_skew``,
+the bounded clock difference between this host and the provider) and not already
+claimed by another outbox row can be this attempt's; otherwise the answer is "none"
+(resend, if allowed) or "unknown" (the caller hears "couldn't confirm", and the row is
+never sent later).
+
+:meth:`Dispatcher.recover` finishes what a crashed process or an ended call left
+unfinished, with the same rule, at start-up and periodically (:meth:`Dispatcher.recovery`);
+rows older than the recovery window are closed as ``expired``, never sent.
+:meth:`Dispatcher.handle_status` applies status callbacks. The row states are drawn in
+:mod:`messaging.outbox`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from messaging.actions import ActionSet, SenderKind, SmsAction
 from messaging.clock import Clock, SystemClock
@@ -46,8 +59,13 @@ _log = logging.getLogger(__name__)
 #: Cap on segments for LLM-written bodies when the action sets none.
 PROMPT_MAX_SEGMENTS = 3
 
-#: Seconds before a row's creation that a provider lookup still searches (clock skew).
-LOOKUP_SKEW = 600.0
+#: Default clock difference (seconds) tolerated between this host and the provider when deciding
+#: whether a message found by a lookup can be this attempt's. Twilio's ``date_created`` has a
+#: resolution of one second and NTP keeps hosts well under a second apart.
+LOOKUP_SKEW = 5.0
+
+#: Default age (seconds) after which recovery closes an unfinished row as ``expired``.
+RECOVERY_WINDOW = 600.0
 
 #: Delivery error codes from status callbacks, as failure reasons.
 DELIVERY_ERRORS: Mapping[int, str] = {
@@ -106,6 +124,7 @@ class SendResult:
         sid: Provider SID when accepted.
         to_masked: Masked destination (``+1******0142``), or ``None`` if unresolved.
         to_last2: Last two digits of the destination, for the spoken confirmation.
+        to_last4: Last four digits of the destination.
         segments: Segment count of the body.
         encoding: ``GSM-7`` or ``UCS-2``.
         error_code: Provider error code, when there was one.
@@ -120,6 +139,7 @@ class SendResult:
     sid: str | None = None
     to_masked: str | None = None
     to_last2: str | None = None
+    to_last4: str | None = None
     segments: int | None = None
     encoding: str | None = None
     error_code: int | None = None
@@ -168,6 +188,13 @@ class Dispatcher:
         ambiguity_delay: Seconds to wait before each such check.
         max_resends: Resends allowed after the provider confirmed it has no message.
         rate_limiter: Spreads sends per sender number (segments per second); ``None``: no limit.
+        lookup_skew: Clock difference (seconds) tolerated between this host and the provider
+            when matching a lookup's candidates to an attempt (see the module docs).
+        recovery_window: Rows older than this (seconds) are closed as ``expired`` by recovery,
+            never sent: an in-call text is useless (or confusing) much later.
+        recovery_interval: Seconds between recovery passes while :meth:`recovery` runs.
+        recovery_min_age: A periodic pass leaves rows alone that changed less than this many
+            seconds ago (a send of another task may still be working on them).
     """
 
     def __init__(
@@ -188,6 +215,10 @@ class Dispatcher:
         ambiguity_delay: float = 2.0,
         max_resends: int = 1,
         rate_limiter: RateLimiter | None = None,
+        lookup_skew: float = LOOKUP_SKEW,
+        recovery_window: float = RECOVERY_WINDOW,
+        recovery_interval: float = 60.0,
+        recovery_min_age: float = 30.0,
     ) -> None:
         self.actions = actions
         self.provider = provider
@@ -208,16 +239,45 @@ class Dispatcher:
         self._ambiguity_delay = ambiguity_delay
         self._max_resends = max_resends
         self._rate_limiter = rate_limiter
+        self._lookup_skew = lookup_skew
+        self.recovery_window = recovery_window
+        self._recovery_interval = recovery_interval
+        self._recovery_min_age = recovery_min_age
         self._handlers: list[EventHandler] = []
+        self._call_handlers: dict[str, list[EventHandler]] = {}
+        self._in_flight: set[str] = set()  # keys a task of this process is sending or resolving
 
     # -- events ---------------------------------------------------------------
 
-    def subscribe(self, handler: EventHandler) -> None:
-        """Call ``handler(event)`` (sync or async) for every :class:`SmsEvent`."""
-        self._handlers.append(handler)
+    def subscribe(self, handler: EventHandler, *, call_id: str | None = None) -> Callable[[], None]:
+        """Call ``handler(event)`` (sync or async) for every :class:`SmsEvent` (or those of one call).
+
+        Args:
+            handler: The subscriber.
+            call_id: Only events of this call (a call's processor subscribes like this and
+                unsubscribes when the call ends; events reach it without scanning other calls).
+
+        Returns:
+            A function that ends the subscription (idempotent).
+        """
+        handlers = self._handlers if call_id is None else self._call_handlers.setdefault(call_id, [])
+        handlers.append(handler)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                handlers.remove(handler)
+            if call_id is not None and not handlers and self._call_handlers.get(call_id) is handlers:
+                del self._call_handlers[call_id]
+
+        return unsubscribe
+
+    @property
+    def subscriber_count(self) -> int:
+        """Subscriptions currently held (global and per call)."""
+        return len(self._handlers) + sum(len(h) for h in self._call_handlers.values())
 
     async def _emit(self, event: SmsEvent) -> None:
-        for handler in list(self._handlers):
+        for handler in [*self._handlers, *self._call_handlers.get(event.call_id, ())]:
             try:
                 result = handler(event)
                 if inspect.isawaitable(result):
@@ -399,8 +459,12 @@ class Dispatcher:
         if outcome is ClaimOutcome.DUPLICATE:
             _log.info("SMS %s for action %s: duplicate of %s (%s)", key, action.name, stored.key, stored.status)
             return self._result(stored, SendOutcome.DUPLICATE, reason=f"already_{stored.status}")
-        await self._emit(self._event(SmsEventKind.QUEUED, stored))
-        return await self._deliver(stored, sms, resends_left=self._max_resends)
+        self._in_flight.add(key)
+        try:
+            await self._emit(self._event(SmsEventKind.QUEUED, stored))
+            return await self._deliver(stored, sms, resends_left=self._max_resends, final="unconfirmed")
+        finally:
+            self._in_flight.discard(key)
 
     async def _refuse(self, record: OutboxRecord, refused: _Refused) -> SendResult:
         status = "skipped" if refused.outcome is SendOutcome.SKIPPED else "failed"
@@ -411,7 +475,7 @@ class Dispatcher:
             record = dataclasses.replace(record, segments=segments, encoding=str(encoding))
         _log.info("SMS %s for action %s not sent: %s", record.key, record.action, refused.reason)
         outcome, stored = await self.outbox.claim(record, once_per_call=False, max_per_call=1 << 30)
-        if outcome is ClaimOutcome.DUPLICATE and stored.status in ("accepted", "pending", "sending", "ambiguous"):
+        if outcome is ClaimOutcome.DUPLICATE:  # the key stands for a real send: report that, change nothing
             return self._result(stored, SendOutcome.DUPLICATE, reason=f"already_{stored.status}")
         await self._emit(self._event(SmsEventKind.FAILED, record, retryable=refused.outcome is SendOutcome.SKIPPED))
         missing = refused.extra.get("missing", ())
@@ -426,6 +490,7 @@ class Dispatcher:
             sid=record.sid,
             to_masked=mask(record.to_number) if record.to_number else None,
             to_last2=last_digits(record.to_number, 2) if record.to_number else None,
+            to_last4=last_digits(record.to_number, 4) if record.to_number else None,
             segments=record.segments,
             encoding=record.encoding,
             error_code=record.error_code,
@@ -448,12 +513,12 @@ class Dispatcher:
 
         return await retry(once, policy=self.retry_policy, clock=self.clock, on_retry=log_retry)
 
-    async def _deliver(self, record: OutboxRecord, sms: OutboundSms, *, resends_left: int) -> SendResult:
+    async def _deliver(self, record: OutboxRecord, sms: OutboundSms, *, resends_left: int, final: str) -> SendResult:
         try:
             receipt = await self._attempt(record, sms)
         except SendError as exc:
             if exc.ambiguous:
-                return await self._resolve_ambiguous(record, sms, exc, resends_left=resends_left)
+                return await self._resolve_ambiguous(record, sms, exc, resends_left=resends_left, final=final)
             return await self._fail(record, exc)
         return await self._accept(record, receipt)
 
@@ -473,8 +538,8 @@ class Dispatcher:
         await self._emit(self._event(SmsEventKind.SENT, stored))
         return self._result(stored, SendOutcome.ACCEPTED)
 
-    async def _fail(self, record: OutboxRecord, exc: SendError) -> SendResult:
-        status = "ambiguous" if exc.ambiguous else "failed"
+    async def _fail(self, record: OutboxRecord, exc: SendError, *, status: str | None = None) -> SendResult:
+        status = status or ("ambiguous" if exc.ambiguous else "failed")
         stored = await self.outbox.update(
             record.key, now=self.clock.now(), status=status, reason=exc.reason, error_code=exc.code
         )
@@ -487,9 +552,35 @@ class Dispatcher:
         await self._emit(event)
         return self._result(stored, SendOutcome.FAILED, reason=reason, retryable=event.retryable)
 
+    async def _candidate(self, record: OutboxRecord, sms: OutboundSms) -> ProviderReceipt | None:
+        """This row's message among the provider's candidates, claimed for it; ``None`` when none can be.
+
+        Raises:
+            SendError: The provider could not answer.
+        """
+        current = await self.outbox.get(record.key) or record
+        started = current.first_attempt_at if current.first_attempt_at is not None else current.created_at
+        for receipt in await self.provider.find_sent(sms, since=started - self._lookup_skew):
+            claimed = await self.outbox.claim_sid(record.key, receipt.sid, now=self.clock.now())
+            if claimed is not None:
+                return receipt
+            _log.info("SMS %s: candidate %s belongs to another row; not this attempt's", record.key, receipt.sid)
+        return None
+
     async def _resolve_ambiguous(
-        self, record: OutboxRecord, sms: OutboundSms, exc: SendError, *, resends_left: int
+        self, record: OutboxRecord, sms: OutboundSms, exc: SendError, *, resends_left: int, final: str
     ) -> SendResult:
+        """Ask the provider whether the ambiguous attempt created the message; resend only if it did not.
+
+        Args:
+            record: The row.
+            sms: The message as sent.
+            exc: The ambiguous error.
+            resends_left: Resends allowed when the provider positively has no such message.
+            final: Status of the row when the answer stays unknown: ``unconfirmed`` when the
+                caller is told (never resent later), ``ambiguous`` during recovery (asked again
+                by the next pass, until the recovery window closes it).
+        """
         await self.outbox.update(record.key, now=self.clock.now(), status="ambiguous", reason=exc.reason,
                                  error_code=exc.code)
         _log.warning("SMS %s ambiguous (%s): checking with %s before any resend", record.key, exc.reason,
@@ -497,49 +588,111 @@ class Dispatcher:
         for _ in range(self._ambiguity_checks):
             await self.clock.sleep(self._ambiguity_delay)
             try:
-                found = await self.provider.find_sent(sms, since=record.created_at - LOOKUP_SKEW)
+                found = await self._candidate(record, sms)
             except SendError:
                 continue  # the provider could not answer: ask again, never guess
             if found is not None:
                 return await self._accept(record, found)
             if resends_left > 0:
                 _log.info("SMS %s: provider has no such message; resending", record.key)
-                return await self._deliver(record, sms, resends_left=resends_left - 1)
+                return await self._deliver(record, sms, resends_left=resends_left - 1, final=final)
             break
-        return await self._fail(record, exc)
+        return await self._fail(record, exc, status=final)
 
     # -- recovery and status ----------------------------------------------------
 
-    async def recover(self) -> list[SendResult]:
-        """Finish sends a previous process left unfinished (call at start-up).
+    def _outbound(self, record: OutboxRecord) -> OutboundSms:
+        assert record.to_number is not None and record.body is not None
+        return OutboundSms(
+            to=record.to_number,
+            from_=record.from_number,
+            messaging_service_sid=record.messaging_service_sid,
+            body=record.body,
+            key=record.key,
+            media_urls=record.media_urls,
+            status_callback=self._status_callback_url,
+            validity_period=self._validity_period,
+        )
 
-        ``pending`` rows (no request made) are sent; ``sending`` and ``ambiguous``
-        rows are first looked up at the provider and resent only if it has none.
+    async def recover(self, *, min_age: float = 0.0) -> list[SendResult]:
+        """Finish sends a crashed process or an ended call left unfinished.
+
+        * Rows a task of this process is still working on are left alone, and so are rows
+          that changed less than ``min_age`` seconds ago.
+        * Rows older than :attr:`recovery_window` are closed as ``expired`` and never sent
+          (a ``sending``/``ambiguous`` one is looked up once first, so a text that did go out
+          is recorded as ``accepted``, never as expired).
+        * ``pending`` rows (no request made) are sent; ``sending`` and ``ambiguous`` rows are
+          looked up at the provider first and resent only if it positively has none.
+
+        Rows the caller was told about (``unconfirmed``, ``failed``) are terminal and never
+        looked at here.
+
+        Args:
+            min_age: Seconds since a row's last change before this pass touches it.
 
         Returns:
             One result per row handled.
         """
         results = []
+        now = self.clock.now()
         for record in await self.outbox.unfinished():
+            if record.key in self._in_flight or now - record.updated_at < min_age:
+                continue
             if record.to_number is None or record.body is None:
                 continue
-            sms = OutboundSms(
-                to=record.to_number,
-                from_=record.from_number,
-                messaging_service_sid=record.messaging_service_sid,
-                body=record.body,
-                key=record.key,
-                media_urls=record.media_urls,
-                status_callback=self._status_callback_url,
-                validity_period=self._validity_period,
-            )
-            _log.info("recovering SMS %s left %s", record.key, record.status)
-            if record.status == "pending" and record.attempts == 0:
-                results.append(await self._deliver(record, sms, resends_left=self._max_resends))
-            else:
-                crash = SendError("interrupted", kind=SendErrorKind.AMBIGUOUS)
-                results.append(await self._resolve_ambiguous(record, sms, crash, resends_left=self._max_resends))
+            self._in_flight.add(record.key)
+            try:
+                results.append(await self._recover_one(record, now))
+            finally:
+                self._in_flight.discard(record.key)
         return results
+
+    async def _recover_one(self, record: OutboxRecord, now: float) -> SendResult:
+        sms = self._outbound(record)
+        _log.info("recovering SMS %s left %s", record.key, record.status)
+        if now - record.created_at > self.recovery_window:
+            found = None
+            if record.status != "pending" or record.attempts:
+                with contextlib.suppress(SendError):
+                    found = await self._candidate(record, sms)
+            if found is not None:
+                return await self._accept(record, found)
+            _log.info("SMS %s expired unsent (older than %.0f s)", record.key, self.recovery_window)
+            return await self._fail(record, SendError("expired", kind=SendErrorKind.PERMANENT), status="expired")
+        if record.status == "pending" and record.attempts == 0:
+            return await self._deliver(record, sms, resends_left=self._max_resends, final="ambiguous")
+        crash = SendError("interrupted", kind=SendErrorKind.AMBIGUOUS)
+        return await self._resolve_ambiguous(record, sms, crash, resends_left=self._max_resends, final="ambiguous")
+
+    @contextlib.asynccontextmanager
+    async def recovery(self) -> AsyncIterator[None]:
+        """Recover now, then every ``recovery_interval`` seconds while the block runs.
+
+        Use around the life of a worker (the live agent's start-up and shut-down)::
+
+            async with dispatcher.recovery():
+                await serve()
+        """
+        results = await self.recover()
+        if results:
+            _log.info("recovered %d unfinished send(s) from the outbox", len(results))
+
+        async def periodically() -> None:
+            while True:
+                await self.clock.sleep(self._recovery_interval)
+                try:
+                    await self.recover(min_age=self._recovery_min_age)
+                except Exception:  # a broken pass must not end recovery for the worker's life
+                    _log.exception("periodic outbox recovery failed")
+
+        task = asyncio.get_running_loop().create_task(periodically(), name="outbox-recovery")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def handle_status(self, sid: str, status: str, error_code: int | None = None) -> SmsEvent | None:
         """Apply a provider status callback.

@@ -106,6 +106,8 @@ class ActionEngine:
         self.transcript: list[Turn] = []
         self.user_turns = 0
         self._active: set[str] = set()  # actions fired and not (finally) failed/skipped
+        self._running: dict[str, int] = {}  # action -> sends in progress
+        self._results: dict[str, SendResult] = {}  # action -> latest result
         self._extraction: asyncio.Task[None] | None = None
         self._wanted = {
             name: spec.description or name.replace("_", " ")
@@ -187,6 +189,28 @@ class ActionEngine:
         """
         return self._firings([match], at)
 
+    def action_state(self, name: str) -> Literal["idle", "in_progress", "sent", "failed"]:
+        """What this call's action has done so far (the truth a tool result or a UI may report).
+
+        Returns:
+            ``in_progress`` while a send runs, ``sent`` once the provider accepted one,
+            ``failed`` after a final failure (not retried in this call), otherwise ``idle``.
+        """
+        if self._running.get(name):
+            return "in_progress"
+        result = self._results.get(name)
+        if result is None:
+            return "idle"
+        if result.accepted or (result.outcome is SendOutcome.DUPLICATE and result.reason == "already_accepted"):
+            return "sent"
+        if result.outcome in (SendOutcome.FAILED, SendOutcome.SKIPPED) and result.reason in _FINAL_REASONS:
+            return "failed"
+        return "idle"
+
+    def last_result(self, name: str) -> SendResult | None:
+        """The latest send result of action ``name`` in this call, or ``None``."""
+        return self._results.get(name)
+
     def evaluate_now(self, at: At = "turn") -> list[Firing]:
         """Judge synchronously (instant judges only) and claim the firings."""
         request = self.request(at)
@@ -259,6 +283,14 @@ class ActionEngine:
         Never raises for send failures; the outcome's line is honest about them.
         """
         action = firing.action
+        self._running[action.name] = self._running.get(action.name, 0) + 1
+        try:
+            return await self._execute(firing)
+        finally:
+            self._running[action.name] -= 1
+
+    async def _execute(self, firing: Firing) -> ActionOutcome:
+        action = firing.action
         await self._settle_extraction()
         variables = dict(self.variables)
         body = None
@@ -272,6 +304,7 @@ class ActionEngine:
                 _log.warning("prompt content for %s failed (%s); using the template", action.name,
                              exc.__class__.__name__)
         result = await self.dispatcher.send(action, call=self.call, turn=firing.turn, variables=variables, body=body)
+        self._results[action.name] = result
         line = await self._outcome_line(firing, result, variables)
         if result.outcome in (SendOutcome.FAILED, SendOutcome.SKIPPED) and result.reason not in _FINAL_REASONS:
             self._active.discard(action.name)  # may fire again later (e.g. once the variable is known)
@@ -281,7 +314,7 @@ class ActionEngine:
         action = firing.action
         if firing.at == "call_end" or result.outcome is SendOutcome.DUPLICATE:
             return None
-        extra = {"to_last2": result.to_last2 or "", "to_last4": (result.to_last2 or "")}
+        extra = {"to_last2": result.to_last2 or "", "to_last4": result.to_last4 or ""}
         if result.accepted:
             if action.confirmation_prompt and self.writer is not None:
                 try:

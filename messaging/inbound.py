@@ -6,12 +6,17 @@ Twilio posts a form per inbound message. :func:`parse_inbound_form` validates it
 
 1. drops retries (same ``MessageSid`` or ``I-Twilio-Idempotency-Token``),
 2. applies STOP/START keywords to the opt-out list,
-3. hands the message to the live call of (caller number, agent number), if any,
-4. otherwise stores it (never dropped silently, never routed to the wrong call).
+3. hands the message to the live call of (caller number, agent number), if any, and
+   waits until the call has it in its conversation (``DELIVERED``), or until the owning
+   worker took it (``FORWARDED``, multi-worker),
+4. otherwise stores it: no live call, the call ended before the message reached its
+   conversation, or the handler failed or took longer than ``delivery_timeout``. Never
+   dropped silently, never routed to the wrong call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import logging
@@ -152,7 +157,10 @@ def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> 
     )
 
 
-MessageHandler = Callable[[InboundMessage], Awaitable[None]]
+#: A live call's handler: returns once the message is in the call's conversation (``None``), or
+#: ``RouteOutcome.FORWARDED`` when it handed the message to the worker owning the call; raises
+#: when the message could not reach the call (the router then stores it).
+MessageHandler = Callable[[InboundMessage], Awaitable["RouteOutcome | None"]]
 
 
 Unregister = Callable[[], Awaitable[None]]
@@ -199,7 +207,9 @@ class RouteOutcome(enum.StrEnum):
     """What the router did with a message."""
 
     DELIVERED = "delivered"
-    """Handed to the live call."""
+    """In the live call's conversation."""
+    FORWARDED = "forwarded"
+    """Handed to the worker that owns the live call (it delivers or stores it)."""
     STORED = "stored"
     """No live call: kept in the inbound store."""
     DUPLICATE = "duplicate"
@@ -261,6 +271,8 @@ class InboundRouter:
         store_path: SQLite file keeping messages that reached no live call (and keywords).
         clock: ``time.time``-like callable.
         seen: Dedupe memory (in-process by default; ``RedisSeenKeys`` across workers).
+        delivery_timeout: Longest wait (seconds) for a live call to take a message in (media
+            fetch and transcription included); beyond it the message is stored.
     """
 
     def __init__(
@@ -271,8 +283,10 @@ class InboundRouter:
         store_path: str | pathlib.Path = ":memory:",
         clock: Callable[[], float] = time.time,
         seen: SeenKeys | None = None,
+        delivery_timeout: float = 120.0,
     ) -> None:
         self.registry = registry
+        self._delivery_timeout = delivery_timeout
         self.optouts = optouts
         self._db = SqliteDb(store_path, schema=_STORE_SCHEMA)
         self._seen = seen or InProcessSeenKeys()
@@ -304,12 +318,21 @@ class InboundRouter:
             await self._store(message, RouteOutcome.STORED)
             _log.info("inbound %s: no live call, stored", message.describe())
             return RouteOutcome.STORED
+        return await self.hand_over(message, handler)
+
+    async def hand_over(self, message: InboundMessage, handler: MessageHandler) -> RouteOutcome:
+        """Give ``message`` to a live call's ``handler``; store it when it does not get there."""
         try:
-            await handler(message)
-        except Exception:
-            _log.exception("inbound %s: live call handler failed; stored instead", message.sid)
+            async with asyncio.timeout(self._delivery_timeout):
+                result = await handler(message)
+        except Exception as exc:
+            _log.info("inbound %s: not delivered to the live call (%s); stored", message.sid,
+                      exc.__class__.__name__)
             await self._store(message, RouteOutcome.STORED)
             return RouteOutcome.STORED
+        if result is RouteOutcome.FORWARDED:
+            _log.info("inbound %s: forwarded to the worker owning the call", message.describe())
+            return RouteOutcome.FORWARDED
         _log.info("inbound %s: delivered to the live call", message.describe())
         return RouteOutcome.DELIVERED
 

@@ -1,15 +1,34 @@
-"""The durable outbox: one row per idempotency key, one send per key, ever.
+"""The durable outbox: one row per idempotency key; a key is sent at most once, ever.
 
-States of a row (``status``):
+States of a row (``status``)::
 
-* ``pending``: claimed, no request sent yet.
-* ``sending``: a request may be on the wire. After a crash this is treated as
-  *maybe sent*: the provider is asked before any resend.
-* ``accepted``: the provider accepted the message (it has a SID).
-* ``ambiguous``: a request may have created the message and the provider could
-  not confirm either way yet.
-* ``failed``: permanently failed (reason and code recorded); never resent.
-* ``skipped``: never sent on purpose (missing variable, cap, opt-out ...).
+    claim --+--> pending --request--> sending --provider accepted--------------------------> accepted
+            |       |                    |                                                      ^
+            |       |                    +--timeout/5xx/dropped--> ambiguous --lookup finds ----+
+            |       |                                                 |  |     this attempt's message
+            |       |                                                 |  +--lookup: none, resend left--> sending
+            |       |                                                 +--caller told "couldn't confirm"--> unconfirmed
+            |       +--recovery: older than the window (also sending/ambiguous rows)--> expired
+            +--refused before the provider, or permanent error--> failed | skipped
+
+    accepted, unconfirmed and expired are terminal; failed and skipped sent nothing, so a
+    re-fire of the same key replaces them.
+
+* ``pending``: claimed, no request written yet. Recovery sends it while it is younger
+  than the recovery window; older, it becomes ``expired``.
+* ``sending``: a request may be on the wire. After a crash or a cancelled call this is
+  *maybe sent*: recovery asks the provider before any resend.
+* ``ambiguous``: a request may have created the message and the provider could not
+  confirm either way yet; nobody was told an outcome. Recovery keeps asking (within the
+  window); it resends only when the provider positively has no such message.
+* ``accepted``: the provider accepted the message; ``sid`` holds its id (unique across
+  rows: a message found by a lookup is claimed by exactly one row).
+* ``unconfirmed``: the caller was told the text could not be confirmed. Terminal: never
+  resent, whatever a later lookup would say.
+* ``failed``: certainly not sent (permanent error, or retryable errors exhausted);
+  ``skipped``: not sent on purpose (missing variable, caps, opt-out). Neither blocks the
+  key: a later firing with the same key (same call, action and turn) replaces the row.
+* ``expired``: closed by recovery because it was too old to be useful; never sent.
 
 Delivery progress from status callbacks lives in ``delivery`` (``queued``,
 ``sent``, ``delivered``, ``undelivered``, ``failed``) and only moves forward.
@@ -19,13 +38,26 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import pathlib
 import sqlite3
 from typing import Any
 
 from messaging.store import SqliteDb, transaction
 
-__all__ = ["ClaimOutcome", "Outbox", "OutboxRecord", "idempotency_key"]
+__all__ = ["ClaimOutcome", "Outbox", "OutboxRecord", "SidTakenError", "idempotency_key"]
+
+_log = logging.getLogger(__name__)
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an outbox file of an earlier version up to date (run before the schema script)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if not columns:
+        return
+    if "first_attempt_at" not in columns:
+        conn.execute("ALTER TABLE outbox ADD COLUMN first_attempt_at REAL")
+    conn.execute("DROP INDEX IF EXISTS outbox_sid")  # replaced by the unique index
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -45,20 +77,33 @@ CREATE TABLE IF NOT EXISTS outbox (
     reason TEXT,
     error_code INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_at REAL,
     delivery TEXT,
     delivery_error INTEGER,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_call ON outbox(call_id, action);
-CREATE INDEX IF NOT EXISTS outbox_sid ON outbox(sid);
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status);
 CREATE INDEX IF NOT EXISTS outbox_destination ON outbox(to_number, created_at);
 """
 
+_SID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS outbox_sid_unique ON outbox(sid) WHERE sid IS NOT NULL"
+
+
+def _ensure_sid_index(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute(_SID_INDEX)
+    except sqlite3.IntegrityError:  # an old file with one SID on two rows: keep it usable
+        _log.warning("outbox has a provider SID on several rows; SID uniqueness is checked per claim only")
+
+
 #: Statuses that count as "this action has texted (or may have) in this call".
-ACTIVE_STATUSES = ("pending", "sending", "accepted", "ambiguous")
+ACTIVE_STATUSES = ("pending", "sending", "accepted", "ambiguous", "unconfirmed")
+#: Statuses recovery looks at.
 UNFINISHED_STATUSES = ("pending", "sending", "ambiguous")
+#: Statuses of rows that certainly sent nothing: a new claim of the same key replaces them.
+REPLACEABLE_STATUSES = ("failed", "skipped")
 
 _DELIVERY_RANK = {
     "accepted": 0,
@@ -75,6 +120,10 @@ _DELIVERY_RANK = {
     "canceled": 4,
 }
 _TERMINAL_DELIVERY = frozenset({"delivered", "read", "undelivered", "failed", "canceled"})
+
+
+class SidTakenError(Exception):
+    """The provider SID being recorded already belongs to another outbox row."""
 
 
 def idempotency_key(call_id: str, action: str, turn: int) -> str:
@@ -110,6 +159,7 @@ class OutboxRecord:
     reason: str | None = None
     error_code: int | None = None
     attempts: int = 0
+    first_attempt_at: float | None = None
     delivery: str | None = None
     delivery_error: int | None = None
     created_at: float = 0.0
@@ -138,7 +188,8 @@ class Outbox:
     """
 
     def __init__(self, path: str | pathlib.Path = ":memory:") -> None:
-        self._db = SqliteDb(path, schema=_SCHEMA)
+        self._db = SqliteDb(path, schema=_SCHEMA, migrate=_migrate)
+        self._db.run_sync(_ensure_sid_index)
 
     @property
     def path(self) -> str:
@@ -160,6 +211,9 @@ class Outbox:
     ) -> tuple[ClaimOutcome, OutboxRecord]:
         """Atomically insert ``record`` unless it would duplicate or exceed a cap.
 
+        A row already standing for the key blocks the claim unless it is ``failed`` or
+        ``skipped`` (nothing was sent): then the new record replaces it.
+
         Args:
             record: The new row (status ``pending`` or ``skipped``/``failed`` for
                 sends refused before the provider).
@@ -176,9 +230,9 @@ class Outbox:
 
         def _claim(conn: sqlite3.Connection) -> tuple[ClaimOutcome, OutboxRecord]:
             with transaction(conn):
-                row = conn.execute("SELECT * FROM outbox WHERE key = ?", (record.key,)).fetchone()
-                if row is not None:
-                    return ClaimOutcome.DUPLICATE, OutboxRecord._from_row(row)
+                existing = conn.execute("SELECT * FROM outbox WHERE key = ?", (record.key,)).fetchone()
+                if existing is not None and existing["status"] not in REPLACEABLE_STATUSES:
+                    return ClaimOutcome.DUPLICATE, OutboxRecord._from_row(existing)
                 if record.status == "pending":
                     marks = ",".join("?" * len(ACTIVE_STATUSES))
                     if once_per_call:
@@ -203,6 +257,8 @@ class Outbox:
                         ).fetchone()
                         if sent_to >= max_per_destination:
                             return ClaimOutcome.LIMIT_REACHED, record
+                if existing is not None:  # a refusal or a certain failure sent nothing, so it blocks nothing
+                    conn.execute("DELETE FROM outbox WHERE key = ?", (record.key,))
                 self._insert(conn, record)
                 return ClaimOutcome.CREATED, record
 
@@ -219,30 +275,70 @@ class Outbox:
     async def update(self, key: str, *, now: float, **fields: Any) -> OutboxRecord:
         """Set ``fields`` on the row ``key`` and return the updated row.
 
+        ``attempts="+1"`` increments the attempt count (and sets ``first_attempt_at`` to
+        ``now`` on the first attempt).
+
         Raises:
             KeyError: No row has that key.
+            SidTakenError: ``sid`` is already the SID of another row.
         """
-        allowed = {f.name for f in dataclasses.fields(OutboxRecord)} - {"key", "created_at"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"unknown outbox fields: {sorted(unknown)}")
+        self._check_fields(fields)
 
         def _update(conn: sqlite3.Connection) -> OutboxRecord:
             values = dict(fields, updated_at=now, key=key)
             if "attempts" in values and values["attempts"] == "+1":
                 values.pop("attempts")
-                sets = ["attempts = attempts + 1"]
+                sets = ["attempts = attempts + 1", "first_attempt_at = COALESCE(first_attempt_at, :updated_at)"]
             else:
                 sets = []
             sets += [f"{c} = :{c}" for c in values if c != "key"]
-            with transaction(conn):
-                conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE key = :key", values)
-                row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+            try:
+                with transaction(conn):
+                    conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE key = :key", values)
+                    row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+            except sqlite3.IntegrityError:
+                raise SidTakenError(key) from None
             if row is None:
                 raise KeyError(key)
             return OutboxRecord._from_row(row)
 
         return await self._db.run(_update)
+
+    @staticmethod
+    def _check_fields(fields: dict[str, Any]) -> None:
+        allowed = {f.name for f in dataclasses.fields(OutboxRecord)} - {"key", "created_at"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown outbox fields: {sorted(unknown)}")
+
+    async def claim_sid(self, key: str, sid: str, *, now: float, **fields: Any) -> OutboxRecord | None:
+        """Record ``sid`` as the message of row ``key`` unless another row already has it.
+
+        Used when a lookup after an ambiguous error finds a candidate message: a message is
+        claimed by exactly one row, so two identical texts can never share one SID.
+
+        Returns:
+            The updated row, or ``None`` when ``sid`` belongs to another row.
+        """
+
+        def _claim_sid(conn: sqlite3.Connection) -> OutboxRecord | None:
+            values = dict(fields, sid=sid, updated_at=now, key=key)
+            sets = ", ".join(f"{c} = :{c}" for c in values if c != "key")
+            try:
+                with transaction(conn):
+                    other = conn.execute("SELECT 1 FROM outbox WHERE sid = ? AND key != ?", (sid, key)).fetchone()
+                    if other is not None:
+                        return None
+                    conn.execute(f"UPDATE outbox SET {sets} WHERE key = :key", values)
+                    row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+            except sqlite3.IntegrityError:
+                return None
+            if row is None:
+                raise KeyError(key)
+            return OutboxRecord._from_row(row)
+
+        self._check_fields(fields)
+        return await self._db.run(_claim_sid)
 
     async def get(self, key: str) -> OutboxRecord | None:
         """The row for ``key``, or ``None``."""

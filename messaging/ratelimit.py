@@ -8,7 +8,6 @@ default (a Redis implementation shares it across workers: issue 7).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Mapping
 from typing import Protocol
@@ -64,22 +63,27 @@ class TokenBucketLimiter:
         self._max_wait = max_wait
         self._clock = clock or SystemClock()
         self._buckets: dict[str, _Bucket] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
 
     async def acquire(self, sender: str, segments: int) -> float:
-        """Reserve ``segments`` for ``sender``, sleeping on the clock if needed."""
+        """Reserve ``segments`` for ``sender`` now, then sleep until the reservation is due.
+
+        The reservation is taken at once (no lock is held while sleeping), so concurrent sends
+        queue by reservation and every wait is known, and bounded by ``max_wait``, up front:
+        the same rule as the Redis limiter.
+
+        Raises:
+            TimeoutError: The wait would exceed ``max_wait`` (nothing is reserved then).
+        """
         rate = self._rates.get(sender, self._rate)
-        lock = self._locks.setdefault(sender, asyncio.Lock())
-        async with lock:
-            now = self._clock.monotonic()
-            bucket = self._buckets.setdefault(sender, _Bucket(tokens=self._burst, updated=now))
-            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * rate)
-            bucket.updated = now
-            needed = max(1, segments)
-            wait = max(0.0, (needed - bucket.tokens) / rate)
-            if wait > self._max_wait:
-                raise TimeoutError(f"sender busy for {wait:.1f}s")
-            bucket.tokens -= needed  # may go negative: the debt is the wait
-            if wait:
-                await self._clock.sleep(wait)
-            return wait
+        now = self._clock.monotonic()
+        bucket = self._buckets.setdefault(sender, _Bucket(tokens=self._burst, updated=now))
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        needed = max(1, segments)
+        wait = max(0.0, (needed - bucket.tokens) / rate)
+        if wait > self._max_wait:
+            raise TimeoutError(f"sender busy for {wait:.1f}s")
+        bucket.tokens -= needed  # may go negative: the debt is the wait of later senders
+        if wait:
+            await self._clock.sleep(wait)
+        return wait

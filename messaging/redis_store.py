@@ -142,7 +142,9 @@ class RedisCallRegistry:
         self._ttl = ttl
         self._prefix = prefix
         self._local: dict[tuple[str, str], Any] = {}
+        self._routed: set[Any] = set()  # tasks delivering routed messages
         self.status_handler: Any = None  # async (sid, status, error_code) -> None, for routed callbacks
+        self.deliver: Any = None  # async (message, handler) -> outcome: the router's hand_over
         self._pubsub: Any = None
         self._listener: Any = None
         self.forwarded = 0
@@ -163,6 +165,7 @@ class RedisCallRegistry:
         self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
+        import asyncio
         import json
         import logging
 
@@ -186,16 +189,29 @@ class RedisCallRegistry:
                 log.warning("malformed routed message ignored")
                 continue
             self.received += 1
-            handler = self._local.get((message.from_number, message.to_number))
-            try:
-                if handler is not None:
-                    await handler(message)
-                elif self.orphan is not None:
-                    await self.orphan(message)
-            except Exception:
-                log.exception("routed message %s could not be handled", message.sid)
-                if self.orphan is not None:
-                    await self.orphan(message)
+            # one task per message: a slow media download must not hold up the channel
+            task = asyncio.get_running_loop().create_task(self._deliver_routed(message))
+            self._routed.add(task)
+            task.add_done_callback(self._routed.discard)
+
+    async def _deliver_routed(self, message: Any) -> None:
+        """Deliver a message routed here to its local call; store it (``orphan``) when it does not get there."""
+        import logging
+
+        handler = self._local.get((message.from_number, message.to_number))
+        try:
+            if handler is None:
+                raise LookupError("the call is no longer on this worker")
+            if self.deliver is not None:
+                outcome = await self.deliver(message, handler)  # the router's hand_over: stores on failure
+                logging.getLogger(__name__).info("routed message %s: %s", message.sid, outcome)
+                return
+            await handler(message)
+        except Exception as exc:
+            logging.getLogger(__name__).info("routed message %s not delivered (%s); stored", message.sid,
+                                             exc.__class__.__name__)
+            if self.orphan is not None:
+                await self.orphan(message)
 
     async def register(self, caller: str, agent: str, handler: Any) -> Any:
         """Own the call of (``caller``, ``agent``) on this worker."""
@@ -234,6 +250,9 @@ class RedisCallRegistry:
             if not receivers:
                 raise RuntimeError("the worker owning the call is gone")
             self.forwarded += 1
+            from messaging.inbound import RouteOutcome
+
+            return RouteOutcome.FORWARDED
 
         return forward
 
@@ -260,5 +279,7 @@ class RedisCallRegistry:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
+        if self._routed:  # deliveries in progress finish (or store) before the worker goes
+            await asyncio.wait(set(self._routed), timeout=10)
         if self._pubsub is not None:
             await self._pubsub.aclose()

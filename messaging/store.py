@@ -25,22 +25,31 @@ class SqliteDb:
     Args:
         path: Database file; ``":memory:"`` for a private in-memory database.
         schema: SQL script run once when opened (``CREATE TABLE IF NOT EXISTS ...``).
+        migrate: Run before ``schema`` to bring an existing file up to date (add columns).
     """
 
-    def __init__(self, path: str | pathlib.Path, *, schema: str) -> None:
+    def __init__(
+        self,
+        path: str | pathlib.Path,
+        *,
+        schema: str,
+        migrate: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
-        self._executor.submit(self._open, schema).result()
+        self._executor.submit(self._open, schema, migrate).result()
 
-    def _open(self, schema: str) -> None:
+    def _open(self, schema: str, migrate: Callable[[sqlite3.Connection], None] | None) -> None:
         conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=10000")
+        if migrate is not None:
+            migrate(conn)
         conn.executescript(schema)
         self._conn = conn
 

@@ -1,8 +1,10 @@
 """The live phone agent: Twilio voice webhook, Media Streams websocket, one pipecat pipeline per call.
 
-One app, one port: ``POST /voice`` (TwiML ``<Connect><Stream>`` passing the caller and
-called numbers as stream parameters), ``WS /media`` (the call), ``POST /sms/inbound``
-and ``POST /sms/status`` (see :mod:`pipeline.server`).
+One app, one port: ``POST /voice`` (signed; TwiML ``<Connect><Stream>`` carrying a
+single-use token bound to the call, see :mod:`messaging.call_binding`), ``WS /media``
+(the call; the handshake's ``X-Twilio-Signature`` and the token are checked before any
+pipeline is built), ``POST /sms/inbound`` and ``POST /sms/status`` (see
+:mod:`pipeline.server`).
 
 Per call: ``TwilioFrameSerializer`` over pipecat's FastAPI websocket transport, Deepgram
 STT, the agent LLM (pipecat's ``OpenAILLMService``: OpenAI or any compatible endpoint),
@@ -13,24 +15,32 @@ inbound-message injection. Settings come from the environment (:class:`LiveSetti
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import pathlib
-from collections.abc import Mapping
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import Response
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import PlainTextResponse, Response
+from twilio.request_validator import RequestValidator
 
 from media.fetch import MediaFetcher
 from media.transcribe import DeepgramPrerecordedTranscriber
 from messaging.actions import load_actions
+from messaging.call_binding import CALL_SID, STREAM_SID, CallBinder, StreamAuthError
 from messaging.dispatcher import CallContext, Dispatcher
 from messaging.engine import ActionEngine
 from messaging.errors import InvalidPhoneNumberError, SmsError
-from messaging.inbound import InboundRouter, InProcessCallRegistry
+from messaging.inbound import InboundRouter, InProcessCallRegistry, InProcessSeenKeys
 from messaging.judges.embedded import EmbeddedJudge
 from messaging.optout import SqliteOptOutStore
 from messaging.outbox import Outbox
@@ -40,7 +50,7 @@ from messaging.ratelimit import TokenBucketLimiter
 from messaging.variables import PatternExtractor
 from pipeline.server import WebhookService, WebhookSettings, create_app
 
-__all__ = ["LiveAgent", "LiveSettings", "SettingsError"]
+__all__ = ["CallRecorder", "LiveAgent", "LiveSettings", "SettingsError", "TwilioStream"]
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +88,7 @@ class LiveSettings:
     record_unmasked: bool = False
     sender_rate: float = 1.0
     redis_url: str | None = None
+    stream_token_ttl: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> LiveSettings:
@@ -124,6 +135,7 @@ class LiveSettings:
             record_unmasked=env.get("SMS_RECORD_UNMASKED", "") == "1",
             sender_rate=_positive_float(env.get("SMS_SENDER_RATE", "1.0"), "SMS_SENDER_RATE"),
             redis_url=env.get("REDIS_URL") or None,
+            stream_token_ttl=_positive_float(env.get("SMS_STREAM_TOKEN_TTL", "120"), "SMS_STREAM_TOKEN_TTL"),
         )
 
 
@@ -135,6 +147,33 @@ def _positive_float(raw: str, name: str) -> float:
     if value <= 0:
         raise SettingsError(f"{name} must be > 0")
     return value
+
+
+def _e164_or_empty(raw: str | None) -> str:
+    """``raw`` as E.164, or ``""`` (anonymous callers, SIP/client identities, garbage)."""
+    if not raw:
+        return ""
+    try:
+        return normalize_e164(raw, default_region=None, field="number", allow_premium=True)
+    except InvalidPhoneNumberError:
+        return ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TwilioStream:
+    """An authenticated media stream: SIDs checked, numbers from the signed voice webhook.
+
+    Attributes:
+        call_sid: The call (``CA`` + 32 hex digits).
+        stream_sid: The stream (``MZ`` + 32 hex digits).
+        caller: The caller (E.164), or ``None`` when Twilio gave no number.
+        agent_number: The called number (E.164), or ``None``.
+    """
+
+    call_sid: str
+    stream_sid: str
+    caller: str | None
+    agent_number: str | None
 
 
 def stream_twiml(*, ws_url: str, params: Mapping[str, str]) -> str:
@@ -149,9 +188,14 @@ class LiveAgent:
 
     Args:
         settings: Live settings.
+        clock: ``time.time``-like callable for stream-token expiry (tests).
+
+    Attributes:
+        stream_refusals: Media streams refused (unsigned, forged, unbound, reused, malformed).
+        refusal_reasons: The same, counted per reason.
     """
 
-    def __init__(self, settings: LiveSettings) -> None:
+    def __init__(self, settings: LiveSettings, *, clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
         state = pathlib.Path(settings.state_dir)
         state.mkdir(parents=True, exist_ok=True)
@@ -187,8 +231,16 @@ class LiveAgent:
             self.registry = RedisCallRegistry(self.redis, worker_id=f"{socket.gethostname()}-{_os.getpid()}")
         self.router = InboundRouter(registry=self.registry, optouts=self.optouts, store_path=state / "inbound.db",
                                     seen=seen)
+        # single-use stream tokens, shared by every worker (Redis) so a token cannot be used twice anywhere
+        self.binder = CallBinder(auth_token=settings.auth_token, ttl=settings.stream_token_ttl,
+                                 seen=seen or InProcessSeenKeys(ttl=settings.stream_token_ttl * 2),
+                                 clock=clock or time.time)
+        self._validator = RequestValidator(settings.auth_token)
+        self.stream_refusals = 0
+        self.refusal_reasons: collections.Counter[str] = collections.Counter()
         if self.redis is not None:
             self.registry.orphan = self.router.store_unrouted
+            self.registry.deliver = self.router.hand_over
         status_router = None
         if self.redis is not None:  # status callbacks reach the worker that sent the message
             status_router = self.registry.route_status
@@ -210,16 +262,17 @@ class LiveAgent:
         self.transcriber = DeepgramPrerecordedTranscriber(
             api_key=settings.deepgram_api_key, base_url=deepgram_http or "https://api.deepgram.com")
         self.calls: dict[str, Any] = {}
+        self.ready = False
+        self._lifetime = contextlib.AsyncExitStack()
         self.app = self._build_app()
 
     async def startup(self) -> None:
-        """Warm the provider up, join the shared call registry, finish sends a previous run left unfinished."""
+        """Warm the provider up, join the shared call registry, recover the outbox (now and periodically)."""
         await self.provider.warm_up()
         if hasattr(self.registry, "start"):
             await self.registry.start()
-        results = await self.dispatcher.recover()
-        if results:
-            _log.info("recovered %d unfinished send(s) from the outbox", len(results))
+        await self._lifetime.enter_async_context(self.dispatcher.recovery())
+        self.ready = True
 
     def _build_app(self) -> FastAPI:
         app = create_app(self.webhooks, startup=self.startup, shutdown=self.aclose)
@@ -230,45 +283,115 @@ class LiveAgent:
             form = await agent.webhooks.signed_form(request)
             if isinstance(form, Response):
                 return form
-            ws_url = agent.settings.public_url.replace("https://", "wss://").replace("http://", "ws://") + "/media"
-            twiml = stream_twiml(ws_url=ws_url, params={
-                "from_number": form.get("From", ""), "to_number": form.get("To", ""),
-                "call_sid": form.get("CallSid", ""),
-            })
-            return Response(twiml, media_type="text/xml")
+            try:
+                token = agent.binder.mint(call_sid=form.get("CallSid", ""), caller=_e164_or_empty(form.get("From")),
+                                          agent_number=_e164_or_empty(form.get("To")))
+            except StreamAuthError:
+                return PlainTextResponse("invalid CallSid", status_code=400)
+            return Response(stream_twiml(ws_url=agent.stream_url, params={"token": token}), media_type="text/xml")
 
         @app.websocket("/media")
         async def media(websocket: WebSocket) -> None:
+            signature = websocket.headers.get("x-twilio-signature", "")
+            if not signature or not agent._validator.validate(agent.stream_url, {}, signature):
+                agent._refuse("unsigned or forged handshake")
+                await websocket.close(code=1008)  # before accept: the client gets HTTP 403
+                return
             await websocket.accept()
-            recorder = CallRecorder(websocket, unmasked=agent.settings.record_unmasked) \
-                if agent.settings.record_dir else None
+            recorder = CallRecorder(websocket, folder=pathlib.Path(agent.settings.record_dir),
+                                    unmasked=agent.settings.record_unmasked) if agent.settings.record_dir else None
             try:
-                await agent.run_call(websocket, recorder=recorder)
+                stream = await agent.authenticate_stream(websocket)
+            except StreamAuthError as exc:
+                agent._refuse(exc.reason)
+                with contextlib.suppress(Exception):
+                    await websocket.close(code=1008)
+                if recorder is not None:
+                    recorder.discard()
+                return
+            try:
+                await agent.run_call(websocket, stream=stream, recorder=recorder)
             finally:
                 if recorder is not None:
-                    recorder.save(pathlib.Path(agent.settings.record_dir or "."))
+                    await recorder.close()
 
         return app
 
-    async def _caller_number(self, call_data: Any) -> str | None:
-        raw = call_data.from_number if hasattr(call_data, "from_number") else None
-        if not raw and call_data.call_id:
-            try:  # fall back to the Calls API
-                client = self.provider._get_client()
-                async with asyncio.timeout(5):
-                    call = await client.calls(call_data.call_id).fetch_async()
-                raw = getattr(call, "_from", None)  # E.164 (from_formatted is for display)
-            except Exception as exc:
-                _log.warning("caller number lookup failed (%s)", exc.__class__.__name__)
-        if not raw:
-            return None
-        try:
-            return normalize_e164(raw, default_region=None, field="from_number", allow_premium=True)
-        except InvalidPhoneNumberError:
-            return None
+    @property
+    def stream_url(self) -> str:
+        """The media-stream URL Twilio connects to (and signs): ``wss://<public host>/media``."""
+        return self.settings.public_url.replace("https://", "wss://").replace("http://", "ws://") + "/media"
 
-    async def run_call(self, websocket: WebSocket, *, recorder: CallRecorder | None = None) -> None:
-        """Run one call's pipeline on an accepted Media Streams websocket."""
+    def _refuse(self, reason: str) -> None:
+        self.stream_refusals += 1
+        self.refusal_reasons[reason] += 1
+        _log.warning("media stream refused: %s", reason)
+
+    async def authenticate_stream(self, websocket: WebSocket, *, start_wait: float = 10.0) -> TwilioStream:
+        """Read the stream's ``connected`` and ``start`` messages and check them against the signed call.
+
+        Args:
+            websocket: The accepted websocket (its handshake signature was checked).
+            start_wait: Seconds Twilio has to send ``start``.
+
+        Raises:
+            StreamAuthError: Malformed messages, SIDs of the wrong shape, another account,
+                a missing, forged, expired, reused or foreign token, or numbers in the
+                stream parameters that differ from the signed call.
+        """
+        try:
+            async with asyncio.timeout(start_wait):
+                start: dict[str, Any] | None = None
+                for _ in range(3):  # connected, then start
+                    message = json.loads(await websocket.receive_text())
+                    if isinstance(message, dict) and message.get("event") == "start":
+                        start = message
+                        break
+                    if not isinstance(message, dict) or message.get("event") != "connected":
+                        raise StreamAuthError("unexpected message before start")
+        except TimeoutError:
+            raise StreamAuthError("no start message") from None
+        except (ValueError, KeyError, RuntimeError, WebSocketDisconnect):
+            raise StreamAuthError("malformed or closed before start") from None
+        if start is None:
+            raise StreamAuthError("no start message")
+        body = start.get("start")
+        if not isinstance(body, dict):
+            raise StreamAuthError("malformed start message")
+        call_sid, stream_sid = str(body.get("callSid", "")), str(body.get("streamSid", ""))
+        if not CALL_SID.match(call_sid):
+            raise StreamAuthError("malformed call SID")
+        if not STREAM_SID.match(stream_sid) or start.get("streamSid", stream_sid) != stream_sid:
+            raise StreamAuthError("malformed stream SID")
+        if body.get("accountSid") != self.settings.account_sid:
+            raise StreamAuthError("stream of another account")
+        params = body.get("customParameters") or {}
+        if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+            raise StreamAuthError("malformed stream parameters")
+        binding = await self.binder.redeem(params.get("token", ""), call_sid=call_sid)
+        for key, signed in (("from_number", binding.caller), ("to_number", binding.agent_number)):
+            if key in params and _e164_or_empty(params[key]) != signed:
+                raise StreamAuthError(f"stream parameter {key} differs from the signed call")
+        return TwilioStream(call_sid=call_sid, stream_sid=stream_sid, caller=binding.caller or None,
+                            agent_number=binding.agent_number or None)
+
+    async def _caller_number(self, stream: TwilioStream) -> str | None:
+        """The caller's number from the signed call, else from the Calls API (by the verified call SID)."""
+        if stream.caller:
+            return stream.caller
+        try:
+            client = self.provider._get_client()
+            async with asyncio.timeout(5):
+                call = await client.calls(stream.call_sid).fetch_async()
+            raw = getattr(call, "_from", None)  # E.164 (from_formatted is for display)
+        except Exception as exc:
+            _log.warning("caller number lookup failed (%s)", exc.__class__.__name__)
+            return None
+        return _e164_or_empty(raw) or None
+
+    async def run_call(self, websocket: WebSocket, *, stream: TwilioStream,
+                       recorder: CallRecorder | None = None) -> None:
+        """Run one call's pipeline on an accepted, authenticated Media Streams websocket."""
         from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.pipeline.pipeline import Pipeline
         from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -277,7 +400,6 @@ class LiveAgent:
             LLMContextAggregatorPair,
             LLMUserAggregatorParams,
         )
-        from pipecat.runner.utils import parse_telephony_websocket
         from pipecat.serializers.twilio import TwilioFrameSerializer
         from pipecat.services.deepgram.stt import DeepgramSTTService
         from pipecat.services.openai.llm import OpenAILLMService
@@ -288,18 +410,12 @@ class LiveAgent:
         from processors.sms_actions import SmsActionProcessor
 
         settings = self.settings
-        _transport_type, call_data = await parse_telephony_websocket(websocket)
-        call_sid = call_data.call_id or "unknown"
-        caller = await self._caller_number(call_data)
-        agent_number = None
-        if getattr(call_data, "to_number", None):
-            try:
-                agent_number = normalize_e164(call_data.to_number, default_region=None, field="to_number")
-            except InvalidPhoneNumberError:
-                agent_number = None
+        call_sid = stream.call_sid
+        caller = await self._caller_number(stream)
+        agent_number = stream.agent_number
         _log.info("call %s from %s to %s", call_sid, mask(caller), mask(agent_number))
         serializer = TwilioFrameSerializer(
-            call_data.stream_id, call_sid, settings.account_sid, settings.auth_token,
+            stream.stream_sid, call_sid, settings.account_sid, settings.auth_token,
             base_url=settings.twilio_api_base_url,
         )
         transport = FastAPIWebsocketTransport(websocket, FastAPIWebsocketParams(
@@ -327,7 +443,7 @@ class LiveAgent:
         pair = LLMContextAggregatorPair(LLMContext(), user_params=LLMUserAggregatorParams(
             vad_analyzer=SileroVADAnalyzer()))
         if recorder is not None:
-            recorder.call_sid, recorder.caller, recorder.agent_number = call_sid, caller or "", agent_number or ""
+            recorder.bind(call_sid=call_sid, caller=caller or "", agent_number=agent_number or "")
         stages: list[Any] = [transport.input(), stt]
         if recorder is not None:
             stages.append(recorder.transcripts())
@@ -353,6 +469,8 @@ class LiveAgent:
 
     async def aclose(self) -> None:
         """Release shared resources (after the webhook work drained)."""
+        self.ready = False
+        await self._lifetime.aclose()  # stops periodic recovery
         await self.provider.aclose()
         await self.fetcher.aclose()
         await self.transcriber.aclose()
@@ -367,23 +485,38 @@ class LiveAgent:
 
 
 class CallRecorder:
-    """Writes a live call as a recording (``incall-sms-recording/1``) for replays.
+    """Writes a live call as a recording (``incall-sms-recording/1``) for replays, streamed to disk.
 
-    Captures the Media Streams messages exactly as received and the final STT results;
-    phone numbers are masked unless ``unmasked``.
+    Captures the Media Streams messages exactly as received and the final STT results. Lines
+    go through a queue to a writer thread, so neither memory nor the event loop carries the
+    call: a 30-minute call is ~90,000 media messages. Phone numbers are masked unless
+    ``unmasked``; the stream token is never written. Nothing is written for a stream that is
+    refused (:meth:`discard`), and the file name is only ever the verified call SID.
+
+    Args:
+        websocket: The accepted Media Streams websocket (its ASGI ``receive`` is wrapped).
+        folder: Where ``<call_sid>.jsonl`` and ``<call_sid>.meta.json`` go.
+        unmasked: Keep phone numbers as they are.
+        max_early_messages: Messages kept before :meth:`bind` (the stream is not verified yet).
     """
 
-    def __init__(self, websocket: WebSocket, *, unmasked: bool = False) -> None:
-        import time
-
+    def __init__(self, websocket: Any, *, folder: pathlib.Path, unmasked: bool = False,
+                 max_early_messages: int = 8) -> None:
         self._clock = time.monotonic
         self._t0 = self._clock()
+        self._folder = folder
         self._unmasked = unmasked
-        self.messages: list[dict[str, Any]] = []
+        self._early: list[str] = []
+        self._max_early = max_early_messages
+        self._queue: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._path: pathlib.Path | None = None
+        self._closed = False
         self.stt: list[dict[str, Any]] = []
         self.call_sid = ""
         self.caller = ""
         self.agent_number = ""
+        self.count = 0
         original = websocket._receive
 
         async def receive() -> Any:
@@ -398,18 +531,68 @@ class CallRecorder:
         return number if self._unmasked or not number else mask(number)
 
     def _capture(self, text: str) -> None:
-        import json
-
+        if self._closed:
+            return
         try:
             message = json.loads(text)
         except ValueError:
             return
         params = message.get("start", {}).get("customParameters") if isinstance(message, dict) else None
         if isinstance(params, dict):
+            params.pop("token", None)
             for key in ("from_number", "to_number"):
                 if key in params:
                     params[key] = self._mask(str(params[key]))
-        self.messages.append({"t": round(self._clock() - self._t0, 3), "message": message})
+        line = json.dumps({"t": round(self._clock() - self._t0, 3), "message": message}) + "\n"
+        if self._writer is None:
+            if len(self._early) < self._max_early:
+                self._early.append(line)
+            return
+        self._queue.put(line)
+        self.count += 1
+
+    def bind(self, *, call_sid: str, caller: str, agent_number: str) -> None:
+        """Start writing: the stream was verified as call ``call_sid``.
+
+        Raises:
+            ValueError: ``call_sid`` is not a Twilio call SID (it becomes the file name).
+        """
+        if not CALL_SID.match(call_sid):
+            raise ValueError("call_sid must be a Twilio call SID")
+        self.call_sid, self.caller, self.agent_number = call_sid, caller, agent_number
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._path = self._folder / f"{call_sid}.jsonl"
+        for line in self._early:
+            self._queue.put(line)
+            self.count += 1
+        self._early = []
+        self._writer = threading.Thread(target=self._write, args=(self._path,), name="call-recorder", daemon=True)
+        self._writer.start()
+
+    def _write(self, path: pathlib.Path) -> None:
+        with path.open("w", encoding="utf-8") as out:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    out.flush()
+                    item.set()
+                    continue
+                out.write(item)
+
+    async def flush(self) -> None:
+        """Wait until everything captured so far is on disk."""
+        if self._writer is None:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        await asyncio.to_thread(done.wait)
+
+    def discard(self) -> None:
+        """Write nothing (the stream was refused)."""
+        self._closed = True
+        self._early = []
 
     def transcripts(self) -> Any:
         """A pass-through processor (after STT) recording final transcripts with their times."""
@@ -427,21 +610,21 @@ class CallRecorder:
 
         return _Tap()
 
-    def save(self, folder: pathlib.Path) -> pathlib.Path | None:
-        """Write ``<call_sid>.jsonl`` and ``<call_sid>.meta.json`` into ``folder``."""
-        import json
-
+    async def close(self) -> pathlib.Path | None:
+        """Finish the file and write ``<call_sid>.meta.json`` (off the event loop)."""
+        if self._closed:
+            return None
+        self._closed = True
+        if self._writer is None or self._path is None:
+            return None
+        self._queue.put(None)
+        await asyncio.to_thread(self._writer.join)
         from pipeline.recording import FORMAT
 
-        if not self.messages:
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        name = self.call_sid or "call"
-        events = folder / f"{name}.jsonl"
-        events.write_text("".join(json.dumps(m) + "\n" for m in self.messages), encoding="utf-8")
-        meta = {"format": FORMAT, "call_sid": name, "caller": self._mask(self.caller),
+        meta = {"format": FORMAT, "call_sid": self.call_sid, "caller": self._mask(self.caller),
                 "agent_number": self._mask(self.agent_number), "stt": self.stt,
                 "description": "recorded from a live call"}
-        (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _log.info("call %s recorded (%d messages)", name, len(self.messages))
-        return events
+        meta_path = self._folder / f"{self.call_sid}.meta.json"
+        await asyncio.to_thread(meta_path.write_text, json.dumps(meta, indent=2) + "\n", "utf-8")
+        _log.info("call %s recorded (%d messages)", self.call_sid, self.count)
+        return self._path

@@ -2,11 +2,12 @@
 
 Place :class:`InboundMessageProcessor` at the very end of the pipeline (after the
 assistant context aggregator). :meth:`InboundMessageProcessor.deliver` is the
-live-call handler the inbound router calls; it returns at once, builds the LLM
-message (media fetch, transcription) in a background task, and pushes
-``LLMMessagesAppendFrame(run_llm=True)`` **upstream**: the assistant aggregator
-adds it and runs the LLM when neither the bot nor the caller is speaking, so the
-agent never talks over itself.
+live-call handler the inbound router calls; it builds the LLM message (media fetch,
+transcription) in a task of the processor, pushes ``LLMMessagesAppendFrame(run_llm=True)``
+**upstream** (the assistant aggregator adds it and runs the LLM when neither the bot nor
+the caller is speaking, so the agent never talks over itself), and returns only then.
+If the call ends first (the caller hangs up during a media download), ``deliver`` raises
+:class:`CallEndedError` and the router stores the message: nothing inbound is dropped.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ import logging
 import time
 from typing import Any
 
-from pipecat.frames.frames import Frame, LLMMessagesAppendFrame, StartFrame
+from pipecat.frames.frames import CancelFrame, EndFrame, Frame, LLMMessagesAppendFrame, StartFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from media.content import Transcriber, build_user_message
 from media.fetch import MediaFetcher
+from messaging.errors import SmsError
 from messaging.inbound import InboundMessage
 
-__all__ = ["InboundMessageProcessor"]
+__all__ = ["CallEndedError", "InboundMessageProcessor"]
 
 _log = logging.getLogger(__name__)
+
+
+class CallEndedError(SmsError):
+    """The call ended before an inbound message reached its conversation (the router stores it)."""
 
 
 class InboundMessageProcessor(FrameProcessor):
@@ -45,8 +51,9 @@ class InboundMessageProcessor(FrameProcessor):
         self._fetcher = fetcher
         self._transcriber = transcriber
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pending: list[InboundMessage] = []
+        self._pending: list[tuple[InboundMessage, asyncio.Future[None]]] = []
         self._started = False
+        self._ended = False
         self._t0 = time.monotonic()
         self.injected: list[tuple[float, str, dict[str, Any]]] = []
 
@@ -57,40 +64,69 @@ class InboundMessageProcessor(FrameProcessor):
         super().add_event_handler(event_name, handler)
 
     async def deliver(self, message: InboundMessage) -> None:
-        """Accept a message for this call (returns at once; the work runs as a task).
+        """Bring ``message`` into this call's conversation; return once it was pushed to the context.
 
         A text that arrives before the pipeline started waits for the start.
-        """
-        if not self._started:
-            self._pending.append(message)
-            return
-        self._spawn(message)
 
-    def _spawn(self, message: InboundMessage) -> None:
-        task = self.create_task(self._inject(message), "inbound-inject")
+        Raises:
+            CallEndedError: The call ended before the message reached the conversation.
+        """
+        if self._ended:
+            raise CallEndedError("the call has ended")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._started:
+            self._pending.append((message, done))
+        else:
+            self._spawn(message, done)
+        await done
+
+    def _spawn(self, message: InboundMessage, done: asyncio.Future[None]) -> None:
+        task = self.create_task(self._inject(message, done), "inbound-inject")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _inject(self, message: InboundMessage) -> None:
-        llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
+    async def _inject(self, message: InboundMessage, done: asyncio.Future[None]) -> None:
+        try:
+            llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
+            if self._ended:
+                raise CallEndedError("the call ended while the message was being prepared")
+            await self.push_frame(LLMMessagesAppendFrame([llm_message], run_llm=True), FrameDirection.UPSTREAM)
+        except BaseException as exc:
+            if not done.done():
+                done.set_exception(exc if isinstance(exc, Exception) else CallEndedError("the call has ended"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
         self.injected.append((time.monotonic() - self._t0, message.sid, llm_message))
-        await self.push_frame(LLMMessagesAppendFrame([llm_message], run_llm=True), FrameDirection.UPSTREAM)
+        if not done.done():
+            done.set_result(None)
         await self._call_event_handler("on_message_injected", message, llm_message)
         _log.info("inbound %s injected into the conversation", message.sid)
+
+    def _end(self) -> None:
+        """No more injections: messages waiting for the start are handed back (the router stores them)."""
+        self._ended = True
+        pending, self._pending = self._pending, []
+        for _message, done in pending:
+            if not done.done():
+                done.set_exception(CallEndedError("the call ended before it started"))
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Pass every frame on; texts that arrived before the start are injected once started."""
         await super().process_frame(frame, direction)
+        if isinstance(frame, (EndFrame, CancelFrame)):
+            self._end()
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame) and not self._started:
             self._started = True
             pending, self._pending = self._pending, []
-            for message in pending:
-                self._spawn(message)
+            for message, done in pending:
+                self._spawn(message, done)
 
     async def cleanup(self) -> None:
-        """Cancel injections still running."""
+        """Cancel injections still running; their messages go back to the router (stored)."""
         await super().cleanup()
+        self._end()
         for task in list(self._tasks):
             if not task.done():
                 await self.cancel_task(task)

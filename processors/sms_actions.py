@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pipecat.frames.frames import (
@@ -140,7 +140,9 @@ class SmsActionProcessor(FrameProcessor):
         self._lines: dict[int, SpokenLine] = {}
         self.outcomes: list[ActionOutcome] = []
         self.spoken: list[SpokenLine] = []
-        engine.dispatcher.subscribe(self._on_sms_event)
+        # events of this call only; the subscription ends with the call (see cleanup)
+        self._unsubscribe: Callable[[], None] | None = engine.dispatcher.subscribe(
+            self._on_sms_event, call_id=engine.call.call_id)
 
     # -- public -------------------------------------------------------------------
 
@@ -351,13 +353,16 @@ class SmsActionProcessor(FrameProcessor):
             _log.warning("%d SMS task(s) still running at call end; the outbox keeps them for recovery", len(left))
 
     async def cleanup(self) -> None:
-        """Cancel what is still running (the outbox row stays for ``Dispatcher.recover()``)."""
+        """Cancel what is still running (the outbox row stays for ``Dispatcher.recover()``); unsubscribe."""
         await super().cleanup()
         self._live = False
         for task in list(self._tasks):
             if not task.done():
                 await self.cancel_task(task)
         self._tasks.clear()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
 
 class AgentTranscriptTap(FrameProcessor):

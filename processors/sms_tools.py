@@ -22,6 +22,7 @@ from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 
 from messaging.actions import SmsAction
+from messaging.dispatcher import SendOutcome
 from messaging.engine import ActionEngine
 from messaging.judges.base import Match
 
@@ -84,7 +85,25 @@ class SmsToolset:
 
     async def _handle(self, params: FunctionCallParams) -> None:
         action = self._by_function[params.function_name]
-        arguments = params.arguments or {}
+        await params.result_callback(await self.call(action, params.arguments or {}))
+
+    async def call(self, action: SmsAction, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Run one tool call for ``action`` and return what really happened (the tool result).
+
+        Statuses: ``sent`` (accepted by the provider now), ``already_sent`` (accepted earlier in
+        this call; nothing new was sent), ``in_progress`` (a send of this action is running; its
+        result will be spoken), ``skipped`` (not sent: e.g. ``missing`` lists the variables the
+        LLM should ask the caller for, then call again), ``failed`` (with the honest line to say),
+        ``not_now`` (this action only fires at call end).
+        """
+        state = self.engine.action_state(action.name)
+        if state == "in_progress":
+            return {"status": "in_progress",
+                    "note": "This text is being sent right now; the system tells the caller when it is done."}
+        if state == "sent" and action.once_per_call:
+            last = self.engine.last_result(action.name)
+            return {"status": "already_sent", "to": f"number ending in {last.to_last2}" if last else None,
+                    "note": "It was already sent earlier in this call; nothing new was sent."}
         for var in action.variables:
             value = arguments.get(var)
             if isinstance(value, str) and value.strip():
@@ -92,15 +111,24 @@ class SmsToolset:
         firings = self.engine.claim(action, match=Match(id=action.name, confidence=1.0,
                                                         reason="the agent LLM called the tool"))
         if not firings:
-            await params.result_callback({"status": "already_handled",
-                                          "say": "That text has already been sent in this call."})
-            return
+            last = self.engine.last_result(action.name)
+            if last is not None and state == "failed":
+                return {"status": "failed", "reason": last.reason,
+                        "note": "It failed earlier in this call and will not be retried."}
+            return {"status": "not_now", "note": "This text is not sent at this point of the call."}
         outcome = await self.engine.execute(firings[0])
         result = outcome.result
         if result.accepted:
-            payload = {"status": "sent", "to": f"number ending in {result.to_last2}", "segments": result.segments,
-                       "say": outcome.line}
+            return {"status": "sent", "to": f"number ending in {result.to_last2}", "segments": result.segments,
+                    "say": outcome.line}
+        if result.outcome is SendOutcome.DUPLICATE:  # the key already stands for a send of another path
+            stored = (result.reason or "").removeprefix("already_")
+            status = {"accepted": "already_sent", "unconfirmed": "unconfirmed"}.get(stored, "in_progress")
+            return {"status": status, "note": "Nothing new was sent."}
+        payload: dict[str, Any] = {"status": result.outcome.value, "reason": result.reason}
+        if result.missing:
+            payload["missing"] = list(result.missing)
+            payload["note"] = "Ask the caller for the missing details, then call this function again with them."
         else:
-            payload = {"status": "failed" if result.outcome.value == "failed" else result.outcome.value,
-                       "reason": result.reason, "say": outcome.line}
-        await params.result_callback(payload)
+            payload["say"] = outcome.line
+        return payload

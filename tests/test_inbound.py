@@ -238,7 +238,7 @@ async def test_status_callbacks_are_signed_and_applied(parts, tmp_path):
 
 
 def test_router_outcomes_enum():
-    assert {o.value for o in RouteOutcome} == {"delivered", "stored", "duplicate", "opt_out", "opt_in"}
+    assert {o.value for o in RouteOutcome} == {"delivered", "forwarded", "stored", "duplicate", "opt_out", "opt_in"}
 
 
 async def test_text_arriving_before_the_pipeline_starts_is_injected_after_start():
@@ -248,8 +248,12 @@ async def test_text_arriving_before_the_pipeline_starts_is_injected_after_start(
     from messaging.inbound import InboundMessage
 
     inbound = InboundMessageProcessor()
-    await inbound.deliver(InboundMessage(sid="SM" + "1" * 32, account_sid=ACCOUNT_SID, from_number=CALLER,
-                                         to_number=AGENT, body="early text", received_at=0.0))
+    early = asyncio.get_running_loop().create_task(inbound.deliver(InboundMessage(
+        sid="SM" + "1" * 32, account_sid=ACCOUNT_SID, from_number=CALLER, to_number=AGENT, body="early text",
+        received_at=0.0)))
+    await asyncio.sleep(0.05)
+    assert not early.done()  # delivered means in the conversation: it waits for the start
     _, up = await run_test(inbound, frames_to_send=[SleepFrame(0.3)])
+    await asyncio.wait_for(early, 1)
     assert [type(f) for f in up] == [LLMMessagesAppendFrame]
     assert "early text" in up[0].messages[0]["content"]

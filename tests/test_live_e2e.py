@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,13 @@ from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, Fault, TwilioPeer
 
 PUBLIC = "https://agent.example.com"
 RECORDING = ROOT / "tests" / "calls" / "e2e_link.jsonl"
+
+
+def _with_token(message, token):
+    if message.get("event") != "start":
+        return message
+    start = dict(message["start"], customParameters={"token": token})
+    return dict(message, start=start)
 
 
 async def wait_port(port, proc, timeout=60):
@@ -70,11 +78,16 @@ async def test_recorded_call_through_serve(peers, tmp_path):
             twiml = await response.text()
         assert response.status == 200
         assert '<Stream url="wss://agent.example.com/media">' in twiml
-        assert f'<Parameter name="from_number" value="{meta.caller}"/>' in twiml
+        assert meta.caller not in twiml  # the numbers travel inside the signed, single-use token only
+        [token] = re.findall(r'<Parameter name="token" value="([^"]+)"/>', twiml)
 
-        # 2. play the recorded media stream, paced, and collect what the agent sends back
+        # 2. play the recorded media stream as Twilio does (signed handshake, the token in the start
+        # message), paced, and collect what the agent sends back
+        events = [(t, _with_token(m, token)) for t, m in events]
+        handshake = {"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(
+            "wss://agent.example.com/media", {})}
         received = []
-        async with websockets.connect(f"ws://127.0.0.1:{port}/media") as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/media", additional_headers=handshake) as ws:
             async def reader():
                 async for message in ws:
                     received.append(json.loads(message))
@@ -128,6 +141,7 @@ async def test_recorded_call_through_serve(peers, tmp_path):
     assert recorded.exists(), stderr.decode()[-3000:]
     text = recorded.read_text() + recorded.with_suffix("").with_suffix(".meta.json").read_text()
     assert meta.caller not in text and "******" in text
+    assert token.split(".")[0] not in text  # the stream token is never recorded
     report = tmp_path / "replay.json"
     out = subprocess.run([sys.executable, "run_agent.py", "replay", str(recorded), "--actions",
                           str(ROOT / "examples" / "actions.yaml"), "--report", str(report)],

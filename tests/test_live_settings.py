@@ -1,10 +1,10 @@
 """Live agent settings and caller-number capture."""
 
-import types
+import dataclasses
 
 import pytest
 
-from pipeline.live import LiveAgent, LiveSettings, SettingsError, stream_twiml
+from pipeline.live import LiveAgent, LiveSettings, SettingsError, TwilioStream, stream_twiml
 from tests.conftest import EXAMPLES
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, TwilioPeer
 
@@ -35,11 +35,12 @@ async def test_caller_number_falls_back_to_calls_api(tmp_path):
             "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(EXAMPLES / "actions.yaml")})
         agent = LiveAgent(settings)
         try:
-            with_param = types.SimpleNamespace(from_number="+14155550199", call_id="CA" + "9" * 32)
-            assert await agent._caller_number(with_param) == "+14155550199"
-            without = types.SimpleNamespace(from_number=None, call_id="CA" + "9" * 32)
-            assert await agent._caller_number(without) == "+14155552671"
-            unknown = types.SimpleNamespace(from_number=None, call_id="CA" + "8" * 32)
+            signed = TwilioStream(call_sid="CA" + "9" * 32, stream_sid="MZ" + "1" * 32, caller="+14155550199",
+                                  agent_number="+14155550100")
+            assert await agent._caller_number(signed) == "+14155550199"
+            anonymous = dataclasses.replace(signed, caller=None)  # /voice had no usable From: ask the Calls API
+            assert await agent._caller_number(anonymous) == "+14155552671"
+            unknown = dataclasses.replace(anonymous, call_sid="CA" + "8" * 32)
             assert await agent._caller_number(unknown) is None
         finally:
             await agent.aclose()

@@ -36,6 +36,18 @@ async def wait_lines(path, count, timeout=10.0):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+async def stored_sids(db, timeout=5.0):
+    """SIDs in a worker's inbound store, once there are any."""
+    stored = []
+    for _ in range(int(timeout / 0.05)):
+        with sqlite3.connect(db) as conn:
+            stored = [row[0] for row in conn.execute("SELECT sid FROM inbound")]
+        if stored:
+            break
+        await asyncio.sleep(0.05)
+    return stored
+
+
 async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path):
     out = tmp_path / "owner_received.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -73,6 +85,11 @@ async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path)
         received = [r for r in await wait_lines(out, 4) if "body" in r]
         assert [r["sid"] for r in received] == [first["MessageSid"], second["MessageSid"]]
 
+        # routed to A, but A's call ends before the text reaches its conversation: A stores it
+        late = sms_form(body="photo attached [the caller hangs up]")
+        assert await post(ports["B"], late) == 200
+        assert await stored_sids(tmp_path / "a.db") == [late["MessageSid"]]
+
         # the owner dies: the registration outlives it, the forward finds no receiver, B keeps the message
         owner = workers.pop("A")
         owner.kill()
@@ -80,14 +97,7 @@ async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path)
         await asyncio.sleep(0.3)
         third = sms_form(body="are you still there?")
         assert await post(ports["B"], third) == 200
-        stored = []
-        for _ in range(100):
-            with sqlite3.connect(tmp_path / "b.db") as conn:
-                stored = [row[0] for row in conn.execute("SELECT sid FROM inbound")]
-            if stored:
-                break
-            await asyncio.sleep(0.05)
-        assert stored == [third["MessageSid"]]
+        assert await stored_sids(tmp_path / "b.db") == [third["MessageSid"]]
     finally:
         for proc in workers.values():
             proc.terminate()

@@ -168,7 +168,7 @@ async def test_unconfirmable_send_is_reported_not_resent(peer):
     assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")
     assert len(peer.requests) == 1
     record = await dispatcher.outbox.get(result.key)
-    assert record.status == "ambiguous"  # left for recovery, not forgotten
+    assert record.status == "unconfirmed"  # the caller heard "couldn't confirm": closed, never resent later
 
 
 async def test_connection_refused_is_retryable():

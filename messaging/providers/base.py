@@ -46,11 +46,13 @@ class ProviderReceipt:
         sid: Provider message id.
         status: Provider status at acceptance (``queued``, ``accepted`` ...).
         segments: Provider's segment count, when reported.
+        created_at: When the provider created the message (epoch seconds, its clock), when known.
     """
 
     sid: str
     status: str
     segments: int | None = None
+    created_at: float | None = None
 
 
 class SmsProvider(Protocol):
@@ -66,11 +68,18 @@ class SmsProvider(Protocol):
         """
         ...
 
-    async def find_sent(self, sms: OutboundSms, *, since: float) -> ProviderReceipt | None:
-        """Look for a message matching ``sms`` created at or after ``since`` (epoch s).
+    async def find_sent(self, sms: OutboundSms, *, since: float) -> list[ProviderReceipt]:
+        """Every message matching ``sms`` (destination, sender, body) created at or after ``since``.
+
+        The caller decides which candidate, if any, is its own (see the dispatcher: a candidate
+        already claimed by another outbox row is never taken).
+
+        Args:
+            sms: The message that may have been created.
+            since: Epoch seconds on the provider's clock; older messages are not candidates.
 
         Returns:
-            The receipt of the matching message, or ``None`` when the provider has none.
+            The candidates, oldest first (empty when the provider has none).
 
         Raises:
             SendError: The lookup itself failed (the answer is unknown).

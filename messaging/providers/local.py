@@ -109,18 +109,19 @@ class LocalProvider:
         )
         return ProviderReceipt(sid=sid, status="queued", segments=info.segments)
 
-    async def find_sent(self, sms: OutboundSms, *, since: float) -> ProviderReceipt | None:
-        """Find a stored message with the same destination and body."""
+    async def find_sent(self, sms: OutboundSms, *, since: float) -> list[ProviderReceipt]:
+        """Stored messages with the same destination, sender and body created at or after ``since``, oldest first."""
 
-        def _q(conn: sqlite3.Connection) -> sqlite3.Row | None:
+        def _q(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             return conn.execute(
-                "SELECT sid, segments FROM inbox WHERE to_number = ? AND body = ? AND created_at >= ? "
-                "ORDER BY created_at DESC LIMIT 1",
-                (sms.to, sms.body, since),
-            ).fetchone()
+                "SELECT sid, segments, created_at FROM inbox WHERE to_number = ? AND body = ? AND created_at >= ? "
+                "AND from_number IS ? ORDER BY created_at, rowid",
+                (sms.to, sms.body, since, sms.from_),
+            ).fetchall()
 
-        row = await self._db.run(_q)
-        return ProviderReceipt(sid=row["sid"], status="queued", segments=row["segments"]) if row else None
+        rows = await self._db.run(_q)
+        return [ProviderReceipt(sid=r["sid"], status="queued", segments=r["segments"], created_at=r["created_at"])
+                for r in rows]
 
     async def inbox(self, to: str | None = None) -> list[InboxMessage]:
         """Messages stored so far, oldest first (all, or those to ``to``)."""

@@ -161,11 +161,14 @@ class TwilioProvider:
         segments = int(message.num_segments) if message.num_segments else None
         return ProviderReceipt(sid=str(message.sid), status=str(message.status or "queued"), segments=segments)
 
-    async def find_sent(self, sms: OutboundSms, *, since: float) -> ProviderReceipt | None:
-        """Look for a message to the same number with the same body, created at or after ``since``.
+    async def find_sent(self, sms: OutboundSms, *, since: float) -> list[ProviderReceipt]:
+        """Messages to the same number, from the same sender, with the same body, created at or after ``since``.
 
         Pages through the newest messages (to this number, from this sender) until they are
         older than ``since``, so a busy number cannot push the message out of a first page.
+
+        Returns:
+            The candidates, oldest first.
 
         Raises:
             SendError: The lookup failed (ambiguous: the answer is unknown).
@@ -175,6 +178,7 @@ class TwilioProvider:
         if sms.from_:
             kwargs["from_"] = sms.from_
         cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
+        found: list[ProviderReceipt] = []
         try:
             async with asyncio.timeout(self._timeout * 3):
                 stream = await client.messages.stream_async(**kwargs)  # type: ignore[arg-type]
@@ -187,17 +191,20 @@ class TwilioProvider:
                     if created is not None and created.tzinfo is None:
                         created = created.replace(tzinfo=dt.UTC)
                     if created is not None and created < cutoff:
-                        return None  # newest first: everything after this is older still
+                        break  # newest first: everything after this is older still
                     if message.body == sms.body:
                         segments = int(message.num_segments) if message.num_segments else None
-                        return ProviderReceipt(sid=str(message.sid), status=str(message.status), segments=segments)
+                        found.append(ProviderReceipt(
+                            sid=str(message.sid), status=str(message.status), segments=segments,
+                            created_at=created.timestamp() if created is not None else None))
         except SendError:
             raise
         except TwilioRestException as exc:
             raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS, code=exc.code, status=exc.status) from None
         except (TwilioException, TimeoutError, aiohttp.ClientError, OSError):
             raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS) from None
-        return None
+        found.reverse()
+        return found
 
     async def aclose(self) -> None:
         """Close the HTTP session."""

@@ -108,7 +108,7 @@ def _attachment(kind: str) -> dict:
     return {"content_type": "audio/amr", "data_b64": base64.b64encode(amr).decode()}
 
 
-def write_call(name: str, spec: dict) -> None:
+def write_call(name: str, spec: dict, folder: pathlib.Path = HERE) -> None:
     duration = spec["duration"]
     utterances = [(u["t"] - 0.6, u["text"]) for u in spec["stt"]]  # the final transcript closes each utterance
     stream_sid = "MZ" + f"{sum(ord(c) * 31 ** i for i, c in enumerate(name)) % 16**32:032x}"
@@ -127,15 +127,15 @@ def write_call(name: str, spec: dict) -> None:
                       "payload": base64.b64encode(chunk).decode()}}})
     lines.append({"t": round(duration + 0.05, 3), "message": {"event": "stop", "streamSid": stream_sid,
                                                               "stop": {"accountSid": ACCOUNT, "callSid": call_sid}}})
-    (HERE / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     inbound = [{"t": item["t"], "body": item["body"], "media": [_attachment(m) for m in item.get("media", [])]}
                for item in spec.get("inbound", [])]
     meta = {"format": "incall-sms-recording/1", "call_sid": call_sid, "caller": CALLER, "agent_number": AGENT,
             "description": spec["description"], "variables": spec.get("variables", {}), "stt": spec["stt"],
             "agent": spec.get("agent", []), "inbound": inbound,
             "provider": spec.get("provider", {"latency": 0.4})}
-    (HERE / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    (HERE / f"{name}.expect.yaml").write_text(yaml.safe_dump(spec["expect"], sort_keys=False), encoding="utf-8")
+    (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (folder / f"{name}.expect.yaml").write_text(yaml.safe_dump(spec["expect"], sort_keys=False), encoding="utf-8")
 
 
 CALLS = {
@@ -149,8 +149,7 @@ CALLS = {
         "expect": {"sms": [{"action": "booking_confirmation", "body_contains": "Friday at 7 pm"},
                            {"action": "meeting_followup"}], "max_sms": 2,
                    "no_sms": ["website_link", "clinic_address", "colleague_copy", "visit_summary"],
-                   "lines": [{"kind": "confirmation", "action": "booking_confirmation"}],
-                   "max_audio_delay_ms": 100},
+                   "lines": [{"kind": "confirmation", "action": "booking_confirmation"}]},
     },
     "declines_text": {
         "description": "Hard negatives: the caller declines a text and asks what it would say.",
@@ -161,8 +160,7 @@ CALLS = {
                   {"t": 4.5, "text": "It has your booking time and our address."}],
         # the agent confirmed a booking, so only the call-end follow-up (pool preset) is sent
         "expect": {"sms": [{"action": "meeting_followup", "body_contains": "Tuesday at 3"}], "max_sms": 1,
-                   "no_sms": ["booking_confirmation", "website_link", "clinic_address"],
-                   "max_audio_delay_ms": 100},
+                   "no_sms": ["booking_confirmation", "website_link", "clinic_address"]},
     },
     "landline_failure": {
         "description": "The caller asks for the menu link but calls from a landline: honest failure line.",
@@ -184,8 +182,7 @@ CALLS = {
         "duration": 9.0,
         "stt": [{"t": 4.0, "text": "Could you shoot the site over to my phone?"}],
         "agent": [{"t": 1.0, "text": "You can find the whole menu and the booking form online."}],
-        "expect": {"sms": [{"action": "website_link", "body_contains": "example.com/menu"}], "max_sms": 1,
-                   "max_audio_delay_ms": 100},
+        "expect": {"sms": [{"action": "website_link", "body_contains": "example.com/menu"}], "max_sms": 1},
     },
     "already_got_it": {
         "description": "Hard negative: the caller already has the text.",
@@ -278,7 +275,13 @@ CALLS = {
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parent.parent))
-    names = sys.argv[1:] or list(CALLS)
-    for call_name in names:
-        write_call(call_name, CALLS[call_name])
+    args = sys.argv[1:]
+    out = HERE
+    if "--out" in args:  # write elsewhere (the reproducibility test compares a fresh copy with this folder)
+        at = args.index("--out")
+        out = pathlib.Path(args[at + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        del args[at:at + 2]
+    for call_name in args or list(CALLS):
+        write_call(call_name, CALLS[call_name], out)
         print("wrote", call_name)

@@ -28,6 +28,7 @@ async def main(redis_url, port, worker_id, store_db, own=None):
     router = InboundRouter(registry=registry, optouts=RedisOptOutStore(client), store_path=store_db,
                            seen=RedisSeenKeys(client))
     registry.orphan = router.store_unrouted
+    registry.deliver = router.hand_over
     actions = parse_actions({"actions": [{"name": "link", "condition": "if the caller wants the link",
                                           "content": {"template": "https://example.com"}}]})
     dispatcher = Dispatcher(actions=actions, provider=LocalProvider(), outbox=Outbox(store_db + ".outbox"),
@@ -54,6 +55,8 @@ async def main(redis_url, port, worker_id, store_db, own=None):
             caller, agent, _ = own
 
             async def handler(message):
+                if "[the caller hangs up]" in message.body:  # stands for a call that ends before the text gets in
+                    raise RuntimeError("the call ended")
                 record({"sid": message.sid, "body": message.body})
 
             await registry.register(caller, agent, handler)

@@ -76,6 +76,7 @@ class TwilioPeer:
         self.auth_token = auth_token
         self.requests: list[dict[str, list[str]]] = []
         self.request_times: list[float] = []
+        self.answer_times: list[float] = []  # when each create request was answered (monotonic)
         self.auth_failures = 0
         self.list_requests = 0
         self.messages: list[PeerMessage] = []
@@ -187,6 +188,7 @@ class TwilioPeer:
             self.messages.append(msg)
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        self.answer_times.append(time.monotonic())
         if fault.drop:
             assert request.transport is not None
             request.transport.close()
