@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Front door of the in-call SMS agent. See ``python run_agent.py --help``."""
+"""Front door of the in-call SMS agent (the same as the installed ``incall-sms`` command).
+
+See ``python run_agent.py --help``.
+"""
 
 import sys
 
-from pipeline.cli import main
+from incall_sms.pipeline.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,20 +14,20 @@ import statistics
 import time
 from pathlib import Path
 
+from incall_sms.pipeline.audio_gaps import GapMeter
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import EndFrame, InputAudioRawFrame, OutputAudioRawFrame, TranscriptionFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.workers.runner import WorkerRunner
 
-from messaging.actions import parse_actions
-from messaging.dispatcher import CallContext, Dispatcher
-from messaging.engine import ActionEngine
-from messaging.judges.embedded import EmbeddedJudge
-from messaging.optout import SqliteOptOutStore
-from messaging.outbox import Outbox
-from messaging.providers.local import LocalProvider
-from pipeline.audio_gaps import GapMeter
-from processors.sms_actions import SmsActionProcessor
+from incall_sms.actions import parse_actions
+from incall_sms.dispatcher import CallContext, Dispatcher
+from incall_sms.engine import ActionEngine
+from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox
+from incall_sms.providers.local import LocalProvider
 
 SILENCE = b"\x00\x00" * 320
 ACTIONS = parse_actions({"actions": [{"name": "link", "condition": "if the caller requests a link to the website",
@@ -59,8 +59,9 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) 
     With ``inbound``, each caller also texts the agent once; the text goes through the inbound
     router into the call's context (counted as injected).
     """
-    from messaging.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
-    from processors.inbound import InboundMessageProcessor
+    from incall_sms.processors.inbound import InboundMessageProcessor
+
+    from incall_sms.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
 
     provider = LocalProvider(latency=0.3)
     outbox, optouts = Outbox(), SqliteOptOutStore()

@@ -22,8 +22,9 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from media.fetch import FetchedMedia, MediaError, MediaFetcher
-from messaging.inbound import InboundMessage
+from incall_sms.media.fetch import FetchedMedia, MediaError, MediaFetcher
+
+from incall_sms.inbound import InboundMessage
 
 __all__ = ["Transcriber", "build_user_message", "ffmpeg_exe"]
 

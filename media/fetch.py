@@ -22,8 +22,8 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from messaging.errors import SmsError
-from messaging.inbound import InboundMedia
+from incall_sms.errors import SmsError
+from incall_sms.inbound import InboundMedia
 
 __all__ = ["FetchedMedia", "MediaError", "MediaFetcher", "MediaPolicy"]
 

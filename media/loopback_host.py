@@ -6,7 +6,7 @@ import io
 import uuid
 from typing import Any
 
-from media.fetch import MediaFetcher, MediaPolicy
+from incall_sms.media.fetch import MediaFetcher, MediaPolicy
 
 __all__ = ["LoopbackMediaHost"]
 

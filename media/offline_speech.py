@@ -119,7 +119,7 @@ class OfflineSpeech:
             return await asyncio.to_thread(self._say_and_hear, text)
 
     async def transcribe(self, wav_16k_mono: bytes) -> str:
-        """:class:`media.content.Transcriber` for voice notes sent during a simulated call."""
+        """:class:`incall_sms.media.content.Transcriber` for voice notes sent during a simulated call."""
 
         def _run() -> str:
             self._load()

@@ -6,8 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
-
-from media.fetch import MediaError
+from incall_sms.media.fetch import MediaError
 
 __all__ = ["DeepgramPrerecordedTranscriber"]
 

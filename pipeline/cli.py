@@ -12,17 +12,17 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from incall_sms.pipeline import DEFAULT_ACTIONS, DEMO_CALL
 from rich.console import Console
 from rich.table import Table
 
 __all__ = ["main"]
 
-_EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
 def _cmd_actions_lint(args: argparse.Namespace) -> int:
-    from messaging.errors import ActionConfigError
-    from messaging.lint import lint_file
+    from incall_sms.errors import ActionConfigError
+    from incall_sms.lint import lint_file
 
     console = Console(width=args.width) if args.width else Console()
     try:
@@ -62,7 +62,7 @@ def _cmd_actions_lint(args: argparse.Namespace) -> int:
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
     import asyncio
 
-    from messaging.judges.evaluate import evaluate, load_cases
+    from incall_sms.judges.evaluate import evaluate, load_cases
 
     try:
         cases = load_cases(args.file)
@@ -90,11 +90,11 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
 
 
 def _make_judge(name: str):
-    from messaging.judges.embedded import EmbeddedJudge
+    from incall_sms.judges.embedded import EmbeddedJudge
 
     if name == "embedded":
         return EmbeddedJudge()
-    from messaging.judges.llm import LLMJudge
+    from incall_sms.judges.llm import LLMJudge
 
     return LLMJudge.from_env()
 
@@ -120,10 +120,10 @@ def _mic_unavailable() -> str | None:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import logging
 
+    from incall_sms.pipeline.simulation import load_script, simulate
     from loguru import logger
 
-    from messaging.errors import ActionConfigError
-    from pipeline.simulation import load_script, simulate
+    from incall_sms.errors import ActionConfigError
 
     logger.remove()
     logger.add(sys.stderr, level="ERROR")
@@ -155,12 +155,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     import pydantic
     import yaml
+    from incall_sms.pipeline.recording import Expectations
+    from incall_sms.pipeline.replay import replay
     from loguru import logger
 
-    from messaging.actions import load_actions
-    from messaging.errors import ActionConfigError
-    from pipeline.recording import Expectations
-    from pipeline.replay import replay
+    from incall_sms.actions import load_actions
+    from incall_sms.errors import ActionConfigError
 
     logger.remove()
     logger.add(sys.stderr, level="ERROR")
@@ -198,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # pipecat logs raw call data (numbers) and transcripts at DEBUG: keep its log at WARNING unless asked
     logger.remove()
     logger.add(sys.stderr, level=os.environ.get("PIPECAT_LOG_LEVEL", "WARNING"))
-    from pipeline.live import LiveAgent, LiveSettings, SettingsError
+    from incall_sms.pipeline.live import LiveAgent, LiveSettings, SettingsError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     sim = sub.add_parser("simulate", help="run a local simulated call (the default command)")
-    sim.add_argument("--actions", default=str(_EXAMPLES / "actions.yaml"), help="action file")
-    sim.add_argument("--script", default=str(_EXAMPLES / "demo_call.txt"), help="caller script")
+    sim.add_argument("--actions", default=str(DEFAULT_ACTIONS), help="action file (default: the bundled demo)")
+    sim.add_argument("--script", default=str(DEMO_CALL), help="caller script (default: the bundled demo call)")
     sim.add_argument("--interactive", action="store_true", help="type the caller's lines ('text: ...' texts)")
     sim.add_argument("--pace", type=float, default=1.0, help="seconds between caller lines")
     sim.add_argument("--state", default=None, help="keep the outbox/inbox databases in this folder")

@@ -1,10 +1,10 @@
 """The live phone agent: Twilio voice webhook, Media Streams websocket, one pipecat pipeline per call.
 
 One app, one port: ``POST /voice`` (signed; TwiML ``<Connect><Stream>`` carrying a
-single-use token bound to the call, see :mod:`messaging.call_binding`), ``WS /media``
+single-use token bound to the call, see :mod:`incall_sms.call_binding`), ``WS /media``
 (the call; the handshake's ``X-Twilio-Signature`` and the token are checked before any
 pipeline is built), ``POST /sms/inbound`` and ``POST /sms/status`` (see
-:mod:`pipeline.server`).
+:mod:`incall_sms.pipeline.server`).
 
 Per call: ``TwilioFrameSerializer`` over pipecat's FastAPI websocket transport, Deepgram
 STT, the agent LLM (pipecat's ``OpenAILLMService``: OpenAI or any compatible endpoint),
@@ -31,24 +31,25 @@ from xml.sax.saxutils import quoteattr
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, Response
+from incall_sms.media.fetch import MediaFetcher
+from incall_sms.media.transcribe import DeepgramPrerecordedTranscriber
+from incall_sms.pipeline import DEFAULT_ACTIONS
+from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
 from twilio.request_validator import RequestValidator
 
-from media.fetch import MediaFetcher
-from media.transcribe import DeepgramPrerecordedTranscriber
-from messaging.actions import load_actions
-from messaging.call_binding import CALL_SID, STREAM_SID, CallBinder, StreamAuthError
-from messaging.dispatcher import CallContext, Dispatcher
-from messaging.engine import ActionEngine
-from messaging.errors import InvalidPhoneNumberError, SmsError
-from messaging.inbound import InboundRouter, InProcessCallRegistry, InProcessSeenKeys
-from messaging.judges.embedded import EmbeddedJudge
-from messaging.optout import SqliteOptOutStore
-from messaging.outbox import Outbox
-from messaging.phone import mask, normalize_e164
-from messaging.providers.twilio import TwilioProvider
-from messaging.ratelimit import TokenBucketLimiter
-from messaging.variables import PatternExtractor
-from pipeline.server import WebhookService, WebhookSettings, create_app
+from incall_sms.actions import load_actions
+from incall_sms.call_binding import CALL_SID, STREAM_SID, CallBinder, StreamAuthError
+from incall_sms.dispatcher import CallContext, Dispatcher
+from incall_sms.engine import ActionEngine
+from incall_sms.errors import InvalidPhoneNumberError, SmsError
+from incall_sms.inbound import InboundRouter, InProcessCallRegistry, InProcessSeenKeys
+from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox
+from incall_sms.phone import mask, normalize_e164
+from incall_sms.providers.twilio import TwilioProvider
+from incall_sms.ratelimit import TokenBucketLimiter
+from incall_sms.variables import PatternExtractor
 
 __all__ = ["CallRecorder", "LiveAgent", "LiveSettings", "SettingsError", "TwilioStream"]
 
@@ -77,7 +78,7 @@ class LiveSettings:
     llm_base_url: str | None = None
     llm_model: str = "gpt-4o-mini"
     tts: str = "deepgram"
-    actions_path: str = "examples/actions.yaml"
+    actions_path: str = str(DEFAULT_ACTIONS)
     state_dir: str = "var"
     deepgram_base_url: str | None = None
     twilio_api_base_url: str | None = None
@@ -125,7 +126,7 @@ class LiveSettings:
             llm_base_url=llm_url,
             llm_model=env.get("SMS_AGENT_LLM_MODEL", "gpt-4o-mini"),
             tts=tts,
-            actions_path=env.get("SMS_ACTIONS_FILE", "examples/actions.yaml"),
+            actions_path=env.get("SMS_ACTIONS_FILE") or str(DEFAULT_ACTIONS),
             state_dir=env.get("SMS_STATE_DIR", "var"),
             deepgram_base_url=env.get("DEEPGRAM_BASE_URL") or None,
             twilio_api_base_url=env.get("TWILIO_API_BASE_URL") or None,
@@ -207,7 +208,7 @@ class LiveAgent:
         seen = None
         limiter: Any = TokenBucketLimiter(rate=settings.sender_rate, burst=3)
         if settings.redis_url:  # opt-outs, webhook dedupe and sender rate limits shared by all workers
-            from messaging.redis_store import RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
+            from incall_sms.redis_store import RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
 
             self.redis = connect(settings.redis_url)
             self.optouts: Any = RedisOptOutStore(self.redis)
@@ -226,7 +227,7 @@ class LiveAgent:
             import os as _os
             import socket
 
-            from messaging.redis_store import RedisCallRegistry
+            from incall_sms.redis_store import RedisCallRegistry
 
             self.registry = RedisCallRegistry(self.redis, worker_id=f"{socket.gethostname()}-{_os.getpid()}")
         self.router = InboundRouter(registry=self.registry, optouts=self.optouts, store_path=state / "inbound.db",
@@ -392,6 +393,8 @@ class LiveAgent:
     async def run_call(self, websocket: WebSocket, *, stream: TwilioStream,
                        recorder: CallRecorder | None = None) -> None:
         """Run one call's pipeline on an accepted, authenticated Media Streams websocket."""
+        from incall_sms.processors.inbound import InboundMessageProcessor
+        from incall_sms.processors.sms_actions import SmsActionProcessor
         from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.pipeline.pipeline import Pipeline
         from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -405,9 +408,6 @@ class LiveAgent:
         from pipecat.services.openai.llm import OpenAILLMService
         from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
         from pipecat.workers.runner import WorkerRunner
-
-        from processors.inbound import InboundMessageProcessor
-        from processors.sms_actions import SmsActionProcessor
 
         settings = self.settings
         call_sid = stream.call_sid
@@ -425,7 +425,7 @@ class LiveAgent:
                                settings=OpenAILLMService.Settings(model=settings.llm_model,
                                                                   system_instruction=settings.system_prompt))
         if settings.tts == "tone":
-            from pipeline.local_services import ToneTTSService
+            from incall_sms.pipeline.local_services import ToneTTSService
 
             tts: Any = ToneTTSService(sample_rate=8000)
         else:
@@ -619,7 +619,7 @@ class CallRecorder:
             return None
         self._queue.put(None)
         await asyncio.to_thread(self._writer.join)
-        from pipeline.recording import FORMAT
+        from incall_sms.pipeline.recording import FORMAT
 
         meta = {"format": FORMAT, "call_sid": self.call_sid, "caller": self._mask(self.caller),
                 "agent_number": self._mask(self.agent_number), "stt": self.stt,

@@ -12,7 +12,7 @@ A recording is two files:
   or an LLM, plus inbound texts (``inbound``) and provider behaviour (``provider``).
 
 The report written by ``run_agent.py replay`` follows :class:`ReplayReport`
-(JSON schema: ``python -c "from pipeline.recording import ReplayReport; ..."`` or
+(JSON schema: ``python -c "from incall_sms.pipeline.recording import ReplayReport; ..."`` or
 ``schemas/replay-report.schema.json``).
 """
 

@@ -23,8 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from twilio.request_validator import RequestValidator
 
-from messaging.dispatcher import Dispatcher
-from messaging.inbound import InboundError, InboundRouter, parse_inbound_form
+from incall_sms.dispatcher import Dispatcher
+from incall_sms.inbound import InboundError, InboundRouter, parse_inbound_form
 
 __all__ = ["WebhookService", "WebhookSettings", "create_app"]
 

@@ -7,10 +7,10 @@ live call has remote services:
 * caller: a script of lines (``caller: ...``), inbound texts (``text: ...``) and
   ``hangup``; or typed interactively. Caller lines enter as final transcripts
   (text mode: no speech recognition in between);
-* agent LLM: :class:`~pipeline.local_agent.LocalAgentLLM` (labelled "local stand-in"),
+* agent LLM: :class:`~incall_sms.pipeline.local_agent.LocalAgentLLM` (labelled "local stand-in"),
   or pipecat's ``OpenAILLMService`` when ``SMS_AGENT_LLM_URL`` is set (e.g. a local Ollama);
-* TTS: the offline :class:`~pipeline.local_services.ToneTTSService`;
-* SMS provider: the embedded :class:`~messaging.providers.local.LocalProvider`,
+* TTS: the offline :class:`~incall_sms.pipeline.local_services.ToneTTSService`;
+* SMS provider: the embedded :class:`~incall_sms.providers.local.LocalProvider`,
   whose "phone inbox" is shown as texts arrive.
 """
 
@@ -26,6 +26,11 @@ import time
 import uuid
 from typing import Any
 
+from incall_sms.media.loopback_host import LoopbackMediaHost
+from incall_sms.pipeline.local_agent import LocalAgentLLM
+from incall_sms.pipeline.local_services import ToneTTSService
+from incall_sms.processors.inbound import InboundMessageProcessor
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import EndFrame, Frame, InputAudioRawFrame, TranscriptionFrame, TTSTextFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -36,21 +41,16 @@ from pipecat.workers.runner import WorkerRunner
 from rich.console import Console
 from rich.table import Table
 
-from media.loopback_host import LoopbackMediaHost
-from messaging.actions import load_actions
-from messaging.dispatcher import CallContext, Dispatcher
-from messaging.engine import ActionEngine
-from messaging.events import SmsEvent, SmsEventKind
-from messaging.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
-from messaging.judges.embedded import EmbeddedJudge
-from messaging.optout import SqliteOptOutStore
-from messaging.outbox import Outbox
-from messaging.providers.local import LocalProvider
-from messaging.variables import PatternExtractor
-from pipeline.local_agent import LocalAgentLLM
-from pipeline.local_services import ToneTTSService
-from processors.inbound import InboundMessageProcessor
-from processors.sms_actions import SmsActionProcessor
+from incall_sms.actions import load_actions
+from incall_sms.dispatcher import CallContext, Dispatcher
+from incall_sms.engine import ActionEngine
+from incall_sms.events import SmsEvent, SmsEventKind
+from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
+from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox
+from incall_sms.providers.local import LocalProvider
+from incall_sms.variables import PatternExtractor
 
 __all__ = ["ScriptStep", "SimulationResult", "load_script", "simulate"]
 
@@ -197,7 +197,7 @@ def simulate(
             ``LocalAudioTransport`` (needs PyAudio and a device; implies voice). Type
             ``text: ...`` to text the agent, ``hangup`` to end.
     """
-    from media.offline_speech import available
+    from incall_sms.media.offline_speech import available
 
     reason = available()
     if voice == "on" and reason:
@@ -216,9 +216,8 @@ def simulate(
 def _agent_tts(use_voice: bool) -> FrameProcessor:
     if not use_voice:
         return ToneTTSService()
+    from incall_sms.media.offline_speech import VOICE, piper_voice_dir
     from pipecat.services.piper.tts import PiperTTSService
-
-    from media.offline_speech import VOICE, piper_voice_dir
 
     return PiperTTSService(download_dir=pathlib.Path(piper_voice_dir()), settings=PiperTTSService.Settings(voice=VOICE))
 
@@ -261,11 +260,10 @@ async def _simulate(
     speech = None
     front: list[FrameProcessor] = []
     if use_voice:
+        from incall_sms.media.offline_speech import OfflineSpeech, whisper_model_dir
         from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.processors.audio.vad_processor import VADProcessor
         from pipecat.services.whisper.stt import WhisperSTTService
-
-        from media.offline_speech import OfflineSpeech, whisper_model_dir
 
         speech = OfflineSpeech()
         stt = WhisperSTTService(device="cpu", compute_type="int8",

@@ -17,13 +17,13 @@ import logging
 import time
 from typing import Any
 
+from incall_sms.media.content import Transcriber, build_user_message
+from incall_sms.media.fetch import MediaFetcher
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, LLMMessagesAppendFrame, StartFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from media.content import Transcriber, build_user_message
-from media.fetch import MediaFetcher
-from messaging.errors import SmsError
-from messaging.inbound import InboundMessage
+from incall_sms.errors import SmsError
+from incall_sms.inbound import InboundMessage
 
 __all__ = ["CallEndedError", "InboundMessageProcessor"]
 

@@ -39,8 +39,8 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from messaging.engine import ActionEngine, ActionOutcome, Firing
-from messaging.events import SmsEvent, SmsEventKind
+from incall_sms.engine import ActionEngine, ActionOutcome, Firing
+from incall_sms.events import SmsEvent, SmsEventKind
 
 __all__ = ["AgentTranscriptTap", "SmsActionProcessor", "SpokenLine"]
 

@@ -21,10 +21,10 @@ from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 
-from messaging.actions import SmsAction
-from messaging.dispatcher import SendOutcome
-from messaging.engine import ActionEngine
-from messaging.judges.base import Match
+from incall_sms.actions import SmsAction
+from incall_sms.dispatcher import SendOutcome
+from incall_sms.engine import ActionEngine
+from incall_sms.judges.base import Match
 
 __all__ = ["SmsToolset"]
 

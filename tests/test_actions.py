@@ -1,8 +1,8 @@
 import pytest
+from incall_sms.pipeline import DEFAULT_ACTIONS
 
-from messaging.actions import ActionSet, ContentSpec, SmsAction, load_actions, parse_actions
-from messaging.errors import ActionConfigError
-from tests.conftest import EXAMPLES
+from incall_sms.actions import ActionSet, ContentSpec, SmsAction, load_actions, parse_actions
+from incall_sms.errors import ActionConfigError
 
 
 def _one(**fields):
@@ -12,7 +12,7 @@ def _one(**fields):
 
 
 def test_example_file_loads():
-    actions = load_actions(EXAMPLES / "actions.yaml")
+    actions = load_actions(DEFAULT_ACTIONS)
     assert [a.name for a in actions.actions] == [
         "booking_confirmation",
         "website_link",

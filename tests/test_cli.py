@@ -2,7 +2,9 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import EXAMPLES, ROOT
+from incall_sms.pipeline import DEFAULT_ACTIONS
+
+from tests.conftest import ROOT
 
 
 def run(*args):
@@ -12,7 +14,7 @@ def run(*args):
 
 
 def test_lint_example_ok():
-    out = run("actions", "lint", str(EXAMPLES / "actions.yaml"), "--width", "200")
+    out = run("actions", "lint", str(DEFAULT_ACTIONS), "--width", "200")
     assert out.returncode == 0, out.stderr
     assert "booking_confirmation" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "4 action(s), 0 error(s), 1 warning(s)"

@@ -15,9 +15,9 @@ import subprocess
 
 import pytest
 
-from messaging.errors import SendError
-from messaging.providers.base import OutboundSms
-from messaging.providers.twilio import TwilioProvider
+from incall_sms.errors import SendError
+from incall_sms.providers.base import OutboundSms
+from incall_sms.providers.twilio import TwilioProvider
 from tests.conftest import ROOT, SHARED
 from tests.peers.loopback import free_port, start_server_process
 

@@ -4,15 +4,15 @@ import logging
 
 import pytest
 
-from messaging.actions import parse_actions
-from messaging.clock import ManualClock
-from messaging.dispatcher import CallContext, Dispatcher, SendOutcome
-from messaging.errors import SendError, SendErrorKind
-from messaging.events import SmsEventKind
-from messaging.optout import SqliteOptOutStore, classify_keyword
-from messaging.outbox import Outbox
-from messaging.providers.local import LocalProvider
-from messaging.retry import RetryPolicy
+from incall_sms.actions import parse_actions
+from incall_sms.clock import ManualClock
+from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome
+from incall_sms.errors import SendError, SendErrorKind
+from incall_sms.events import SmsEventKind
+from incall_sms.optout import SqliteOptOutStore, classify_keyword
+from incall_sms.outbox import Outbox
+from incall_sms.providers.local import LocalProvider
+from incall_sms.retry import RetryPolicy
 
 CALLER = "+14155552671"
 AGENT = "+14155550100"
@@ -295,7 +295,7 @@ async def test_broken_subscriber_does_not_break_send(parts):
 
 
 async def test_sender_rate_limit_spreads_sends(clock):
-    from messaging.ratelimit import TokenBucketLimiter
+    from incall_sms.ratelimit import TokenBucketLimiter
 
     provider = LocalProvider(clock=clock.now)
     dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=provider, outbox=Outbox(),
@@ -308,7 +308,7 @@ async def test_sender_rate_limit_spreads_sends(clock):
 
 
 async def test_sender_rate_limit_gives_up_honestly(clock):
-    from messaging.ratelimit import TokenBucketLimiter
+    from incall_sms.ratelimit import TokenBucketLimiter
 
     dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=LocalProvider(clock=clock.now), outbox=Outbox(),
                             optouts=SqliteOptOutStore(), clock=clock,

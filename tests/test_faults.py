@@ -13,13 +13,13 @@ import random
 import time
 from collections import Counter
 
-from messaging.actions import parse_actions
-from messaging.clock import SystemClock
-from messaging.dispatcher import LOOKUP_SKEW, CallContext, Dispatcher, SendOutcome
-from messaging.optout import SqliteOptOutStore
-from messaging.outbox import Outbox
-from messaging.providers.twilio import TwilioProvider
-from messaging.retry import RetryPolicy
+from incall_sms.actions import parse_actions
+from incall_sms.clock import SystemClock
+from incall_sms.dispatcher import LOOKUP_SKEW, CallContext, Dispatcher, SendOutcome
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox
+from incall_sms.providers.twilio import TwilioProvider
+from incall_sms.retry import RetryPolicy
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, Fault, TwilioPeer
 
 SENDS = 1000

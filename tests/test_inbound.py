@@ -3,15 +3,15 @@
 import asyncio
 
 import pytest
+from incall_sms.media.fetch import MediaFetcher, MediaPolicy
+from incall_sms.media.transcribe import DeepgramPrerecordedTranscriber
+from incall_sms.processors.inbound import InboundMessageProcessor
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.openai.llm import OpenAILLMService
 
-from media.fetch import MediaFetcher, MediaPolicy
-from media.transcribe import DeepgramPrerecordedTranscriber
-from messaging.inbound import InboundRouter, InProcessCallRegistry, RouteOutcome
-from messaging.optout import SqliteOptOutStore
-from processors.inbound import InboundMessageProcessor
+from incall_sms.inbound import InboundRouter, InProcessCallRegistry, RouteOutcome
+from incall_sms.optout import SqliteOptOutStore
 from tests.helpers.pipeline import run_pipeline
 from tests.helpers.sms import make_engine
 from tests.helpers.webhooks import (
@@ -164,8 +164,9 @@ async def media_setup():
 
 
 async def build(message_form, fetcher, transcriber):
-    from media.content import build_user_message
-    from messaging.inbound import parse_inbound_form
+    from incall_sms.media.content import build_user_message
+
+    from incall_sms.inbound import parse_inbound_form
 
     return await build_user_message(parse_inbound_form(message_form), fetcher=fetcher, transcriber=transcriber)
 
@@ -211,8 +212,9 @@ async def test_bad_media_is_refused_with_a_note_and_nothing_lost(media_setup):
 
 
 async def test_private_addresses_refused_by_default():
-    from media.fetch import MediaError
-    from messaging.inbound import InboundMedia
+    from incall_sms.media.fetch import MediaError
+
+    from incall_sms.inbound import InboundMedia
 
     fetcher = MediaFetcher(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN,
                            policy=MediaPolicy(allowed_hosts=("localhost",)))
@@ -245,7 +247,7 @@ async def test_text_arriving_before_the_pipeline_starts_is_injected_after_start(
     from pipecat.frames.frames import LLMMessagesAppendFrame
     from pipecat.tests.utils import SleepFrame, run_test
 
-    from messaging.inbound import InboundMessage
+    from incall_sms.inbound import InboundMessage
 
     inbound = InboundMessageProcessor()
     early = asyncio.get_running_loop().create_task(inbound.deliver(InboundMessage(

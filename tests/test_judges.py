@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from messaging.judges import ConditionSpec, EmbeddedJudge, JudgeRequest, Turn
-from messaging.judges.embedded import parse_condition
-from messaging.judges.evaluate import evaluate, load_cases
-from messaging.judges.llm import LLMJudge
+from incall_sms.judges import ConditionSpec, EmbeddedJudge, JudgeRequest, Turn
+from incall_sms.judges.embedded import parse_condition
+from incall_sms.judges.evaluate import evaluate, load_cases
+from incall_sms.judges.llm import LLMJudge
 from tests.conftest import ROOT, SHARED
 from tests.peers.llm_peer import LLMPeer
 

@@ -1,4 +1,4 @@
-"""Architecture rules: the core stays framework-free; library code has no blocking calls."""
+"""Architecture rules: one import namespace; the core stays framework-free; library code has no blocking calls."""
 
 import ast
 import pathlib
@@ -8,7 +8,10 @@ import sys
 from tests.conftest import ROOT
 
 FORBIDDEN_IN_CORE = ("pipecat", "aiohttp", "fastapi", "starlette", "twilio", "websockets", "deepgram", "requests")
-NETWORK_EDGE = {ROOT / "messaging" / "providers" / "twilio.py"}
+NETWORK_EDGE = {ROOT / "incall_sms" / "providers" / "twilio.py"}
+#: Repository folder -> installed package (see setup.py).
+FOLDERS = {"incall_sms": "incall_sms", "pipeline": "incall_sms.pipeline", "processors": "incall_sms.processors",
+           "media": "incall_sms.media"}
 
 
 def _imports(path: pathlib.Path) -> set[str]:
@@ -24,7 +27,7 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 def test_core_imports_no_framework():
     offenders = {}
-    for path in (ROOT / "messaging").rglob("*.py"):
+    for path in (ROOT / "incall_sms").rglob("*.py"):
         if path in NETWORK_EDGE:
             continue
         bad = _imports(path) & set(FORBIDDEN_IN_CORE)
@@ -35,7 +38,7 @@ def test_core_imports_no_framework():
 
 def test_core_import_does_not_load_frameworks():
     code = (
-        "import sys, messaging, messaging.dispatcher, messaging.lint, messaging.providers.local\n"
+        "import sys, incall_sms, incall_sms.dispatcher, incall_sms.lint, incall_sms.providers.local\n"
         f"bad = [m for m in {FORBIDDEN_IN_CORE!r} if m in sys.modules]\n"
         "print(','.join(bad))"
     )
@@ -53,7 +56,7 @@ def test_no_blocking_calls_in_library_code():
         "asyncio.ensure_future(",
     )
     hits = []
-    for folder in ("messaging", "processors", "pipeline", "media"):
+    for folder in FOLDERS:
         for path in (ROOT / folder).rglob("*.py"):
             text = path.read_text(encoding="utf-8")
             hits += [f"{path.name}: {p}" for p in patterns if p in text]
@@ -68,3 +71,15 @@ def test_ruff_clean():
         text=True,
     )
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_every_import_uses_the_one_namespace():
+    """No module imports the repository folders as top-level packages (they install as incall_sms.*)."""
+    stray = set(FOLDERS) - {"incall_sms"} | {"messaging", "run_agent"}
+    offenders = {}
+    for path in [*ROOT.glob("*.py"), *(p for folder in (*FOLDERS, "tests", "bench", "examples")
+                                      for p in (ROOT / folder).rglob("*.py"))]:
+        bad = _imports(path) & stray
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = sorted(bad)
+    assert offenders == {}

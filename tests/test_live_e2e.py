@@ -13,9 +13,10 @@ import sys
 import aiohttp
 import pytest
 import websockets
+from incall_sms.pipeline import DEFAULT_ACTIONS
+from incall_sms.pipeline.recording import load_recording
 from twilio.request_validator import RequestValidator
 
-from pipeline.recording import load_recording
 from tests.conftest import ROOT
 from tests.peers.deepgram_peer import DeepgramPeer
 from tests.peers.llm_peer import LLMPeer
@@ -64,7 +65,7 @@ async def test_recorded_call_through_serve(peers, tmp_path):
            "TWILIO_API_BASE_URL": twilio.base_url, "DEEPGRAM_API_KEY": "dg-test-key",
            "DEEPGRAM_BASE_URL": deepgram.base_url, "SMS_AGENT_LLM_URL": llm.base_url, "SMS_AGENT_LLM_MODEL": "agent",
            "SMS_AGENT_TTS": "tone", "PUBLIC_URL": PUBLIC, "SMS_STATE_DIR": str(tmp_path / "state"),
-           "SMS_ACTIONS_FILE": str(ROOT / "examples" / "actions.yaml"), "PYTHONPATH": str(ROOT),
+           "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS), "PYTHONPATH": str(ROOT),
            "SMS_RECORD_DIR": str(tmp_path / "recordings"), "PIPECAT_LOG_LEVEL": os.environ.get("E2E_LOG", "WARNING")}
     proc = subprocess.Popen([sys.executable, "run_agent.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -144,7 +145,7 @@ async def test_recorded_call_through_serve(peers, tmp_path):
     assert token.split(".")[0] not in text  # the stream token is never recorded
     report = tmp_path / "replay.json"
     out = subprocess.run([sys.executable, "run_agent.py", "replay", str(recorded), "--actions",
-                          str(ROOT / "examples" / "actions.yaml"), "--report", str(report)],
+                          str(DEFAULT_ACTIONS), "--report", str(report)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     replayed = json.loads(report.read_text())

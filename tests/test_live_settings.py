@@ -3,9 +3,9 @@
 import dataclasses
 
 import pytest
+from incall_sms.pipeline import DEFAULT_ACTIONS
+from incall_sms.pipeline.live import LiveAgent, LiveSettings, SettingsError, TwilioStream, stream_twiml
 
-from pipeline.live import LiveAgent, LiveSettings, SettingsError, TwilioStream, stream_twiml
-from tests.conftest import EXAMPLES
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, TwilioPeer
 
 
@@ -32,7 +32,7 @@ async def test_caller_number_falls_back_to_calls_api(tmp_path):
         settings = LiveSettings.from_env({
             "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "k",
             "OPENAI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "TWILIO_API_BASE_URL": peer.base_url,
-            "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(EXAMPLES / "actions.yaml")})
+            "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS)})
         agent = LiveAgent(settings)
         try:
             signed = TwilioStream(call_sid="CA" + "9" * 32, stream_sid="MZ" + "1" * 32, caller="+14155550199",
@@ -47,12 +47,12 @@ async def test_caller_number_falls_back_to_calls_api(tmp_path):
 
 
 async def test_redis_url_shares_stores(tmp_path, redis_url):
-    from messaging.redis_store import RedisOptOutStore
+    from incall_sms.redis_store import RedisOptOutStore
 
     settings = LiveSettings.from_env({
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "k",
         "OPENAI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "REDIS_URL": redis_url,
-        "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(EXAMPLES / "actions.yaml")})
+        "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS)})
     first, second = LiveAgent(settings), LiveAgent(settings)  # two workers
     try:
         assert isinstance(first.optouts, RedisOptOutStore)

@@ -2,9 +2,9 @@
 
 import json
 
-from messaging.judges.base import Turn
-from messaging.variables import LLMVariableExtractor, PatternExtractor
-from messaging.writer import LLMContentWriter
+from incall_sms.judges.base import Turn
+from incall_sms.variables import LLMVariableExtractor, PatternExtractor
+from incall_sms.writer import LLMContentWriter
 from tests.helpers.sms import make_engine
 from tests.peers.llm_peer import LLMPeer
 
@@ -67,11 +67,11 @@ def test_pattern_extractor():
 
 
 async def test_llm_phrased_filler_and_confirmation():
+    from incall_sms.processors.sms_actions import SmsActionProcessor
     from pipecat.frames.frames import TranscriptionFrame
     from pipecat.tests.utils import SleepFrame, run_test
 
-    from messaging.providers.local import LocalProvider
-    from processors.sms_actions import SmsActionProcessor
+    from incall_sms.providers.local import LocalProvider
 
     actions = {"actions": [{
         "name": "link", "condition": "if the caller requests a link to the website",

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging.errors import InvalidPhoneNumberError
-from messaging.phone import is_e164, last_digits, mask, normalize_e164
+from incall_sms.errors import InvalidPhoneNumberError
+from incall_sms.phone import is_e164, last_digits, mask, normalize_e164
 
 
 @pytest.mark.parametrize(

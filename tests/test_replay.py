@@ -6,11 +6,12 @@ import sys
 
 import pytest
 import yaml
+from incall_sms.pipeline import DEFAULT_ACTIONS
+from incall_sms.pipeline.recording import Expectations, RecordingMeta, ReplayReport
+from incall_sms.pipeline.replay import replay
 
-from messaging.actions import load_actions
-from pipeline.recording import Expectations, RecordingMeta, ReplayReport
-from pipeline.replay import replay
-from tests.conftest import EXAMPLES, ROOT
+from incall_sms.actions import load_actions
+from tests.conftest import ROOT
 
 CALLS = sorted(p for p in (ROOT / "tests" / "calls").glob("*.jsonl"))
 CORPUS_ACTIONS = ROOT / "tests" / "calls" / "actions.yaml"
@@ -93,6 +94,6 @@ def test_replay_cli_contract(tmp_path):
                str(tmp_path / "r2.json"), "--expect", str(wrong))
     assert out.returncode == 1 and "FAILED: SMS booking_confirmation was sent" in out.stdout
     # bad input: exit 2
-    out = _run("replay", str(tmp_path / "missing.jsonl"), "--actions", str(EXAMPLES / "actions.yaml"),
+    out = _run("replay", str(tmp_path / "missing.jsonl"), "--actions", str(DEFAULT_ACTIONS),
                "--report", str(tmp_path / "r3.json"))
     assert out.returncode == 2

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging.segments import MAX_BODY_CHARS, count_segments, graphemes, smart_encode
+from incall_sms.segments import MAX_BODY_CHARS, count_segments, graphemes, smart_encode
 from tests.conftest import SHARED
 
 CASES = json.loads((SHARED / "reference" / "sms_segment_cases.json").read_text(encoding="utf-8"))

@@ -9,16 +9,16 @@ import time
 
 import pytest
 
-from messaging.actions import parse_actions
-from messaging.clock import SystemClock
-from messaging.dispatcher import CallContext, Dispatcher, SendOutcome
-from messaging.errors import SendError, SendErrorKind
-from messaging.judges.base import Match
-from messaging.optout import SqliteOptOutStore
-from messaging.outbox import Outbox, OutboxRecord
-from messaging.providers.local import LocalProvider
-from messaging.providers.twilio import TwilioProvider
-from messaging.retry import RetryPolicy
+from incall_sms.actions import parse_actions
+from incall_sms.clock import SystemClock
+from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome
+from incall_sms.errors import SendError, SendErrorKind
+from incall_sms.judges.base import Match
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox, OutboxRecord
+from incall_sms.providers.local import LocalProvider
+from incall_sms.providers.twilio import TwilioProvider
+from incall_sms.retry import RetryPolicy
 from tests.helpers.sms import AGENT, CALLER, make_engine
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, Fault, TwilioPeer
 
@@ -195,7 +195,7 @@ async def test_refire_after_sender_busy_sends():
 
 
 async def test_tool_retry_with_the_missing_argument_sends_and_says_so():
-    from processors.sms_tools import SmsToolset
+    from incall_sms.processors.sms_tools import SmsToolset
 
     engine = make_engine(actions={"actions": [
         {"name": "booking", "condition": "if the caller wants the booking confirmation",
@@ -225,7 +225,7 @@ async def test_tool_retry_with_the_missing_argument_sends_and_says_so():
 
 
 async def test_tool_call_while_the_send_is_running_is_not_called_sent():
-    from processors.sms_tools import SmsToolset
+    from incall_sms.processors.sms_tools import SmsToolset
 
     engine = make_engine(provider=LocalProvider(latency=0.5), extractor=False)
     toolset = SmsToolset(engine=engine, speak_filler=False)
@@ -263,7 +263,7 @@ async def test_to_last4_gives_four_digits():
 
 @pytest.mark.parametrize("segments", [1])
 async def test_in_process_rate_limiter_enforces_its_maximum_wait(segments):
-    from messaging.ratelimit import TokenBucketLimiter
+    from incall_sms.ratelimit import TokenBucketLimiter
     from tests.helpers.virtual_clock import VirtualClock
 
     clock = VirtualClock()

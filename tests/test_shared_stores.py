@@ -9,11 +9,11 @@ import uuid
 
 import pytest
 
-from messaging.clock import ManualClock
-from messaging.inbound import InProcessSeenKeys
-from messaging.optout import SqliteOptOutStore
-from messaging.ratelimit import TokenBucketLimiter
-from messaging.redis_store import RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
+from incall_sms.clock import ManualClock
+from incall_sms.inbound import InProcessSeenKeys
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.ratelimit import TokenBucketLimiter
+from incall_sms.redis_store import RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
 
 KINDS = ["embedded", "redis"]
 
@@ -92,8 +92,8 @@ async def test_concurrent_seen_keys_admit_one(make):
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_call_registry_contract(make, kind, redis_url):
-    from messaging.inbound import InProcessCallRegistry
-    from messaging.redis_store import RedisCallRegistry
+    from incall_sms.inbound import InProcessCallRegistry
+    from incall_sms.redis_store import RedisCallRegistry
 
     if kind == "embedded":
         registry = InProcessCallRegistry()

@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pytest
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import (
     CancelFrame,
     InterruptionFrame,
@@ -13,10 +14,9 @@ from pipecat.frames.frames import (
 )
 from pipecat.tests.utils import SleepFrame, run_test
 
-from messaging.dispatcher import SendOutcome
-from messaging.judges.llm import LLMJudge
-from messaging.outbox import Outbox
-from processors.sms_actions import SmsActionProcessor
+from incall_sms.dispatcher import SendOutcome
+from incall_sms.judges.llm import LLMJudge
+from incall_sms.outbox import Outbox
 from tests.helpers.sms import CALLER, make_engine
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import Fault, TwilioPeer

@@ -13,10 +13,10 @@ import xml.etree.ElementTree as ET
 import aiohttp
 import pytest
 import websockets
+from incall_sms.pipeline import DEFAULT_ACTIONS
+from incall_sms.pipeline.live import LiveAgent, LiveSettings
 from twilio.request_validator import RequestValidator
 
-from pipeline.live import LiveAgent, LiveSettings
-from tests.conftest import EXAMPLES
 from tests.helpers.live import LiveServer
 from tests.peers.deepgram_peer import DeepgramPeer
 from tests.peers.llm_peer import LLMPeer
@@ -40,7 +40,7 @@ async def live(tmp_path):
             "DEEPGRAM_BASE_URL": deepgram.base_url, "SMS_AGENT_LLM_URL": llm.base_url,
             "SMS_AGENT_LLM_MODEL": "agent", "SMS_AGENT_TTS": "tone", "PUBLIC_URL": PUBLIC,
             "TWILIO_API_BASE_URL": twilio.base_url, "SMS_STATE_DIR": str(tmp_path / "state"),
-            "SMS_ACTIONS_FILE": str(EXAMPLES / "actions.yaml"), "SMS_RECORD_DIR": str(tmp_path / "rec" / "calls")})
+            "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS), "SMS_RECORD_DIR": str(tmp_path / "rec" / "calls")})
         agent = LiveAgent(settings)
         async with LiveServer(agent.app) as server:
             server.agent, server.twilio, server.tmp = agent, twilio, tmp_path

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging.errors import MissingVariableError
-from messaging.templates import MAX_VALUE_CHARS, Template
+from incall_sms.errors import MissingVariableError
+from incall_sms.templates import MAX_VALUE_CHARS, Template
 
 
 def test_both_placeholder_styles():

@@ -11,15 +11,15 @@ import time
 
 import pytest
 
-from messaging.actions import parse_actions
-from messaging.clock import ManualClock
-from messaging.dispatcher import CallContext, Dispatcher, SendOutcome
-from messaging.errors import SendError, SendErrorKind
-from messaging.optout import SqliteOptOutStore
-from messaging.outbox import Outbox, OutboxRecord
-from messaging.providers.base import OutboundSms
-from messaging.providers.twilio import TwilioProvider, classify_twilio_error
-from messaging.retry import RetryPolicy
+from incall_sms.actions import parse_actions
+from incall_sms.clock import ManualClock
+from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome
+from incall_sms.errors import SendError, SendErrorKind
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox, OutboxRecord
+from incall_sms.providers.base import OutboundSms
+from incall_sms.providers.twilio import TwilioProvider, classify_twilio_error
+from incall_sms.retry import RetryPolicy
 from tests.conftest import ROOT
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, Fault, TwilioPeer
 

@@ -45,8 +45,7 @@ def _speech_8k(text: str) -> list[float] | None:
     """The utterance in the Piper voice at 8 kHz (samples in PCM16 units), or None without Piper."""
     try:
         import numpy as np
-
-        from media.offline_speech import OfflineSpeech, available
+        from incall_sms.media.offline_speech import OfflineSpeech, available
     except ImportError:
         return None
     if available() is not None:
@@ -100,7 +99,7 @@ def _attachment(kind: str) -> dict:
     if voice is None:
         raise SystemExit("voice notes need the offline Piper voice (pip install -e .)")
     pcm = b"".join(int(max(-32768, min(32767, v))).to_bytes(2, "little", signed=True) for v in voice)
-    from media.content import ffmpeg_exe
+    from incall_sms.media.content import ffmpeg_exe
 
     amr = subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "s16le", "-ar", "8000", "-ac", "1",
                           "-i", "pipe:0", "-c:a", "libopencore_amrnb", "-b:a", "12.2k", "-f", "amr", "pipe:1"],

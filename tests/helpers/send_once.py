@@ -6,11 +6,11 @@ Usage: python -m tests.helpers.send_once DB BASE_URL
 import asyncio
 import sys
 
-from messaging.actions import parse_actions
-from messaging.dispatcher import CallContext, Dispatcher
-from messaging.optout import SqliteOptOutStore
-from messaging.outbox import Outbox
-from messaging.providers.twilio import TwilioProvider
+from incall_sms.actions import parse_actions
+from incall_sms.dispatcher import CallContext, Dispatcher
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox
+from incall_sms.providers.twilio import TwilioProvider
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
 
 ACTIONS = {"actions": [{"name": "link", "condition": "if asked", "content": {"template": "https://example.com/x"}}]}

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 
-from messaging.actions import parse_actions
-from messaging.clock import ManualClock
-from messaging.dispatcher import CallContext, Dispatcher
-from messaging.engine import ActionEngine
-from messaging.judges.embedded import EmbeddedJudge
-from messaging.optout import SqliteOptOutStore
-from messaging.outbox import Outbox
-from messaging.providers.local import LocalProvider
-from messaging.providers.twilio import TwilioProvider
-from messaging.retry import RetryPolicy
-from messaging.variables import PatternExtractor
+from incall_sms.actions import parse_actions
+from incall_sms.clock import ManualClock
+from incall_sms.dispatcher import CallContext, Dispatcher
+from incall_sms.engine import ActionEngine
+from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox
+from incall_sms.providers.local import LocalProvider
+from incall_sms.providers.twilio import TwilioProvider
+from incall_sms.retry import RetryPolicy
+from incall_sms.variables import PatternExtractor
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
 
 #: Providers made by make_engine; the autouse fixture in conftest closes them after each test.

@@ -1,6 +1,6 @@
 """A virtual-time clock for tests: ``sleep`` waits until time is advanced to its deadline.
 
-Unlike :class:`messaging.clock.ManualClock` (every sleep advances the shared time at once, so
+Unlike :class:`incall_sms.clock.ManualClock` (every sleep advances the shared time at once, so
 concurrent sleeps add up), time here jumps to the earliest pending deadline only when every
 task is idle, as on a real clock, but without waiting.
 """

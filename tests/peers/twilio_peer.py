@@ -111,7 +111,7 @@ class TwilioPeer:
         return header == expected and sid == self.account_sid
 
     def _resource(self, msg: PeerMessage) -> dict[str, Any]:
-        from messaging.segments import count_segments
+        from incall_sms.segments import count_segments
 
         info = count_segments(msg.body)
         return {

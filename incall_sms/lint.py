@@ -11,8 +11,8 @@ import dataclasses
 import pathlib
 from typing import Any
 
-from messaging.actions import ActionSet, SmsAction, parse_leniently, read_action_file
-from messaging.segments import count_segments
+from incall_sms.actions import ActionSet, SmsAction, parse_leniently, read_action_file
+from incall_sms.segments import count_segments
 
 __all__ = ["LintRow", "lint_actions", "lint_data", "lint_file"]
 
@@ -95,8 +95,8 @@ def lint_actions(actions: ActionSet, *, indices: list[int] | None = None) -> lis
     """Lint every action of a set, including cross-field problems.
 
     Args:
-        actions: Actions valid on their own (from :func:`~messaging.actions.load_actions`
-            or :func:`~messaging.actions.parse_leniently`).
+        actions: Actions valid on their own (from :func:`~incall_sms.actions.load_actions`
+            or :func:`~incall_sms.actions.parse_leniently`).
         indices: Position of each action in its file, for error messages.
 
     Returns:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import phonenumbers
 
-from messaging.errors import InvalidPhoneNumberError
+from incall_sms.errors import InvalidPhoneNumberError
 
 __all__ = ["is_e164", "last_digits", "mask", "normalize_e164"]
 

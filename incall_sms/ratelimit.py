@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Protocol
 
-from messaging.clock import Clock, SystemClock
+from incall_sms.clock import Clock, SystemClock
 
 __all__ = ["RateLimiter", "TokenBucketLimiter"]
 

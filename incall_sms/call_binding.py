@@ -29,8 +29,8 @@ import secrets
 import time
 from collections.abc import Callable
 
-from messaging.errors import SmsError
-from messaging.inbound import InProcessSeenKeys, SeenKeys
+from incall_sms.errors import SmsError
+from incall_sms.inbound import InProcessSeenKeys, SeenKeys
 
 __all__ = ["CALL_SID", "STREAM_SID", "CallBinder", "CallBinding", "StreamAuthError"]
 

@@ -17,9 +17,9 @@ import os
 import re
 from typing import Any
 
-from messaging.chat import ChatModel
-from messaging.judges.base import ConditionJudge, JudgeRequest, Match
-from messaging.judges.embedded import EmbeddedJudge
+from incall_sms.chat import ChatModel
+from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match
+from incall_sms.judges.embedded import EmbeddedJudge
 
 __all__ = ["LLMJudge"]
 

@@ -1,6 +1,6 @@
 """The one retry helper of the project.
 
-Only :class:`~messaging.errors.SendError` with ``kind == RETRYABLE`` is retried.
+Only :class:`~incall_sms.errors.SendError` with ``kind == RETRYABLE`` is retried.
 Permanent and ambiguous errors propagate at once: ambiguity is resolved by the
 dispatcher (ask the provider), never by blindly resending.
 """
@@ -12,8 +12,8 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from messaging.clock import Clock, SystemClock
-from messaging.errors import SendError
+from incall_sms.clock import Clock, SystemClock
+from incall_sms.errors import SendError
 
 __all__ = ["RetryPolicy", "retry"]
 
@@ -63,7 +63,7 @@ async def retry(
     Args:
         operation: Zero-argument coroutine function; called once per attempt.
         policy: How often and how long to wait.
-        clock: Sleeps go through it (a :class:`~messaging.clock.ManualClock` in tests).
+        clock: Sleeps go through it (a :class:`~incall_sms.clock.ManualClock` in tests).
         on_retry: Called with (attempt, error, delay) before each wait.
 
     Returns:

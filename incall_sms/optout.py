@@ -9,7 +9,7 @@ import pathlib
 import sqlite3
 from typing import Literal, Protocol
 
-from messaging.store import SqliteDb
+from incall_sms.store import SqliteDb
 
 __all__ = ["OPT_IN_KEYWORDS", "OPT_OUT_KEYWORDS", "OptOutStore", "SqliteOptOutStore", "classify_keyword"]
 

@@ -8,7 +8,7 @@ import pathlib
 from collections import defaultdict
 from typing import Any
 
-from messaging.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Turn
+from incall_sms.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Turn
 
 __all__ = ["EvalCase", "EvalReport", "evaluate", "load_cases"]
 

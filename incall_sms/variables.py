@@ -6,8 +6,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
-from messaging.judges.base import Turn
-from messaging.templates import clean_value
+from incall_sms.judges.base import Turn
+from incall_sms.templates import clean_value
 
 __all__ = ["CallVariables", "LLMVariableExtractor", "PatternExtractor", "VariableExtractor"]
 
@@ -139,7 +139,7 @@ class LLMVariableExtractor:
     """
 
     def __init__(self, *, base_url: str, model: str, api_key: str = "none", timeout: float = 3.0) -> None:
-        from messaging.chat import ChatModel
+        from incall_sms.chat import ChatModel
 
         self._chat = ChatModel(base_url=base_url, model=model, api_key=api_key, timeout=timeout)
 

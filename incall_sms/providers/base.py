@@ -33,7 +33,7 @@ class OutboundSms:
     validity_period: int | None = None
 
     def __repr__(self) -> str:
-        from messaging.phone import mask
+        from incall_sms.phone import mask
 
         return f"OutboundSms(key={self.key!r}, to={mask(self.to)}, from={mask(self.from_)}, chars={len(self.body)})"
 

@@ -43,7 +43,7 @@ import pathlib
 import sqlite3
 from typing import Any
 
-from messaging.store import SqliteDb, transaction
+from incall_sms.store import SqliteDb, transaction
 
 __all__ = ["ClaimOutcome", "Outbox", "OutboxRecord", "SidTakenError", "idempotency_key"]
 
@@ -172,7 +172,7 @@ class OutboxRecord:
         return cls(media_urls=tuple(u for u in urls.split("\n") if u), **data)
 
     def __repr__(self) -> str:  # never leak number or body through a repr in a log line
-        from messaging.phone import mask
+        from incall_sms.phone import mask
 
         return (
             f"OutboxRecord(key={self.key!r}, status={self.status!r}, to={mask(self.to_number)}, "

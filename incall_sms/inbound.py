@@ -27,10 +27,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
-from messaging.errors import InvalidPhoneNumberError, SmsError
-from messaging.optout import OptOutStore, classify_keyword
-from messaging.phone import mask, normalize_e164
-from messaging.store import SqliteDb
+from incall_sms.errors import InvalidPhoneNumberError, SmsError
+from incall_sms.optout import OptOutStore, classify_keyword
+from incall_sms.phone import mask, normalize_e164
+from incall_sms.store import SqliteDb
 
 __all__ = [
     "InProcessSeenKeys",

@@ -5,7 +5,7 @@ Both styles name the same variable; whitespace inside double braces is allowed
 not starting with a digit). Any other brace is literal text, so JSON-ish text
 or a lone ``{`` passes through unchanged. Rendering never leaves a placeholder in
 the output: a variable without a value and without a default raises
-:class:`~messaging.errors.MissingVariableError`.
+:class:`~incall_sms.errors.MissingVariableError`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 
-from messaging.errors import MissingVariableError
+from incall_sms.errors import MissingVariableError
 
 __all__ = ["Template", "clean_value"]
 

@@ -15,10 +15,10 @@ import secrets
 import sqlite3
 import time
 
-from messaging.errors import SendError, SendErrorKind
-from messaging.providers.base import OutboundSms, ProviderReceipt
-from messaging.segments import count_segments
-from messaging.store import SqliteDb
+from incall_sms.errors import SendError, SendErrorKind
+from incall_sms.providers.base import OutboundSms, ProviderReceipt
+from incall_sms.segments import count_segments
+from incall_sms.store import SqliteDb
 
 __all__ = ["InboxMessage", "LocalProvider"]
 

@@ -28,7 +28,7 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 
-from messaging.judges.base import ConditionSpec, JudgeRequest, Match, Turn
+from incall_sms.judges.base import ConditionSpec, JudgeRequest, Match, Turn
 
 __all__ = ["MAX_TURN_CHARS", "EmbeddedJudge", "ParsedCondition", "parse_condition"]
 

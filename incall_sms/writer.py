@@ -6,8 +6,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from messaging.chat import ChatModel
-from messaging.judges.base import Turn
+from incall_sms.chat import ChatModel
+from incall_sms.judges.base import Turn
 
 __all__ = ["ContentWriter", "LLMContentWriter"]
 

@@ -35,10 +35,10 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
-from messaging.errors import ActionConfigError, InvalidPhoneNumberError
-from messaging.phone import normalize_e164
-from messaging.segments import MAX_BODY_CHARS
-from messaging.templates import Template
+from incall_sms.errors import ActionConfigError, InvalidPhoneNumberError
+from incall_sms.phone import normalize_e164
+from incall_sms.segments import MAX_BODY_CHARS
+from incall_sms.templates import Template
 
 __all__ = [
     "BUILTIN_VARIABLES",
@@ -154,7 +154,7 @@ class Destination(_Model):
 
     def describe(self) -> str:
         """Short human description with numbers masked."""
-        from messaging.phone import mask
+        from incall_sms.phone import mask
 
         if self.kind == "static":
             return f"static {mask(self.number)}"

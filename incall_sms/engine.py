@@ -12,13 +12,13 @@ import logging
 from collections.abc import Mapping
 from typing import Literal
 
-from messaging.actions import SmsAction
-from messaging.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
-from messaging.errors import MissingVariableError
-from messaging.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Match, Turn
-from messaging.templates import Template
-from messaging.variables import CallVariables, VariableExtractor
-from messaging.writer import ContentWriter
+from incall_sms.actions import SmsAction
+from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
+from incall_sms.errors import MissingVariableError
+from incall_sms.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Match, Turn
+from incall_sms.templates import Template
+from incall_sms.variables import CallVariables, VariableExtractor
+from incall_sms.writer import ContentWriter
 
 __all__ = ["ActionEngine", "ActionOutcome", "Firing"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from messaging.clock import Clock, SystemClock
+from incall_sms.clock import Clock, SystemClock
 
 __all__ = ["RedisCallRegistry", "RedisOptOutStore", "RedisRateLimiter", "RedisSeenKeys", "connect"]
 
@@ -169,7 +169,7 @@ class RedisCallRegistry:
         import json
         import logging
 
-        from messaging.inbound import InboundMedia, InboundMessage
+        from incall_sms.inbound import InboundMedia, InboundMessage
 
         log = logging.getLogger(__name__)
         async for item in self._pubsub.listen():
@@ -250,7 +250,7 @@ class RedisCallRegistry:
             if not receivers:
                 raise RuntimeError("the worker owning the call is gone")
             self.forwarded += 1
-            from messaging.inbound import RouteOutcome
+            from incall_sms.inbound import RouteOutcome
 
             return RouteOutcome.FORWARDED
 

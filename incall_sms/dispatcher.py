@@ -25,7 +25,7 @@ never sent later).
 unfinished, with the same rule, at start-up and periodically (:meth:`Dispatcher.recovery`);
 rows older than the recovery window are closed as ``expired``, never sent.
 :meth:`Dispatcher.handle_status` applies status callbacks. The row states are drawn in
-:mod:`messaging.outbox`.
+:mod:`incall_sms.outbox`.
 """
 
 from __future__ import annotations
@@ -40,17 +40,17 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-from messaging.actions import ActionSet, SenderKind, SmsAction
-from messaging.clock import Clock, SystemClock
-from messaging.errors import InvalidPhoneNumberError, MissingVariableError, SendError, SendErrorKind
-from messaging.events import SmsEvent, SmsEventKind
-from messaging.optout import OptOutStore
-from messaging.outbox import ClaimOutcome, Outbox, OutboxRecord, idempotency_key
-from messaging.phone import last_digits, mask, normalize_e164
-from messaging.providers.base import OutboundSms, ProviderReceipt, SmsProvider
-from messaging.ratelimit import RateLimiter
-from messaging.retry import RetryPolicy, retry
-from messaging.segments import MAX_BODY_CHARS, count_segments
+from incall_sms.actions import ActionSet, SenderKind, SmsAction
+from incall_sms.clock import Clock, SystemClock
+from incall_sms.errors import InvalidPhoneNumberError, MissingVariableError, SendError, SendErrorKind
+from incall_sms.events import SmsEvent, SmsEventKind
+from incall_sms.optout import OptOutStore
+from incall_sms.outbox import ClaimOutcome, Outbox, OutboxRecord, idempotency_key
+from incall_sms.phone import last_digits, mask, normalize_e164
+from incall_sms.providers.base import OutboundSms, ProviderReceipt, SmsProvider
+from incall_sms.ratelimit import RateLimiter
+from incall_sms.retry import RetryPolicy, retry
+from incall_sms.segments import MAX_BODY_CHARS, count_segments
 
 __all__ = ["CallContext", "Dispatcher", "SendOutcome", "SendResult"]
 

@@ -1,12 +1,12 @@
 """Framework-independent core of the in-call SMS component.
 
 No pipecat, aiohttp or web-framework imports here (a test enforces it), except in
-:mod:`messaging.providers.twilio`, the network edge.
+:mod:`incall_sms.providers.twilio`, the network edge.
 """
 
-from messaging.actions import ActionSet, SmsAction, load_actions, parse_actions
-from messaging.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
-from messaging.errors import (
+from incall_sms.actions import ActionSet, SmsAction, load_actions, parse_actions
+from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
+from incall_sms.errors import (
     ActionConfigError,
     InvalidPhoneNumberError,
     MissingVariableError,
@@ -14,8 +14,8 @@ from messaging.errors import (
     SendErrorKind,
     SmsError,
 )
-from messaging.events import SmsEvent, SmsEventKind
-from messaging.segments import SegmentInfo, count_segments
+from incall_sms.events import SmsEvent, SmsEventKind
+from incall_sms.segments import SegmentInfo, count_segments
 
 __all__ = [
     "ActionConfigError",

@@ -19,8 +19,8 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from messaging.errors import SendError, SendErrorKind
-from messaging.providers.base import OutboundSms, ProviderReceipt
+from incall_sms.errors import SendError, SendErrorKind
+from incall_sms.providers.base import OutboundSms, ProviderReceipt
 
 __all__ = ["TwilioProvider", "classify_twilio_error"]
 
