@@ -27,13 +27,13 @@ from loguru import logger  # noqa: E402
 logger.remove()
 logger.add(sys.stderr, level="ERROR")
 
-from incall_sms.pipeline.audio_gaps import GapMeter  # noqa: E402
-from incall_sms.processors.sms_actions import SmsActionProcessor  # noqa: E402
 from pipecat.frames.frames import InputAudioRawFrame, TranscriptionFrame  # noqa: E402
 from pipecat.processors.frame_processor import FrameProcessor  # noqa: E402
 
 from incall_sms.judges import ConditionSpec, EmbeddedJudge, JudgeRequest, Turn  # noqa: E402
 from incall_sms.judges.llm import LLMJudge  # noqa: E402
+from incall_sms.pipeline.audio_gaps import GapMeter  # noqa: E402
+from incall_sms.processors.sms_actions import SmsActionProcessor  # noqa: E402
 from tests.helpers.pipeline import SILENCE_20MS_16K, NaiveSmsProcessor, run_pipeline  # noqa: E402
 from tests.helpers.sms import OPEN_PROVIDERS, make_engine  # noqa: E402
 from tests.peers.llm_peer import LLMPeer  # noqa: E402
@@ -193,12 +193,12 @@ async def decision_latency(judge_kind: str, runs: int) -> dict:
 
 async def inbound_latency(runs: int) -> dict:
     """Webhook POST sent -> LLMMessagesAppendFrame reaching the pipeline upstream (text; 1 MB image)."""
-    from incall_sms.media.fetch import MediaFetcher, MediaPolicy
-    from incall_sms.processors.inbound import InboundMessageProcessor
     from pipecat.frames.frames import LLMMessagesAppendFrame
 
     from incall_sms.inbound import InboundRouter, InProcessCallRegistry
+    from incall_sms.media.fetch import MediaFetcher, MediaPolicy
     from incall_sms.optout import SqliteOptOutStore
+    from incall_sms.processors.inbound import InboundMessageProcessor
     from tests.helpers.webhooks import AGENT, CALLER, App, MediaPeer, make_big_jpeg, sms_form
     from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
 

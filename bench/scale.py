@@ -14,8 +14,6 @@ import statistics
 import time
 from pathlib import Path
 
-from incall_sms.pipeline.audio_gaps import GapMeter
-from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import EndFrame, InputAudioRawFrame, OutputAudioRawFrame, TranscriptionFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -27,6 +25,8 @@ from incall_sms.engine import ActionEngine
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.outbox import Outbox
+from incall_sms.pipeline.audio_gaps import GapMeter
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from incall_sms.providers.local import LocalProvider
 
 SILENCE = b"\x00\x00" * 320
@@ -59,9 +59,8 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) 
     With ``inbound``, each caller also texts the agent once; the text goes through the inbound
     router into the call's context (counted as injected).
     """
-    from incall_sms.processors.inbound import InboundMessageProcessor
-
     from incall_sms.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
+    from incall_sms.processors.inbound import InboundMessageProcessor
 
     provider = LocalProvider(latency=0.3)
     outbox, optouts = Outbox(), SqliteOptOutStore()

@@ -452,9 +452,22 @@ def read_action_file(path: str | pathlib.Path) -> Any:
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ActionConfigError(f"{file.name} is not valid YAML{where}") from None
+        raise ActionConfigError(f"{file.name} is not valid YAML: {describe_yaml_error(exc)}") from None
+
+
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """Where and why a YAML document is invalid, citing the lines (1-based) the parser names.
+
+    A construct left open (a ``{`` or ``[`` never closed, a quote never ended) is only
+    noticed where the next token does not fit; the line where it was opened is named too.
+    """
+    problem = getattr(exc, "problem", None) or "syntax error"
+    mark = getattr(exc, "problem_mark", None)
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else str(problem)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        text += f" ({context} opened at line {context_mark.line + 1})"
+    return text
 
 
 def parse_leniently(data: Any) -> tuple[ActionSet, list[int], list[tuple[int, str, list[str]]]]:

@@ -3,8 +3,9 @@
 * text: quoted and attributed ("The caller sent a text message during the call: ...");
 * images: decoded with Pillow (bomb-protected), scaled to at most 1024 px, re-encoded as JPEG,
   attached as ``image_url`` data-URL parts;
-* audio (amr/ogg/mp3/...): converted to 16 kHz mono WAV with the ffmpeg shipped by
-  ``imageio-ffmpeg``, transcribed by the configured :class:`Transcriber`;
+* audio (amr/ogg/mp3/...): converted to 16 kHz mono WAV with ffmpeg (the one ``imageio-ffmpeg``
+  ships with the ``[media]`` extra, or ffmpeg on PATH), transcribed by the configured
+  :class:`Transcriber`; without ffmpeg the attachment becomes a note saying so;
 * video: the audio track transcribed, two key frames attached as images;
 * text/vCard/calendar: decoded text (capped); PDF and others: a clear "unsupported attachment" note.
 
@@ -18,13 +19,13 @@ import base64
 import io
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from incall_sms.media.fetch import FetchedMedia, MediaError, MediaFetcher
-
 from incall_sms.inbound import InboundMessage
+from incall_sms.media.fetch import FetchedMedia, MediaError, MediaFetcher
 
 __all__ = ["Transcriber", "build_user_message", "ffmpeg_exe"]
 
@@ -44,12 +45,22 @@ class Transcriber(Protocol):
 
 
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary shipped by ``imageio-ffmpeg`` (or ``$FFMPEG``)."""
+    """Path of an ffmpeg binary: ``$FFMPEG``, the one ``imageio-ffmpeg`` ships (the ``[media]`` extra), or PATH.
+
+    Raises:
+        MediaError: ``no_ffmpeg``: none of them (voice notes and videos become a note saying so).
+    """
     if os.environ.get("FFMPEG"):
         return os.environ["FFMPEG"]
-    import imageio_ffmpeg
+    try:
+        import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError):
+        found = shutil.which("ffmpeg")
+        if found:
+            return found
+    raise MediaError("no_ffmpeg")
 
 
 async def _ffmpeg(args: Sequence[str], data: bytes) -> bytes:

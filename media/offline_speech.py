@@ -87,6 +87,11 @@ class OfflineSpeech:
         audio16 = np.clip(_resample(phone, 8000, 16000), -1, 1)
         return (audio16 * 32767).astype(np.int16).tobytes()
 
+    async def preload_voice(self) -> None:
+        """Load the caller's Piper voice now (off the event loop), so the first line is not late."""
+        async with self._lock:
+            await asyncio.to_thread(self._load_voice)
+
     async def caller_audio(self, text: str) -> bytes:
         """``text`` in the caller's voice after the phone line: 16 kHz mono PCM16."""
         async with self._lock:

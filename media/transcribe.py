@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+
 from incall_sms.media.fetch import MediaError
 
 __all__ = ["DeepgramPrerecordedTranscriber"]

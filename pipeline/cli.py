@@ -12,49 +12,58 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from incall_sms.pipeline import DEFAULT_ACTIONS, DEMO_CALL
 from rich.console import Console
 from rich.table import Table
 
+from incall_sms.pipeline import DEFAULT_ACTIONS, DEMO_CALL
+
 __all__ = ["main"]
 
+
+
+def _error(message: str) -> None:
+    """Errors go to stderr, one unwrapped line each (whatever the terminal width or a pipe)."""
+    print(f"error: {message}", file=sys.stderr)
 
 
 def _cmd_actions_lint(args: argparse.Namespace) -> int:
     from incall_sms.errors import ActionConfigError
     from incall_sms.lint import lint_file
 
-    console = Console(width=args.width) if args.width else Console()
     try:
         rows = lint_file(args.file)
     except ActionConfigError as exc:
-        console.print(f"[bold red]error[/]: {args.file}: {exc}", highlight=False)
+        _error(f"{args.file}: {exc}")
         return 2
-    if args.json:
+    errors = sum(len(r.errors) for r in rows)
+    warnings = sum(len(r.warnings) for r in rows)
+    if args.json:  # JSON only on stdout
         import dataclasses
 
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-    else:
-        table = Table(title=f"{args.file}: {len(rows)} action(s)", show_lines=True)
-        for column in ("action", "condition", "sender", "destination", "encoding", "chars", "segments",
-                       "unknown vars", "problems"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            problems = [f"[red]error[/]: {e}" for e in row.errors] + [f"[yellow]warn[/]: {w}" for w in row.warnings]
-            table.add_row(
-                row.action,
-                row.condition,
-                f"{row.sender} ({row.mode})",
-                row.destination,
-                row.encoding,
-                str(row.chars),
-                str(row.segments),
-                ", ".join(row.unknown_variables) or "-",
-                "\n".join(problems) or "[green]ok[/]",
-            )
-        console.print(table)
-    errors = sum(len(r.errors) for r in rows)
-    warnings = sum(len(r.warnings) for r in rows)
+        return 1 if errors else 0
+    console = Console(width=args.width) if args.width else Console()
+    table = Table(title=f"{args.file}: {len(rows)} action(s)", show_lines=True)
+    for column in ("action", "condition", "sender", "destination", "encoding", "chars", "segments",
+                   "unknown vars", "problems"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        problems = [f"[red]error[/]: {e}" for e in row.errors] + [f"[yellow]warn[/]: {w}" for w in row.warnings]
+        table.add_row(
+            row.action,
+            row.condition,
+            f"{row.sender} ({row.mode})",
+            row.destination,
+            row.encoding,
+            str(row.chars),
+            str(row.segments),
+            ", ".join(row.unknown_variables) or "-",
+            "\n".join(problems) or "[green]ok[/]",
+        )
+    console.print(table)
+    for row in rows:  # every error once more, unwrapped, where scripts look for them
+        for message in row.errors:
+            _error(f"{args.file}: action {row.action}: {message}")
     print(f"{len(rows)} action(s), {errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0
 
@@ -120,10 +129,10 @@ def _mic_unavailable() -> str | None:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import logging
 
-    from incall_sms.pipeline.simulation import load_script, simulate
     from loguru import logger
 
     from incall_sms.errors import ActionConfigError
+    from incall_sms.pipeline.simulation import load_script, simulate
 
     logger.remove()
     logger.add(sys.stderr, level="ERROR")
@@ -145,8 +154,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     sent = [e for e in result.events if e.kind.value == "sent"]
     failed = [e for e in result.events if e.kind.value == "failed"]
     print(f"simulated call {result.call_id}: {len(sent)} SMS sent, {len(failed)} failed, "
-          f"{len(result.spoken)} SMS line(s) spoken, {result.seconds:.1f} s")
-    return 0
+          f"{len(result.spoken)} SMS line(s) spoken, {result.seconds:.1f} s"
+          + (" (interrupted)" if result.interrupted else ""))
+    return 130 if result.interrupted else 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -155,15 +165,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     import pydantic
     import yaml
-    from incall_sms.pipeline.recording import Expectations
-    from incall_sms.pipeline.replay import replay
     from loguru import logger
 
+    logger.remove()  # before pipecat is imported: no banner, only its errors
+    logger.add(sys.stderr, level="ERROR")
     from incall_sms.actions import load_actions
     from incall_sms.errors import ActionConfigError
+    from incall_sms.pipeline.recording import Expectations
+    from incall_sms.pipeline.replay import replay
 
-    logger.remove()
-    logger.add(sys.stderr, level="ERROR")
     logging.basicConfig(level=logging.WARNING)
     try:
         actions = load_actions(args.actions)
@@ -201,12 +211,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from incall_sms.pipeline.live import LiveAgent, LiveSettings, SettingsError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from incall_sms.errors import SmsError
+
     try:
         settings = LiveSettings.from_env(public_url=args.public_url)
+        agent = LiveAgent(settings)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
-    agent = LiveAgent(settings)
+    except SmsError as exc:  # e.g. an invalid action file: say which and why, no traceback
+        _error(f"SMS_ACTIONS_FILE {settings.actions_path}: {exc}")
+        return 2
+    except OSError as exc:
+        _error(f"cannot prepare the state directory or files: {exc.__class__.__name__}: {exc.strerror or exc}")
+        return 2
     print(f"serving on {args.host}:{args.port}; Twilio voice webhook: {settings.public_url}/voice, "
           f"messaging webhook: {settings.public_url}/sms/inbound", flush=True)
     uvicorn.run(agent.app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")

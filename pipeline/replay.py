@@ -19,8 +19,24 @@ import types
 import uuid
 from typing import Any
 
+from pipecat.frames.frames import EndFrame, InterruptionFrame, TranscriptionFrame, TTSSpeakFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.serializers.twilio import TwilioFrameSerializer
+from pipecat.workers.runner import WorkerRunner
+
+from incall_sms.actions import ActionSet
+from incall_sms.dispatcher import CallContext, Dispatcher
+from incall_sms.engine import ActionEngine, ActionOutcome
+from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
+from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.media.offline_speech import OfflineSpeech, available, whisper_model_dir
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox
 from incall_sms.pipeline.audio_gaps import GapMeter
 from incall_sms.pipeline.local_agent import LocalAgentLLM
 from incall_sms.pipeline.local_services import ToneTTSService
@@ -36,22 +52,6 @@ from incall_sms.pipeline.recording import (
 )
 from incall_sms.processors.inbound import InboundMessageProcessor
 from incall_sms.processors.sms_actions import SmsActionProcessor
-from pipecat.frames.frames import EndFrame, InterruptionFrame, TranscriptionFrame, TTSSpeakFrame
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.serializers.twilio import TwilioFrameSerializer
-from pipecat.workers.runner import WorkerRunner
-
-from incall_sms.actions import ActionSet
-from incall_sms.dispatcher import CallContext, Dispatcher
-from incall_sms.engine import ActionEngine, ActionOutcome
-from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
-from incall_sms.judges.embedded import EmbeddedJudge
-from incall_sms.optout import SqliteOptOutStore
-from incall_sms.outbox import Outbox
 from incall_sms.providers.local import LocalProvider
 from incall_sms.variables import PatternExtractor
 

@@ -20,13 +20,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from twilio.request_validator import RequestValidator
 
 from incall_sms.dispatcher import Dispatcher
 from incall_sms.inbound import InboundError, InboundRouter, parse_inbound_form
 
-__all__ = ["WebhookService", "WebhookSettings", "create_app"]
+__all__ = ["WebhookService", "WebhookSettings", "add_webhook_routes", "create_app"]
 
 _log = logging.getLogger(__name__)
 
@@ -145,25 +145,67 @@ def create_app(
     *,
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
+    figures: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
-    """Build the FastAPI app serving the webhooks of ``service``.
+    """Build a FastAPI app serving the webhooks of ``service`` (see :func:`add_webhook_routes`).
 
     Args:
         service: The webhook service.
         startup: Awaited before the app serves (e.g. provider warm-up, outbox recovery).
         shutdown: Awaited after background work drained.
+        figures: Extra figures for ``/health`` and ``/ready`` (counts only).
     """
+    state = {"ready": False}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if startup is not None:
             await startup()
+        state["ready"] = True
         yield
+        state["ready"] = False
         await service.drain()
         if shutdown is not None:
             await shutdown()
 
     app = FastAPI(title="incall-sms webhooks", lifespan=lifespan, docs_url=None, redoc_url=None)
+    add_webhook_routes(app, service, ready=lambda: state["ready"], figures=figures)
+    return app
+
+
+def add_webhook_routes(
+    app: FastAPI,
+    service: WebhookService,
+    *,
+    ready: Callable[[], bool],
+    figures: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """Add the routes to an app (yours, or :func:`create_app`'s).
+
+    * ``POST /sms/inbound``: signed inbound SMS/MMS; empty TwiML at once, routing after.
+    * ``POST /sms/status``: signed status callbacks.
+    * ``GET /health``: liveness (the process answers); ``GET /ready``: 503 until ``ready()``
+      (provider warmed, outbox recovered) and again while shutting down. Neither needs a
+      signature nor returns personal data.
+
+    Args:
+        app: The FastAPI app.
+        service: The webhook service.
+        ready: Whether the service has started (and not begun to stop).
+        figures: Extra figures for ``/health`` and ``/ready`` (counts only).
+    """
+
+    def current() -> dict[str, Any]:
+        return {"ready": ready(), "refused_webhooks": service.refused, **(figures() if figures else {})}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", **current()})
+
+    @app.get("/ready")
+    async def readiness() -> JSONResponse:
+        now = current()
+        return JSONResponse(now, status_code=200 if now["ready"] else 503)
 
     @app.post("/sms/inbound")
     async def inbound(request: Request) -> Response:
@@ -185,12 +227,10 @@ def create_app(
         if isinstance(form, Response):
             return form
         sid = form.get("MessageSid", "")
-        state = form.get("MessageStatus", form.get("SmsStatus", "")).lower()
+        message_status = form.get("MessageStatus", form.get("SmsStatus", "")).lower()
         code = form.get("ErrorCode", "")
-        if not sid or state not in _STATUSES or (code and not code.isdigit()):
+        if not sid or message_status not in _STATUSES or (code and not code.isdigit()):
             return PlainTextResponse("invalid status callback", status_code=400)
         if service.dispatcher is not None:
-            service.spawn(service.apply_status(sid, state, int(code) if code else None))
+            service.spawn(service.apply_status(sid, message_status, int(code) if code else None))
         return Response(status_code=204)
-
-    return app

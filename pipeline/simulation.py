@@ -5,13 +5,20 @@ aggregators, a TTS service, inbound-message injection), with local stand-ins whe
 live call has remote services:
 
 * caller: a script of lines (``caller: ...``), inbound texts (``text: ...``) and
-  ``hangup``; or typed interactively. Caller lines enter as final transcripts
-  (text mode: no speech recognition in between);
+  ``hangup``; or typed (or piped) on stdin with ``--interactive`` (end of input hangs up;
+  empty lines are ignored). With voice on, caller lines are spoken by Piper over an 8 kHz
+  mu-law line and recognised by pipecat's Silero VAD + WhisperSTTService; with voice off
+  they enter as final transcripts;
 * agent LLM: :class:`~incall_sms.pipeline.local_agent.LocalAgentLLM` (labelled "local stand-in"),
   or pipecat's ``OpenAILLMService`` when ``SMS_AGENT_LLM_URL`` is set (e.g. a local Ollama);
-* TTS: the offline :class:`~incall_sms.pipeline.local_services.ToneTTSService`;
+* TTS: pipecat's ``PiperTTSService`` (voice on) or the offline
+  :class:`~incall_sms.pipeline.local_services.ToneTTSService`;
 * SMS provider: the embedded :class:`~incall_sms.providers.local.LocalProvider`,
   whose "phone inbox" is shown as texts arrive.
+
+Ctrl-C ends the call the way a hang-up does (call-end actions judged, texts in flight
+finish within the grace period or stay in the outbox) and :func:`simulate` reports it as
+interrupted (the CLI exits 130); a second Ctrl-C cancels at once.
 """
 
 from __future__ import annotations
@@ -21,16 +28,15 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import signal
+import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
-from incall_sms.media.loopback_host import LoopbackMediaHost
-from incall_sms.pipeline.local_agent import LocalAgentLLM
-from incall_sms.pipeline.local_services import ToneTTSService
-from incall_sms.processors.inbound import InboundMessageProcessor
-from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import EndFrame, Frame, InputAudioRawFrame, TranscriptionFrame, TTSTextFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -47,8 +53,13 @@ from incall_sms.engine import ActionEngine
 from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
 from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.outbox import Outbox
+from incall_sms.pipeline.local_agent import LocalAgentLLM
+from incall_sms.pipeline.local_services import ToneTTSService
+from incall_sms.processors.inbound import InboundMessageProcessor
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from incall_sms.providers.local import LocalProvider
 from incall_sms.variables import PatternExtractor
 
@@ -106,6 +117,7 @@ class SimulationResult:
     events: list[SmsEvent]
     spoken: list[Any]
     seconds: float
+    interrupted: bool = False
 
 
 async def _speak_into(worker: PipelineWorker, pcm16k: bytes, *, trailing_silence: float = 1.0) -> None:
@@ -120,6 +132,46 @@ async def _speak_into(worker: PipelineWorker, pcm16k: bytes, *, trailing_silence
         delay = start + (index // chunk + 1) * 0.02 - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+class _StdinLines:
+    """Caller lines typed or piped on stdin, read by a daemon thread.
+
+    The thread never holds up the end of the call (it is not the event loop's executor, which
+    ``asyncio.run`` would wait for); end of input (Ctrl-D, or the end of a pipe) is ``None``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, prompt: bool) -> None:
+        self._loop = loop
+        self._prompt = prompt
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        threading.Thread(target=self._read, name="caller-stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            if self._prompt:
+                print("you (caller)> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                self._loop.call_soon_threadsafe(self.queue.put_nowait, None)
+                return
+            self._loop.call_soon_threadsafe(self.queue.put_nowait, line.rstrip("\n"))
+
+
+async def _unless(interrupted: asyncio.Event, work: Awaitable[Any]) -> bool:
+    """Await ``work`` unless Ctrl-C comes first (then ``work`` is cancelled). True when it completed."""
+    task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+    stop = asyncio.get_running_loop().create_task(interrupted.wait())
+    done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stop):
+        if pending not in done:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+    if task in done:
+        task.result()
+        return True
+    return False
 
 
 class _HeardPrinter(FrameProcessor):
@@ -213,11 +265,16 @@ def simulate(
                                      use_voice=use_voice, mic=mic))
 
 
+async def _say(worker: PipelineWorker, speech: Any, text: str) -> None:
+    await _speak_into(worker, await speech.caller_audio(text))
+
+
 def _agent_tts(use_voice: bool) -> FrameProcessor:
     if not use_voice:
         return ToneTTSService()
-    from incall_sms.media.offline_speech import VOICE, piper_voice_dir
     from pipecat.services.piper.tts import PiperTTSService
+
+    from incall_sms.media.offline_speech import VOICE, piper_voice_dir
 
     return PiperTTSService(download_dir=pathlib.Path(piper_voice_dir()), settings=PiperTTSService.Settings(voice=VOICE))
 
@@ -260,14 +317,17 @@ async def _simulate(
     speech = None
     front: list[FrameProcessor] = []
     if use_voice:
-        from incall_sms.media.offline_speech import OfflineSpeech, whisper_model_dir
         from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.processors.audio.vad_processor import VADProcessor
         from pipecat.services.whisper.stt import WhisperSTTService
 
+        from incall_sms.media.offline_speech import OfflineSpeech, whisper_model_dir
+
         speech = OfflineSpeech()
-        stt = WhisperSTTService(device="cpu", compute_type="int8",
-                                settings=WhisperSTTService.Settings(model=whisper_model_dir()))
+        with console.status("loading offline speech: the caller's Piper voice, Whisper tiny.en (STT)..."):
+            await speech.preload_voice()
+            stt = await asyncio.to_thread(lambda: WhisperSTTService(
+                device="cpu", compute_type="int8", settings=WhisperSTTService.Settings(model=whisper_model_dir())))
         front = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), stt, _HeardPrinter(console)]
     back: list[FrameProcessor] = []
     if mic:
@@ -278,8 +338,11 @@ async def _simulate(
         back = [transport.output()]
         steps = None  # you speak; typed lines can still text the agent
         console.print("[bold]--mic: speak to the agent; type 'text: ...' to text it, 'hangup' to end[/]")
-        console.print("[dim]voice: the caller speaks (Piper) over an 8 kHz mu-law line; pipecat's Silero VAD and "
-                      "WhisperSTTService (tiny.en) hear it; the agent speaks with Piper[/]")
+        console.print("[dim]voice: your microphone through pipecat's LocalAudioTransport; Silero VAD and "
+                      "WhisperSTTService (tiny.en) hear you; the agent speaks with Piper[/]")
+    elif use_voice:
+        console.print("[dim]voice: on (the caller speaks with Piper over an 8 kHz mu-law line; pipecat's Silero VAD "
+                      "and WhisperSTTService (tiny.en) hear it; the agent speaks with Piper)[/]")
     else:
         console.print("[dim]voice: off (text mode: caller lines enter as transcripts; tone TTS)[/]")
     printer = _Printer(console, sms)
@@ -289,31 +352,60 @@ async def _simulate(
         cancel_on_idle_timeout=False, params=PipelineParams(audio_in_sample_rate=16000),
     )
     started = asyncio.Event()
+    interrupted = asyncio.Event()
+    cancelling: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
 
     @worker.event_handler("on_pipeline_started")
     async def _started(_worker: Any, _frame: Any) -> None:
         started.set()
+
+    def on_sigint() -> None:
+        if interrupted.is_set():  # the second Ctrl-C: cancel now (what is in flight stays in the outbox)
+            console.print("[red]cancelling the call[/]")
+            cancelling.append(loop.create_task(worker.cancel()))
+            return
+        interrupted.set()
+        console.print("\n[yellow]Ctrl-C: the caller hangs up (texts in flight finish or stay in the outbox; "
+                      "Ctrl-C again to cancel)[/]")
+
+    stdin = _StdinLines(loop, prompt=sys.stdin.isatty()) if steps is None else None
 
     async def caller_lines():
         if steps is not None:
             for step in steps:
                 yield step
             return
-        loop = asyncio.get_running_loop()
+        assert stdin is not None
         while True:
-            line = await loop.run_in_executor(None, input, "you (caller)> ")
-            if line.strip().lower() in ("", "hangup", "bye!", "quit", "exit"):
+            line = await stdin.queue.get()
+            if line is None or line.strip().lower() in ("hangup", "bye!", "quit", "exit"):
                 yield ScriptStep("hangup")
                 return
+            if not line.strip():
+                continue  # an empty line is not a hang-up
             if line.lower().startswith("text:"):
                 yield ScriptStep("text", line[5:].strip())
             else:
                 yield ScriptStep("say", line.strip())
 
     async def drive() -> None:
-        await asyncio.wait_for(started.wait(), 10)
+        with console.status("starting the call (pipecat pipeline, VAD, speech services)..."):
+            if not await _unless(interrupted, asyncio.wait_for(started.wait(), 60)):
+                await worker.cancel()
+                return
         sequence = 0
-        async for step in caller_lines():
+        lines = caller_lines()
+        while not interrupted.is_set():
+            box: list[ScriptStep] = []
+
+            async def take(box: list[ScriptStep] = box) -> None:
+                with contextlib.suppress(StopAsyncIteration):
+                    box.append(await lines.__anext__())
+
+            if not await _unless(interrupted, take()) or not box:
+                break
+            step = box[0]
             if step.kind == "hangup":
                 console.print("[yellow]caller hangs up[/]")
                 break
@@ -325,11 +417,11 @@ async def _simulate(
                 printer.agent_spoke.clear()
                 if speech is None:
                     await worker.queue_frame(TranscriptionFrame(text=step.text, user_id=CALLER, timestamp=""))
-                else:
-                    await _speak_into(worker, await speech.caller_audio(step.text))
+                elif not await _unless(interrupted, _say(worker, speech, step.text)):
+                    break
                 # like a person on the phone: wait for the agent's answer before going on
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(printer.agent_spoke.wait(), 10.0)
+                    await _unless(interrupted, asyncio.wait_for(printer.agent_spoke.wait(), 10.0))
             else:
                 sequence += 1
                 media: tuple[InboundMedia, ...] = ()
@@ -341,14 +433,24 @@ async def _simulate(
                 message = InboundMessage(sid=f"{'MM' if media else 'SM'}{uuid.uuid4().hex}",
                                          account_sid="AC" + "0" * 32, from_number=CALLER, to_number=AGENT,
                                          body=step.text, media=media, received_at=time.time())
-                await router.route(message)
-            await asyncio.sleep(pace)
+                # as the webhook does: reply at once, deliver in the background (it waits for the context)
+                deliveries.append(loop.create_task(router.route(message)))
+            await _unless(interrupted, asyncio.sleep(pace))
         await worker.queue_frame(EndFrame())
 
+    deliveries: list[asyncio.Task[Any]] = []
     start = time.monotonic()
-    runner = WorkerRunner()
+    runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
-    await asyncio.gather(runner.run(), drive())
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        await asyncio.gather(runner.run(), drive())
+        if deliveries:
+            await asyncio.wait(deliveries, timeout=10)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
     inbox = await provider.inbox()
     for _, _, llm_message in inbound.injected:
         parts = llm_message["content"] if isinstance(llm_message["content"], list) else []
@@ -358,7 +460,7 @@ async def _simulate(
     await fetcher.aclose()
     await media_host.stop()
     result = SimulationResult(call_id=call_id, inbox=inbox, events=events, spoken=list(sms.spoken),
-                              seconds=time.monotonic() - start)
+                              seconds=time.monotonic() - start, interrupted=interrupted.is_set())
     await provider.aclose()
     outbox.close()
     optouts.close()

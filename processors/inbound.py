@@ -17,13 +17,13 @@ import logging
 import time
 from typing import Any
 
-from incall_sms.media.content import Transcriber, build_user_message
-from incall_sms.media.fetch import MediaFetcher
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, LLMMessagesAppendFrame, StartFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from incall_sms.errors import SmsError
 from incall_sms.inbound import InboundMessage
+from incall_sms.media.content import Transcriber, build_user_message
+from incall_sms.media.fetch import MediaFetcher
 
 __all__ = ["CallEndedError", "InboundMessageProcessor"]
 

@@ -360,6 +360,10 @@ class SmsActionProcessor(FrameProcessor):
             if not task.done():
                 await self.cancel_task(task)
         self._tasks.clear()
+        self.release()
+
+    def release(self) -> None:
+        """End this call's subscription to the shared dispatcher (idempotent; cleanup does it too)."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

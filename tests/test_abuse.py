@@ -10,7 +10,6 @@ import httpx
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
 from twilio.request_validator import RequestValidator
 
 from incall_sms.actions import parse_actions
@@ -19,6 +18,7 @@ from incall_sms.errors import ActionConfigError, InvalidPhoneNumberError
 from incall_sms.inbound import InboundError, InboundRouter, InProcessCallRegistry, parse_inbound_form
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.phone import normalize_e164
+from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
 from incall_sms.templates import Template
 from tests.helpers.sms import CALLER, make_engine
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
@@ -151,14 +151,14 @@ async def test_webhook_fuzz_never_500(caplog):
 
 
 async def test_injection_in_an_inbound_text_sends_nothing():
-    from incall_sms.pipeline.local_agent import LocalAgentLLM
-    from incall_sms.pipeline.local_services import ToneTTSService
-    from incall_sms.processors.inbound import InboundMessageProcessor
-    from incall_sms.processors.sms_actions import SmsActionProcessor
     from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 
     from incall_sms.inbound import InboundMessage
+    from incall_sms.pipeline.local_agent import LocalAgentLLM
+    from incall_sms.pipeline.local_services import ToneTTSService
+    from incall_sms.processors.inbound import InboundMessageProcessor
+    from incall_sms.processors.sms_actions import SmsActionProcessor
     from tests.helpers.pipeline import run_pipeline
     from tests.helpers.sms import AGENT
 

@@ -1,8 +1,8 @@
 import pytest
-from incall_sms.pipeline import DEFAULT_ACTIONS
 
 from incall_sms.actions import ActionSet, ContentSpec, SmsAction, load_actions, parse_actions
 from incall_sms.errors import ActionConfigError
+from incall_sms.pipeline import DEFAULT_ACTIONS
 
 
 def _one(**fields):
@@ -81,7 +81,7 @@ def test_pool_with_preset_ok():
 def test_bad_yaml_file(tmp_path):
     bad = tmp_path / "a.yaml"
     bad.write_text("actions: [\n  - name: x\n", encoding="utf-8")
-    with pytest.raises(ActionConfigError, match="not valid YAML at line"):
+    with pytest.raises(ActionConfigError, match="not valid YAML: line 2, column 3"):
         load_actions(bad)
     with pytest.raises(ActionConfigError, match="cannot read"):
         load_actions(tmp_path / "missing.yaml")

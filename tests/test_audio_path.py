@@ -9,10 +9,10 @@ the send inside ``process_frame`` lets none through; ours lets the audio of thos
 import asyncio
 
 import pytest
-from incall_sms.pipeline.audio_gaps import GapMeter
-from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import TranscriptionFrame
 
+from incall_sms.pipeline.audio_gaps import GapMeter
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from tests.helpers.pipeline import NaiveSmsProcessor, run_pipeline
 from tests.helpers.sms import make_engine
 from tests.peers.twilio_peer import Fault, TwilioPeer

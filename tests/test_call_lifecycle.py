@@ -6,13 +6,13 @@ import json
 import signal
 import weakref
 
-from incall_sms.processors.inbound import InboundMessageProcessor
-from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import TranscriptionFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry, RouteOutcome
 from incall_sms.optout import SqliteOptOutStore
+from incall_sms.processors.inbound import InboundMessageProcessor
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from tests.helpers.sms import AGENT, CALLER, make_engine
 
 
@@ -108,7 +108,7 @@ async def test_text_delivered_only_once_injected():
 
 
 async def test_recording_is_streamed_to_disk_not_kept_in_memory(tmp_path):
-    from incall_sms.pipeline.live import CallRecorder
+    from incall_sms.pipeline.call_recorder import CallRecorder
 
     class FakeSocket:  # the recorder wraps the ASGI receive of the websocket
         def __init__(self):

@@ -1,9 +1,11 @@
 import json
+import os
+import pathlib
+import signal
 import subprocess
 import sys
 
 from incall_sms.pipeline import DEFAULT_ACTIONS
-
 from tests.conftest import ROOT
 
 
@@ -31,7 +33,7 @@ def test_lint_reports_every_problem_and_fails(tmp_path):
     )
     out = run("actions", "lint", str(bad), "--json")
     assert out.returncode == 1
-    rows = json.loads(out.stdout[: out.stdout.rindex("]") + 1])
+    rows = json.loads(out.stdout)
     assert [r["action"] for r in rows] == ["a", "b", "c"]
     assert rows[0]["unknown_variables"] == ["who"]
     assert "pool senders may only send a fixed preset" in rows[1]["errors"][0]
@@ -42,7 +44,27 @@ def test_lint_reports_every_problem_and_fails(tmp_path):
 def test_lint_unreadable_file(tmp_path):
     out = run("actions", "lint", str(tmp_path / "nope.yaml"))
     assert out.returncode == 2
-    assert "cannot read" in out.stdout
+    assert out.stdout == ""
+    [line] = out.stderr.strip().splitlines()  # one unwrapped line, whatever the path length
+    assert line.startswith("error: ") and "cannot read nope.yaml" in line
+
+
+def test_lint_yaml_syntax_error_cites_the_lines(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("actions:\n  - name: a\n    condition: if asked\n    content: {template: 'hi'\n"
+                   "  - name: b\n", encoding="utf-8")
+    out = run("actions", "lint", str(bad))
+    assert out.returncode == 2 and out.stdout == ""
+    assert "line 5" in out.stderr and "opened at line 4" in out.stderr  # where it broke, and where it was opened
+
+
+def test_lint_json_prints_json_only(tmp_path):
+    out = run("actions", "lint", str(DEFAULT_ACTIONS), "--json")
+    assert out.returncode == 0
+    rows = json.loads(out.stdout)  # the whole of stdout is one JSON document
+    assert rows[0]["action"] == "booking_confirmation"
+    missing = run("actions", "lint", str(tmp_path / "nope.yaml"), "--json")
+    assert missing.returncode == 2 and missing.stdout == "" and "cannot read" in missing.stderr
 
 
 def test_judge_eval_contract(shared):
@@ -63,6 +85,7 @@ def test_judge_eval_bad_file(tmp_path):
 def test_main_job_simulation_runs_to_completion(tmp_path):
     out = run("simulate", "--pace", "1.0", "--width", "160", "--state", str(tmp_path / "state"))
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "voice: on (" in out.stdout  # the offline speech stack is installed by the README commands
     lines = out.stdout.strip().splitlines()
     assert lines[-1].startswith("simulated call SIM") and "3 SMS sent, 0 failed" in lines[-1]
     assert "agent (filler): One moment, I'm texting the confirmation to you now." in out.stdout
@@ -78,6 +101,63 @@ def test_simulation_bad_script(tmp_path):
     script.write_text("caller: hi\nshouting: what\n", encoding="utf-8")
     out = run("simulate", "--script", str(script))
     assert out.returncode == 2 and "line 2" in out.stdout
+
+
+def test_interactive_reads_piped_stdin_and_hangs_up_at_its_end():
+    lines = "hello\n\ncan you text me the link to your menu?\n"  # the empty line is not a hang-up
+    out = subprocess.run([sys.executable, "run_agent.py", "simulate", "--interactive", "--voice", "off",
+                          "--width", "150"], cwd=ROOT, input=lines, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "caller: can you text me the link to your menu?" in out.stdout
+    assert "Here is our menu and booking page" in out.stdout and "1 SMS sent" in out.stdout
+    assert out.stdout.count("caller hangs up") == 1
+
+
+def test_interactive_with_no_input_ends_at_once():
+    out = subprocess.run([sys.executable, "run_agent.py", "simulate", "--interactive", "--voice", "off"],
+                         cwd=ROOT, input="", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "caller hangs up" in out.stdout and "0 SMS sent" in out.stdout
+
+
+def test_ctrl_c_ends_the_call_cleanly_and_exits_130(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-u", "run_agent.py", "simulate", "--voice", "off", "--width", "150",
+                             "--state", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = []
+    for line in proc.stdout:  # the call is under way once the caller has spoken
+        seen.append(line)
+        if line.startswith("caller:"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "(interrupted)" in rest and "Ctrl-C" in rest
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "outbox.db") as conn:  # nothing left half-done: sent, or waiting for recovery
+        statuses = {row[0] for row in conn.execute("SELECT status FROM outbox")}
+    assert statuses <= {"accepted", "pending", "sending", "skipped", "failed"}
+
+
+def test_serve_with_a_bad_actions_file_says_why_without_a_traceback(tmp_path):
+    bad = tmp_path / "actions.yaml"
+    bad.write_text("actions:\n  - {name: a, condition: if asked, sender: pool, content: {template: custom}}\n")
+    env = {**os.environ, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t", "DEEPGRAM_API_KEY": "k",
+           "OPENAI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "SMS_ACTIONS_FILE": str(bad),
+           "SMS_STATE_DIR": str(tmp_path / "state")}
+    out = subprocess.run([sys.executable, str(ROOT / "run_agent.py"), "serve"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "SMS_ACTIONS_FILE" in out.stderr and "preset" in out.stderr
+
+
+def test_serve_default_actions_do_not_depend_on_the_working_directory(tmp_path):
+    from incall_sms.pipeline.live import LiveSettings
+
+    settings = LiveSettings.from_env({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t",
+                                      "DEEPGRAM_API_KEY": "k", "OPENAI_API_KEY": "k",
+                                      "PUBLIC_URL": "https://agent.example.com"})
+    assert pathlib.Path(settings.actions_path).is_absolute() and pathlib.Path(settings.actions_path).exists()
 
 
 def test_mic_says_why_it_cannot_run():

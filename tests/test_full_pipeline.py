@@ -4,14 +4,14 @@ against the loopback Twilio peer."""
 
 import asyncio
 
-from incall_sms.pipeline.audio_gaps import GapMeter
-from incall_sms.pipeline.local_services import ToneTTSService
-from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import TranscriptionFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.openai.llm import OpenAILLMService
 
+from incall_sms.pipeline.audio_gaps import GapMeter
+from incall_sms.pipeline.local_services import ToneTTSService
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from tests.helpers.pipeline import SpokenText, run_pipeline
 from tests.helpers.sms import CALLER, make_engine
 from tests.peers.llm_peer import LLMPeer

@@ -3,15 +3,15 @@
 import asyncio
 
 import pytest
-from incall_sms.media.fetch import MediaFetcher, MediaPolicy
-from incall_sms.media.transcribe import DeepgramPrerecordedTranscriber
-from incall_sms.processors.inbound import InboundMessageProcessor
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.openai.llm import OpenAILLMService
 
 from incall_sms.inbound import InboundRouter, InProcessCallRegistry, RouteOutcome
+from incall_sms.media.fetch import MediaFetcher, MediaPolicy
+from incall_sms.media.transcribe import DeepgramPrerecordedTranscriber
 from incall_sms.optout import SqliteOptOutStore
+from incall_sms.processors.inbound import InboundMessageProcessor
 from tests.helpers.pipeline import run_pipeline
 from tests.helpers.sms import make_engine
 from tests.helpers.webhooks import (
@@ -164,9 +164,8 @@ async def media_setup():
 
 
 async def build(message_form, fetcher, transcriber):
-    from incall_sms.media.content import build_user_message
-
     from incall_sms.inbound import parse_inbound_form
+    from incall_sms.media.content import build_user_message
 
     return await build_user_message(parse_inbound_form(message_form), fetcher=fetcher, transcriber=transcriber)
 
@@ -212,9 +211,8 @@ async def test_bad_media_is_refused_with_a_note_and_nothing_lost(media_setup):
 
 
 async def test_private_addresses_refused_by_default():
-    from incall_sms.media.fetch import MediaError
-
     from incall_sms.inbound import InboundMedia
+    from incall_sms.media.fetch import MediaError
 
     fetcher = MediaFetcher(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN,
                            policy=MediaPolicy(allowed_hosts=("localhost",)))

@@ -3,9 +3,9 @@
 import dataclasses
 
 import pytest
+
 from incall_sms.pipeline import DEFAULT_ACTIONS
 from incall_sms.pipeline.live import LiveAgent, LiveSettings, SettingsError, TwilioStream, stream_twiml
-
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, TwilioPeer
 
 

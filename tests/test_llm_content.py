@@ -67,10 +67,10 @@ def test_pattern_extractor():
 
 
 async def test_llm_phrased_filler_and_confirmation():
-    from incall_sms.processors.sms_actions import SmsActionProcessor
     from pipecat.frames.frames import TranscriptionFrame
     from pipecat.tests.utils import SleepFrame, run_test
 
+    from incall_sms.processors.sms_actions import SmsActionProcessor
     from incall_sms.providers.local import LocalProvider
 
     actions = {"actions": [{

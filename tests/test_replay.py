@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import yaml
+
+from incall_sms.actions import load_actions
 from incall_sms.pipeline import DEFAULT_ACTIONS
 from incall_sms.pipeline.recording import Expectations, RecordingMeta, ReplayReport
 from incall_sms.pipeline.replay import replay
-
-from incall_sms.actions import load_actions
 from tests.conftest import ROOT
 
 CALLS = sorted(p for p in (ROOT / "tests" / "calls").glob("*.jsonl"))

@@ -4,7 +4,6 @@ import asyncio
 import json
 
 import pytest
-from incall_sms.processors.sms_actions import SmsActionProcessor
 from pipecat.frames.frames import (
     CancelFrame,
     InterruptionFrame,
@@ -17,6 +16,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 from incall_sms.dispatcher import SendOutcome
 from incall_sms.judges.llm import LLMJudge
 from incall_sms.outbox import Outbox
+from incall_sms.processors.sms_actions import SmsActionProcessor
 from tests.helpers.sms import CALLER, make_engine
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import Fault, TwilioPeer

@@ -2,13 +2,13 @@
 
 import asyncio
 
-from incall_sms.pipeline.local_services import ToneTTSService
-from incall_sms.processors.sms_tools import SmsToolset
 from pipecat.frames.frames import TranscriptionFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.openai.llm import OpenAILLMService
 
+from incall_sms.pipeline.local_services import ToneTTSService
+from incall_sms.processors.sms_tools import SmsToolset
 from tests.helpers.pipeline import SpokenText, run_pipeline
 from tests.helpers.sms import CALLER, make_engine
 from tests.peers.llm_peer import LLMPeer

@@ -13,10 +13,10 @@ import xml.etree.ElementTree as ET
 import aiohttp
 import pytest
 import websockets
-from incall_sms.pipeline import DEFAULT_ACTIONS
-from incall_sms.pipeline.live import LiveAgent, LiveSettings
 from twilio.request_validator import RequestValidator
 
+from incall_sms.pipeline import DEFAULT_ACTIONS
+from incall_sms.pipeline.live import LiveAgent, LiveSettings
 from tests.helpers.live import LiveServer
 from tests.peers.deepgram_peer import DeepgramPeer
 from tests.peers.llm_peer import LLMPeer
@@ -216,3 +216,14 @@ async def test_refusals_log_no_number(live, caplog_all):
     text = caplog_all.text
     assert OTHER not in text and OTHER[-7:] not in text
     assert re.search(r"media stream refused", text)
+
+
+async def test_health_and_ready(live):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{live.url}/health") as response:
+            health = await response.json()
+        async with session.get(f"{live.url}/ready") as response:
+            ready = await response.json()
+            assert response.status == 200  # provider warmed, outbox recovered
+    assert health["status"] == "ok" and ready["ready"] is True
+    assert set(ready) >= {"calls", "stream_refusals", "refused_webhooks"}

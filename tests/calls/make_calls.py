@@ -45,6 +45,7 @@ def _speech_8k(text: str) -> list[float] | None:
     """The utterance in the Piper voice at 8 kHz (samples in PCM16 units), or None without Piper."""
     try:
         import numpy as np
+
         from incall_sms.media.offline_speech import OfflineSpeech, available
     except ImportError:
         return None

@@ -9,12 +9,12 @@ import json
 import sys
 
 import uvicorn
-from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
 
 from incall_sms.actions import parse_actions
 from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.inbound import InboundRouter
 from incall_sms.outbox import Outbox
+from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
 from incall_sms.providers.local import LocalProvider
 from incall_sms.redis_store import RedisCallRegistry, RedisOptOutStore, RedisSeenKeys, connect
 from tests.peers.twilio_peer import AUTH_TOKEN

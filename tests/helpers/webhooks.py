@@ -9,11 +9,11 @@ import subprocess
 import aiohttp
 import uvicorn
 from aiohttp import web
-from incall_sms.media.content import ffmpeg_exe
-from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
 from PIL import Image
 from twilio.request_validator import RequestValidator
 
+from incall_sms.media.content import ffmpeg_exe
+from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
 from tests.peers.loopback import free_port, serve_app
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
 

@@ -1,0 +1,165 @@
+"""Recording live calls as replayable recordings (``incall-sms-recording/1``), streamed to disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pathlib
+import queue
+import threading
+import time
+from typing import Any
+
+from incall_sms.call_binding import CALL_SID
+from incall_sms.phone import mask
+
+__all__ = ["CallRecorder"]
+
+_log = logging.getLogger(__name__)
+
+
+class CallRecorder:
+    """Writes a live call as a recording (``incall-sms-recording/1``) for replays, streamed to disk.
+
+    Captures the Media Streams messages exactly as received and the final STT results. Lines
+    go through a queue to a writer thread, so neither memory nor the event loop carries the
+    call: a 30-minute call is ~90,000 media messages. Phone numbers are masked unless
+    ``unmasked``; the stream token is never written. Nothing is written for a stream that is
+    refused (:meth:`discard`), and the file name is only ever the verified call SID.
+
+    Args:
+        websocket: The accepted Media Streams websocket (its ASGI ``receive`` is wrapped).
+        folder: Where ``<call_sid>.jsonl`` and ``<call_sid>.meta.json`` go.
+        unmasked: Keep phone numbers as they are.
+        max_early_messages: Messages kept before :meth:`bind` (the stream is not verified yet).
+    """
+
+    def __init__(self, websocket: Any, *, folder: pathlib.Path, unmasked: bool = False,
+                 max_early_messages: int = 8) -> None:
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+        self._folder = folder
+        self._unmasked = unmasked
+        self._early: list[str] = []
+        self._max_early = max_early_messages
+        self._queue: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._path: pathlib.Path | None = None
+        self._closed = False
+        self.stt: list[dict[str, Any]] = []
+        self.call_sid = ""
+        self.caller = ""
+        self.agent_number = ""
+        self.count = 0
+        original = websocket._receive
+
+        async def receive() -> Any:
+            event = await original()
+            if event.get("type") == "websocket.receive" and event.get("text"):
+                self._capture(event["text"])
+            return event
+
+        websocket._receive = receive
+
+    def _mask(self, number: str) -> str:
+        return number if self._unmasked or not number else mask(number)
+
+    def _capture(self, text: str) -> None:
+        if self._closed:
+            return
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        params = message.get("start", {}).get("customParameters") if isinstance(message, dict) else None
+        if isinstance(params, dict):
+            params.pop("token", None)
+            for key in ("from_number", "to_number"):
+                if key in params:
+                    params[key] = self._mask(str(params[key]))
+        line = json.dumps({"t": round(self._clock() - self._t0, 3), "message": message}) + "\n"
+        if self._writer is None:
+            if len(self._early) < self._max_early:
+                self._early.append(line)
+            return
+        self._queue.put(line)
+        self.count += 1
+
+    def bind(self, *, call_sid: str, caller: str, agent_number: str) -> None:
+        """Start writing: the stream was verified as call ``call_sid``.
+
+        Raises:
+            ValueError: ``call_sid`` is not a Twilio call SID (it becomes the file name).
+        """
+        if not CALL_SID.match(call_sid):
+            raise ValueError("call_sid must be a Twilio call SID")
+        self.call_sid, self.caller, self.agent_number = call_sid, caller, agent_number
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._path = self._folder / f"{call_sid}.jsonl"
+        for line in self._early:
+            self._queue.put(line)
+            self.count += 1
+        self._early = []
+        self._writer = threading.Thread(target=self._write, args=(self._path,), name="call-recorder", daemon=True)
+        self._writer.start()
+
+    def _write(self, path: pathlib.Path) -> None:
+        with path.open("w", encoding="utf-8") as out:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    out.flush()
+                    item.set()
+                    continue
+                out.write(item)
+
+    async def flush(self) -> None:
+        """Wait until everything captured so far is on disk."""
+        if self._writer is None:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        await asyncio.to_thread(done.wait)
+
+    def discard(self) -> None:
+        """Write nothing (the stream was refused)."""
+        self._closed = True
+        self._early = []
+
+    def transcripts(self) -> Any:
+        """A pass-through processor (after STT) recording final transcripts with their times."""
+        from pipecat.frames.frames import TranscriptionFrame
+        from pipecat.processors.frame_processor import FrameProcessor
+
+        recorder = self
+
+        class _Tap(FrameProcessor):
+            async def process_frame(self, frame: Any, direction: Any) -> None:
+                await super().process_frame(frame, direction)
+                if isinstance(frame, TranscriptionFrame) and frame.text.strip():
+                    recorder.stt.append({"t": round(recorder._clock() - recorder._t0, 3), "text": frame.text})
+                await self.push_frame(frame, direction)
+
+        return _Tap()
+
+    async def close(self) -> pathlib.Path | None:
+        """Finish the file and write ``<call_sid>.meta.json`` (off the event loop)."""
+        if self._closed:
+            return None
+        self._closed = True
+        if self._writer is None or self._path is None:
+            return None
+        self._queue.put(None)
+        await asyncio.to_thread(self._writer.join)
+        from incall_sms.pipeline.recording import FORMAT
+
+        meta = {"format": FORMAT, "call_sid": self.call_sid, "caller": self._mask(self.caller),
+                "agent_number": self._mask(self.agent_number), "stt": self.stt,
+                "description": "recorded from a live call"}
+        meta_path = self._folder / f"{self.call_sid}.meta.json"
+        await asyncio.to_thread(meta_path.write_text, json.dumps(meta, indent=2) + "\n", "utf-8")
+        _log.info("call %s recorded (%d messages)", self.call_sid, self.count)
+        return self._path
