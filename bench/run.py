@@ -191,6 +191,83 @@ async def decision_latency(judge_kind: str, runs: int) -> dict:
     }
 
 
+LOCAL_CONDITIONS = [
+    ConditionSpec(id="confirmation", condition="if the caller asks to receive the booking confirmation by text"),
+    ConditionSpec(id="link", condition="if the caller wants a link to the website"),
+    ConditionSpec(id="address", condition="if the caller asks for the address to be texted to them"),
+    ConditionSpec(id="followup", condition="when the call ends and a meeting was booked"),
+]
+LOCAL_TURNS = [
+    [Turn("agent", "Your table for four is booked for Friday at 7 pm."),
+     Turn("user", "Great, could you text me the confirmation?")],
+    [Turn("user", "What are your opening hours on Sunday?"), Turn("agent", "We open at ten on Sundays."),
+     Turn("user", "ok and where exactly are you, can you send me that")],
+    [Turn("agent", "Would you like the website link by text?"), Turn("user", "no thanks I have it")],
+    [Turn("user", "I need to move my appointment to Thursday afternoon")],
+    [Turn("agent", "Anything else I can help with?"),
+     Turn("user", "yeah, the booking details, mandámelos por mensaje")],
+]
+
+
+async def local_judge(spec_name: str, runs: int) -> dict:
+    """The local-model judge: one caller turn judged against 3 turn actions + 1 call-end action (skipped by rule).
+
+    Decision latency (all conditions of a turn, decided together), CPU seconds of this process per decision
+    (the model's threads included), and the audio path's gaps while the model is loaded and judging
+    compared with the same pipeline while it is idle.
+    """
+    from incall_sms.judges.base import decide
+    from incall_sms.judges.local import LocalModelJudge
+    from incall_sms.local_model import MODELS, LocalModel
+
+    judge = LocalModelJudge(model=LocalModel(MODELS[spec_name]))
+    start = time.perf_counter()
+    await judge.warm(LOCAL_CONDITIONS)
+    warm_s = time.perf_counter() - start
+    seconds, cpu = [], []
+    for i in range(runs):
+        request = JudgeRequest(conditions=LOCAL_CONDITIONS, transcript=LOCAL_TURNS[i % len(LOCAL_TURNS)])
+        wall, used = time.perf_counter(), time.process_time()
+        await decide(judge, request)
+        seconds.append(time.perf_counter() - wall)
+        cpu.append(time.process_time() - used)
+
+    async def gaps(judging: bool) -> dict:
+        meter = GapMeter()
+        done = asyncio.Event()
+
+        async def keep_judging():
+            i = 0
+            while not done.is_set():
+                await decide(judge, JudgeRequest(conditions=LOCAL_CONDITIONS,
+                                                 transcript=LOCAL_TURNS[i % len(LOCAL_TURNS)]))
+                i += 1
+
+        async def script(worker):
+            task = asyncio.ensure_future(keep_judging()) if judging else None
+            await asyncio.sleep(4.0)
+            done.set()
+            if task is not None:
+                await task
+
+        await run_pipeline([PassThrough(), meter], script, audio_seconds=4.0)
+        return gap_figures(meter)
+
+    idle, busy = await gaps(False), await gaps(True)
+    await judge.aclose()
+    ordered = sorted(seconds)
+    return {
+        "conditions_per_decision": len(LOCAL_CONDITIONS), "model_conditions_per_decision": 3,
+        "warm_s": round(warm_s, 2),
+        "decision_p50_s": round(statistics.median(ordered), 3),
+        "decision_p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
+        "cpu_s_per_decision": round(statistics.median(cpu), 3),
+        "runs": runs,
+        "audio_idle": idle, "audio_judging": busy,
+        "ratio_output_max_gap_judging_vs_idle": round(busy["output_max_gap_ms"] / idle["output_max_gap_ms"], 3),
+    }
+
+
 async def inbound_latency(runs: int) -> dict:
     """Webhook POST sent -> LLMMessagesAppendFrame reaching the pipeline upstream (text; 1 MB image)."""
     from pipecat.frames.frames import LLMMessagesAppendFrame
@@ -283,6 +360,13 @@ async def main(quick: bool) -> dict:
         "llm_judge_300ms_peer": await decision_latency("llm", runs),
     }
     out["embedded_judge"] = embedded_judge_speed(200 if quick else 2000)
+    from incall_sms.judges.select import local_model_available
+
+    out["local_judge"] = {}
+    for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"):  # each one installed ([local-small], [local])
+        reason = local_model_available(name)
+        out["local_judge"][name] = await local_judge(name, 5 if quick else 20) if reason is None else {
+            "skipped": reason}
     out["inbound_latency"] = await inbound_latency(3 if quick else 10)
     from bench.scale import plot, scale_curve
 

@@ -26,9 +26,10 @@ class ChatModel:
         self.timeout = timeout
 
     async def complete(
-        self, messages: list[dict[str, Any]], *, temperature: float = 0.0, json_mode: bool = False
+        self, messages: list[dict[str, Any]], *, temperature: float = 0.0, json_mode: bool = False,
+        max_tokens: int = 400,
     ) -> str:
-        """Return the assistant text of one completion.
+        """Return the assistant text of one completion (at most ``max_tokens``: a runaway answer ends).
 
         Raises:
             TimeoutError: The deadline passed.
@@ -37,7 +38,7 @@ class ChatModel:
         kwargs: dict[str, Any] = {"response_format": {"type": "json_object"}} if json_mode else {}
         async with asyncio.timeout(self.timeout):
             response = await self._client.chat.completions.create(
-                model=self.model, temperature=temperature, messages=messages, **kwargs
+                model=self.model, temperature=temperature, messages=messages, max_tokens=max_tokens, **kwargs
             )
         return response.choices[0].message.content or ""
 

@@ -79,6 +79,9 @@ class ActionEngine:
         extractor: Finds variable values in the conversation; ``None`` disables extraction.
         writer: Writes prompt-mode bodies and prompt lines; ``None`` uses templates.
         extraction_wait: Seconds a send waits for a running extraction to settle.
+        coalesce: Seconds a slow (non-instant) judge waits after a caller fragment: when another
+            fragment of the same turn arrives meanwhile, only the later (whole) turn is judged,
+            so a model is not asked once per STT fragment.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class ActionEngine:
         extractor: VariableExtractor | None = None,
         writer: ContentWriter | None = None,
         extraction_wait: float = 2.0,
+        coalesce: float = 0.3,
     ) -> None:
         self.dispatcher = dispatcher
         self.actions = dispatcher.actions
@@ -103,6 +107,8 @@ class ActionEngine:
         self.extractor = extractor
         self.writer = writer
         self.extraction_wait = extraction_wait
+        self.coalesce = coalesce
+        self._latest_caller_request: object | None = None
         self.transcript: list[Turn] = []
         self.user_turns = 0
         self._active: set[str] = set()  # actions fired and not (finally) failed/skipped
@@ -225,6 +231,12 @@ class ActionEngine:
             return []
         if self.judge.instant:
             return self._firings(self.judge.judge_now(request), at)
+        if at == "turn" and request.transcript[-1].role == "user" and self.coalesce > 0:
+            self._latest_caller_request = mine = object()
+            await asyncio.sleep(self.coalesce)
+            same_turn = len(self.transcript) == len(request.transcript) and self.transcript[-1].role == "user"
+            if self._latest_caller_request is not mine and same_turn:
+                return []  # a later fragment of this caller turn is judged with the whole turn
         return self._firings(await self.judge.judge(request), at)
 
     # -- variables ------------------------------------------------------------------

@@ -156,7 +156,8 @@ class LLMVariableExtractor:
         prompt = "Wanted:\n" + "\n".join(f"- {k}: {v}" for k, v in wanted.items()) + "\n\nConversation:\n"
         prompt += "\n".join(f"{t.role}: {t.text}" for t in transcript[-20:])
         text = await self._chat.complete(
-            [{"role": "system", "content": _EXTRACT_SYSTEM}, {"role": "user", "content": prompt}], json_mode=True
+            [{"role": "system", "content": _EXTRACT_SYSTEM}, {"role": "user", "content": prompt}], json_mode=True,
+            max_tokens=40 + 40 * len(wanted),
         )
         match = re.search(r"\{.*\}", text, re.DOTALL)
         try:

@@ -61,7 +61,7 @@ class LLMContentWriter:
                 {"role": "user", "content": f"Task: {prompt}\n\nVariables:\n{values}\n\nConversation:\n"
                                             f"{conversation}"},
             ],
-            temperature=0.3,
+            temperature=0.3, max_tokens=max(64, max_chars // 2),  # ~3-4 characters per token
         )
         text = answer.strip().strip('"')
         if not text:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from incall_sms.judges.select import JUDGES
 from incall_sms.pipeline import DEFAULT_ACTIONS, DEMO_CALL
 
 __all__ = ["main"]
@@ -71,41 +73,69 @@ def _cmd_actions_lint(args: argparse.Namespace) -> int:
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
     import asyncio
 
+    from incall_sms.errors import SmsError
     from incall_sms.judges.evaluate import evaluate, load_cases
+    from incall_sms.judges.select import make_judge
 
     try:
         cases = load_cases(args.file)
     except (OSError, ValueError) as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        _error(f"{args.file}: {exc}")
         return 2
-    judge = _make_judge(args.judge)
-    report = asyncio.run(evaluate(judge, cases))
+    try:
+        judge = make_judge(args.judge)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
+    console = Console(width=args.width) if args.width else Console()
+
+    async def run():
+        if hasattr(judge, "warm"):
+            with Console(stderr=True).status(f"loading the local model ({judge.model.spec.name})..."):
+                await judge.warm()
+        try:
+            return await evaluate(judge, cases)
+        finally:
+            if hasattr(judge, "aclose"):
+                await judge.aclose()
+
+    try:
+        report = asyncio.run(run())
+    except SmsError as exc:  # the local model is missing or its weights do not verify
+        _error(str(exc))
+        return 2
     table = Table(title=f"{judge.name} judge on {args.file}")
     for column in ("condition", "n", "precision", "recall", "f1"):
         table.add_column(column, overflow="fold")
     for condition, scores in report.per_condition.items():
         table.add_row(condition, str(scores.n), f"{scores.precision:.2f}", f"{scores.recall:.2f}", f"{scores.f1:.2f}")
-    console = Console(width=args.width) if args.width else Console()
     console.print(table)
-    if args.verbose:
-        for case, predicted, reason in report.errors:
+    if args.verbose:  # every misjudged case, and every near miss, with the part that decided and its score
+        for case, decision in report.decisions:
+            wrong = decision.fires != case.fires
+            near = not decision.fires and decision.score is not None and decision.score >= 0.3
+            if not (wrong or near):
+                continue
             said = " / ".join(f"{t.role}: {t.text}" for t in case.transcript)
-            console.print(f"[red]{case.id}[/] expected {case.fires} got {predicted} ({reason}) :: {said}",
-                          highlight=False)
+            label = "[red]WRONG[/]" if wrong else "[yellow]near miss[/]"
+            score = "-" if decision.score is None else f"{decision.score:.2f}"
+            console.print(f"{label} {case.id} expected {case.fires} got {decision.fires} [{decision.part}, score "
+                          f"{score}] {decision.reason} :: {said}", highlight=False)
+    seconds = sorted(report.seconds)
+    if seconds:
+        console.print(f"decision latency p50 {seconds[len(seconds) // 2]:.3f} s, "
+                      f"p95 {seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))]:.3f} s "
+                      f"({judge.name} judge, one condition per decision)", highlight=False)
+    if args.decisions:  # one JSON line per case: the label, the decision, its score and part (threshold tuning)
+        with open(args.decisions, "w", encoding="utf-8") as out:
+            for case, decision in report.decisions:
+                out.write(json.dumps({"id": case.id, "condition": case.condition, "fires": case.fires,
+                                      "fired": decision.fires, "score": decision.score, "part": decision.part},
+                                     ensure_ascii=False) + "\n")
     o = report.overall
     print(json.dumps({"precision": round(o.precision, 4), "recall": round(o.recall, 4), "f1": round(o.f1, 4),
                       "n": o.n}))
     return 0
-
-
-def _make_judge(name: str):
-    from incall_sms.judges.embedded import EmbeddedJudge
-
-    if name == "embedded":
-        return EmbeddedJudge()
-    from incall_sms.judges.llm import LLMJudge
-
-    return LLMJudge.from_env()
 
 
 def _mic_unavailable() -> str | None:
@@ -131,7 +161,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     from loguru import logger
 
-    from incall_sms.errors import ActionConfigError
+    from incall_sms.errors import SmsError
     from incall_sms.pipeline.simulation import load_script, simulate
 
     logger.remove()
@@ -147,8 +177,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         steps = None if args.interactive else load_script(args.script)
         console.rule("[bold]local simulation[/] (no phone, no keys, no network)")
         result = simulate(actions_path=args.actions, steps=steps, console=console, state_dir=args.state,
-                          pace=args.pace, voice=args.voice, mic=args.mic)
-    except (ActionConfigError, ValueError, OSError) as exc:
+                          pace=args.pace, voice=args.voice, mic=args.mic, judge=args.judge)
+    except (SmsError, ValueError, OSError) as exc:  # SmsError: bad actions, local model unavailable
         console.print(f"[bold red]error[/]: {exc}", highlight=False)
         return 2
     sent = [e for e in result.events if e.kind.value == "sent"]
@@ -170,7 +200,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     logger.remove()  # before pipecat is imported: no banner, only its errors
     logger.add(sys.stderr, level="ERROR")
     from incall_sms.actions import load_actions
-    from incall_sms.errors import ActionConfigError
+    from incall_sms.errors import SmsError
+    from incall_sms.judges.base import ConditionSpec
+    from incall_sms.judges.select import make_judge
     from incall_sms.pipeline.recording import Expectations
     from incall_sms.pipeline.replay import replay
 
@@ -181,9 +213,21 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if args.expect:
             with open(args.expect, encoding="utf-8") as handle:
                 expectations = Expectations.model_validate(yaml.safe_load(handle) or {})
-        report = asyncio.run(replay(args.recording, actions=actions, speed=args.speed, expectations=expectations,
-                                    stt=args.stt))
-    except (ActionConfigError, ValueError, OSError, yaml.YAMLError, pydantic.ValidationError) as exc:
+        judge = make_judge(args.judge)
+
+        async def run():
+            warm = getattr(judge, "warm", None)
+            if warm is not None:
+                await warm([ConditionSpec(id=a.name, condition=a.condition, when=a.when) for a in actions.actions])
+            try:
+                return await replay(args.recording, actions=actions, speed=args.speed, expectations=expectations,
+                                    stt=args.stt, judge=judge)
+            finally:
+                if hasattr(judge, "aclose"):
+                    await judge.aclose()
+
+        report = asyncio.run(run())
+    except (SmsError, ValueError, OSError, yaml.YAMLError, pydantic.ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pathlib.Path(args.report).write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -248,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--voice", choices=("auto", "on", "off"), default="auto",
                      help="offline speech: Piper + faster-whisper (auto: when installed)")
     sim.add_argument("--mic", action="store_true", help="talk through a real microphone (needs PyAudio and a device)")
+    sim.add_argument("--judge", choices=JUDGES, default=os.environ.get("SMS_JUDGE", "auto"),
+                     help="condition judge (default: $SMS_JUDGE, else auto: the local model when the [local] extra "
+                          "is installed, else the embedded rules)")
     sim.add_argument("--width", type=int, default=None)
     sim.set_defaults(handler=_cmd_simulate)
 
@@ -273,15 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--speed", type=float, default=8.0, help="replay speed (default 8x real time)")
     rep.add_argument("--stt", choices=("recorded", "whisper"), default="recorded",
                      help="use the recorded STT results, or run the caller audio through offline STT")
+    rep.add_argument("--judge", choices=JUDGES, default="embedded",
+                     help="condition judge (default: the embedded rules, deterministic)")
     rep.set_defaults(handler=_cmd_replay)
 
     judge = sub.add_parser("judge", help="condition judges")
     judge_sub = judge.add_subparsers(dest="judge_command", required=True)
     ev = judge_sub.add_parser("eval", help="score a judge on a labelled JSONL file; last line is JSON")
     ev.add_argument("file")
-    ev.add_argument("--judge", choices=("embedded", "llm"), default="embedded",
-                    help="llm uses SMS_JUDGE_LLM_URL / SMS_JUDGE_LLM_MODEL / SMS_JUDGE_LLM_KEY")
-    ev.add_argument("--verbose", "-v", action="store_true", help="list the misjudged cases")
+    ev.add_argument("--judge", choices=JUDGES, default="auto",
+                    help="auto: the best judge that needs no key (the local model when installed, else the embedded "
+                         "rules); llm uses SMS_JUDGE_LLM_URL / SMS_JUDGE_LLM_MODEL / SMS_JUDGE_LLM_KEY")
+    ev.add_argument("--verbose", "-v", action="store_true",
+                    help="list misjudged cases and near misses, with the judge part that decided and its score")
+    ev.add_argument("--decisions", metavar="OUT.jsonl", default=None,
+                    help="write every decision (label, fired, score, deciding part) as JSON lines")
     ev.add_argument("--width", type=int, default=None)
     ev.set_defaults(handler=_cmd_judge_eval)
     return parser

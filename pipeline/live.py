@@ -70,6 +70,8 @@ class LiveSettings:
     sender_rate: float = 1.0
     redis_url: str | None = None
     stream_token_ttl: float = 120.0
+    judge: str = "embedded"
+    local_model: str = "qwen2.5-coder-1.5b"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> LiveSettings:
@@ -103,7 +105,8 @@ class LiveSettings:
             twilio_api_base_url=sms.twilio_api_base_url, pool_numbers=sms.pool_numbers,
             messaging_service_sid=sms.messaging_service_sid, record_dir=env.get("SMS_RECORD_DIR") or None,
             record_unmasked=env.get("SMS_RECORD_UNMASKED", "") == "1", sender_rate=sms.sender_rate,
-            redis_url=sms.redis_url, stream_token_ttl=sms.stream_token_ttl,
+            redis_url=sms.redis_url, stream_token_ttl=sms.stream_token_ttl, judge=sms.judge,
+            local_model=sms.local_model,
         )
 
     def sms_settings(self) -> SmsSettings:
@@ -113,7 +116,8 @@ class LiveSettings:
             actions_path=self.actions_path, state_dir=self.state_dir, twilio_api_base_url=self.twilio_api_base_url,
             pool_numbers=self.pool_numbers, messaging_service_sid=self.messaging_service_sid,
             sender_rate=self.sender_rate, redis_url=self.redis_url, stream_token_ttl=self.stream_token_ttl,
-            deepgram_api_key=self.deepgram_api_key, deepgram_base_url=self.deepgram_base_url,
+            deepgram_api_key=self.deepgram_api_key, deepgram_base_url=self.deepgram_base_url, judge=self.judge,
+            local_model=self.local_model,
         )
 
 

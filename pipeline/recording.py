@@ -119,7 +119,7 @@ def load_recording(path: str | pathlib.Path) -> tuple[list[tuple[float, dict[str
 
 
 class ReportSms(_Model):
-    """One SMS decision of the call."""
+    """One SMS decision of the call (``judged``: the judge part that fired it and why; ``score``: its score)."""
 
     action: str
     outcome: str
@@ -132,6 +132,19 @@ class ReportSms(_Model):
     at: str
     t: float
     sid: str | None = None
+    judged: str | None = None
+    score: float | None = None
+
+
+class ReportDecision(_Model):
+    """A judge decision near the threshold that did not fire (``score`` >= the report's floor)."""
+
+    action: str
+    at: str
+    t: float
+    score: float
+    part: str
+    reason: str = ""
 
 
 class ReportLine(_Model):
@@ -194,6 +207,8 @@ class ReplayReport(_Model):
     inbound: list[ReportInbound]
     audio: ReportAudio
     expectations: ReportExpectations
+    judge: str = "embedded"
+    near_misses: list[ReportDecision] = []
 
 
 class SmsExpectation(_Model):

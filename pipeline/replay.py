@@ -32,6 +32,7 @@ from incall_sms.actions import ActionSet
 from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine, ActionOutcome
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
+from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.media.offline_speech import OfflineSpeech, available, whisper_model_dir
@@ -44,6 +45,7 @@ from incall_sms.pipeline.recording import (
     Expectations,
     ReplayReport,
     ReportAudio,
+    ReportDecision,
     ReportExpectations,
     ReportInbound,
     ReportLine,
@@ -66,6 +68,40 @@ def _real_or_fake(number: str) -> str:
     return f"+1415555{digits}"
 
 
+#: Decisions that did not fire but scored at least this are reported as near misses.
+NEAR_MISS_FLOOR = 0.3
+
+
+class ExplainingJudge:
+    """The replay's judge, explained.
+
+    Every decision goes through :func:`decide`, so the report can say which part fired each action
+    with what score, and list the near misses (not fired, score >= :data:`NEAR_MISS_FLOOR`).
+    """
+
+    def __init__(self, inner: ConditionJudge, near_misses: list[ReportDecision], clock: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.instant = inner.instant
+        self._near = near_misses
+        self._clock = clock
+
+    def _note(self, request: JudgeRequest, decisions: list[Any]) -> list[Match]:
+        for d in decisions:
+            if not d.fires and d.score is not None and d.score >= NEAR_MISS_FLOOR:
+                self._near.append(ReportDecision(action=d.id, at=request.at, t=round(self._clock(), 3),
+                                                 score=round(d.score, 4), part=d.part, reason=d.reason))
+        return [d.as_match() for d in decisions if d.fires]
+
+    async def judge(self, request: JudgeRequest) -> list[Match]:
+        """The inner judge's matches, its near misses noted."""
+        return self._note(request, await decide(self.inner, request))
+
+    def judge_now(self, request: JudgeRequest) -> list[Match]:
+        """Instant judges: their matches as they are (rules carry no scores to miss by)."""
+        return self.inner.judge_now(request)
+
+
 async def replay(
     recording: str | pathlib.Path,
     *,
@@ -73,6 +109,7 @@ async def replay(
     speed: float = 8.0,
     expectations: Expectations | None = None,
     stt: str = "recorded",
+    judge: ConditionJudge | None = None,
 ) -> ReplayReport:
     """Replay one recording and build its report.
 
@@ -84,6 +121,9 @@ async def replay(
         stt: ``recorded`` feeds the recorded STT results (fast, deterministic); ``whisper``
             runs the caller audio through pipecat's Silero VAD and WhisperSTTService
             (offline tiny.en) instead.
+
+        judge: The condition judge (default: the embedded rules, deterministic); the caller
+            owns it (warms and closes it).
 
     Raises:
         ValueError: The recording is invalid.
@@ -99,7 +139,14 @@ async def replay(
     dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=optouts,
                             pool_numbers=("+14155550111",), default_agent_number=meta.agent_number)
     call = CallContext(call_id=meta.call_sid, caller_number=meta.caller, agent_number=meta.agent_number)
-    engine = ActionEngine(dispatcher=dispatcher, call=call, judge=EmbeddedJudge(), extractor=PatternExtractor())
+    near_misses: list[ReportDecision] = []
+    clock0 = [0.0]
+
+    def call_time() -> float:
+        return (time.monotonic() - clock0[0]) * speed
+
+    explained = ExplainingJudge(judge or EmbeddedJudge(), near_misses, call_time)
+    engine = ActionEngine(dispatcher=dispatcher, call=call, judge=explained, extractor=PatternExtractor())
     engine.variables.update(meta.variables)
     sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0)
     media_host = LoopbackMediaHost()
@@ -139,10 +186,6 @@ async def replay(
     await serializer.setup(types.SimpleNamespace(audio_in_sample_rate=16000))  # only the rate is read
     started = asyncio.Event()
     sms_times: dict[str, float] = {}
-    clock0 = [0.0]
-
-    def call_time() -> float:
-        return (time.monotonic() - clock0[0]) * speed
 
     @worker.event_handler("on_pipeline_started")
     async def _started(_worker: Any, _frame: Any) -> None:
@@ -215,7 +258,8 @@ async def replay(
             action=outcome.firing.action.name, outcome=result.outcome.value, reason=result.reason,
             to_masked=result.to_masked, body=message.body if message else None, encoding=result.encoding,
             segments=result.segments, trigger_turn=outcome.firing.turn, at=outcome.firing.at,
-            t=round(sms_times.get(result.key, duration), 3), sid=result.sid,
+            t=round(sms_times.get(result.key, duration), 3), sid=result.sid, judged=outcome.firing.match.reason,
+            score=round(outcome.firing.match.confidence, 4),
         ))
     stats = meter.stats()
     max_delay, p99_delay = meter.delay_stats()
@@ -225,6 +269,8 @@ async def replay(
         duration_s=round(duration, 3),
         speed=speed,
         sms=sms_rows,
+        judge=explained.name,
+        near_misses=sorted(near_misses, key=lambda d: d.t),
         lines=[ReportLine(kind=line.kind, action=line.action, text=line.text, t=round(line.at * speed, 3))
                for line in sms.spoken],
         inbound=[_report_inbound(t * speed, sid, msg) for t, sid, msg in inbound.injected],

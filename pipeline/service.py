@@ -52,8 +52,9 @@ from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine
 from incall_sms.errors import InvalidPhoneNumberError, SmsError
 from incall_sms.inbound import InboundRouter, InProcessCallRegistry, InProcessSeenKeys
-from incall_sms.judges.base import ConditionJudge
+from incall_sms.judges.base import ConditionJudge, ConditionSpec
 from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.judges.select import make_judge
 from incall_sms.media.fetch import MediaFetcher
 from incall_sms.media.transcribe import DeepgramPrerecordedTranscriber
 from incall_sms.optout import SqliteOptOutStore
@@ -113,6 +114,10 @@ class SmsSettings:
         deepgram_api_key: For transcribing voice notes and videos the caller texts (``None``:
             they are noted, not transcribed).
         deepgram_base_url: Another Deepgram host.
+        judge: Which condition judge the calls share: ``embedded`` (default), ``local`` (the
+            ``[local]`` extra), ``auto`` (local when installed, else embedded), ``llm`` (see
+            :func:`incall_sms.judges.select.make_judge`).
+        local_model: The local judge's model (``SMS_LOCAL_MODEL``).
     """
 
     public_url: str
@@ -128,6 +133,8 @@ class SmsSettings:
     stream_token_ttl: float = 120.0
     deepgram_api_key: str | None = None
     deepgram_base_url: str | None = None
+    judge: str = "embedded"
+    local_model: str = "qwen2.5-coder-1.5b"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> SmsSettings:
@@ -157,7 +164,17 @@ class SmsSettings:
             stream_token_ttl=positive_float(env.get("SMS_STREAM_TOKEN_TTL", "120"), "SMS_STREAM_TOKEN_TTL"),
             deepgram_api_key=env.get("DEEPGRAM_API_KEY") or None,
             deepgram_base_url=env.get("DEEPGRAM_BASE_URL") or None,
+            judge=_judge_name(env.get("SMS_JUDGE", "embedded")),
+            local_model=env.get("SMS_LOCAL_MODEL", "qwen2.5-coder-1.5b"),
         )
+
+
+def _judge_name(raw: str) -> str:
+    from incall_sms.judges.select import JUDGES
+
+    if raw not in JUDGES:
+        raise SettingsError(f"SMS_JUDGE must be one of {', '.join(JUDGES)} (got {raw!r})")
+    return raw
 
 
 def _public_url(raw: str) -> str:
@@ -206,7 +223,8 @@ class SmsService:
     Args:
         settings: The settings.
         actions: An action set (default: loaded from ``settings.actions_path``).
-        judge: Judge factory for new calls (default: the embedded judge).
+        judge: Judge factory for new calls (default: one judge shared by all calls, chosen by
+            ``settings.judge``; a local model is loaded and warmed by :meth:`start`).
         clock: ``time.time``-like callable for stream-token expiry (tests).
 
     Attributes:
@@ -234,7 +252,21 @@ class SmsService:
         state = pathlib.Path(settings.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         self.actions = actions or load_actions(settings.actions_path)
-        self._judge = judge or EmbeddedJudge
+        self.shared_judge: ConditionJudge | None = None
+        if judge is None:
+            if settings.judge == "embedded":
+                judge = EmbeddedJudge
+            else:
+                try:
+                    self.shared_judge = make_judge(
+                        settings.judge, env={**os.environ, "SMS_LOCAL_MODEL": settings.local_model})
+                except ValueError as exc:
+                    raise SettingsError(f"SMS_JUDGE={settings.judge}: {exc}") from None
+                shared_judge = self.shared_judge
+
+                def judge() -> ConditionJudge:
+                    return shared_judge
+        self._judge = judge
         self.provider = TwilioProvider(account_sid=settings.account_sid, auth_token=settings.auth_token,
                                        base_url=settings.twilio_api_base_url)
         self.outbox = Outbox(state / "outbox.db")
@@ -303,6 +335,14 @@ class SmsService:
         if hasattr(self.registry, "start"):
             await self.registry.start()
         await self._lifetime.enter_async_context(self.dispatcher.recovery())
+        warm = getattr(self.shared_judge, "warm", None)
+        if warm is not None:  # load the local model and cache its prompts before the first call
+            try:
+                await warm([ConditionSpec(id=a.name, condition=a.condition, when=a.when)
+                            for a in self.actions.actions])
+            except BaseException:
+                await self.aclose()  # nothing started above keeps running
+                raise
         self.ready = True
 
     async def aclose(self) -> None:
@@ -314,6 +354,9 @@ class SmsService:
         await self.fetcher.aclose()
         if self.transcriber is not None:
             await self.transcriber.aclose()
+        close_judge = getattr(self.shared_judge, "aclose", None)
+        if close_judge is not None:
+            await close_judge()
         self.outbox.close()
         if hasattr(self.registry, "aclose"):
             await self.registry.aclose()
@@ -537,7 +580,10 @@ class CallSms:
     def processor(self) -> SmsActionProcessor:
         """Watcher mode: the :class:`SmsActionProcessor`, between STT and the user context aggregator."""
         if self._processor is None:
-            self._processor = SmsActionProcessor(engine=self._engine(), **self._options)
+            options = dict(self._options)
+            if not self._judge.instant:  # a hang-up (CancelFrame) must leave the judge time for call-end conditions
+                options.setdefault("cancel_grace", 10.0)
+            self._processor = SmsActionProcessor(engine=self._engine(), **options)
         return self._processor
 
     @property

@@ -52,7 +52,9 @@ from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine
 from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
+from incall_sms.judges.base import ConditionJudge, ConditionSpec
 from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.judges.select import make_judge
 from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.outbox import Outbox
@@ -233,6 +235,7 @@ def simulate(
     pace: float = 1.0,
     voice: str = "auto",
     mic: bool = False,
+    judge: str = "embedded",
 ) -> SimulationResult:
     """Run one simulated call (blocking; starts its own event loop).
 
@@ -248,6 +251,11 @@ def simulate(
         mic: You are the caller: your microphone and speaker through pipecat's
             ``LocalAudioTransport`` (needs PyAudio and a device; implies voice). Type
             ``text: ...`` to text the agent, ``hangup`` to end.
+        judge: The condition judge (``auto``, ``local``, ``embedded``, ``llm``; see
+            :func:`incall_sms.judges.select.make_judge`); a local model is loaded before the call.
+
+    Raises:
+        ValueError: Voice or microphone asked for but not possible, or the judge is unavailable.
     """
     from incall_sms.media.offline_speech import available
 
@@ -258,11 +266,12 @@ def simulate(
     if mic and reason:
         raise ValueError(f"--mic needs offline speech: {reason}")
     actions = load_actions(actions_path)
+    condition_judge = make_judge(judge)
     with tempfile.TemporaryDirectory(prefix="incall-sms-sim-") as temp:
         folder = pathlib.Path(state_dir or temp)
         folder.mkdir(parents=True, exist_ok=True)
         return asyncio.run(_simulate(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
-                                     use_voice=use_voice, mic=mic))
+                                     use_voice=use_voice, mic=mic, judge=condition_judge))
 
 
 async def _say(worker: PipelineWorker, speech: Any, text: str) -> None:
@@ -281,7 +290,25 @@ def _agent_tts(use_voice: bool) -> FrameProcessor:
 
 async def _simulate(
     *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float,
-    use_voice: bool, mic: bool = False,
+    use_voice: bool, mic: bool = False, judge: ConditionJudge | None = None,
+) -> SimulationResult:
+    judge = judge or EmbeddedJudge()
+    warm = getattr(judge, "warm", None)
+    if warm is not None:  # load the model and cache its prompts before the caller speaks
+        with console.status(f"loading the {judge.name} judge..."):
+            await warm([ConditionSpec(id=a.name, condition=a.condition, when=a.when) for a in actions.actions])
+    try:
+        return await _simulate_call(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
+                                    use_voice=use_voice, mic=mic, judge=judge)
+    finally:
+        close = getattr(judge, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _simulate_call(
+    *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float,
+    use_voice: bool, mic: bool, judge: ConditionJudge,
 ) -> SimulationResult:
     call_id = f"SIM{uuid.uuid4().hex[:16]}"
     provider = LocalProvider(folder / "phone.db", latency=0.6)  # a provider answers in about this time
@@ -290,7 +317,7 @@ async def _simulate(
     dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=optouts,
                             pool_numbers=POOL, default_agent_number=AGENT)
     call = CallContext(call_id=call_id, caller_number=CALLER, agent_number=AGENT)
-    engine = ActionEngine(dispatcher=dispatcher, call=call, judge=EmbeddedJudge(), extractor=PatternExtractor())
+    engine = ActionEngine(dispatcher=dispatcher, call=call, judge=judge, extractor=PatternExtractor())
     sms = SmsActionProcessor(engine=engine)
     events: list[SmsEvent] = []
 

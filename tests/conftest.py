@@ -7,6 +7,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = pathlib.Path(os.environ.get("INCALL_SMS_SHARED", ROOT.parent / "shared"))
 EXAMPLES = ROOT / "examples"
+# Servers built from the environment judge with the deterministic rules in tests, whatever models this machine
+# has installed (the local model has its own tests: tests/test_local_model.py).
+os.environ.setdefault("SMS_JUDGE", "embedded")
 
 
 @pytest.fixture

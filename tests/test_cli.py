@@ -9,9 +9,10 @@ from incall_sms.pipeline import DEFAULT_ACTIONS
 from tests.conftest import ROOT
 
 
-def run(*args):
+def run(*args, env=None, timeout=180):
     return subprocess.run(
-        [sys.executable, "run_agent.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "run_agent.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -68,11 +69,40 @@ def test_lint_json_prints_json_only(tmp_path):
 
 
 def test_judge_eval_contract(shared):
-    out = run("judge", "eval", str(shared / "conditions" / "dev.jsonl"))
+    out = run("judge", "eval", str(shared / "conditions" / "dev.jsonl"), "--judge", "embedded")
     assert out.returncode == 0, out.stderr
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(last) == {"precision", "recall", "f1", "n"}
     assert last["n"] == 30 and 0.0 <= last["f1"] <= 1.0
+
+
+def test_judge_eval_default_runs_the_local_model_when_installed(tmp_path):
+    # auto = the local model when its extra is installed (here the small one, from the [dev] extras)
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text("".join(json.dumps(c) + "\n" for c in [
+        {"id": "a", "condition": "if the caller wants the menu texted to them", "fires": True,
+         "transcript": [{"role": "agent", "text": "Shall I text you the menu?"},
+                        {"role": "user", "text": "yes please"}]},
+        {"id": "b", "condition": "when the call ends and a table was booked", "fires": False,
+         "transcript": [{"role": "user", "text": "text me the menu"}]},
+        {"id": "c", "condition": "when the call ends and a table was booked", "fires": False, "at": "call_end",
+         "transcript": [{"role": "user", "text": "how late are you open"}, {"role": "agent", "text": "Until 11."}]},
+    ]), encoding="utf-8")
+    decisions = tmp_path / "decisions.jsonl"
+    out = run("judge", "eval", str(cases), "-v", "--decisions", str(decisions), "--width", "200",
+              env={"SMS_LOCAL_MODEL": "qwen2.5-coder-0.5b"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "local judge" in out.stdout and "decision latency p50" in out.stdout
+    rows = {r["id"]: r for r in map(json.loads, decisions.read_text(encoding="utf-8").splitlines())}
+    assert rows["a"]["part"] == "model" and 0 <= rows["a"]["score"] <= 1
+    assert rows["b"]["part"].startswith("rule:") and rows["b"]["fired"] is False  # call-end condition mid-call
+    assert rows["c"]["part"] == "model"
+    assert set(json.loads(out.stdout.strip().splitlines()[-1])) == {"precision", "recall", "f1", "n"}
+
+
+def test_judge_eval_unknown_local_model_is_an_error(shared):
+    out = run("judge", "eval", str(shared / "conditions" / "dev.jsonl"), env={"SMS_LOCAL_MODEL": "gpt-5"})
+    assert out.returncode == 2 and "unknown SMS_LOCAL_MODEL" in out.stderr
 
 
 def test_judge_eval_bad_file(tmp_path):

@@ -7,11 +7,13 @@ tests fail (they never skip).
 """
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -58,14 +60,16 @@ def prism(tmp_path_factory):
     log = tmp_path_factory.mktemp("prism") / "prism.log"
     with open(log, "wb") as out:
         try:
+            # its own process group: prism forks a worker that outlives a terminated parent
             proc = start_server_process([binary, "mock", "-h", "127.0.0.1", "-p", str(port), str(spec)], port,
-                                        stdout=out, stderr=subprocess.STDOUT)
+                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         except RuntimeError as exc:
             pytest.fail(f"{exc}: {log.read_text()[-2000:]}")
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # the whole group: prism and its worker
             proc.wait(timeout=10)
 
 

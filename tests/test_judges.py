@@ -104,3 +104,56 @@ async def test_llm_judge_garbage_without_fallback_matches_nothing():
         judge = LLMJudge(base_url=peer.base_url, model="m", timeout=5, fallback=None)
         assert await judge.judge(req(("user", "text me"), conditions=CONDITIONS)) == []
         await judge.aclose()
+
+
+def test_labelled_judge_data_is_split_by_condition_and_varied():
+    import json
+
+    folder = ROOT / "tests" / "data" / "judge"
+    splits = {name: load_cases(folder / f"{name}.jsonl") for name in ("train", "dev", "test")}
+    conditions = {name: {c.condition for c in cases} for name, cases in splits.items()}
+    assert not conditions["train"] & conditions["test"] and not conditions["dev"] & conditions["test"]
+    assert not conditions["train"] & conditions["dev"]  # test conditions are unseen while tuning
+    rows = [json.loads(line) for name in splits for line in (folder / f"{name}.jsonl").read_text("utf-8").splitlines()]
+    assert len(rows) >= 300 and len({r["condition"] for r in rows}) >= 25 and len({r["domain"] for r in rows}) >= 6
+    assert sum(r["lang"] in ("es", "de") for r in rows) >= 40
+    assert len({r["id"] for r in rows}) == len(rows)
+    for cases in splits.values():  # both labels in every split
+        assert {c.fires for c in cases} == {True, False}
+
+
+async def test_a_slow_judge_is_asked_once_per_caller_turn_not_per_fragment():
+    import asyncio
+
+    from tests.helpers.sms import make_engine
+
+    class CountingJudge:  # the seam: what the engine asks a slow judge, not how the judge answers
+        name, instant = "counting", False
+
+        def __init__(self):
+            self.requests = []
+
+        async def judge(self, request):
+            self.requests.append([(t.role, t.text) for t in request.transcript])
+            return []
+
+        def judge_now(self, request):
+            raise NotImplementedError
+
+    judge = CountingJudge()
+    engine = make_engine(judge=judge, extractor=False)
+    engine.add_user_text("can you")
+    first = asyncio.ensure_future(engine.evaluate("turn"))
+    await asyncio.sleep(0)
+    engine.add_user_text("text me the menu")  # another STT fragment of the same turn
+    second = asyncio.ensure_future(engine.evaluate("turn"))
+    await asyncio.gather(first, second)
+    assert judge.requests == [[("user", "can you text me the menu")]]
+
+    engine.add_agent_text("Sure.")  # a new turn in between: both turns are judged
+    engine.add_user_text("and the address")
+    third = asyncio.ensure_future(engine.evaluate("turn"))
+    await asyncio.sleep(0)
+    engine.add_agent_text("Of course.")
+    await asyncio.gather(third, engine.evaluate("turn"))
+    assert sorted(r[-1] for r in judge.requests[1:]) == [("agent", "Of course."), ("user", "and the address")]

@@ -97,3 +97,11 @@ def test_replay_cli_contract(tmp_path):
     out = _run("replay", str(tmp_path / "missing.jsonl"), "--actions", str(DEFAULT_ACTIONS),
                "--report", str(tmp_path / "r3.json"))
     assert out.returncode == 2
+
+
+async def test_report_says_which_judge_fired_each_text():
+    recording = ROOT / "tests" / "calls" / "booking_confirmation.jsonl"
+    report = await replay(recording, actions=load_actions(CORPUS_ACTIONS))
+    assert report.judge == "embedded" and report.sms
+    assert all(row.judged and row.score is not None for row in report.sms)
+    assert report.near_misses == []  # rules carry no scores to miss by

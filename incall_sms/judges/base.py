@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
-__all__ = ["ConditionJudge", "ConditionSpec", "JudgeRequest", "Match", "Turn"]
+__all__ = ["ConditionJudge", "ConditionSpec", "Decision", "JudgeRequest", "Match", "Turn"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,6 +69,31 @@ class Match:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """How a judge decided one condition (fired or not): for ``judge eval -v`` and replay reports.
+
+    Attributes:
+        id: The action name.
+        fires: Whether the condition holds now.
+        score: The probability or confidence behind the decision, 0..1 (``None`` when a rule
+            decided without a score).
+        part: Which part of the judge decided (``model``, ``rule: ...``, ``rules``, ``llm``).
+        reason: Short explanation (no personal data).
+    """
+
+    id: str
+    fires: bool
+    score: float | None
+    part: str
+    reason: str = ""
+
+    def as_match(self) -> Match:
+        """The :class:`Match` of a firing decision."""
+        return Match(id=self.id, confidence=1.0 if self.score is None else self.score,
+                     reason=f"{self.part}: {self.reason}" if self.reason else self.part)
+
+
 class ConditionJudge(Protocol):
     """Decides which conditions hold. Implementations must not block the event loop.
 
@@ -88,3 +113,18 @@ class ConditionJudge(Protocol):
     def judge_now(self, request: JudgeRequest) -> list[Match]:
         """Synchronous judgement for instant judges; others raise ``NotImplementedError``."""
         ...
+
+
+async def decide(judge: ConditionJudge, request: JudgeRequest) -> list[Decision]:
+    """Every condition's decision, explained: the judge's own ``decide`` when it has one.
+
+    Judges without one are wrapped: a match is a firing decision (part = the judge's name),
+    everything else a non-firing one without a score.
+    """
+    own = getattr(judge, "decide", None)
+    if own is not None:
+        return list(await own(request))
+    matches = {m.id: m for m in await judge.judge(request)}
+    return [Decision(id=c.id, fires=c.id in matches, score=matches[c.id].confidence if c.id in matches else None,
+                     part=judge.name, reason=matches[c.id].reason if c.id in matches else "")
+            for c in request.conditions]

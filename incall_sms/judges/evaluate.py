@@ -8,7 +8,7 @@ import pathlib
 from collections import defaultdict
 from typing import Any
 
-from incall_sms.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Turn
+from incall_sms.judges.base import ConditionJudge, ConditionSpec, Decision, JudgeRequest, Turn, decide
 
 __all__ = ["EvalCase", "EvalReport", "evaluate", "load_cases"]
 
@@ -58,11 +58,13 @@ class Scores:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EvalReport:
-    """Overall and per-condition scores plus the misjudged cases."""
+    """Overall and per-condition scores, the misjudged cases, and every decision explained."""
 
     overall: Scores
     per_condition: dict[str, Scores]
     errors: list[tuple[EvalCase, bool, str]]
+    decisions: list[tuple[EvalCase, Decision]] = dataclasses.field(default_factory=list)
+    seconds: list[float] = dataclasses.field(default_factory=list)
 
 
 def load_cases(path: str | pathlib.Path) -> list[EvalCase]:
@@ -94,8 +96,12 @@ def load_cases(path: str | pathlib.Path) -> list[EvalCase]:
 
 async def evaluate(judge: ConditionJudge, cases: list[EvalCase]) -> EvalReport:
     """Judge every case (one condition at a time) and score against the labels."""
+    import time
+
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     errors = []
+    decisions = []
+    seconds = []
     for case in cases:
         request = JudgeRequest(
             conditions=[ConditionSpec(id="c", condition=case.condition)],
@@ -103,13 +109,16 @@ async def evaluate(judge: ConditionJudge, cases: list[EvalCase]) -> EvalReport:
             at="call_end" if case.at == "call_end" else "turn",
             variables=case.variables,
         )
-        matches = await judge.judge(request)
-        predicted = bool(matches)
-        reason = matches[0].reason if matches else ""
+        started = time.perf_counter()
+        [decision] = await decide(judge, request)
+        seconds.append(time.perf_counter() - started)
+        decisions.append((case, decision))
+        predicted = decision.fires
+        reason = f"{decision.part}" + (f" ({decision.reason})" if decision.reason else "")
         slot = (0 if predicted else 2) if case.fires else (1 if predicted else 3)
         counts[case.condition][slot] += 1
         if predicted != case.fires:
             errors.append((case, predicted, reason))
     per = {c: Scores(*v) for c, v in counts.items()}
     total = Scores(*(sum(v[i] for v in counts.values()) for i in range(4)))
-    return EvalReport(overall=total, per_condition=per, errors=errors)
+    return EvalReport(overall=total, per_condition=per, errors=errors, decisions=decisions, seconds=seconds)

@@ -131,7 +131,7 @@ class LLMJudge:
         try:
             content = await self._chat.complete(
                 [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": _render(request)}],
-                json_mode=self._json_mode,
+                json_mode=self._json_mode, max_tokens=40 + 60 * len(request.conditions),
             )
             matches = _parse(content, {c.id for c in request.conditions})
         except Exception as exc:  # any failure: timeout, transport, HTTP, bad JSON

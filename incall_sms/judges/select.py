@@ -1,0 +1,63 @@
+"""Choosing a judge by name: ``auto`` (the best that needs no key), ``local``, ``embedded`` or ``llm``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+
+from incall_sms.judges.base import ConditionJudge
+
+__all__ = ["JUDGES", "local_model_available", "make_judge"]
+
+JUDGES = ("auto", "local", "embedded", "llm")
+
+
+def local_model_available(model: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """Why the local-model judge cannot run here, or ``None`` when it can (nothing is loaded to find out)."""
+    from incall_sms.local_model import MODELS
+
+    env = os.environ if env is None else env
+    name = model or env.get("SMS_LOCAL_MODEL", "qwen2.5-coder-1.5b")
+    spec = MODELS.get(name)
+    if spec is None:
+        return f"unknown SMS_LOCAL_MODEL {name!r} (known: {', '.join(MODELS)})"
+    if importlib.util.find_spec("xllamacpp") is None or importlib.util.find_spec(spec.parts[0]) is None:
+        return f"the local model is not installed ({spec.requirement})"
+    return None
+
+
+def make_judge(name: str = "auto", *, env: Mapping[str, str] | None = None) -> ConditionJudge:
+    """A judge by name (share it across calls: the local one holds a loaded model).
+
+    * ``auto``: the local model when it is installed, else the embedded rules.
+    * ``local``: the local-model judge (``SMS_LOCAL_MODEL``, default ``qwen2.5-coder-1.5b``).
+    * ``embedded``: deterministic rules, instant.
+    * ``llm``: an OpenAI-compatible endpoint (``SMS_JUDGE_LLM_URL``/``_MODEL``/``_KEY``).
+
+    Raises:
+        ValueError: Unknown name, the local model is missing, or the LLM settings are incomplete.
+    """
+    env = os.environ if env is None else env
+    if name == "auto":
+        reason = local_model_available(env=env)
+        if reason and reason.startswith("unknown"):
+            raise ValueError(reason)
+        name = "local" if reason is None else "embedded"
+    if name == "embedded":
+        from incall_sms.judges.embedded import EmbeddedJudge
+
+        return EmbeddedJudge()
+    if name == "local":
+        reason = local_model_available(env=env)
+        if reason:
+            raise ValueError(reason)
+        from incall_sms.judges.local import LocalModelJudge
+        from incall_sms.local_model import MODELS, LocalModel
+
+        return LocalModelJudge(model=LocalModel(MODELS[env.get("SMS_LOCAL_MODEL", "qwen2.5-coder-1.5b")]))
+    if name == "llm":
+        from incall_sms.judges.llm import LLMJudge
+
+        return LLMJudge.from_env()
+    raise ValueError(f"unknown judge {name!r} (known: {', '.join(JUDGES)})")
