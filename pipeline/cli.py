@@ -177,7 +177,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         steps = None if args.interactive else load_script(args.script)
         console.rule("[bold]local simulation[/] (no phone, no keys, no network)")
         result = simulate(actions_path=args.actions, steps=steps, console=console, state_dir=args.state,
-                          pace=args.pace, voice=args.voice, mic=args.mic, judge=args.judge)
+                          pace=args.pace, voice=args.voice, mic=args.mic, judge=args.judge, agent=args.agent)
     except (SmsError, ValueError, OSError) as exc:  # SmsError: bad actions, local model unavailable
         console.print(f"[bold red]error[/]: {exc}", highlight=False)
         return 2
@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--judge", choices=JUDGES, default=os.environ.get("SMS_JUDGE", "auto"),
                      help="condition judge (default: $SMS_JUDGE, else auto: the local model when the [local] extra "
                           "is installed, else the embedded rules)")
+    sim.add_argument("--agent", choices=("stand-in", "local"), default="stand-in",
+                     help="the agent LLM: the rule-based stand-in (or SMS_AGENT_LLM_URL), or the local model "
+                          "([local] extra) through pipecat's OpenAI service on loopback")
     sim.add_argument("--width", type=int, default=None)
     sim.set_defaults(handler=_cmd_simulate)
 

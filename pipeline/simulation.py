@@ -54,7 +54,9 @@ from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
 from incall_sms.judges.base import ConditionJudge, ConditionSpec
 from incall_sms.judges.embedded import EmbeddedJudge
-from incall_sms.judges.select import make_judge
+from incall_sms.judges.local import LocalModelJudge
+from incall_sms.judges.select import local_model_available, make_judge
+from incall_sms.local_model import MODELS, LocalModel
 from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.outbox import Outbox
@@ -73,6 +75,12 @@ POOL = ("+14155550111",)
 SYSTEM_PROMPT = (
     "You are the phone agent of a restaurant. Keep answers short. Texts (SMS) are sent by a separate "
     "system which confirms them itself: never claim you sent a text."
+)
+#: For a real model as the agent (``--agent local`` or ``SMS_AGENT_LLM_URL``): the facts the stand-in knows.
+AGENT_FACTS = (
+    " The restaurant is at 500 Market St, Suite 2, San Francisco, open every day from 11 am to 10 pm; the "
+    "menu and booking page is on the website. You can book tables: confirm the party size, day and time the "
+    "caller asked for (Friday evenings: 7 pm). Answer in one or two short spoken sentences."
 )
 
 
@@ -213,7 +221,13 @@ class _Printer(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-def _agent_llm(console: Console) -> FrameProcessor:
+def _agent_llm(console: Console, local: LocalModel | None = None) -> FrameProcessor:
+    if local is not None:  # the local model, through pipecat's own OpenAI service over loopback
+        from pipecat.services.openai.llm import OpenAILLMService
+
+        console.print(f"[dim]agent LLM: {local.spec.name} (local, {local.base_url})[/]")
+        return OpenAILLMService(api_key=local.api_key, base_url=local.base_url, settings=OpenAILLMService.Settings(
+            model=local.spec.name, system_instruction=SYSTEM_PROMPT + AGENT_FACTS, temperature=0.0, max_tokens=80))
     url = os.environ.get("SMS_AGENT_LLM_URL")
     if not url:
         console.print("[dim]agent LLM: local stand-in (rule-based; set SMS_AGENT_LLM_URL for a real model)[/]")
@@ -223,7 +237,8 @@ def _agent_llm(console: Console) -> FrameProcessor:
     model = os.environ.get("SMS_AGENT_LLM_MODEL", "llama3.1")
     console.print(f"[dim]agent LLM: {model} at {url}[/]")
     return OpenAILLMService(api_key=os.environ.get("SMS_AGENT_LLM_KEY", "none"), base_url=url,
-                            settings=OpenAILLMService.Settings(model=model, system_instruction=SYSTEM_PROMPT))
+                            settings=OpenAILLMService.Settings(model=model,
+                                                               system_instruction=SYSTEM_PROMPT + AGENT_FACTS))
 
 
 def simulate(
@@ -236,6 +251,7 @@ def simulate(
     voice: str = "auto",
     mic: bool = False,
     judge: str = "embedded",
+    agent: str = "stand-in",
 ) -> SimulationResult:
     """Run one simulated call (blocking; starts its own event loop).
 
@@ -253,6 +269,10 @@ def simulate(
             ``text: ...`` to text the agent, ``hangup`` to end.
         judge: The condition judge (``auto``, ``local``, ``embedded``, ``llm``; see
             :func:`incall_sms.judges.select.make_judge`); a local model is loaded before the call.
+        agent: ``stand-in`` (rule-based; or ``SMS_AGENT_LLM_URL``) or ``local``: the local model
+            (``SMS_LOCAL_MODEL``, the ``[local]`` extra) answers through pipecat's
+            ``OpenAILLMService`` over loopback, its system prompt warmed before the call. With
+            ``judge`` local too, both share one loaded model.
 
     Raises:
         ValueError: Voice or microphone asked for but not possible, or the judge is unavailable.
@@ -266,12 +286,24 @@ def simulate(
     if mic and reason:
         raise ValueError(f"--mic needs offline speech: {reason}")
     actions = load_actions(actions_path)
+    local_agent: LocalModel | None = None
+    if agent == "local":
+        reason = local_model_available()
+        if reason:
+            raise ValueError(f"--agent local: {reason}")
+        local_agent = LocalModel(MODELS[os.environ.get("SMS_LOCAL_MODEL", "qwen2.5-coder-1.5b")], http_port=0)
+    elif agent != "stand-in":
+        raise ValueError(f"unknown agent {agent!r} (stand-in or local)")
     condition_judge = make_judge(judge)
+    if local_agent is not None and isinstance(condition_judge, LocalModelJudge) and \
+            condition_judge.model.spec == local_agent.spec:
+        condition_judge = LocalModelJudge(model=local_agent)  # one model in memory for both
     with tempfile.TemporaryDirectory(prefix="incall-sms-sim-") as temp:
         folder = pathlib.Path(state_dir or temp)
         folder.mkdir(parents=True, exist_ok=True)
         return asyncio.run(_simulate(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
-                                     use_voice=use_voice, mic=mic, judge=condition_judge))
+                                     use_voice=use_voice, mic=mic, judge=condition_judge,
+                                     local_agent=local_agent))
 
 
 async def _say(worker: PipelineWorker, speech: Any, text: str) -> None:
@@ -291,24 +323,31 @@ def _agent_tts(use_voice: bool) -> FrameProcessor:
 async def _simulate(
     *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float,
     use_voice: bool, mic: bool = False, judge: ConditionJudge | None = None,
+    local_agent: LocalModel | None = None,
 ) -> SimulationResult:
     judge = judge or EmbeddedJudge()
-    warm = getattr(judge, "warm", None)
-    if warm is not None:  # load the model and cache its prompts before the caller speaks
-        with console.status(f"loading the {judge.name} judge..."):
-            await warm([ConditionSpec(id=a.name, condition=a.condition, when=a.when) for a in actions.actions])
     try:
+        warm = getattr(judge, "warm", None)
+        if warm is not None:  # load the model and cache its prompts before the caller speaks
+            with console.status(f"loading the {judge.name} judge..."):
+                await warm([ConditionSpec(id=a.name, condition=a.condition, when=a.when) for a in actions.actions])
+        if local_agent is not None:  # the system prompt evaluated once, so the first answer is quick
+            with console.status(f"loading the agent ({local_agent.spec.name})..."):
+                await local_agent.chat([{"role": "system", "content": SYSTEM_PROMPT + AGENT_FACTS},
+                                        {"role": "user", "content": "Hello?"}], max_tokens=1)
         return await _simulate_call(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
-                                    use_voice=use_voice, mic=mic, judge=judge)
+                                    use_voice=use_voice, mic=mic, judge=judge, local_agent=local_agent)
     finally:
         close = getattr(judge, "aclose", None)
         if close is not None:
             await close()
+        if local_agent is not None:
+            await local_agent.aclose()
 
 
 async def _simulate_call(
     *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float,
-    use_voice: bool, mic: bool, judge: ConditionJudge,
+    use_voice: bool, mic: bool, judge: ConditionJudge, local_agent: LocalModel | None,
 ) -> SimulationResult:
     call_id = f"SIM{uuid.uuid4().hex[:16]}"
     provider = LocalProvider(folder / "phone.db", latency=0.6)  # a provider answers in about this time
@@ -340,7 +379,7 @@ async def _simulate_call(
     router = InboundRouter(registry=registry, optouts=optouts, store_path=folder / "inbound.db")
     await registry.register(CALLER, AGENT, inbound.deliver)
     pair = LLMContextAggregatorPair(LLMContext())
-    llm = _agent_llm(console)
+    llm = _agent_llm(console, local_agent)
     speech = None
     front: list[FrameProcessor] = []
     if use_voice:

@@ -233,3 +233,24 @@ def test_untrusted_text_cannot_forge_the_prompt():
     assert "Yes" in final and "<|" not in clean(forged)
     long_turn = "blah " * 200 + "please text me the menu"
     assert clean(long_turn, keep="tail").endswith("text me the menu") and len(clean(long_turn)) <= MAX_TURN_CHARS
+
+
+def test_simulation_agent_can_be_the_local_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "call.txt"
+    script.write_text("caller: Hi, what time do you open on Sunday?\ncaller: Thanks, bye!\nhangup\n", encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "run_agent.py", "simulate", "--agent", "local", "--judge", "embedded", "--voice", "off",
+         "--script", str(script), "--pace", "3", "--width", "200"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SMS_LOCAL_MODEL": QWEN_CODER_0_5B.name})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"agent LLM: {QWEN_CODER_0_5B.name} (local, http://127.0.0.1:" in out.stdout
+    answers = [line for line in out.stdout.splitlines() if line.startswith("agent: ")]
+    stand_in = "Is there anything else I can help you with?"
+    assert answers and not any(a[len("agent: "):] == stand_in for a in answers)  # the model, not the stand-in
