@@ -238,17 +238,17 @@ async def local_judge(spec_name: str, runs: int) -> dict:
 
         async def keep_judging():
             i = 0
-            while not done.is_set():
+            while judging and not done.is_set():
                 await decide(judge, JudgeRequest(conditions=LOCAL_CONDITIONS,
                                                  transcript=LOCAL_TURNS[i % len(LOCAL_TURNS)]))
                 i += 1
 
-        async def script(worker):
-            task = asyncio.ensure_future(keep_judging()) if judging else None
+        async def stop_after_4s():
             await asyncio.sleep(4.0)
             done.set()
-            if task is not None:
-                await task
+
+        async def script(worker):
+            await asyncio.gather(keep_judging(), stop_after_4s())  # both awaited here: no task left behind
 
         await run_pipeline([PassThrough(), meter], script, audio_seconds=4.0)
         return gap_figures(meter)

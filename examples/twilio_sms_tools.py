@@ -35,16 +35,19 @@ SYSTEM = ("You are the friendly phone receptionist of a restaurant. Keep answers
 
 sms = SmsService(SmsSettings.from_env())
 app = FastAPI(lifespan=sms.lifespan)
+# Every entry point checks Twilio's X-Twilio-Signature (HMAC of PUBLIC_URL + the request, keyed by the auth token):
+# POST /sms/inbound and /sms/status answer 403 when it is missing or wrong; GET /health and /ready carry counts only.
 sms.add_routes(app)
 
 
 @app.post("/voice")
 async def voice(request: Request):
-    return await sms.voice_twiml(request)
+    return await sms.voice_twiml(request)  # 403 unless X-Twilio-Signature is valid; mints a single-use token
 
 
 @app.websocket("/media")
 async def media(websocket: WebSocket):
+    # the handshake's X-Twilio-Signature (else HTTP 403), then the token /voice minted (else closed, 1008)
     stream = await sms.accept_stream(websocket)
     if stream is None:
         return

@@ -15,7 +15,7 @@ from typing import Literal
 from incall_sms.actions import SmsAction
 from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
 from incall_sms.errors import MissingVariableError
-from incall_sms.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Match, Turn
+from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, Turn, condition_specs
 from incall_sms.templates import Template
 from incall_sms.variables import CallVariables, VariableExtractor
 from incall_sms.writer import ContentWriter
@@ -166,7 +166,7 @@ class ActionEngine:
     def request(self, at: At) -> JudgeRequest:
         """The judge request for the current state (only actions that may still fire)."""
         return JudgeRequest(
-            conditions=[ConditionSpec(id=a.name, condition=a.condition, when=a.when) for a in self._eligible(at)],
+            conditions=condition_specs(self._eligible(at)),
             transcript=tuple(self.transcript),
             at=at,
             variables=dict(self.variables),

@@ -309,6 +309,13 @@ class LocalModel:
             raise RuntimeError(f"local model {method} failed ({kind})")
         return result
 
+    async def _first_token(self, prompt: str, *, priority: int = 1) -> list[dict[str, Any]]:
+        """The 20 likeliest first tokens after ``prompt`` (``token``, ``logprob``), greedy, prompt cached."""
+        result = await self._run("handle_completions", {
+            "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "n_probs": 20, "cache_prompt": True},
+            priority=priority)
+        return list(result["choices"][0]["logprobs"]["content"][0]["top_logprobs"])
+
     async def yes_probability(self, prompt: str, *, priority: int = 1) -> float:
         """P(yes) / (P(yes) + P(no)) of the first token after ``prompt`` (a raw, chat-formatted prompt).
 
@@ -319,10 +326,7 @@ class LocalModel:
         Returns:
             0..1; 0.5 when neither token is among the 20 likeliest.
         """
-        result = await self._run("handle_completions", {
-            "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "n_probs": 20, "cache_prompt": True},
-            priority=priority)
-        top = result["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        top = await self._first_token(prompt, priority=priority)
         yes = sum(math.exp(t["logprob"]) for t in top if t["token"].strip().lower() == "yes")
         no = sum(math.exp(t["logprob"]) for t in top if t["token"].strip().lower() == "no")
         return yes / (yes + no) if yes + no else 0.5
@@ -333,9 +337,7 @@ class LocalModel:
         Returns:
             The option, or ``None`` when no option's token is among the 20 likeliest.
         """
-        result = await self._run("handle_completions", {
-            "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "n_probs": 20, "cache_prompt": True})
-        top = result["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        top = await self._first_token(prompt)
         scores = dict.fromkeys(options, 0.0)
         for item in top:
             token = item["token"].strip().upper()

@@ -74,6 +74,7 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     import asyncio
 
     from incall_sms.errors import SmsError
+    from incall_sms.judges.base import warmed
     from incall_sms.judges.evaluate import evaluate, load_cases
     from incall_sms.judges.select import make_judge
 
@@ -90,14 +91,9 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     console = Console(width=args.width) if args.width else Console()
 
     async def run():
-        if hasattr(judge, "warm"):
-            with Console(stderr=True).status(f"loading the local model ({judge.model.spec.name})..."):
-                await judge.warm()
-        try:
+        spinner = Console(stderr=True).status(f"loading the {judge.name} judge...")
+        async with warmed(judge, while_warming=spinner):
             return await evaluate(judge, cases)
-        finally:
-            if hasattr(judge, "aclose"):
-                await judge.aclose()
 
     try:
         report = asyncio.run(run())
@@ -201,7 +197,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     logger.add(sys.stderr, level="ERROR")
     from incall_sms.actions import load_actions
     from incall_sms.errors import SmsError
-    from incall_sms.judges.base import ConditionSpec
+    from incall_sms.judges.base import condition_specs, warmed
     from incall_sms.judges.select import make_judge
     from incall_sms.pipeline.recording import Expectations
     from incall_sms.pipeline.replay import replay
@@ -216,15 +212,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         judge = make_judge(args.judge)
 
         async def run():
-            warm = getattr(judge, "warm", None)
-            if warm is not None:
-                await warm([ConditionSpec(id=a.name, condition=a.condition, when=a.when) for a in actions.actions])
-            try:
+            async with warmed(judge, condition_specs(actions.actions)):
                 return await replay(args.recording, actions=actions, speed=args.speed, expectations=expectations,
                                     stt=args.stt, judge=judge)
-            finally:
-                if hasattr(judge, "aclose"):
-                    await judge.aclose()
 
         report = asyncio.run(run())
     except (SmsError, ValueError, OSError, yaml.YAMLError, pydantic.ValidationError) as exc:

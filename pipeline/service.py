@@ -52,7 +52,7 @@ from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine
 from incall_sms.errors import InvalidPhoneNumberError, SmsError
 from incall_sms.inbound import InboundRouter, InProcessCallRegistry, InProcessSeenKeys
-from incall_sms.judges.base import ConditionJudge, ConditionSpec
+from incall_sms.judges.base import ConditionJudge, condition_specs
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.judges.select import make_judge
 from incall_sms.media.fetch import MediaFetcher
@@ -338,8 +338,7 @@ class SmsService:
         warm = getattr(self.shared_judge, "warm", None)
         if warm is not None:  # load the local model and cache its prompts before the first call
             try:
-                await warm([ConditionSpec(id=a.name, condition=a.condition, when=a.when)
-                            for a in self.actions.actions])
+                await warm(condition_specs(self.actions.actions))
             except BaseException:
                 await self.aclose()  # nothing started above keeps running
                 raise

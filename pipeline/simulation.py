@@ -52,7 +52,7 @@ from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine
 from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
-from incall_sms.judges.base import ConditionJudge, ConditionSpec
+from incall_sms.judges.base import ConditionJudge, condition_specs, warmed
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.judges.local import LocalModelJudge
 from incall_sms.judges.select import local_model_available, make_judge
@@ -327,20 +327,16 @@ async def _simulate(
 ) -> SimulationResult:
     judge = judge or EmbeddedJudge()
     try:
-        warm = getattr(judge, "warm", None)
-        if warm is not None:  # load the model and cache its prompts before the caller speaks
-            with console.status(f"loading the {judge.name} judge..."):
-                await warm([ConditionSpec(id=a.name, condition=a.condition, when=a.when) for a in actions.actions])
-        if local_agent is not None:  # the system prompt evaluated once, so the first answer is quick
-            with console.status(f"loading the agent ({local_agent.spec.name})..."):
-                await local_agent.chat([{"role": "system", "content": SYSTEM_PROMPT + AGENT_FACTS},
-                                        {"role": "user", "content": "Hello?"}], max_tokens=1)
-        return await _simulate_call(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
-                                    use_voice=use_voice, mic=mic, judge=judge, local_agent=local_agent)
+        # the judge's model loaded and its prompts cached before the caller speaks
+        async with warmed(judge, condition_specs(actions.actions),
+                          while_warming=console.status(f"loading the {judge.name} judge...")):
+            if local_agent is not None:  # the system prompt evaluated once, so the first answer is quick
+                with console.status(f"loading the agent ({local_agent.spec.name})..."):
+                    await local_agent.chat([{"role": "system", "content": SYSTEM_PROMPT + AGENT_FACTS},
+                                            {"role": "user", "content": "Hello?"}], max_tokens=1)
+            return await _simulate_call(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
+                                        use_voice=use_voice, mic=mic, judge=judge, local_agent=local_agent)
     finally:
-        close = getattr(judge, "aclose", None)
-        if close is not None:
-            await close()
         if local_agent is not None:
             await local_agent.aclose()
 

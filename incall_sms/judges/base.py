@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
-__all__ = ["ConditionJudge", "ConditionSpec", "Decision", "JudgeRequest", "Match", "Turn"]
+__all__ = ["ConditionJudge", "ConditionSpec", "Decision", "JudgeRequest", "Match", "Turn", "condition_specs", "decide",
+           "warmed"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,3 +130,34 @@ async def decide(judge: ConditionJudge, request: JudgeRequest) -> list[Decision]
     return [Decision(id=c.id, fires=c.id in matches, score=matches[c.id].confidence if c.id in matches else None,
                      part=judge.name, reason=matches[c.id].reason if c.id in matches else "")
             for c in request.conditions]
+
+
+def condition_specs(actions: Iterable[Any]) -> list[ConditionSpec]:
+    """What a judge sees of actions (anything with ``name``, ``condition`` and ``when``)."""
+    return [ConditionSpec(id=a.name, condition=a.condition, when=a.when) for a in actions]
+
+
+@contextlib.asynccontextmanager
+async def warmed(
+    judge: ConditionJudge,
+    conditions: Iterable[ConditionSpec] = (),
+    *,
+    while_warming: contextlib.AbstractContextManager[Any] | None = None,
+) -> AsyncIterator[ConditionJudge]:
+    """Warm a judge that needs it (a local model loads and caches its prompts), close it after, also on failure.
+
+    Args:
+        judge: Any judge; ones without ``warm``/``aclose`` pass through.
+        conditions: The conditions it will judge (analysed while warming).
+        while_warming: Entered only around the warm-up (e.g. a progress spinner).
+    """
+    try:
+        warm = getattr(judge, "warm", None)
+        if warm is not None:
+            with while_warming or contextlib.nullcontext():
+                await warm(list(conditions))
+        yield judge
+    finally:
+        close = getattr(judge, "aclose", None)
+        if close is not None:
+            await close()

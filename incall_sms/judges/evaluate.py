@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -96,8 +97,6 @@ def load_cases(path: str | pathlib.Path) -> list[EvalCase]:
 
 async def evaluate(judge: ConditionJudge, cases: list[EvalCase]) -> EvalReport:
     """Judge every case (one condition at a time) and score against the labels."""
-    import time
-
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     errors = []
     decisions = []
