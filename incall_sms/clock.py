@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["Clock", "ManualClock", "ScaledClock", "SystemClock"]
 
 
 class Clock(Protocol):
@@ -39,6 +39,26 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """Sleep on the event loop."""
         await asyncio.sleep(seconds)
+
+
+class ScaledClock(SystemClock):
+    """The real clock whose waits run ``speed`` times faster (a replay at ``speed``).
+
+    Timestamps stay real (they are compared with the provider's), only back-off and other
+    waits shrink, in step with a replay that plays the call ``speed`` times faster.
+
+    Args:
+        speed: How many times faster waits run (>= 1).
+    """
+
+    def __init__(self, speed: float) -> None:
+        if speed < 1:
+            raise ValueError("speed must be >= 1")
+        self.speed = speed
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds / speed`` on the event loop."""
+        await asyncio.sleep(seconds / self.speed)
 
 
 class ManualClock:

@@ -22,7 +22,9 @@ _log = logging.getLogger(__name__)
 class CallRecorder:
     """Writes a live call as a recording (``incall-sms-recording/1``) for replays, streamed to disk.
 
-    Captures the Media Streams messages exactly as received and the final STT results. Lines
+    Captures the Media Streams messages exactly as received, the final STT results, the agent
+    LLM's turns (not the SMS lines: a replay says those itself) and the bodies of inbound texts
+    (attachments are not kept: note them by hand if a test needs them). Lines
     go through a queue to a writer thread, so neither memory nor the event loop carries the
     call: a 30-minute call is ~90,000 media messages. Phone numbers are masked unless
     ``unmasked``; the stream token is never written. Nothing is written for a stream that is
@@ -48,6 +50,8 @@ class CallRecorder:
         self._path: pathlib.Path | None = None
         self._closed = False
         self.stt: list[dict[str, Any]] = []
+        self.agent: list[dict[str, Any]] = []
+        self.inbound: list[dict[str, Any]] = []
         self.call_sid = ""
         self.caller = ""
         self.agent_number = ""
@@ -140,10 +144,57 @@ class CallRecorder:
             async def process_frame(self, frame: Any, direction: Any) -> None:
                 await super().process_frame(frame, direction)
                 if isinstance(frame, TranscriptionFrame) and frame.text.strip():
-                    recorder.stt.append({"t": round(recorder._clock() - recorder._t0, 3), "text": frame.text})
+                    recorder.stt.append({"t": recorder._now(), "text": frame.text.strip()[:2000]})
                 await self.push_frame(frame, direction)
 
         return _Tap()
+
+    def _now(self) -> float:
+        return round(self._clock() - self._t0, 3)
+
+    def agent_turns(self, is_own: Any) -> Any:
+        """A pass-through processor (right after the SMS tap, before the TTS) recording the agent's turns.
+
+        Args:
+            is_own: ``frame -> bool``: the SMS processor's own lines (filler, confirmation), not recorded.
+        """
+        from pipecat.frames.frames import (
+            LLMFullResponseEndFrame,
+            LLMFullResponseStartFrame,
+            LLMTextFrame,
+            TTSSpeakFrame,
+        )
+        from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+        recorder = self
+
+        class _AgentTap(FrameProcessor):
+            def __init__(self) -> None:
+                super().__init__()
+                self._parts: list[str] = []
+                self._started = 0.0
+
+            async def process_frame(self, frame: Any, direction: Any) -> None:
+                await super().process_frame(frame, direction)
+                if direction is FrameDirection.DOWNSTREAM:
+                    if isinstance(frame, LLMFullResponseStartFrame):
+                        self._parts, self._started = [], recorder._now()
+                    elif isinstance(frame, LLMTextFrame):
+                        self._parts.append(frame.text)
+                    elif isinstance(frame, LLMFullResponseEndFrame):
+                        text = "".join(self._parts).strip()
+                        if text:
+                            recorder.agent.append({"t": self._started, "text": text[:2000]})
+                        self._parts = []
+                    elif isinstance(frame, TTSSpeakFrame) and frame.text.strip() and not is_own(frame):
+                        recorder.agent.append({"t": recorder._now(), "text": frame.text.strip()[:2000]})
+                await self.push_frame(frame, direction)
+
+        return _AgentTap()
+
+    async def note_inbound(self, _processor: Any, message: Any, _llm_message: Any) -> None:
+        """``on_message_injected`` handler: keep the inbound text's body and time (not its attachments)."""
+        self.inbound.append({"t": self._now(), "body": str(message.body or "")[:3200], "media": []})
 
     async def close(self) -> pathlib.Path | None:
         """Finish the file and write ``<call_sid>.meta.json`` (off the event loop)."""
@@ -157,8 +208,8 @@ class CallRecorder:
         from incall_sms.pipeline.recording import FORMAT
 
         meta = {"format": FORMAT, "call_sid": self.call_sid, "caller": self._mask(self.caller),
-                "agent_number": self._mask(self.agent_number), "stt": self.stt,
-                "description": "recorded from a live call"}
+                "agent_number": self._mask(self.agent_number), "stt": self.stt, "agent": self.agent,
+                "inbound": self.inbound, "description": "recorded from a live call"}
         meta_path = self._folder / f"{self.call_sid}.meta.json"
         await asyncio.to_thread(meta_path.write_text, json.dumps(meta, indent=2) + "\n", "utf-8")
         _log.info("call %s recorded (%d messages)", self.call_sid, self.count)

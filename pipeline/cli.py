@@ -19,6 +19,56 @@ from rich.table import Table
 from incall_sms.judges.select import JUDGES
 from incall_sms.pipeline import DEFAULT_ACTIONS, DEMO_CALL
 
+#: Default replay speed with ``--stt whisper``: what a 2-core machine sustains (see the README).
+WHISPER_SPEED = 2.0
+
+REPLAY_EPILOG = """\
+A recording is two files (format incall-sms-recording/1):
+
+  call.jsonl       the Twilio Media Streams messages, one per line, t = seconds since the websocket opened:
+                   {"t": 0.0, "message": {"event": "connected", ...}}
+                   {"t": 0.01, "message": {"event": "start", "start": {"callSid": "CA...", ...}}}
+                   {"t": 0.02, "message": {"event": "media", "media": {"payload": "<base64 mu-law>"}}}
+                   {"t": 9.05, "message": {"event": "stop", ...}}
+  call.meta.json   what the call starts with and what was said:
+                   {"format": "incall-sms-recording/1", "call_sid": "CA...",
+                    "caller": "+14155550123", "agent_number": "+14155550100",
+                    "variables": {"caller_name": "Maria"},          # known at call start
+                    "opt_outs": [],                                 # numbers opted out before ("caller" = caller)
+                    "provider": {"latency": 0.4,                    # per destination: accept | landline |
+                                 "destinations": {"+14155550199": "timeout"}},  # opted_out | invalid | timeout |
+                                                                    # server_error | rate_limited
+                    "stt": [{"t": 3.0, "text": "Can you text me the booking confirmation?"}],
+                    "agent": [{"t": 1.0, "text": "You're booked for Friday at 7 pm."}],  # omit: stand-in LLM
+                    "inbound": [{"t": 5.0, "body": "Here is my voucher", "media": []}]}
+
+Expectations (--expect call.expect.yaml):
+
+  sms:
+  - action: booking_confirmation
+    to: caller                     # or +14155550199, or the last digits: "0199"
+    count: 1                       # exactly one such text
+    at: turn                       # or call_end
+    after_turn: 1                  # fired by the caller's first turn
+    trigger_contains: text me      # ... whose words contain this
+    body_contains: Friday at 7 pm
+  - {action: colleague_copy, outcome: failed, reason: unconfirmed}
+  no_sms: [website_link]
+  max_sms: 2
+  lines:                           # the agent says these (kind: reply | filler | confirmation | failure)
+  - {kind: filler, action: booking_confirmation}
+  - {kind: confirmation, contains: ending in 23, interrupted: false, heard: true}
+  lines_in_order: true
+  not_spoken:
+  - {kind: failure}
+
+The report (--report) has every time in call time on one clock: conversation (caller transcripts, agent
+lines with when they were heard and whether they were cut, SMS with the judge's explanation, inbound texts,
+near misses), sms, lines, inbound, audio. Exit 0: expectations passed; 1: failed; 2: bad input.
+Turn a live call into a test: `serve` with SMS_RECORD_DIR, then `recording mask`, then `replay
+--write-expect`, review the file, and run `replay --expect` in CI.
+"""
+
 __all__ = ["main"]
 
 
@@ -211,9 +261,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 expectations = Expectations.model_validate(yaml.safe_load(handle) or {})
         judge = make_judge(args.judge)
 
+        speed = args.speed if args.speed is not None else (WHISPER_SPEED if args.stt == "whisper" else 8.0)
+
         async def run():
             async with warmed(judge, condition_specs(actions.actions)):
-                return await replay(args.recording, actions=actions, speed=args.speed, expectations=expectations,
+                return await replay(args.recording, actions=actions, speed=speed, expectations=expectations,
                                     stt=args.stt, judge=judge)
 
         report = asyncio.run(run())
@@ -221,6 +273,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pathlib.Path(args.report).write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.write_expect:
+        from incall_sms.phone import mask
+        from incall_sms.pipeline.replay import replay_caller
+
+        snapshot = Expectations.snapshot(report, actions=[a.name for a in actions.actions],
+                                         caller_masked=mask(replay_caller(args.recording)))
+        text = yaml.safe_dump(snapshot.model_dump(exclude_defaults=True), sort_keys=False)
+        pathlib.Path(args.write_expect).write_text(
+            "# Written by `run_agent.py replay --write-expect` from what this replay did: review it, add the\n"
+            "# wording that matters (body_contains, contains, trigger_contains), then pass it to --expect.\n"
+            + text, encoding="utf-8")
+        print(f"expectations written: {args.write_expect}")
     sent = sum(1 for s in report.sms if s.outcome == "accepted")
     print(f"{report.recording}: {sent} SMS sent, {len(report.sms) - sent} not sent, {len(report.lines)} line(s), "
           f"{len(report.inbound)} inbound, max audio delay {report.audio.max_delay_ms} ms; report: {args.report}")
@@ -229,6 +295,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"FAILED: {failure}")
         print("expectations: " + ("passed" if report.expectations.passed else "FAILED"))
         return 0 if report.expectations.passed else 1
+    return 0
+
+
+def _cmd_recording_mask(args: argparse.Namespace) -> int:
+    from incall_sms.pipeline.masking import mask_recording
+
+    try:
+        events, meta = mask_recording(args.recording, args.out, keep_audio=args.keep_audio)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"masked copy: {events} and {meta}" + ("" if args.keep_audio else " (audio replaced by silence)"))
     return 0
 
 
@@ -305,17 +383,38 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765)
     serve.set_defaults(handler=_cmd_serve)
 
-    rep = sub.add_parser("replay", help="replay a recorded call and write a JSON report")
+    rep = sub.add_parser("replay", help="replay a recorded call and write a JSON report",
+                         description="Replay a recorded call through the live agent's pipeline pieces and write "
+                                     "a JSON report: the whole conversation in call time, every SMS with the judge "
+                                     "part that fired it, near misses, spoken lines, inbound texts, audio figures.",
+                         epilog=REPLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("recording", help="NAME.jsonl (with NAME.meta.json next to it)")
     rep.add_argument("--actions", required=True, help="action file")
     rep.add_argument("--report", required=True, help="where to write the JSON report")
     rep.add_argument("--expect", default=None, help="expectations (YAML/JSON); exit 1 when they fail")
-    rep.add_argument("--speed", type=float, default=8.0, help="replay speed (default 8x real time)")
+    rep.add_argument("--write-expect", metavar="OUT.yaml", default=None,
+                     help="write what this replay did as expectations, to review and pass to --expect later")
+    rep.add_argument("--speed", type=float, default=None,
+                     help=f"replay speed (default 8x real time; {WHISPER_SPEED:g}x with --stt whisper, what this "
+                          "2-core machine sustains)")
     rep.add_argument("--stt", choices=("recorded", "whisper"), default="recorded",
                      help="use the recorded STT results, or run the caller audio through offline STT")
     rep.add_argument("--judge", choices=JUDGES, default="embedded",
                      help="condition judge (default: the embedded rules, deterministic)")
     rep.set_defaults(handler=_cmd_replay)
+
+    recording = sub.add_parser("recording", help="work with recorded calls")
+    recording_sub = recording.add_subparsers(dest="recording_command", required=True)
+    mask_cmd = recording_sub.add_parser(
+        "mask", help="write a masked copy of a recorded call, fit for a repository",
+        description="Numbers in transcripts and texts keep their last four digits (the rest becomes 415-555), "
+                    "e-mail addresses become someone@example.com, SIDs are faked, and the caller's audio becomes "
+                    "silence of the same length (unless --keep-audio).")
+    mask_cmd.add_argument("recording", help="NAME.jsonl written by `serve` with SMS_RECORD_DIR")
+    mask_cmd.add_argument("--out", required=True, help="destination without extension, e.g. tests/calls/refund")
+    mask_cmd.add_argument("--keep-audio", action="store_true",
+                          help="keep the caller's voice (needed for `replay --stt whisper`)")
+    mask_cmd.set_defaults(handler=_cmd_recording_mask)
 
     judge = sub.add_parser("judge", help="condition judges")
     judge_sub = judge.add_subparsers(dest="judge_command", required=True)

@@ -243,8 +243,11 @@ class LiveAgent:
             stages: list[Any] = [transport.input(), stt]
             if recorder is not None:
                 stages.append(recorder.transcripts())
-            stages += [call.processor, pair.user(), llm, call.tap, tts, transport.output(), pair.assistant(),
-                       call.inbound]
+            stages += [call.processor, pair.user(), llm, call.tap]
+            if recorder is not None:
+                stages.append(recorder.agent_turns(call.processor.is_own_frame))
+                call.inbound.add_event_handler("on_message_injected", recorder.note_inbound)
+            stages += [tts, transport.output(), pair.assistant(), call.inbound]
             worker = PipelineWorker(Pipeline(stages), params=PipelineParams(audio_in_sample_rate=8000,
                                                                             audio_out_sample_rate=8000))
 

@@ -66,22 +66,44 @@ class InboundText(_Model):
     media: list[InboundAttachment] = []
 
 
+#: How the embedded provider answers a send to one destination (see :class:`ProviderBehaviour`).
+Behaviour = Literal["accept", "landline", "opted_out", "invalid", "timeout", "server_error", "rate_limited"]
+
+
 class ProviderBehaviour(_Model):
-    """How the embedded provider answers during the replay."""
+    """How the embedded provider answers during the replay.
+
+    ``destinations`` maps a number (E.164, or ``caller`` for the caller's number) to what a
+    send there does, as Twilio would answer it: ``accept``; ``landline`` (21614),
+    ``opted_out`` (21610, the carrier's STOP list), ``invalid`` (21211), all refused for
+    good; ``timeout`` (no answer: the message may or may not exist, so the dispatcher asks
+    the provider before any resend), ``server_error`` (HTTP 500, as ambiguous as a timeout) and
+    ``rate_limited`` (429, retried with back-off). ``landlines``/``opted_out`` are the older
+    spelling of the first two and stay valid.
+    """
 
     landlines: list[str] = []
     opted_out: list[str] = []
+    destinations: dict[str, Behaviour] = {}
     latency: float = pydantic.Field(default=0.3, ge=0, le=30)
 
 
 class RecordingMeta(_Model):
-    """The sidecar of a recording."""
+    """The sidecar of a recording.
+
+    What the call starts with: ``variables`` (values known at call start, e.g. from a CRM),
+    ``opt_outs`` (numbers on the opt-out list before the call; ``caller`` is the caller's),
+    and ``provider`` (how sends are answered, per destination). What happened: ``stt``
+    (the caller's final transcripts), ``agent`` (the agent's turns; without them the local
+    stand-in LLM answers), ``inbound`` (texts and MMS the caller sent during the call).
+    """
 
     format: Literal["incall-sms-recording/1"] = FORMAT
     call_sid: str
     caller: str
     agent_number: str
     variables: dict[str, str] = {}
+    opt_outs: list[str] = []
     stt: list[TimedText] = []
     agent: list[TimedText] = []
     inbound: list[InboundText] = []
@@ -119,7 +141,12 @@ def load_recording(path: str | pathlib.Path) -> tuple[list[tuple[float, dict[str
 
 
 class ReportSms(_Model):
-    """One SMS decision of the call (``judged``: the judge part that fired it and why; ``score``: its score)."""
+    """One SMS decision of the call.
+
+    ``t``: when the send finished (call time); ``trigger_turn``: the caller turn (1 = first)
+    whose words fired it, ``trigger_text``: those words as recognised (``None`` at call end);
+    ``judged``: the judge part that fired it and why; ``score``: its score.
+    """
 
     action: str
     outcome: str
@@ -129,6 +156,7 @@ class ReportSms(_Model):
     encoding: str | None = None
     segments: int | None = None
     trigger_turn: int
+    trigger_text: str | None = None
     at: str
     t: float
     sid: str | None = None
@@ -148,12 +176,45 @@ class ReportDecision(_Model):
 
 
 class ReportLine(_Model):
-    """A filler, confirmation or failure line the agent spoke."""
+    """A filler, confirmation or failure line the agent said.
+
+    ``t``: when it was handed to the TTS; ``start``/``end``: when it was heard (``None``:
+    never heard, cut before it began); ``interrupted``: the caller cut it.
+    """
 
     kind: str
     action: str
     text: str
     t: float
+    start: float | None = None
+    end: float | None = None
+    interrupted: bool = False
+
+
+class ReportTurn(_Model):
+    """One entry of the conversation, in call time.
+
+    ``who``/``kind``: ``caller``/``transcript`` (as recognised; ``turn`` is its caller-turn
+    index), ``agent``/``reply``, ``filler``, ``confirmation``, ``failure`` or
+    ``delivery_failure`` (``t`` when heard, or when queued if never heard; ``queued``: when
+    the agent decided to say it; ``end``; ``interrupted``: cut by a barge-in or the hang-up;
+    ``heard``: whether any of it was heard), ``sms``/<outcome> (``text`` is the body; ``detail`` the judge's
+    explanation, ``score``), ``inbound``/``text`` or ``mms``, ``judge``/``near_miss``.
+    """
+
+    t: float
+    who: Literal["caller", "agent", "sms", "inbound", "judge"]
+    kind: str
+    text: str = ""
+    action: str | None = None
+    turn: int | None = None
+    end: float | None = None
+    interrupted: bool = False
+    heard: bool | None = None
+    queued: float | None = None
+    to_masked: str | None = None
+    detail: str | None = None
+    score: float | None = None
 
 
 class ReportInbound(_Model):
@@ -173,8 +234,8 @@ class ReportAudio(_Model):
     frame and its arrival after the processor: what the SMS work added to the audio path
     (independent of the replay speed). ``max_gap_ms``/``p99_gap_ms``: gaps between
     consecutive frames in call time (wall-clock gap times the speed; scheduling noise is
-    magnified by the speed too). Agent audio is only counted: a replay has no output
-    transport pacing it.
+    magnified by the speed too). ``output_frames``: agent audio frames (played out on the
+    call clock by the replay's stand-in for the output transport).
     """
 
     input_frames: int
@@ -195,7 +256,13 @@ class ReportExpectations(_Model):
 
 
 class ReplayReport(_Model):
-    """The JSON report of ``run_agent.py replay``."""
+    """The JSON report of ``run_agent.py replay``.
+
+    Every time in it (``t``, ``start``, ``end``, ``duration_s``) is call time: seconds on the
+    recording's clock, never ahead of what the pipeline had been given. ``stt_wait_s``:
+    wall-clock seconds the replay waited for a slow STT to catch up before recorded agent turns
+    (``--stt whisper``). ``conversation``: everything in order.
+    """
 
     format: Literal["incall-sms-replay-report/1"] = "incall-sms-replay-report/1"
     recording: str
@@ -209,45 +276,154 @@ class ReplayReport(_Model):
     expectations: ReportExpectations
     judge: str = "embedded"
     near_misses: list[ReportDecision] = []
+    conversation: list[ReportTurn] = []
+    stt_wait_s: float = 0.0
+    warnings: list[str] = []
+
+
+def _tail(value: str) -> str:
+    return "".join(ch for ch in value if ch.isdigit())
 
 
 class SmsExpectation(_Model):
-    """An SMS that must have been sent (accepted)."""
+    """Texts of one action that must be in the report (by default: at least one, accepted).
+
+    ``to``: ``caller``, a full number (``+14155550199``), or its last digits (``0199``,
+    ``***0199``); ``count``: exactly this many of them; ``at``: ``turn`` (during the call) or
+    ``call_end``; ``after_turn``: fired by the caller's N-th turn (1 = first);
+    ``trigger_contains``: the words that fired it contain this (case-insensitive).
+    """
 
     action: str
     body_contains: str | None = None
     outcome: str = "accepted"
     reason: str | None = None
+    to: str | None = None
+    count: int | None = pydantic.Field(default=None, ge=0)
+    at: Literal["turn", "call_end"] | None = None
+    after_turn: int | None = pydantic.Field(default=None, ge=1)
+    trigger_contains: str | None = None
+
+    def matches(self, sms: ReportSms, *, caller_masked: str) -> bool:
+        """Whether ``sms`` is one of the texts this expectation describes."""
+        if sms.action != self.action or sms.outcome != self.outcome:
+            return False
+        if self.reason is not None and sms.reason != self.reason:
+            return False
+        if self.body_contains is not None and self.body_contains not in (sms.body or ""):
+            return False
+        if self.at is not None and sms.at != self.at:
+            return False
+        if self.after_turn is not None and (sms.at != "turn" or sms.trigger_turn != self.after_turn):
+            return False
+        if self.trigger_contains is not None and \
+                self.trigger_contains.lower() not in (sms.trigger_text or "").lower():
+            return False
+        return self.to is None or _destination_matches(self.to, sms.to_masked, caller_masked)
+
+    def describe(self) -> str:
+        """The expectation in words, for failure messages."""
+        extras = [f"{k}={v!r}" for k, v in self.model_dump(exclude_defaults=True).items() if k != "action"]
+        return f"{self.action} ({self.outcome}{', ' + ', '.join(extras) if extras else ''})"
+
+
+def _destination_matches(want: str, to_masked: str | None, caller_masked: str) -> bool:
+    from incall_sms.phone import mask
+
+    if to_masked is None:
+        return False
+    if want == "caller":
+        return to_masked == caller_masked
+    if want.startswith("+") and "*" not in want:
+        return mask(want) == to_masked
+    digits = _tail(want)
+    return bool(digits) and _tail(to_masked).endswith(digits)
+
+
+class LineExpectation(_Model):
+    """A line the agent says: any field given must match.
+
+    ``kind``: ``reply`` (the agent's own answer), ``filler``, ``confirmation``, ``failure``,
+    ``delivery_failure``; ``text``: the exact wording, ``contains``: part of it
+    (case-insensitive); ``interrupted``: whether it was cut (barge-in or hang-up); ``heard``:
+    whether any of it was heard (a line queued behind others may never be).
+    """
+
+    kind: str | None = None
+    action: str | None = None
+    text: str | None = None
+    contains: str | None = None
+    interrupted: bool | None = None
+    heard: bool | None = None
+
+    def matches(self, turn: ReportTurn) -> bool:
+        """Whether the agent's ``turn`` is such a line."""
+        return (turn.who == "agent"
+                and (self.kind is None or turn.kind == self.kind)
+                and (self.action is None or turn.action == self.action)
+                and (self.text is None or turn.text == self.text)
+                and (self.contains is None or self.contains.lower() in turn.text.lower())
+                and (self.interrupted is None or turn.interrupted == self.interrupted)
+                and (self.heard is None or bool(turn.heard) == self.heard))
+
+    def describe(self) -> str:
+        """The expectation in words, for failure messages."""
+        return "{" + ", ".join(f"{k}: {v!r}" for k, v in self.model_dump(exclude_none=True).items()) + "}"
 
 
 class Expectations(_Model):
-    """What ``--expect FILE`` (YAML or JSON) asserts about a replay."""
+    """What ``--expect FILE`` (YAML or JSON) asserts about a replay.
+
+    ``sms``: texts that must be there; ``no_sms``: actions that must not send; ``max_sms``:
+    at most this many accepted texts. ``lines``: lines the agent must say (in this order when
+    ``lines_in_order``); ``not_spoken``: lines it must never say. ``inbound_*``: what inbound
+    texts must bring into the conversation. ``max_audio_delay_ms``: the audio-path bound.
+    """
 
     sms: list[SmsExpectation] = []
     no_sms: list[str] = []
-    lines: list[dict[str, str]] = []
+    lines: list[LineExpectation] = []
+    lines_in_order: bool = False
+    not_spoken: list[LineExpectation] = []
     max_sms: int | None = None
     max_audio_delay_ms: float | None = None
     inbound_injected: int | None = None
     inbound_contains: list[str] = []
     inbound_images: int | None = None
 
-    def check(self, report: ReplayReport) -> list[str]:
-        """Return the failed expectations, as sentences."""
+    def check(self, report: ReplayReport, *, caller_masked: str = "") -> list[str]:
+        """Return the failed expectations, as sentences.
+
+        Args:
+            report: The replay's report.
+            caller_masked: The caller's number, masked (``to: caller`` compares with it).
+        """
         failures = []
         for want in self.sms:
-            found = [s for s in report.sms if s.action == want.action and s.outcome == want.outcome
-                     and (want.reason is None or s.reason == want.reason)
-                     and (want.body_contains is None or (s.body or "").find(want.body_contains) >= 0)]
-            if not found:
-                failures.append(f"expected SMS {want.action} ({want.outcome}"
-                                f"{', ' + want.reason if want.reason else ''}) not found")
+            found = [s for s in report.sms if want.matches(s, caller_masked=caller_masked)]
+            if want.count is not None and len(found) != want.count:
+                failures.append(f"expected {want.count} SMS {want.describe()}, found {len(found)}")
+            elif want.count is None and not found:
+                failures.append(f"expected SMS {want.describe()} not found")
         for action in self.no_sms:
             if any(s.action == action and s.outcome in ("accepted", "duplicate") for s in report.sms):
                 failures.append(f"SMS {action} was sent but must not be")
+        said = [turn for turn in report.conversation if turn.who == "agent"]
+        position = 0
         for want_line in self.lines:
-            if not any(all(getattr(line, k, None) == v for k, v in want_line.items()) for line in report.lines):
-                failures.append(f"expected line {want_line} not spoken")
+            pool = said[position:] if self.lines_in_order else said
+            hit = next((i for i, turn in enumerate(pool) if want_line.matches(turn)), None)
+            if hit is None:
+                where = " after the previous expected line" if self.lines_in_order and position else ""
+                failures.append(f"expected line {want_line.describe()} not spoken{where}")
+            elif self.lines_in_order:
+                position += hit + 1
+        for banned in self.not_spoken:
+            for turn in said:
+                if banned.matches(turn):
+                    failures.append(f"line {banned.describe()} must not be spoken, but was at t={turn.t}: "
+                                    f"{turn.text!r}")
+                    break
         accepted = [s for s in report.sms if s.outcome == "accepted"]
         if self.max_sms is not None and len(accepted) > self.max_sms:
             failures.append(f"{len(accepted)} SMS sent, at most {self.max_sms} expected")
@@ -263,3 +439,41 @@ class Expectations(_Model):
         if self.inbound_images is not None and images != self.inbound_images:
             failures.append(f"{images} inbound image part(s), {self.inbound_images} expected")
         return failures
+
+    @classmethod
+    def snapshot(cls, report: ReplayReport, *, actions: list[str], caller_masked: str = "") -> Expectations:
+        """What ``report`` shows, as expectations to review and keep (``replay --write-expect``).
+
+        Each action's texts become one expectation per outcome and destination (with ``count``,
+        ``at``, the triggering turn when there is one, and ``to``); actions that sent nothing
+        become ``no_sms``; the SMS lines become ``lines`` in order; failure lines that were not
+        said become ``not_spoken``; inbound texts become ``inbound_injected``/``inbound_images``.
+        Wording checks (``body_contains``, ``contains``, ``trigger_contains``) are left for you
+        to add: they are what the test is about.
+        """
+        groups: dict[tuple[str, str, str | None, str, str | None], list[ReportSms]] = {}
+        for row in report.sms:
+            to = None
+            if row.to_masked:
+                to = "caller" if row.to_masked == caller_masked else "***" + _tail(row.to_masked)[-4:]
+            groups.setdefault((row.action, row.outcome, row.reason, row.at, to), []).append(row)
+        sms = []
+        for (action, outcome, reason, at, to), rows in groups.items():
+            turns = {row.trigger_turn for row in rows}
+            sms.append(SmsExpectation(action=action, outcome=outcome, reason=reason, to=to, count=len(rows),
+                                      at=at,  # type: ignore[arg-type]
+                                      after_turn=turns.pop() if at == "turn" and len(turns) == 1 else None))
+        sent = {row.action for row in report.sms if row.outcome in ("accepted", "duplicate")}
+        said = [turn for turn in report.conversation if turn.who == "agent" and turn.kind != "reply"]
+        not_spoken = [LineExpectation(kind=kind) for kind in ("failure", "delivery_failure")
+                      if not any(turn.kind == kind for turn in said)]
+        return cls(
+            sms=sms,
+            no_sms=[name for name in actions if name not in sent],
+            max_sms=sum(1 for row in report.sms if row.outcome == "accepted"),
+            lines=[LineExpectation(kind=turn.kind, action=turn.action) for turn in said],
+            lines_in_order=bool(said),
+            not_spoken=not_spoken,
+            inbound_injected=len(report.inbound),
+            inbound_images=sum(item.images for item in report.inbound) or None,
+        )

@@ -5,21 +5,31 @@ PCM 16 kHz) into the SMS processor; recorded STT results enter as final transcri
 their times; recorded agent turns are reported to the processor and spoken by the TTS
 (or, without them, the local stand-in LLM answers); inbound texts go through the inbound
 router into the call. Sends go to the embedded provider configured by the recording.
-Everything is scheduled on the recording's clock divided by ``speed``.
+
+One clock: everything is scheduled and reported on the recording's clock (a
+:class:`~incall_sms.pipeline.call_clock.CallClock` running ``speed`` times faster than the
+wall clock, never ahead of the recorded events delivered so far). The agent's audio is played out on that clock by
+:class:`~incall_sms.pipeline.playout.SpeechPlayout`, so the pipeline knows when the agent is
+talking (inbound texts wait for the agent to finish; a barge-in cuts the filler). With
+``stt="whisper"`` a recorded agent turn waits until the caller turns it answers have been
+recognised (call time waits with it), so a slow STT cannot reorder the conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import json
+import math
 import pathlib
 import time
 import types
 import uuid
 from typing import Any
 
-from pipecat.frames.frames import EndFrame, InterruptionFrame, TranscriptionFrame, TTSSpeakFrame
+from pipecat.frames.frames import EndFrame, Frame, InterruptionFrame, TranscriptionFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -29,6 +39,7 @@ from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.workers.runner import WorkerRunner
 
 from incall_sms.actions import ActionSet
+from incall_sms.clock import ScaledClock
 from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine, ActionOutcome
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
@@ -38,9 +49,12 @@ from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.media.offline_speech import OfflineSpeech, available, whisper_model_dir
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.outbox import Outbox
+from incall_sms.phone import mask
 from incall_sms.pipeline.audio_gaps import GapMeter
+from incall_sms.pipeline.call_clock import CallClock
 from incall_sms.pipeline.local_agent import LocalAgentLLM
 from incall_sms.pipeline.local_services import ToneTTSService
+from incall_sms.pipeline.playout import Speech, SpeechPlayout
 from incall_sms.pipeline.recording import (
     Expectations,
     ReplayReport,
@@ -50,14 +64,15 @@ from incall_sms.pipeline.recording import (
     ReportInbound,
     ReportLine,
     ReportSms,
+    ReportTurn,
     load_recording,
 )
 from incall_sms.processors.inbound import InboundMessageProcessor
-from incall_sms.processors.sms_actions import SmsActionProcessor
+from incall_sms.processors.sms_actions import SmsActionProcessor, SpokenLine
 from incall_sms.providers.local import LocalProvider
 from incall_sms.variables import PatternExtractor
 
-__all__ = ["replay"]
+__all__ = ["replay", "replay_caller"]
 
 
 def _real_or_fake(number: str) -> str:
@@ -68,8 +83,50 @@ def _real_or_fake(number: str) -> str:
     return f"+1415555{digits}"
 
 
+def replay_caller(recording: str | pathlib.Path) -> str:
+    """The caller's number a replay of ``recording`` uses (a fake one for masked recordings)."""
+    return _real_or_fake(load_recording(recording)[1].caller)
+
+
 #: Decisions that did not fire but scored at least this are reported as near misses.
 NEAR_MISS_FLOOR = 0.3
+
+#: With ``--stt whisper``: the longest wall-clock wait for the caller turns a recorded agent
+#: turn answers to be recognised (the clock is held meanwhile); then the replay goes on and warns.
+STT_CATCH_UP_LIMIT = 20.0
+
+
+class CallerLog(FrameProcessor):
+    """Records the caller's final transcripts as recognised, with call time and caller-turn index.
+
+    Place it right after the SMS processor (which has counted the turn by then).
+    """
+
+    def __init__(self, *, clock: Any, engine: ActionEngine, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._clock = clock
+        self._engine = engine
+        self.entries: list[tuple[float, str, int]] = []
+        self._more = asyncio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        """Wait until ``count`` transcripts were recorded (bound it with ``asyncio.timeout``)."""
+        while len(self.entries) < count:
+            self._more.clear()
+            await self._more.wait()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Note final transcripts; pass everything on."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame) and direction is FrameDirection.DOWNSTREAM and frame.text.strip():
+            self.entries.append((round(self._clock(), 3), frame.text.strip(), self._engine.user_turns))
+            self._more.set()
+        await self.push_frame(frame, direction)
+
+    def turn_text(self, turn: int) -> str | None:
+        """What the caller said in turn ``turn`` (its fragments joined), or ``None``."""
+        parts = [text for _t, text, index in self.entries if index == turn]
+        return " ".join(parts) if parts else None
 
 
 class ExplainingJudge:
@@ -131,31 +188,34 @@ async def replay(
     events, meta = load_recording(recording)
     meta = meta.model_copy(update={"caller": _real_or_fake(meta.caller),
                                    "agent_number": _real_or_fake(meta.agent_number)})
+    clock = CallClock(speed)
+    behaviours = {(meta.caller if number == "caller" else number): what
+                  for number, what in meta.provider.destinations.items()}
     provider = LocalProvider(landlines=frozenset(meta.provider.landlines),
                              opted_out=frozenset(meta.provider.opted_out),
-                             latency=meta.provider.latency / speed)
+                             latency=meta.provider.latency / speed, behaviours=behaviours)
     outbox = Outbox()
     optouts = SqliteOptOutStore()
+    for number in meta.opt_outs:
+        await optouts.opt_out(meta.caller if number == "caller" else number, now=time.time())
     dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=optouts,
-                            pool_numbers=("+14155550111",), default_agent_number=meta.agent_number)
+                            pool_numbers=("+14155550111",), default_agent_number=meta.agent_number,
+                            clock=ScaledClock(max(1.0, speed)))
     call = CallContext(call_id=meta.call_sid, caller_number=meta.caller, agent_number=meta.agent_number)
     near_misses: list[ReportDecision] = []
-    clock0 = [0.0]
-
-    def call_time() -> float:
-        return (time.monotonic() - clock0[0]) * speed
-
-    explained = ExplainingJudge(judge or EmbeddedJudge(), near_misses, call_time)
+    explained = ExplainingJudge(judge or EmbeddedJudge(), near_misses, clock.now)
     engine = ActionEngine(dispatcher=dispatcher, call=call, judge=explained, extractor=PatternExtractor())
     engine.variables.update(meta.variables)
-    sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0)
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0, clock=clock.now)
+    caller_log = CallerLog(clock=clock.now, engine=engine)
+    playout = SpeechPlayout(clock=clock.now, speed=speed)
     media_host = LoopbackMediaHost()
     await media_host.start()
     fetcher = media_host.fetcher()
     transcriber = None
     if available() is None:
         transcriber = OfflineSpeech()  # voice notes, offline
-    inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber)
+    inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber, clock=clock.now)
     registry = InProcessCallRegistry()
     router = InboundRouter(registry=registry, optouts=optouts)
     await registry.register(meta.caller, meta.agent_number, inbound.deliver)
@@ -175,24 +235,26 @@ async def replay(
             device="cpu", compute_type="int8", settings=WhisperSTTService.Settings(model=whisper_model_dir()))]
     processors: list[FrameProcessor]
     if meta.agent:
-        processors = [*front, sms, tap, ToneTTSService(), meter, inbound]
+        processors = [*front, sms, caller_log, tap, ToneTTSService(), playout, meter, inbound]
     else:
         pair = LLMContextAggregatorPair(LLMContext())
-        processors = [*front, sms, pair.user(), LocalAgentLLM(), tap, ToneTTSService(), meter, pair.assistant(),
-                      inbound]
+        processors = [*front, sms, caller_log, pair.user(), LocalAgentLLM(), tap, ToneTTSService(), playout, meter,
+                      pair.assistant(), inbound]
     worker = PipelineWorker(Pipeline(processors), cancel_on_idle_timeout=False, params=PipelineParams())
     serializer = TwilioFrameSerializer(meta.call_sid, params=TwilioFrameSerializer.InputParams(
         sample_rate=16000, auto_hang_up=False))
     await serializer.setup(types.SimpleNamespace(audio_in_sample_rate=16000))  # only the rate is read
     started = asyncio.Event()
     sms_times: dict[str, float] = {}
+    warnings: list[str] = []
+    hangup = [math.inf]  # call time of the recording's "stop" (the caller hung up)
 
     @worker.event_handler("on_pipeline_started")
     async def _started(_worker: Any, _frame: Any) -> None:
         started.set()
 
     async def completed(_processor: Any, outcome: ActionOutcome) -> None:
-        sms_times[outcome.result.key] = call_time()
+        sms_times[outcome.result.key] = clock.now()
 
     sms.add_event_handler("on_action_completed", completed)
 
@@ -205,16 +267,35 @@ async def replay(
     timeline += [(m.t, "inbound", m) for m in meta.inbound]
     timeline.sort(key=lambda item: item[0])
 
+    async def catch_up(t: float) -> None:
+        """Hold the clock until the caller turns recorded before ``t`` have been recognised."""
+        wanted = sum(1 for u in meta.stt if u.t < t)
+        if len(caller_log.entries) >= wanted:
+            return
+        began = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STT_CATCH_UP_LIMIT):
+                await caller_log.wait_for(wanted)
+        clock.wait(time.monotonic() - began)  # call time stood at t meanwhile (not delivered yet)
+        if len(caller_log.entries) < wanted:
+            warnings.append(f"agent turn at t={t}: {len(caller_log.entries)} of the {wanted} caller turn(s) it "
+                            f"answers were recognised after {STT_CATCH_UP_LIMIT:.0f} s; went on without them")
+
     async def drive() -> None:
         await asyncio.wait_for(started.wait(), 10)
-        clock0[0] = time.monotonic()
-        for t, kind, payload in timeline:
-            delay = t / speed - (time.monotonic() - clock0[0])
+        clock.start(first_event=timeline[0][0] if timeline else None)
+        for index, (t, kind, payload) in enumerate(timeline):
+            if kind == "agent" and stt != "recorded":
+                await catch_up(t)
+            delay = clock.wall_delay(t)
             if delay > 0:
                 await asyncio.sleep(delay)
+            last = kind == "ws" and payload.get("event") == "stop"
+            clock.delivered(t, next_event=None if last or index + 1 == len(timeline) else timeline[index + 1][0])
+            if last:
+                hangup[0] = t
+                break
             if kind == "ws":
-                if payload.get("event") == "stop":
-                    break
                 frame = await serializer.deserialize(json.dumps(payload))
                 if frame is not None:
                     queued_at[frame.id] = time.monotonic()
@@ -248,21 +329,26 @@ async def replay(
     runner = WorkerRunner()
     await runner.add_workers(worker)
     await asyncio.gather(runner.run(), drive())
-    duration = call_time()
+    duration = clock.now()
     inbox = {m.sid: m for m in await provider.inbox()}
     sms_rows = []
     for outcome in sms.outcomes:
         result = outcome.result
         message = inbox.get(result.sid or "")
+        firing = outcome.firing
         sms_rows.append(ReportSms(
-            action=outcome.firing.action.name, outcome=result.outcome.value, reason=result.reason,
+            action=firing.action.name, outcome=result.outcome.value, reason=result.reason,
             to_masked=result.to_masked, body=message.body if message else None, encoding=result.encoding,
-            segments=result.segments, trigger_turn=outcome.firing.turn, at=outcome.firing.at,
-            t=round(sms_times.get(result.key, duration), 3), sid=result.sid, judged=outcome.firing.match.reason,
-            score=round(outcome.firing.match.confidence, 4),
+            segments=result.segments, trigger_turn=firing.turn,
+            trigger_text=caller_log.turn_text(firing.turn) if firing.at == "turn" else None, at=firing.at,
+            t=round(sms_times.get(result.key, duration), 3), sid=result.sid, judged=firing.match.reason,
+            score=round(firing.match.confidence, 4),
         ))
     stats = meter.stats()
     max_delay, p99_delay = meter.delay_stats()
+    speech = [_until_hangup(s, hangup[0]) for s in playout.speech]
+    lines = _lines_heard(sms.spoken, speech)
+    inbound_rows = [_report_inbound(t, sid, msg) for t, sid, msg in inbound.injected]
     report = ReplayReport(
         recording=pathlib.Path(recording).name,
         call_sid=meta.call_sid,
@@ -271,9 +357,8 @@ async def replay(
         sms=sms_rows,
         judge=explained.name,
         near_misses=sorted(near_misses, key=lambda d: d.t),
-        lines=[ReportLine(kind=line.kind, action=line.action, text=line.text, t=round(line.at * speed, 3))
-               for line in sms.spoken],
-        inbound=[_report_inbound(t * speed, sid, msg) for t, sid, msg in inbound.injected],
+        lines=[line for line, _speech in lines],
+        inbound=inbound_rows,
         audio=ReportAudio(
             input_frames=stats["input"].frames, output_frames=stats["output"].frames,
             max_delay_ms=round(max_delay * 1000, 2),
@@ -282,9 +367,12 @@ async def replay(
             p99_gap_ms=round(stats["input"].p99_gap * 1000 * speed, 1),
         ),
         expectations=ReportExpectations(checked=False, passed=True),
+        stt_wait_s=round(clock.waited, 3),
+        warnings=warnings,
     )
+    report.conversation = _conversation(report, caller_log.entries, lines, speech)
     if expectations is not None:
-        failures = expectations.check(report)
+        failures = expectations.check(report, caller_masked=mask(meta.caller))
         report.expectations = ReportExpectations(checked=True, passed=not failures, failures=failures)
     await provider.aclose()
     await fetcher.aclose()
@@ -293,6 +381,65 @@ async def replay(
     optouts.close()
     router.close()
     return report
+
+
+def _until_hangup(speech: Speech, hangup: float) -> Speech:
+    """What the caller heard of ``speech`` before hanging up at ``hangup``."""
+    if speech.end is None or speech.end <= hangup:
+        return speech
+    if speech.start is not None and speech.start >= hangup:
+        return dataclasses.replace(speech, start=None, end=None, interrupted=True)
+    return dataclasses.replace(speech, end=hangup, interrupted=True)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _lines_heard(spoken: list[SpokenLine], speech: list[Speech]) -> list[tuple[ReportLine, Speech | None]]:
+    """The SMS lines with when they were heard (matched, in order, to the played-out utterances)."""
+    free = list(speech)
+    out = []
+    for line in spoken:
+        heard = next((s for s in free if _norm(s.text) == _norm(line.text) and s.queued >= round(line.at, 3) - 0.05),
+                     None)
+        if heard is not None:
+            free.remove(heard)
+        out.append((ReportLine(kind=line.kind, action=line.action, text=line.text, t=round(line.at, 3),
+                               start=heard.start if heard else None, end=heard.end if heard else None,
+                               interrupted=bool(heard and heard.interrupted)), heard))
+    return out
+
+
+def _conversation(report: ReplayReport, callers: list[tuple[float, str, int]],
+                  lines: list[tuple[ReportLine, Speech | None]], speech: list[Speech]) -> list[ReportTurn]:
+    """Everything that happened, in call-time order."""
+    turns = [ReportTurn(t=t, who="caller", kind="transcript", text=text, turn=index) for t, text, index in callers]
+    own = {id(heard) for _line, heard in lines if heard is not None}
+    for line, heard in lines:
+        turns.append(ReportTurn(t=line.start if line.start is not None else line.t, who="agent", kind=line.kind,
+                                text=line.text, action=line.action, end=line.end, interrupted=line.interrupted,
+                                heard=line.start is not None, queued=heard.queued if heard else line.t))
+    for utterance in speech:
+        if id(utterance) in own or not utterance.text:
+            continue
+        turns.append(ReportTurn(t=utterance.start if utterance.start is not None else utterance.queued, who="agent",
+                                kind="reply", text=utterance.text, end=utterance.end,
+                                interrupted=utterance.interrupted, heard=utterance.start is not None,
+                                queued=utterance.queued))
+    for row in report.sms:
+        turns.append(ReportTurn(t=row.t, who="sms", kind=row.outcome, text=row.body or "", action=row.action,
+                                turn=row.trigger_turn if row.at == "turn" else None, to_masked=row.to_masked,
+                                detail=row.judged if row.reason is None else f"{row.judged}; {row.reason}",
+                                score=row.score))
+    for item in report.inbound:
+        turns.append(ReportTurn(t=item.t, who="inbound", kind="mms" if item.parts > 1 or item.images else "text",
+                                text=" ".join(item.texts)))
+    for miss in report.near_misses:
+        turns.append(ReportTurn(t=miss.t, who="judge", kind="near_miss", action=miss.action, score=miss.score,
+                                detail=f"{miss.part}: {miss.reason}" if miss.reason else miss.part))
+    order = {"caller": 0, "judge": 1, "agent": 2, "sms": 3, "inbound": 4}
+    return sorted(turns, key=lambda turn: (turn.t, order[turn.who]))
 
 
 def _report_inbound(t: float, sid: str, message: dict[str, Any]) -> ReportInbound:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, LLMMessagesAppendFrame, StartFrame
@@ -42,10 +43,12 @@ class InboundMessageProcessor(FrameProcessor):
     Args:
         fetcher: Media fetcher (``None``: attachments are noted, not fetched).
         transcriber: Speech-to-text for voice notes and video sound.
+        clock: Seconds on the call's clock, stamped on :attr:`injected` (default: seconds since
+            this processor was created); a replay passes its recording clock.
     """
 
     def __init__(self, *, fetcher: MediaFetcher | None = None, transcriber: Transcriber | None = None,
-                 **kwargs: Any) -> None:
+                 clock: Callable[[], float] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._register_event_handler("on_message_injected")
         self._fetcher = fetcher
@@ -54,7 +57,8 @@ class InboundMessageProcessor(FrameProcessor):
         self._pending: list[tuple[InboundMessage, asyncio.Future[None]]] = []
         self._started = False
         self._ended = False
-        self._t0 = time.monotonic()
+        t0 = time.monotonic()
+        self._clock: Callable[[], float] = clock or (lambda: time.monotonic() - t0)
         self.injected: list[tuple[float, str, dict[str, Any]]] = []
 
     def add_event_handler(self, event_name: str, handler: Any) -> None:
@@ -97,7 +101,7 @@ class InboundMessageProcessor(FrameProcessor):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        self.injected.append((time.monotonic() - self._t0, message.sid, llm_message))
+        self.injected.append((self._clock(), message.sid, llm_message))
         if not done.done():
             done.set_result(None)
         await self._call_event_handler("on_message_injected", message, llm_message)

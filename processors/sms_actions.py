@@ -96,6 +96,8 @@ class SmsActionProcessor(FrameProcessor):
         speak_delivery_failures: Tell the caller when a delivery-failed status callback
             arrives while the call is live.
         tell_llm: Push a system note so the agent LLM does not answer the request itself.
+        clock: Seconds on the call's clock, stamped on :attr:`spoken` lines (default: seconds
+            since this processor was created); a replay passes its recording clock.
     """
 
     EVENTS = (
@@ -117,6 +119,7 @@ class SmsActionProcessor(FrameProcessor):
         user_quiet_wait: float = 5.0,
         speak_delivery_failures: bool = True,
         tell_llm: bool = True,
+        clock: Callable[[], float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -135,7 +138,8 @@ class SmsActionProcessor(FrameProcessor):
         self._live = True
         self._own_frames: set[int] = set()
         self._sent_keys: set[str] = set()
-        self._t0 = time.monotonic()
+        t0 = time.monotonic()
+        self._clock: Callable[[], float] = clock or (lambda: time.monotonic() - t0)
         self._tap: AgentTranscriptTap | None = None
         self._lines: dict[int, SpokenLine] = {}
         self.outcomes: list[ActionOutcome] = []
@@ -300,7 +304,7 @@ class SmsActionProcessor(FrameProcessor):
         """Record a line as spoken (called when it is pushed toward the TTS)."""
         line = self._lines.pop(frame.id, None)
         if line is not None:
-            line.at = time.monotonic() - self._t0
+            line.at = self._clock()
             self.spoken.append(line)
             self.engine.add_agent_text(line.text)
 

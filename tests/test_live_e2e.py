@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from incall_sms.pipeline import DEFAULT_ACTIONS
 from incall_sms.pipeline.recording import load_recording
@@ -91,3 +92,26 @@ async def test_recorded_call_through_serve(peers, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     replayed = json.loads(report.read_text())
     assert [s["action"] for s in replayed["sms"] if s["outcome"] == "accepted"] == ["website_link"]
+    recorded_meta = json.loads(recorded.with_suffix("").with_suffix(".meta.json").read_text())
+    # the LLM's turns are recorded (the peer always answers this), the SMS lines are not: a replay says those itself
+    assert {a["text"] for a in recorded_meta["agent"]} == {"Sure, anything else?"}
+
+    # 4. the README's three commands turn the recorded call into a regression test: mask, write, check
+    def run(*args):
+        return subprocess.run([sys.executable, "run_agent.py", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+
+    fixture = tmp_path / "fixtures" / "menu_link"
+    out = run("recording", "mask", str(recorded), "--out", str(fixture))
+    assert out.returncode == 0, out.stderr[-2000:]
+    masked = fixture.with_name("menu_link.jsonl").read_text()
+    assert meta.call_sid not in masked and '"payload": "' in masked
+    expect = tmp_path / "fixtures" / "menu_link.expect.yaml"
+    out = run("replay", str(fixture.with_name("menu_link.jsonl")), "--actions", str(DEFAULT_ACTIONS), "--report",
+              str(tmp_path / "r1.json"), "--write-expect", str(expect))
+    assert out.returncode == 0, out.stderr[-2000:]
+    written = yaml.safe_load(expect.read_text())
+    assert [(s["action"], s["count"], s["to"]) for s in written["sms"]] == [("website_link", 1, "caller")]
+    out = run("replay", str(fixture.with_name("menu_link.jsonl")), "--actions", str(DEFAULT_ACTIONS), "--report",
+              str(tmp_path / "r2.json"), "--expect", str(expect))
+    assert out.returncode == 0 and "expectations: passed" in out.stdout, out.stdout + out.stderr[-2000:]

@@ -14,13 +14,26 @@ import pathlib
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable, Mapping
 
 from incall_sms.errors import SendError, SendErrorKind
 from incall_sms.providers.base import OutboundSms, ProviderReceipt
 from incall_sms.segments import count_segments
 from incall_sms.store import SqliteDb
 
-__all__ = ["InboxMessage", "LocalProvider"]
+__all__ = ["BEHAVIOURS", "InboxMessage", "LocalProvider"]
+
+#: Per-destination behaviours: the error a send there raises, as Twilio answers (``None``: accepted).
+BEHAVIOURS: dict[str, Callable[[], SendError] | None] = {
+    "accept": None,
+    "landline": lambda: SendError("not_mobile", kind=SendErrorKind.PERMANENT, code=21614, status=400),
+    "opted_out": lambda: SendError("opted_out", kind=SendErrorKind.PERMANENT, code=21610, status=400),
+    "invalid": lambda: SendError("invalid_number", kind=SendErrorKind.PERMANENT, code=21211, status=400),
+    # no answer in time: the request may or may not have been performed
+    "timeout": lambda: SendError("timeout", kind=SendErrorKind.AMBIGUOUS),
+    "server_error": lambda: SendError("server_error", kind=SendErrorKind.AMBIGUOUS, status=500),
+    "rate_limited": lambda: SendError("rate_limited", kind=SendErrorKind.RETRYABLE, code=20429, status=429),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -58,6 +71,8 @@ class LocalProvider:
         opted_out: Numbers that replied STOP at the carrier (error 21610).
         clock: ``time.time``-like callable for timestamps.
         latency: Seconds each send takes (the simulation uses a realistic 0.6 s).
+        behaviours: What a send to a given number does, as Twilio would answer it (see
+            :data:`BEHAVIOURS`); numbers not listed are accepted.
     """
 
     name = "local"
@@ -70,6 +85,7 @@ class LocalProvider:
         opted_out: frozenset[str] = frozenset(),
         clock: object = time.time,
         latency: float = 0.0,
+        behaviours: Mapping[str, str] | None = None,
     ) -> None:
         self._db = SqliteDb(path, schema=_SCHEMA)
         self._landlines = set(landlines)
@@ -77,6 +93,10 @@ class LocalProvider:
         self._scripted: list[SendError] = []
         self._clock = clock
         self._latency = latency
+        self._behaviours = dict(behaviours or {})
+        unknown = sorted(set(self._behaviours.values()) - set(BEHAVIOURS))
+        if unknown:
+            raise ValueError(f"unknown provider behaviour(s) {', '.join(unknown)}; known: {', '.join(BEHAVIOURS)}")
         self.requests = 0
 
     def fail_next(self, *errors: SendError) -> None:
@@ -87,17 +107,22 @@ class LocalProvider:
         """Store the message in the inbox, or refuse it like Twilio would.
 
         Raises:
-            SendError: Scripted failures, ``opted_out`` (21610), ``not_mobile`` (21614).
+            SendError: Scripted failures first; then the destination's behaviour (``opted_out``
+                21610, ``not_mobile`` 21614, ``invalid_number`` 21211, ``timeout``, ...).
         """
         self.requests += 1
         if self._latency:
             await asyncio.sleep(self._latency)
         if self._scripted:
             raise self._scripted.pop(0)
+        behaviour = self._behaviours.get(sms.to)
         if sms.to in self._opted_out:
-            raise SendError("opted_out", kind=SendErrorKind.PERMANENT, code=21610, status=400)
-        if sms.to in self._landlines:
-            raise SendError("not_mobile", kind=SendErrorKind.PERMANENT, code=21614, status=400)
+            behaviour = "opted_out"
+        elif sms.to in self._landlines:
+            behaviour = "landline"
+        error = BEHAVIOURS.get(behaviour or "accept")
+        if error is not None:
+            raise error()
         info = count_segments(sms.body)
         sid = f"SM{secrets.token_hex(16)}"
         now = float(self._clock())  # type: ignore[operator]
