@@ -71,6 +71,9 @@ DEFAULT_FAILURE_LINES: Mapping[str, str] = {
     "missing_variable": "I couldn't send the text yet, I'm missing some details for it.",
     "limit_reached": "I've already sent the maximum number of texts for this call.",
     "too_long": "I couldn't send the text, it came out too long.",
+    # the provider may have the message: say so, never "it failed" (it is not resent either)
+    "unconfirmed": ("I couldn't confirm the text went through. Please check your phone in a minute; "
+                    "I won't send it twice."),
     "default": "Sorry, I wasn't able to send the text message just now.",
 }
 

@@ -20,7 +20,7 @@ from incall_sms.templates import Template
 from incall_sms.variables import CallVariables, VariableExtractor
 from incall_sms.writer import ContentWriter
 
-__all__ = ["ActionEngine", "ActionOutcome", "Firing"]
+__all__ = ["CALL_END_TURN_OFFSET", "ActionEngine", "ActionOutcome", "Firing"]
 
 _log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ _FINAL_REASONS = frozenset({
 })
 
 At = Literal["turn", "call_end"]
+
+#: A call-end firing's ``turn`` is the caller turns heard by then plus this (its idempotency key differs
+#: from any turn's).
+CALL_END_TURN_OFFSET = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,7 +184,7 @@ class ActionEngine:
             if action is None:
                 continue
             self._active.add(action.name)
-            turn = self.user_turns if at == "turn" else self.user_turns + 1_000_000  # call-end key differs
+            turn = self.user_turns if at == "turn" else self.user_turns + CALL_END_TURN_OFFSET  # call-end key differs
             firings.append(Firing(action=action, turn=turn, at=at, match=match))
             _log.info("action %s fired at %s (turn %d, %.2f): %s", action.name, at, turn, match.confidence,
                       match.reason)

@@ -28,7 +28,9 @@ class CallRecorder:
     go through a queue to a writer thread, so neither memory nor the event loop carries the
     call: a 30-minute call is ~90,000 media messages. Phone numbers are masked unless
     ``unmasked``; the stream token is never written. Nothing is written for a stream that is
-    refused (:meth:`discard`), and the file name is only ever the verified call SID.
+    refused (:meth:`discard`), and the file name is only ever the verified call SID. Unless
+    ``unmasked``, phone numbers and e-mail addresses in transcripts, agent turns and inbound texts
+    are masked too (:func:`~incall_sms.pipeline.masking.mask_text`: last four digits kept).
 
     Args:
         websocket: The accepted Media Streams websocket (its ASGI ``receive`` is wrapped).
@@ -68,6 +70,14 @@ class CallRecorder:
 
     def _mask(self, number: str) -> str:
         return number if self._unmasked or not number else mask(number)
+
+    def _mask_text(self, text: str) -> str:
+        """Phone numbers and e-mail addresses in what was said or texted (unless ``unmasked``)."""
+        if self._unmasked:
+            return text
+        from incall_sms.pipeline.masking import mask_text
+
+        return mask_text(text)
 
     def _capture(self, text: str) -> None:
         if self._closed:
@@ -144,7 +154,7 @@ class CallRecorder:
             async def process_frame(self, frame: Any, direction: Any) -> None:
                 await super().process_frame(frame, direction)
                 if isinstance(frame, TranscriptionFrame) and frame.text.strip():
-                    recorder.stt.append({"t": recorder._now(), "text": frame.text.strip()[:2000]})
+                    recorder.stt.append({"t": recorder._now(), "text": recorder._mask_text(frame.text.strip()[:2000])})
                 await self.push_frame(frame, direction)
 
         return _Tap()
@@ -159,6 +169,7 @@ class CallRecorder:
             is_own: ``frame -> bool``: the SMS processor's own lines (filler, confirmation), not recorded.
         """
         from pipecat.frames.frames import (
+            InterruptionFrame,
             LLMFullResponseEndFrame,
             LLMFullResponseStartFrame,
             LLMTextFrame,
@@ -181,20 +192,22 @@ class CallRecorder:
                         self._parts, self._started = [], recorder._now()
                     elif isinstance(frame, LLMTextFrame):
                         self._parts.append(frame.text)
-                    elif isinstance(frame, LLMFullResponseEndFrame):
+                    elif isinstance(frame, (LLMFullResponseEndFrame, InterruptionFrame)):
+                        # an answer cut by the caller is recorded as far as the LLM had got
                         text = "".join(self._parts).strip()
                         if text:
-                            recorder.agent.append({"t": self._started, "text": text[:2000]})
+                            recorder.agent.append({"t": self._started, "text": recorder._mask_text(text[:2000])})
                         self._parts = []
                     elif isinstance(frame, TTSSpeakFrame) and frame.text.strip() and not is_own(frame):
-                        recorder.agent.append({"t": recorder._now(), "text": frame.text.strip()[:2000]})
+                        recorder.agent.append({"t": recorder._now(),
+                                               "text": recorder._mask_text(frame.text.strip()[:2000])})
                 await self.push_frame(frame, direction)
 
         return _AgentTap()
 
     async def note_inbound(self, _processor: Any, message: Any, _llm_message: Any) -> None:
         """``on_message_injected`` handler: keep the inbound text's body and time (not its attachments)."""
-        self.inbound.append({"t": self._now(), "body": str(message.body or "")[:3200], "media": []})
+        self.inbound.append({"t": self._now(), "body": self._mask_text(str(message.body or "")[:3200]), "media": []})
 
     async def close(self) -> pathlib.Path | None:
         """Finish the file and write ``<call_sid>.meta.json`` (off the event loop)."""

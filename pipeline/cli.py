@@ -258,9 +258,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         expectations = None
         if args.expect:
             with open(args.expect, encoding="utf-8") as handle:
-                expectations = Expectations.model_validate(yaml.safe_load(handle) or {})
+                loaded = yaml.safe_load(handle) or {}
+            try:
+                expectations = Expectations.model_validate(loaded)
+            except pydantic.ValidationError as exc:
+                lines = [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+                raise ValueError(f"{args.expect}: " + "; ".join(lines[:5])) from None
+        if not pathlib.Path(args.report).resolve().parent.is_dir():
+            raise ValueError(f"--report {args.report}: its folder does not exist")
         judge = make_judge(args.judge)
-
         speed = args.speed if args.speed is not None else (WHISPER_SPEED if args.stt == "whisper" else 8.0)
 
         async def run():
@@ -272,7 +278,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except (SmsError, ValueError, OSError, yaml.YAMLError, pydantic.ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pathlib.Path(args.report).write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    try:
+        pathlib.Path(args.report).write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write the report: {exc}", file=sys.stderr)
+        return 2
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.write_expect:

@@ -4,14 +4,20 @@ A recording made by ``run_agent.py serve`` with ``SMS_RECORD_DIR`` keeps the cal
 and what was said. Before it goes into a repository, :func:`mask_recording` writes a copy
 where:
 
-* phone numbers in transcripts, agent turns and inbound texts keep their last four digits
-  and their layout, the rest becomes 415-555 (fictional); numbers in the metadata and
-  the stream's custom parameters are masked (``+1******0123``; replays use a fake number
-  with the same last digits);
+* phone numbers in transcripts, agent turns, inbound texts and variables keep their country
+  code (after a ``+``), their last four digits and their layout; the rest becomes 415-555
+  (fictional); numbers in the metadata, the provider set-up, the opt-out list and the
+  stream's custom parameters are masked (``+1******0123``; replays use a fake number with
+  the same last digits, so a set-up entry still applies to the same caller or colleague);
 * e-mail addresses become ``someone@example.com``;
 * call and stream SIDs are replaced by stable fakes, the account SID by zeros;
 * the caller's audio is replaced by mu-law silence of the same length (timing kept), unless
-  ``keep_audio`` (then a replay can run the audio through the offline STT).
+  ``keep_audio`` (then a replay can run the audio through the offline STT); DTMF digits become 0.
+
+Not masked (review the copy before committing it): names and other personal details in what
+was said, numbers or addresses spelled out in words ("two one two ...", "jane at gmail dot
+com"), any digit run of seven or more digits is treated as a number (a date ``2024-01-05``
+too), and attachments embedded in inbound texts by hand.
 """
 
 from __future__ import annotations
@@ -23,23 +29,27 @@ import re
 from typing import Any
 
 from incall_sms.phone import mask
-from incall_sms.pipeline.recording import RecordingMeta, load_recording
+from incall_sms.pipeline.recording import RecordingMeta, load_recording, sidecar_of
 
 __all__ = ["mask_recording", "mask_text"]
 
-_PHONE = re.compile(r"\+?\d[\d\s().-]{5,}\d")
+_PHONE = re.compile(r"\+?\d[\d\s()./-]{5,}\d")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_FAKE_PREFIX = "1415555"
+_FAKE_PREFIX = "415555"
 _SILENCE = 0xFF  # mu-law zero
 
 
 def _fake_number(match: re.Match[str]) -> str:
     text = match.group(0)
-    digits = [ch for ch in text if ch.isdigit()]
-    if len(digits) < 7:
+    if sum(ch.isdigit() for ch in text) < 7:
         return text
-    keep = len(digits) - 4
-    fake = list(_FAKE_PREFIX[-keep:].rjust(keep, "5")) + digits[keep:]
+    head = ""
+    if text.startswith("+"):  # keep the country code: "+44 20 7946 0958" -> "+44 41 5555 0958"
+        head = "+" + _country_code(text)
+        text = text[len(head):]
+    digits = [ch for ch in text if ch.isdigit()]
+    keep = max(0, len(digits) - 4)
+    fake = list(_FAKE_PREFIX[-keep:].rjust(keep, "5") if keep else "") + digits[keep:]
     out, index = [], 0
     for ch in text:
         if ch.isdigit():
@@ -47,12 +57,26 @@ def _fake_number(match: re.Match[str]) -> str:
             index += 1
         else:
             out.append(ch)
-    return "".join(out)
+    return head + "".join(out)
+
+
+def _country_code(number: str) -> str:
+    import phonenumbers
+
+    try:
+        code = str(phonenumbers.parse(number, None).country_code or "")
+    except phonenumbers.NumberParseException:
+        code = ""
+    return code if number[1:1 + len(code)] == code else number[1:2]
 
 
 def mask_text(text: str) -> str:
     """``text`` with phone numbers faked (last four digits kept) and e-mail addresses replaced."""
     return _PHONE.sub(_fake_number, _EMAIL.sub("someone@example.com", text))
+
+
+def _mask_number(number: str) -> str:
+    return number if number == "caller" or "*" in number else mask(number)
 
 
 def _fake_sid(prefix: str, sid: str) -> str:
@@ -72,14 +96,16 @@ def _mask_message(message: dict[str, Any], *, keep_audio: bool) -> dict[str, Any
         params = start.get("customParameters")
         if isinstance(params, dict):
             params.pop("token", None)
-            for key in ("from_number", "to_number"):
-                if key in params:
-                    params[key] = mask(str(params[key]))
+            for key, value in list(params.items()):
+                params[key] = mask(str(value)) if key in ("from_number", "to_number") else mask_text(str(value))
     stop = message.get("stop")
     if isinstance(stop, dict):
         stop["accountSid"] = "AC" + "0" * 32
         if "callSid" in stop:
             stop["callSid"] = _fake_sid("CA", str(stop["callSid"]))
+    dtmf = message.get("dtmf")
+    if isinstance(dtmf, dict) and "digit" in dtmf:
+        dtmf["digit"] = "0"  # keypresses may be a PIN or an account number: the timing stays
     media = message.get("media")
     if isinstance(media, dict) and "payload" in media and not keep_audio:
         import base64
@@ -106,17 +132,23 @@ def mask_recording(source: str | pathlib.Path, out: str | pathlib.Path, *,
     """
     events, meta = load_recording(source)
     stem = pathlib.Path(out)
-    if stem.suffix in (".jsonl", ".json"):
-        stem = stem.with_suffix("")
-    events_path, meta_path = stem.with_name(stem.name + ".jsonl"), stem.with_name(stem.name + ".meta.json")
-    if events_path.resolve() == pathlib.Path(source).resolve():
+    if stem.name.endswith(".jsonl"):
+        stem = stem.with_name(stem.name[: -len(".jsonl")])
+    events_path = stem.with_name(stem.name + ".jsonl")
+    meta_path = sidecar_of(events_path)
+    source_path = pathlib.Path(source)
+    if {events_path.resolve(), meta_path.resolve()} & {source_path.resolve(), sidecar_of(source_path).resolve()}:
         raise ValueError("the masked copy must not overwrite the recording")
     masked = meta.model_copy(update={
         "call_sid": _fake_sid("CA", meta.call_sid),
         "caller": mask(meta.caller),
         "agent_number": mask(meta.agent_number),
         "variables": {k: mask_text(v) for k, v in meta.variables.items()},
-        "opt_outs": [n if n == "caller" else mask(n) for n in meta.opt_outs],
+        "opt_outs": [_mask_number(n) for n in meta.opt_outs],
+        "provider": meta.provider.model_copy(update={
+            "landlines": [_mask_number(n) for n in meta.provider.landlines],
+            "opted_out": [_mask_number(n) for n in meta.provider.opted_out],
+            "destinations": {_mask_number(n): what for n, what in meta.provider.destinations.items()}}),
         "stt": [u.model_copy(update={"text": mask_text(u.text)}) for u in meta.stt],
         "agent": [u.model_copy(update={"text": mask_text(u.text)}) for u in meta.agent],
         "inbound": [m.model_copy(update={"body": mask_text(m.body)}) for m in meta.inbound],

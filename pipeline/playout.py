@@ -7,13 +7,17 @@ faster than real time with no transport, so :class:`SpeechPlayout` stands in its
 TTS audio frame occupies its duration of call time on one output channel, in order, and the
 processor pushes ``BotStartedSpeakingFrame``/``BotStoppedSpeakingFrame`` both ways as
 pipecat's ``BaseOutputTransport`` does (stopped :data:`BOT_VAD_STOP_SECS` after the last
-audio). An ``InterruptionFrame`` (the caller barging in) cuts what is still queued.
+audio). As in a transport, the frames that follow audio (the TTS text, the end of the LLM's
+response) go on downstream only once that audio has played, so the assistant aggregator sees
+the agent's turn end when the caller would hear it end. An ``InterruptionFrame`` (the caller
+barging in) cuts what is still queued; the call's end stops the agent mid-sentence.
 :attr:`SpeechPlayout.speech` says what the agent said and when it was heard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 from collections.abc import Callable
@@ -28,6 +32,7 @@ from pipecat.frames.frames import (
     Frame,
     InterruptionFrame,
     StartFrame,
+    SystemFrame,
     TTSAudioRawFrame,
     TTSTextFrame,
 )
@@ -47,6 +52,7 @@ class Speech:
         start: When its first audio was heard, or ``None`` if none was.
         end: When its last audio ended (or was cut).
         interrupted: Cut by the caller before it ended.
+        text_type: The ``text_type`` of its text frames (the SMS processor tags its own lines).
     """
 
     text: str = ""
@@ -54,6 +60,7 @@ class Speech:
     start: float | None = None
     end: float | None = None
     interrupted: bool = False
+    text_type: str = ""
 
 
 class SpeechPlayout(FrameProcessor):
@@ -78,6 +85,8 @@ class SpeechPlayout(FrameProcessor):
         self._wake = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._by_context: dict[str, Speech] = {}
+        self._held: collections.deque[tuple[float, Frame]] = collections.deque()
+        self._tts_text: dict[int, str] = {}
         self.speech: list[Speech] = []
 
     @property
@@ -95,23 +104,45 @@ class SpeechPlayout(FrameProcessor):
         return speech
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Schedule audio on the output channel; pass every frame on."""
+        """Schedule audio on the output channel; other frames follow the audio queued before them."""
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame) and self._watcher is None:
+            await self.push_frame(frame, direction)
             self._watcher = self.create_task(self._watch(), "speech-playout")
-        elif isinstance(frame, (EndFrame, CancelFrame)):
+            return
+        if isinstance(frame, (EndFrame, CancelFrame)):
             await self._stop_watching()
+            await self._release(everything=True)
+            if self._speaking:  # the call ended mid-sentence: the agent stops talking, as a transport says
+                self._speaking = False
+                await self._push_both(BotStoppedSpeakingFrame, BotStoppedSpeakingFrame())
         elif isinstance(frame, InterruptionFrame):
             self._cut()
-        elif direction is FrameDirection.DOWNSTREAM:
-            if isinstance(frame, TTSAudioRawFrame):
-                await self._play(frame)
-            elif isinstance(frame, TTSTextFrame) and frame.text.strip():
-                speech = self._utterance(frame.context_id)
-                speech.text = f"{speech.text} {frame.text.strip()}".strip()
-            elif isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame):
-                self._utterance(getattr(frame, "context_id", None))
+            await self._release(everything=True)
+        elif direction is FrameDirection.DOWNSTREAM and isinstance(frame, TTSAudioRawFrame):
+            await self._play(frame)
+        elif direction is FrameDirection.DOWNSTREAM and not isinstance(frame, SystemFrame):
+            self._note_text(frame)
+            if self._held or self._until > self._clock():
+                # like an output transport: a frame after audio goes on once that audio has played
+                self._held.append((self._until, frame))
+                self._wake.set()
+                return
         await self.push_frame(frame, direction)
+
+    def _note_text(self, frame: Frame) -> None:
+        if isinstance(frame, TTSTextFrame):  # after the audio; the aggregated text came before it
+            speech = self._utterance(frame.context_id)
+            speech.text_type = speech.text_type or str(frame.text_type)
+            if frame.text.strip():
+                self._tts_text[id(speech)] = f"{self._tts_text.get(id(speech), '')} {frame.text.strip()}".strip()
+                if not speech.text:
+                    speech.text = self._tts_text[id(speech)]
+        elif isinstance(frame, AggregatedTextFrame):
+            speech = self._utterance(getattr(frame, "context_id", None))
+            speech.text_type = str(frame.text_type)
+            if frame.text.strip():
+                speech.text = f"{speech.text} {frame.text.strip()}".strip()
 
     async def _play(self, frame: TTSAudioRawFrame) -> None:
         seconds = len(frame.audio) / (2 * max(1, frame.num_channels) * max(1, frame.sample_rate))
@@ -125,6 +156,7 @@ class SpeechPlayout(FrameProcessor):
         if not self._speaking:
             self._speaking = True
             await self._push_both(BotStartedSpeakingFrame, BotStartedSpeakingFrame())
+        await self.push_frame(frame)
         self._wake.set()
 
     def _cut(self) -> None:
@@ -141,6 +173,12 @@ class SpeechPlayout(FrameProcessor):
         self._until = now
         self._wake.set()
 
+    async def _release(self, *, everything: bool = False) -> None:
+        now = self._clock()
+        while self._held and (everything or self._held[0][0] <= now):
+            _at, frame = self._held.popleft()
+            await self.push_frame(frame)
+
     async def _push_both(self, kind: type[Frame], downstream: Frame) -> None:
         upstream = kind()
         upstream.broadcast_sibling_id = downstream.id
@@ -152,15 +190,20 @@ class SpeechPlayout(FrameProcessor):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._speaking:
-                remaining = self._until + self._stop_secs - self._clock()
-                if remaining <= 0:
+            while self._speaking or self._held:
+                await self._release()
+                now = self._clock()
+                if self._speaking and self._until + self._stop_secs <= now:
                     self._speaking = False
                     await self._push_both(BotStoppedSpeakingFrame, BotStoppedSpeakingFrame())
+                due = [self._held[0][0]] if self._held else []
+                if self._speaking:
+                    due.append(self._until + self._stop_secs)
+                if not due:
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):  # new audio or a cut wakes it early
-                    await asyncio.wait_for(self._wake.wait(), max(0.002, remaining / self._speed))
+                    await asyncio.wait_for(self._wake.wait(), max(0.002, (min(due) - now) / self._speed))
 
     async def _stop_watching(self) -> None:
         if self._watcher is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from typing import Any, Literal
 
 import pydantic
@@ -30,6 +31,7 @@ __all__ = [
     "RecordingMeta",
     "ReplayReport",
     "load_recording",
+    "sidecar_of",
 ]
 
 FORMAT = "incall-sms-recording/1"
@@ -48,7 +50,7 @@ class TimedText(_Model):
 
     t: float = pydantic.Field(ge=0)
     text: str = pydantic.Field(min_length=1, max_length=2000)
-    barge_in: bool = False
+    barge_in: pydantic.StrictBool = False
 
 
 class InboundAttachment(_Model):
@@ -110,6 +112,37 @@ class RecordingMeta(_Model):
     provider: ProviderBehaviour = ProviderBehaviour()
     description: str = ""
 
+    @pydantic.field_validator("opt_outs")
+    @classmethod
+    def _numbers(cls, numbers: list[str]) -> list[str]:
+        for number in numbers:
+            _check_number(number)
+        return numbers
+
+    @pydantic.model_validator(mode="after")
+    def _destinations(self) -> RecordingMeta:
+        for number in (*self.provider.destinations, *self.provider.landlines, *self.provider.opted_out):
+            _check_number(number)
+        return self
+
+
+#: A number in a recording's set-up: E.164, masked E.164 (``+1******0123``), or ``caller``.
+_NUMBER = re.compile(r"^(caller|\+[1-9][0-9*]{6,14})$")
+
+
+def _check_number(number: str) -> None:
+    if number == "caller":
+        return
+    if not _NUMBER.match(number) or sum(ch.isdigit() for ch in number) < 5:
+        raise ValueError(f"{number!r} is not a phone number in E.164 (+14155550123, or masked: +1******0123) "
+                         "nor 'caller'")
+
+
+def sidecar_of(events_path: pathlib.Path) -> pathlib.Path:
+    """``NAME.meta.json`` next to ``NAME.jsonl`` (``NAME`` may contain dots)."""
+    name = events_path.name
+    return events_path.with_name((name[: -len(".jsonl")] if name.endswith(".jsonl") else name) + ".meta.json")
+
 
 def load_recording(path: str | pathlib.Path) -> tuple[list[tuple[float, dict[str, Any]]], RecordingMeta]:
     """Load ``NAME.jsonl`` and its ``NAME.meta.json``.
@@ -118,7 +151,7 @@ def load_recording(path: str | pathlib.Path) -> tuple[list[tuple[float, dict[str
         ValueError: Missing file, bad JSON (the line is named) or invalid metadata.
     """
     events_path = pathlib.Path(path)
-    meta_path = events_path.with_suffix("").with_suffix(".meta.json")
+    meta_path = sidecar_of(events_path)
     if events_path.suffix != ".jsonl" or not events_path.exists():
         raise ValueError(f"recording {events_path.name} must be an existing .jsonl file")
     if not meta_path.exists():
@@ -130,14 +163,48 @@ def load_recording(path: str | pathlib.Path) -> tuple[list[tuple[float, dict[str
         try:
             item = json.loads(line)
             events.append((float(item["t"]), dict(item["message"])))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{events_path.name} line {number}: {exc.__class__.__name__}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{events_path.name} line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
+        except KeyError as exc:
+            raise ValueError(f"{events_path.name} line {number}: missing key {exc.args[0]!r} (each line is "
+                             '{"t": seconds, "message": {...}})') from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{events_path.name} line {number}: {exc}") from None
     try:
         meta = RecordingMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
     except pydantic.ValidationError as exc:
-        raise ValueError(f"{meta_path.name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        raise ValueError(f"{meta_path.name}: {where}: {error['msg']}") from None
     events.sort(key=lambda e: e[0])
+    _check_events(events_path.name, events, meta)
     return events, meta
+
+
+#: Media Streams events a recording may hold.
+EVENTS = frozenset({"connected", "start", "media", "dtmf", "mark", "stop"})
+
+
+def _check_events(name: str, events: list[tuple[float, dict[str, Any]]], meta: RecordingMeta) -> None:
+    """A recording must be a whole call: one start (of the sidecar's call), a stop after it, everything between."""
+    kinds = [str(message.get("event")) for _t, message in events]
+    unknown = sorted(set(kinds) - EVENTS)
+    if unknown:
+        raise ValueError(f"{name}: unknown event(s) {', '.join(unknown)}; known: {', '.join(sorted(EVENTS))}")
+    if "start" not in kinds or "stop" not in kinds:
+        raise ValueError(f"{name}: a recording needs a 'start' and a 'stop' event (the call's beginning and end)")
+    start_t, start = next((t, m) for t, m in events if m.get("event") == "start")
+    stop_t = next(t for t, m in events if m.get("event") == "stop")
+    if stop_t < start_t:
+        raise ValueError(f"{name}: 'stop' (t={stop_t}) comes before 'start' (t={start_t})")
+    call_sid = start.get("start", {}).get("callSid") if isinstance(start.get("start"), dict) else None
+    if call_sid != meta.call_sid:
+        raise ValueError(f"{name}: the start event's callSid does not match the sidecar's call_sid")
+    late = [f"{what} at t={item.t}" for what, items in (("stt", meta.stt), ("agent", meta.agent),
+                                                        ("inbound", meta.inbound))
+            for item in items if item.t > stop_t]
+    if late:
+        raise ValueError(f"{name}: after the call ended (stop at t={stop_t}): {', '.join(late)}")
 
 
 class ReportSms(_Model):
@@ -259,7 +326,10 @@ class ReplayReport(_Model):
     """The JSON report of ``run_agent.py replay``.
 
     Every time in it (``t``, ``start``, ``end``, ``duration_s``) is call time: seconds on the
-    recording's clock, never ahead of what the pipeline had been given. ``stt_wait_s``:
+    recording's clock, never ahead of the recorded events delivered to the pipeline (a stamp lies
+    between the last one delivered and the next); it stands still at the recording's ``stop``, so
+    what happens after the hang-up (call-end texts) is stamped with the hang-up's time.
+    ``duration_s``: the hang-up's time. ``stt_wait_s``:
     wall-clock seconds the replay waited for a slow STT to catch up before recorded agent turns
     (``--stt whisper``). ``conversation``: everything in order.
     """
@@ -304,6 +374,14 @@ class SmsExpectation(_Model):
     after_turn: int | None = pydantic.Field(default=None, ge=1)
     trigger_contains: str | None = None
 
+    @pydantic.field_validator("to", mode="before")
+    @classmethod
+    def _to_is_text(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(f"write it quoted: to: \"{value}\" (YAML reads unquoted digits as a number, and a "
+                             "leading 0 as octal)")
+        return value
+
     def matches(self, sms: ReportSms, *, caller_masked: str) -> bool:
         """Whether ``sms`` is one of the texts this expectation describes."""
         if sms.action != self.action or sms.outcome != self.outcome:
@@ -334,8 +412,8 @@ def _destination_matches(want: str, to_masked: str | None, caller_masked: str) -
         return False
     if want == "caller":
         return to_masked == caller_masked
-    if want.startswith("+") and "*" not in want:
-        return mask(want) == to_masked
+    if want.startswith("+"):
+        return (want if "*" in want else mask(want)) == to_masked
     digits = _tail(want)
     return bool(digits) and _tail(to_masked).endswith(digits)
 
@@ -349,7 +427,7 @@ class LineExpectation(_Model):
     whether any of it was heard (a line queued behind others may never be).
     """
 
-    kind: str | None = None
+    kind: Literal["reply", "filler", "confirmation", "failure", "delivery_failure"] | None = None
     action: str | None = None
     text: str | None = None
     contains: str | None = None
@@ -374,7 +452,8 @@ class LineExpectation(_Model):
 class Expectations(_Model):
     """What ``--expect FILE`` (YAML or JSON) asserts about a replay.
 
-    ``sms``: texts that must be there; ``no_sms``: actions that must not send; ``max_sms``:
+    ``sms``: texts that must be there; ``no_sms``: actions that must not send (no accepted
+    text; a refused or failed attempt is allowed: expect it under ``sms``); ``max_sms``:
     at most this many accepted texts. ``lines``: lines the agent must say (in this order when
     ``lines_in_order``); ``not_spoken``: lines it must never say. ``inbound_*``: what inbound
     texts must bring into the conversation. ``max_audio_delay_ms``: the audio-path bound.
@@ -390,6 +469,12 @@ class Expectations(_Model):
     inbound_injected: int | None = None
     inbound_contains: list[str] = []
     inbound_images: int | None = None
+
+    def unknown_actions(self, known: set[str]) -> list[str]:
+        """Action names these expectations use that ``known`` lacks (a typo would pass silently)."""
+        named = [w.action for w in self.sms] + list(self.no_sms) + [
+            line.action for line in (*self.lines, *self.not_spoken) if line.action is not None]
+        return sorted({name for name in named if name not in known})
 
     def check(self, report: ReplayReport, *, caller_masked: str = "") -> list[str]:
         """Return the failed expectations, as sentences.
@@ -445,8 +530,8 @@ class Expectations(_Model):
         """What ``report`` shows, as expectations to review and keep (``replay --write-expect``).
 
         Each action's texts become one expectation per outcome and destination (with ``count``,
-        ``at``, the triggering turn when there is one, and ``to``); actions that sent nothing
-        become ``no_sms``; the SMS lines become ``lines`` in order; failure lines that were not
+        ``at``, the triggering turn when there is one, and ``to``); actions never tried become
+        ``no_sms``; the SMS lines become ``lines`` in order; failure lines that were not
         said become ``not_spoken``; inbound texts become ``inbound_injected``/``inbound_images``.
         Wording checks (``body_contains``, ``contains``, ``trigger_contains``) are left for you
         to add: they are what the test is about.
@@ -462,14 +547,15 @@ class Expectations(_Model):
             turns = {row.trigger_turn for row in rows}
             sms.append(SmsExpectation(action=action, outcome=outcome, reason=reason, to=to, count=len(rows),
                                       at=at,  # type: ignore[arg-type]
-                                      after_turn=turns.pop() if at == "turn" and len(turns) == 1 else None))
-        sent = {row.action for row in report.sms if row.outcome in ("accepted", "duplicate")}
+                                      after_turn=turns.pop() if at == "turn" and len(turns) == 1 and min(turns) >= 1
+                                      else None))
+        tried = {row.action for row in report.sms}
         said = [turn for turn in report.conversation if turn.who == "agent" and turn.kind != "reply"]
         not_spoken = [LineExpectation(kind=kind) for kind in ("failure", "delivery_failure")
                       if not any(turn.kind == kind for turn in said)]
         return cls(
             sms=sms,
-            no_sms=[name for name in actions if name not in sent],
+            no_sms=[name for name in actions if name not in tried],
             max_sms=sum(1 for row in report.sms if row.outcome == "accepted"),
             lines=[LineExpectation(kind=turn.kind, action=turn.action) for turn in said],
             lines_in_order=bool(said),

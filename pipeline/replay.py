@@ -41,7 +41,7 @@ from pipecat.workers.runner import WorkerRunner
 from incall_sms.actions import ActionSet
 from incall_sms.clock import ScaledClock
 from incall_sms.dispatcher import CallContext, Dispatcher
-from incall_sms.engine import ActionEngine, ActionOutcome
+from incall_sms.engine import CALL_END_TURN_OFFSET, ActionEngine, ActionOutcome
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
 from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
@@ -68,8 +68,9 @@ from incall_sms.pipeline.recording import (
     load_recording,
 )
 from incall_sms.processors.inbound import InboundMessageProcessor
-from incall_sms.processors.sms_actions import SmsActionProcessor, SpokenLine
+from incall_sms.processors.sms_actions import LINE_TEXT_TYPE, SmsActionProcessor, SpokenLine
 from incall_sms.providers.local import LocalProvider
+from incall_sms.retry import RetryPolicy
 from incall_sms.variables import PatternExtractor
 
 __all__ = ["replay", "replay_caller"]
@@ -186,201 +187,228 @@ async def replay(
         ValueError: The recording is invalid.
     """
     events, meta = load_recording(recording)
-    meta = meta.model_copy(update={"caller": _real_or_fake(meta.caller),
-                                   "agent_number": _real_or_fake(meta.agent_number)})
-    clock = CallClock(speed)
-    behaviours = {(meta.caller if number == "caller" else number): what
-                  for number, what in meta.provider.destinations.items()}
-    provider = LocalProvider(landlines=frozenset(meta.provider.landlines),
-                             opted_out=frozenset(meta.provider.opted_out),
-                             latency=meta.provider.latency / speed, behaviours=behaviours)
-    outbox = Outbox()
-    optouts = SqliteOptOutStore()
-    for number in meta.opt_outs:
-        await optouts.opt_out(meta.caller if number == "caller" else number, now=time.time())
-    dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=optouts,
-                            pool_numbers=("+14155550111",), default_agent_number=meta.agent_number,
-                            clock=ScaledClock(max(1.0, speed)))
-    call = CallContext(call_id=meta.call_sid, caller_number=meta.caller, agent_number=meta.agent_number)
-    near_misses: list[ReportDecision] = []
-    explained = ExplainingJudge(judge or EmbeddedJudge(), near_misses, clock.now)
-    engine = ActionEngine(dispatcher=dispatcher, call=call, judge=explained, extractor=PatternExtractor())
-    engine.variables.update(meta.variables)
-    sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0, clock=clock.now)
-    caller_log = CallerLog(clock=clock.now, engine=engine)
-    playout = SpeechPlayout(clock=clock.now, speed=speed)
-    media_host = LoopbackMediaHost()
-    await media_host.start()
-    fetcher = media_host.fetcher()
-    transcriber = None
-    if available() is None:
-        transcriber = OfflineSpeech()  # voice notes, offline
-    inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber, clock=clock.now)
-    registry = InProcessCallRegistry()
-    router = InboundRouter(registry=registry, optouts=optouts)
-    await registry.register(meta.caller, meta.agent_number, inbound.deliver)
-    queued_at: dict[int, float] = {}
-    meter = GapMeter(queued_at=queued_at)
-    tap = sms.agent_tap()
-    front: list[FrameProcessor] = []
     if stt == "whisper":
         reason = available()
         if reason:
             raise ValueError(f"--stt whisper is not possible here: {reason}")
-        from pipecat.audio.vad.silero import SileroVADAnalyzer
-        from pipecat.processors.audio.vad_processor import VADProcessor
-        from pipecat.services.whisper.stt import WhisperSTTService
-
-        front = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), WhisperSTTService(
-            device="cpu", compute_type="int8", settings=WhisperSTTService.Settings(model=whisper_model_dir()))]
-    processors: list[FrameProcessor]
-    if meta.agent:
-        processors = [*front, sms, caller_log, tap, ToneTTSService(), playout, meter, inbound]
-    else:
-        pair = LLMContextAggregatorPair(LLMContext())
-        processors = [*front, sms, caller_log, pair.user(), LocalAgentLLM(), tap, ToneTTSService(), playout, meter,
-                      pair.assistant(), inbound]
-    worker = PipelineWorker(Pipeline(processors), cancel_on_idle_timeout=False, params=PipelineParams())
-    serializer = TwilioFrameSerializer(meta.call_sid, params=TwilioFrameSerializer.InputParams(
-        sample_rate=16000, auto_hang_up=False))
-    await serializer.setup(types.SimpleNamespace(audio_in_sample_rate=16000))  # only the rate is read
-    started = asyncio.Event()
-    sms_times: dict[str, float] = {}
-    warnings: list[str] = []
-    hangup = [math.inf]  # call time of the recording's "stop" (the caller hung up)
-
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_worker: Any, _frame: Any) -> None:
-        started.set()
-
-    async def completed(_processor: Any, outcome: ActionOutcome) -> None:
-        sms_times[outcome.result.key] = clock.now()
-
-    sms.add_event_handler("on_action_completed", completed)
-
-    timeline: list[tuple[float, str, Any]] = [(t, "ws", m) for t, m in events]
-    if stt == "recorded":
-        timeline += [(u.t, "stt", u) for u in meta.stt]
-    else:
-        timeline += [(u.t - 1.2, "barge", u) for u in meta.stt if u.barge_in]
-    timeline += [(u.t, "agent", u.text) for u in meta.agent]
-    timeline += [(m.t, "inbound", m) for m in meta.inbound]
-    timeline.sort(key=lambda item: item[0])
-
-    async def catch_up(t: float) -> None:
-        """Hold the clock until the caller turns recorded before ``t`` have been recognised."""
-        wanted = sum(1 for u in meta.stt if u.t < t)
-        if len(caller_log.entries) >= wanted:
-            return
-        began = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STT_CATCH_UP_LIMIT):
-                await caller_log.wait_for(wanted)
-        clock.wait(time.monotonic() - began)  # call time stood at t meanwhile (not delivered yet)
-        if len(caller_log.entries) < wanted:
-            warnings.append(f"agent turn at t={t}: {len(caller_log.entries)} of the {wanted} caller turn(s) it "
-                            f"answers were recognised after {STT_CATCH_UP_LIMIT:.0f} s; went on without them")
-
-    async def drive() -> None:
-        await asyncio.wait_for(started.wait(), 10)
-        clock.start(first_event=timeline[0][0] if timeline else None)
-        for index, (t, kind, payload) in enumerate(timeline):
-            if kind == "agent" and stt != "recorded":
-                await catch_up(t)
-            delay = clock.wall_delay(t)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            last = kind == "ws" and payload.get("event") == "stop"
-            clock.delivered(t, next_event=None if last or index + 1 == len(timeline) else timeline[index + 1][0])
-            if last:
-                hangup[0] = t
-                break
-            if kind == "ws":
-                frame = await serializer.deserialize(json.dumps(payload))
-                if frame is not None:
-                    queued_at[frame.id] = time.monotonic()
-                    await worker.queue_frame(frame)
-            elif kind == "stt":
-                if payload.barge_in:
-                    await worker.queue_frame(InterruptionFrame())  # the caller talks over the agent
-                await worker.queue_frame(TranscriptionFrame(text=payload.text, user_id="", timestamp=""))
-            elif kind == "barge":
-                await worker.queue_frame(InterruptionFrame())
-            elif kind == "agent":
-                await sms.on_agent_text(payload)
-                frame = TTSSpeakFrame(payload, append_to_context=False)
-                sms.mark_own(frame)
-                await tap.push_frame(frame, FrameDirection.DOWNSTREAM)
-            else:
-                media = tuple(InboundMedia(url=media_host.add(base64.b64decode(a.data_b64), a.content_type),
-                                           content_type=a.content_type) for a in payload.media)
-                await router.route(InboundMessage(
-                    sid=f"{'MM' if media else 'SM'}{uuid.uuid4().hex}", account_sid="AC" + "0" * 32,
-                    from_number=meta.caller, to_number=meta.agent_number, body=payload.body, media=media,
-                    received_at=time.time()))
-        await asyncio.sleep(1.0 / speed + 0.2)
-        # attachments (fetch, decode, transcription) may still be on their way into the context
-        for _ in range(100):
-            if len(inbound.injected) >= len(meta.inbound):
-                break
-            await asyncio.sleep(0.05)
-        await worker.queue_frame(EndFrame())
-
-    runner = WorkerRunner()
-    await runner.add_workers(worker)
-    await asyncio.gather(runner.run(), drive())
-    duration = clock.now()
-    inbox = {m.sid: m for m in await provider.inbox()}
-    sms_rows = []
-    for outcome in sms.outcomes:
-        result = outcome.result
-        message = inbox.get(result.sid or "")
-        firing = outcome.firing
-        sms_rows.append(ReportSms(
-            action=firing.action.name, outcome=result.outcome.value, reason=result.reason,
-            to_masked=result.to_masked, body=message.body if message else None, encoding=result.encoding,
-            segments=result.segments, trigger_turn=firing.turn,
-            trigger_text=caller_log.turn_text(firing.turn) if firing.at == "turn" else None, at=firing.at,
-            t=round(sms_times.get(result.key, duration), 3), sid=result.sid, judged=firing.match.reason,
-            score=round(firing.match.confidence, 4),
-        ))
-    stats = meter.stats()
-    max_delay, p99_delay = meter.delay_stats()
-    speech = [_until_hangup(s, hangup[0]) for s in playout.speech]
-    lines = _lines_heard(sms.spoken, speech)
-    inbound_rows = [_report_inbound(t, sid, msg) for t, sid, msg in inbound.injected]
-    report = ReplayReport(
-        recording=pathlib.Path(recording).name,
-        call_sid=meta.call_sid,
-        duration_s=round(duration, 3),
-        speed=speed,
-        sms=sms_rows,
-        judge=explained.name,
-        near_misses=sorted(near_misses, key=lambda d: d.t),
-        lines=[line for line, _speech in lines],
-        inbound=inbound_rows,
-        audio=ReportAudio(
-            input_frames=stats["input"].frames, output_frames=stats["output"].frames,
-            max_delay_ms=round(max_delay * 1000, 2),
-            p99_delay_ms=round(p99_delay * 1000, 2),
-            max_gap_ms=round(stats["input"].max_gap * 1000 * speed, 1),
-            p99_gap_ms=round(stats["input"].p99_gap * 1000 * speed, 1),
-        ),
-        expectations=ReportExpectations(checked=False, passed=True),
-        stt_wait_s=round(clock.waited, 3),
-        warnings=warnings,
-    )
-    report.conversation = _conversation(report, caller_log.entries, lines, speech)
+        if meta.stt and _silent(events):
+            raise ValueError("this recording has no caller audio (masked without --keep-audio?): "
+                             "replay it with --stt recorded")
     if expectations is not None:
-        failures = expectations.check(report, caller_masked=mask(meta.caller))
-        report.expectations = ReportExpectations(checked=True, passed=not failures, failures=failures)
-    await provider.aclose()
-    await fetcher.aclose()
-    await media_host.stop()
-    outbox.close()
-    optouts.close()
-    router.close()
-    return report
+        unknown = expectations.unknown_actions({a.name for a in actions.actions})
+        if unknown:
+            raise ValueError(f"the expectations name action(s) not in the action file: {', '.join(unknown)}")
+    meta = meta.model_copy(update={"caller": _real_or_fake(meta.caller),
+                                   "agent_number": _real_or_fake(meta.agent_number)})
+
+    def number(value: str) -> str:  # set-up numbers: "caller", real or masked (replayed as the same fake)
+        return meta.caller if value == "caller" else _real_or_fake(value)
+
+    clock = CallClock(speed)
+    async with contextlib.AsyncExitStack() as cleanup:
+        provider = LocalProvider(landlines=frozenset(map(number, meta.provider.landlines)),
+                                 opted_out=frozenset(map(number, meta.provider.opted_out)),
+                                 latency=meta.provider.latency / speed,
+                                 behaviours={number(n): what for n, what in meta.provider.destinations.items()})
+        cleanup.push_async_callback(provider.aclose)
+        outbox = Outbox()
+        cleanup.callback(outbox.close)
+        optouts = SqliteOptOutStore()
+        cleanup.callback(optouts.close)
+        for listed in meta.opt_outs:
+            await optouts.opt_out(number(listed), now=time.time())
+        # retries without jitter, waits in call time: a replay decides the same way every run
+        dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=optouts,
+                                pool_numbers=("+14155550111",), default_agent_number=meta.agent_number,
+                                clock=ScaledClock(max(1.0, speed)), retry_policy=RetryPolicy(jitter=0.0))
+        call = CallContext(call_id=meta.call_sid, caller_number=meta.caller, agent_number=meta.agent_number)
+        near_misses: list[ReportDecision] = []
+        explained = ExplainingJudge(judge or EmbeddedJudge(), near_misses, clock.now)
+        engine = ActionEngine(dispatcher=dispatcher, call=call, judge=explained, extractor=PatternExtractor())
+        engine.variables.update(meta.variables)
+        sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0, clock=clock.now)
+        caller_log = CallerLog(clock=clock.now, engine=engine)
+        playout = SpeechPlayout(clock=clock.now, speed=speed)
+        media_host = LoopbackMediaHost()
+        await media_host.start()
+        cleanup.push_async_callback(media_host.stop)
+        fetcher = media_host.fetcher()
+        cleanup.push_async_callback(fetcher.aclose)
+        transcriber = None
+        if available() is None:
+            transcriber = OfflineSpeech()  # voice notes, offline
+        inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber, clock=clock.now)
+        registry = InProcessCallRegistry()
+        router = InboundRouter(registry=registry, optouts=optouts)
+        cleanup.callback(router.close)
+        await registry.register(meta.caller, meta.agent_number, inbound.deliver)
+        queued_at: dict[int, float] = {}
+        meter = GapMeter(queued_at=queued_at)
+        tap = sms.agent_tap()
+        front: list[FrameProcessor] = []
+        if stt == "whisper":
+            from pipecat.audio.vad.silero import SileroVADAnalyzer
+            from pipecat.processors.audio.vad_processor import VADProcessor
+            from pipecat.services.whisper.stt import WhisperSTTService
+
+            front = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), WhisperSTTService(
+                device="cpu", compute_type="int8", settings=WhisperSTTService.Settings(model=whisper_model_dir()))]
+        processors: list[FrameProcessor]
+        if meta.agent:
+            processors = [*front, sms, caller_log, tap, ToneTTSService(), playout, meter, inbound]
+        else:
+            pair = LLMContextAggregatorPair(LLMContext())
+            processors = [*front, sms, caller_log, pair.user(), LocalAgentLLM(), tap, ToneTTSService(), playout, meter,
+                          pair.assistant(), inbound]
+        worker = PipelineWorker(Pipeline(processors), cancel_on_idle_timeout=False, params=PipelineParams())
+        serializer = TwilioFrameSerializer(meta.call_sid, params=TwilioFrameSerializer.InputParams(
+            sample_rate=16000, auto_hang_up=False))
+        await serializer.setup(types.SimpleNamespace(audio_in_sample_rate=16000))  # only the rate is read
+        started = asyncio.Event()
+        sms_times: dict[str, float] = {}
+        warnings: list[str] = []
+        hangup = [math.inf]  # call time of the recording's "stop" (the caller hung up)
+
+        @worker.event_handler("on_pipeline_started")
+        async def _started(_worker: Any, _frame: Any) -> None:
+            started.set()
+
+        async def completed(_processor: Any, outcome: ActionOutcome) -> None:
+            sms_times[outcome.result.key] = clock.now()
+
+        sms.add_event_handler("on_action_completed", completed)
+
+        timeline: list[tuple[float, str, Any]] = [(t, "ws", m) for t, m in events]
+        if stt == "recorded":
+            timeline += [(u.t, "stt", u) for u in meta.stt]
+        else:
+            timeline += [(u.t - 1.2, "barge", u) for u in meta.stt if u.barge_in]
+        timeline += [(u.t, "agent", u.text) for u in meta.agent]
+        timeline += [(m.t, "inbound", m) for m in meta.inbound]
+        timeline.sort(key=lambda item: item[0])
+
+        gave_up = [False]
+
+        async def catch_up(t: float) -> None:
+            """Hold the clock until the caller turns recorded before ``t`` have been recognised."""
+            wanted = sum(1 for u in meta.stt if u.t < t)
+            if len(caller_log.entries) >= wanted or gave_up[0]:
+                return
+            began = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STT_CATCH_UP_LIMIT):
+                    await caller_log.wait_for(wanted)
+            clock.wait(time.monotonic() - began)  # call time stood at t meanwhile (not delivered yet)
+            if len(caller_log.entries) < wanted:
+                gave_up[0] = True  # the STT merged or missed turns: later agent turns do not wait again
+                warnings.append(f"agent turn at t={t}: {len(caller_log.entries)} of the {wanted} caller turn(s) it "
+                                f"answers were recognised after {STT_CATCH_UP_LIMIT:.0f} s; went on without them "
+                                "(and without waiting for later turns)")
+
+        async def drive() -> None:
+            await asyncio.wait_for(started.wait(), 10)
+            clock.start(first_event=timeline[0][0] if timeline else None)
+            for index, (t, kind, payload) in enumerate(timeline):
+                if kind == "agent" and stt != "recorded":
+                    await catch_up(t)
+                delay = clock.wall_delay(t)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                last = kind == "ws" and payload.get("event") == "stop"
+                # after the hang-up call time stands still: what happens then happens "at call end"
+                following = timeline[index + 1][0] if index + 1 < len(timeline) else None
+                clock.delivered(t, next_event=t if last else following)
+                if last:
+                    hangup[0] = t
+                    break
+                if kind == "ws":
+                    frame = await serializer.deserialize(json.dumps(payload))
+                    if frame is not None:
+                        queued_at[frame.id] = time.monotonic()
+                        await worker.queue_frame(frame)
+                elif kind == "stt":
+                    if payload.barge_in:
+                        await worker.queue_frame(InterruptionFrame())  # the caller talks over the agent
+                    await worker.queue_frame(TranscriptionFrame(text=payload.text, user_id="", timestamp=""))
+                elif kind == "barge":
+                    await worker.queue_frame(InterruptionFrame())
+                elif kind == "agent":
+                    await sms.on_agent_text(payload)
+                    frame = TTSSpeakFrame(payload, append_to_context=False)
+                    sms.mark_own(frame)
+                    await tap.push_frame(frame, FrameDirection.DOWNSTREAM)
+                else:
+                    media = tuple(InboundMedia(url=media_host.add(base64.b64decode(a.data_b64), a.content_type),
+                                               content_type=a.content_type) for a in payload.media)
+                    await router.route(InboundMessage(
+                        sid=f"{'MM' if media else 'SM'}{uuid.uuid4().hex}", account_sid="AC" + "0" * 32,
+                        from_number=meta.caller, to_number=meta.agent_number, body=payload.body, media=media,
+                        received_at=time.time()))
+            await asyncio.sleep(1.0 / speed)
+            # attachments (fetch, decode, transcription) may still be on their way into the context
+            for _ in range(100):
+                if len(inbound.injected) >= len(meta.inbound):
+                    break
+                await asyncio.sleep(0.05)
+            await worker.queue_frame(EndFrame())
+
+        runner = WorkerRunner()
+        await runner.add_workers(worker)
+        await asyncio.gather(runner.run(), drive())
+        duration = hangup[0] if hangup[0] != math.inf else clock.now()
+        inbox = {m.sid: m for m in await provider.inbox()}
+        sms_rows = []
+        for outcome in sms.outcomes:
+            result = outcome.result
+            message = inbox.get(result.sid or "")
+            firing = outcome.firing
+            sms_rows.append(ReportSms(
+                action=firing.action.name, outcome=result.outcome.value, reason=result.reason,
+                to_masked=result.to_masked, body=message.body if message else None, encoding=result.encoding,
+                segments=result.segments,
+                trigger_turn=firing.turn if firing.at == "turn" else firing.turn - CALL_END_TURN_OFFSET,
+                trigger_text=caller_log.turn_text(firing.turn) if firing.at == "turn" else None, at=firing.at,
+                t=round(sms_times.get(result.key, duration), 3), sid=result.sid, judged=firing.match.reason,
+                score=round(firing.match.confidence, 4),
+            ))
+        stats = meter.stats()
+        max_delay, p99_delay = meter.delay_stats()
+        speech = [_until_hangup(s, hangup[0]) for s in playout.speech]
+        lines = _lines_heard(sms.spoken, speech)
+        inbound_rows = [_report_inbound(t, sid, msg) for t, sid, msg in inbound.injected]
+        report = ReplayReport(
+            recording=pathlib.Path(recording).name,
+            call_sid=meta.call_sid,
+            duration_s=round(duration, 3),
+            speed=speed,
+            sms=sms_rows,
+            judge=explained.name,
+            near_misses=sorted(near_misses, key=lambda d: d.t),
+            lines=[line for line, _speech in lines],
+            inbound=inbound_rows,
+            audio=ReportAudio(
+                input_frames=stats["input"].frames, output_frames=stats["output"].frames,
+                max_delay_ms=round(max_delay * 1000, 2),
+                p99_delay_ms=round(p99_delay * 1000, 2),
+                max_gap_ms=round(stats["input"].max_gap * 1000 * speed, 1),
+                p99_gap_ms=round(stats["input"].p99_gap * 1000 * speed, 1),
+            ),
+            expectations=ReportExpectations(checked=False, passed=True),
+            stt_wait_s=round(clock.waited, 3),
+            warnings=warnings,
+        )
+        report.conversation = _conversation(report, caller_log.entries, lines, speech)
+        if expectations is not None:
+            failures = expectations.check(report, caller_masked=mask(meta.caller))
+            report.expectations = ReportExpectations(checked=True, passed=not failures, failures=failures)
+        return report
+
+
+def _silent(events: list[tuple[float, dict[str, Any]]]) -> bool:
+    """Whether every media payload is mu-law silence (a masked recording without its audio)."""
+    payloads = [m["media"].get("payload", "") for _t, m in events
+                if m.get("event") == "media" and isinstance(m.get("media"), dict)]
+    return all(set(base64.b64decode(p)) <= {0xFF, 0x7F} for p in payloads)
 
 
 def _until_hangup(speech: Speech, hangup: float) -> Speech:
@@ -392,19 +420,12 @@ def _until_hangup(speech: Speech, hangup: float) -> Speech:
     return dataclasses.replace(speech, end=hangup, interrupted=True)
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _lines_heard(spoken: list[SpokenLine], speech: list[Speech]) -> list[tuple[ReportLine, Speech | None]]:
-    """The SMS lines with when they were heard (matched, in order, to the played-out utterances)."""
-    free = list(speech)
+    """The SMS lines with when they were heard (each matched to its utterance by the tag of its text frames)."""
+    by_tag = {s.text_type: s for s in speech if s.text_type.startswith(LINE_TEXT_TYPE)}
     out = []
     for line in spoken:
-        heard = next((s for s in free if _norm(s.text) == _norm(line.text) and s.queued >= round(line.at, 3) - 0.05),
-                     None)
-        if heard is not None:
-            free.remove(heard)
+        heard = by_tag.get(line.tag)
         out.append((ReportLine(kind=line.kind, action=line.action, text=line.text, t=round(line.at, 3),
                                start=heard.start if heard else None, end=heard.end if heard else None,
                                interrupted=bool(heard and heard.interrupted)), heard))

@@ -3,9 +3,15 @@
 Place :class:`InboundMessageProcessor` at the very end of the pipeline (after the
 assistant context aggregator). :meth:`InboundMessageProcessor.deliver` is the
 live-call handler the inbound router calls; it builds the LLM message (media fetch,
-transcription) in a task of the processor, pushes ``LLMMessagesAppendFrame(run_llm=True)``
-**upstream** (the assistant aggregator adds it and runs the LLM when neither the bot nor
-the caller is speaking, so the agent never talks over itself), and returns only then.
+transcription) in a task of the processor, pushes ``LLMMessagesAppendFrame`` **upstream**
+(the assistant aggregator adds it to the context), and returns only then. The agent answers
+it once it has finished what it is saying: when the agent is quiet the append runs the LLM
+at once; while it speaks, the text goes into the context without a run and this processor
+pushes ``LLMRunFrame`` when the output transport reports ``BotStoppedSpeakingFrame`` (unless the
+caller has started a turn meanwhile: that turn's answer already sees the text). pipecat's
+own deferral is not relied on: the assistant aggregator drops a run it deferred while the
+agent spoke when the agent's response ends (its ``reset()`` on the aggregation push), so a
+text arriving mid-sentence would never be answered.
 If the call ends first (the caller hangs up during a media download), ``deliver`` raises
 :class:`CallEndedError` and the router stores the message: nothing inbound is dropped.
 """
@@ -18,7 +24,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipecat.frames.frames import CancelFrame, EndFrame, Frame, LLMMessagesAppendFrame, StartFrame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    LLMMessagesAppendFrame,
+    LLMRunFrame,
+    StartFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from incall_sms.errors import SmsError
@@ -60,6 +77,9 @@ class InboundMessageProcessor(FrameProcessor):
         t0 = time.monotonic()
         self._clock: Callable[[], float] = clock or (lambda: time.monotonic() - t0)
         self.injected: list[tuple[float, str, dict[str, Any]]] = []
+        self._bot_speaking = False
+        self._user_speaking = False
+        self._run_owed = False
 
     def add_event_handler(self, event_name: str, handler: Any) -> None:
         """Add a handler; unknown event names raise ``ValueError``."""
@@ -94,7 +114,10 @@ class InboundMessageProcessor(FrameProcessor):
             llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
             if self._ended:
                 raise CallEndedError("the call ended while the message was being prepared")
-            await self.push_frame(LLMMessagesAppendFrame([llm_message], run_llm=True), FrameDirection.UPSTREAM)
+            # caller talking: their turn's answer sees the text; agent talking: run once it stops
+            run_now = not self._bot_speaking and not self._user_speaking
+            self._run_owed = self._run_owed or (self._bot_speaking and not self._user_speaking)
+            await self.push_frame(LLMMessagesAppendFrame([llm_message], run_llm=run_now), FrameDirection.UPSTREAM)
         except BaseException as exc:
             if not done.done():
                 done.set_exception(exc if isinstance(exc, Exception) else CallEndedError("the call has ended"))
@@ -121,11 +144,28 @@ class InboundMessageProcessor(FrameProcessor):
         if isinstance(frame, (EndFrame, CancelFrame)):
             self._end()
         await self.push_frame(frame, direction)
+        if direction is FrameDirection.DOWNSTREAM:
+            await self._track_turns(frame)
         if isinstance(frame, StartFrame) and not self._started:
             self._started = True
             pending, self._pending = self._pending, []
             for message, done in pending:
                 self._spawn(message, done)
+
+    async def _track_turns(self, frame: Frame) -> None:
+        """Who is speaking; an answer owed to a text that came while the agent spoke is asked for now."""
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._user_speaking = True
+            self._run_owed = False  # the caller's turn is answered with the text in the context
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._user_speaking = False
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+            if self._run_owed and not self._user_speaking and not self._ended:
+                self._run_owed = False
+                await self.push_frame(LLMRunFrame(), FrameDirection.UPSTREAM)
 
     async def cleanup(self) -> None:
         """Cancel injections still running; their messages go back to the router (stored)."""

@@ -42,7 +42,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from incall_sms.engine import ActionEngine, ActionOutcome, Firing
 from incall_sms.events import SmsEvent, SmsEventKind
 
-__all__ = ["AgentTranscriptTap", "SmsActionProcessor", "SpokenLine"]
+__all__ = ["LINE_TEXT_TYPE", "AgentTranscriptTap", "SmsActionProcessor", "SpokenLine"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,16 +54,26 @@ _EVENT_NAMES = {
 }
 
 
+#: Prefix of the ``text_type`` of the TTS text frames of this processor's lines
+#: (``incall-sms:<kind>:<n>``): observers and the replay tell them apart from the agent's replies.
+LINE_TEXT_TYPE = "incall-sms"
+
+
 class SpokenLine:
-    """A line the processor asked the TTS to speak (kept for reports and tests)."""
+    """A line the processor asked the TTS to speak (kept for reports and tests).
 
-    __slots__ = ("action", "at", "kind", "text")
+    Attributes:
+        tag: The ``text_type`` of its TTS text frames (unique per line of a processor).
+    """
 
-    def __init__(self, *, kind: str, text: str, action: str, at: float) -> None:
+    __slots__ = ("action", "at", "kind", "tag", "text")
+
+    def __init__(self, *, kind: str, text: str, action: str, at: float, tag: str = "") -> None:
         self.kind = kind
         self.text = text
         self.action = action
         self.at = at
+        self.tag = tag
 
     def __repr__(self) -> str:
         return f"SpokenLine({self.kind}, {self.action}, {self.text!r})"
@@ -292,9 +302,10 @@ class SmsActionProcessor(FrameProcessor):
             await asyncio.wait_for(self._user_quiet.wait(), self._user_quiet_wait)
 
     def _line_frame(self, text: str, *, kind: str, action: str, append: bool) -> TTSSpeakFrame:
-        frame = TTSSpeakFrame(text, append_to_context=append)
+        tag = f"{LINE_TEXT_TYPE}:{kind}:{len(self._own_frames)}"
+        frame = TTSSpeakFrame(text, append_to_context=append, text_type=tag)
         self._own_frames.add(frame.id)
-        self._lines[frame.id] = SpokenLine(kind=kind, text=text, action=action, at=0.0)
+        self._lines[frame.id] = SpokenLine(kind=kind, text=text, action=action, at=0.0, tag=tag)
         return frame
 
     def _forget_line(self, frame: TTSSpeakFrame) -> None:

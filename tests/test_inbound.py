@@ -257,3 +257,70 @@ async def test_text_arriving_before_the_pipeline_starts_is_injected_after_start(
     await asyncio.wait_for(early, 1)
     assert [type(f) for f in up] == [LLMMessagesAppendFrame]
     assert "early text" in up[0].messages[0]["content"]
+
+
+async def test_a_text_arriving_while_the_agent_speaks_is_answered_once_it_stops():
+    """pipecat's assistant aggregator defers a run asked for mid-response, then its reset at the response's end
+    drops the deferral: the text would sit in the context unanswered. The processor asks for the run itself
+    once the agent stops talking, exactly once; a text arriving while the agent is quiet runs at once."""
+    from pipecat.frames.frames import (
+        BotStartedSpeakingFrame,
+        BotStoppedSpeakingFrame,
+        EndFrame,
+        LLMContextFrame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+    )
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineWorker
+    from pipecat.processors.frame_processor import FrameProcessor
+    from pipecat.workers.runner import WorkerRunner
+
+    from incall_sms.inbound import InboundMessage
+
+    class CountingLLM(FrameProcessor):
+        runs = 0
+
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, LLMContextFrame):
+                CountingLLM.runs += 1
+                return
+            await self.push_frame(frame, direction)
+
+    def text(n):
+        return InboundMessage(sid=f"SM{n:032d}", account_sid=ACCOUNT_SID, from_number=CALLER, to_number=AGENT,
+                              body=f"text {n}", received_at=0.0)
+
+    pair = LLMContextAggregatorPair(LLMContext())
+    inbound = InboundMessageProcessor()
+    worker = PipelineWorker(Pipeline([pair.user(), CountingLLM(), pair.assistant(), inbound]),
+                            cancel_on_idle_timeout=False)
+    runs_seen = []
+
+    async def drive():
+        await asyncio.sleep(0.3)
+        await worker.queue_frames([BotStartedSpeakingFrame(), LLMFullResponseStartFrame(),
+                                   LLMTextFrame("Your table is booked for Friday")])
+        await asyncio.sleep(0.1)
+        await inbound.deliver(text(1))  # mid-sentence
+        await asyncio.sleep(0.1)
+        runs_seen.append(CountingLLM.runs)  # not yet: the agent is still talking
+        await worker.queue_frames([LLMTextFrame(" at 7 pm."), LLMFullResponseEndFrame()])
+        await asyncio.sleep(0.1)
+        runs_seen.append(CountingLLM.runs)
+        await worker.queue_frame(BotStoppedSpeakingFrame())
+        await asyncio.sleep(0.2)
+        runs_seen.append(CountingLLM.runs)  # answered now, once
+        await inbound.deliver(text(2))  # the agent is quiet: answered at once
+        await asyncio.sleep(0.2)
+        runs_seen.append(CountingLLM.runs)
+        await worker.queue_frame(EndFrame())
+
+    runner = WorkerRunner()
+    await runner.add_workers(worker)
+    await asyncio.wait_for(asyncio.gather(runner.run(), drive()), 20)
+    assert runs_seen == [0, 0, 1, 2]
+    assert [m["content"] for m in pair.assistant().context.get_messages() if m["role"] == "user"][:1] == [
+        'The caller sent a text message to this number during the call: "text 1"']

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 
 import pytest
 import yaml
@@ -98,3 +99,110 @@ async def test_masked_recording_replays_to_the_same_decisions(tmp_path):
     kept, _ = mask_recording(source, tmp_path / "voice", keep_audio=True)
     first = next(json.loads(line) for line in kept.read_text().splitlines() if '"media"' in line)
     assert first["message"]["media"]["payload"] == original_events[2][1]["media"]["payload"]
+
+
+def _write(folder, name, events, meta):
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (folder / f"{name}.meta.json").write_text(json.dumps(meta))
+    return folder / f"{name}.jsonl"
+
+
+SID = "CA" + "1" * 32
+START = {"t": 0.0, "message": {"event": "start", "start": {"callSid": SID, "accountSid": "AC" + "0" * 32}}}
+STOP = {"t": 9.0, "message": {"event": "stop"}}
+META = {"format": "incall-sms-recording/1", "call_sid": SID, "caller": "+14155550123",
+        "agent_number": "+14155550100", "stt": [{"t": 3.0, "text": "text me the link"}]}
+
+
+@pytest.mark.parametrize(("events", "meta", "error"), [
+    ([START], META, "needs a 'start' and a 'stop'"),
+    ([STOP], META, "needs a 'start' and a 'stop'"),
+    ([{**START, "t": 10.0}, STOP], META, "comes before 'start'"),
+    ([START, {"t": 1.0, "message": {"event": "dance"}}, STOP], META, "unknown event(s) dance"),
+    ([START, STOP], {**META, "call_sid": "CA" + "2" * 32}, "does not match the sidecar's call_sid"),
+    ([START, STOP], {**META, "stt": [{"t": 99.0, "text": "late"}]}, "after the call ended"),
+    ([START, STOP], {**META, "inbound": [{"t": 50.0, "body": "late"}]}, "after the call ended"),
+    ([START, STOP], {**META, "opt_outs": ["not a number"]}, "is not a phone number"),
+    ([START, STOP], {**META, "provider": {"destinations": {"garbage": "timeout"}}}, "is not a phone number"),
+    ([START, STOP], {**META, "provider": {"destinations": {"+14155550199": "explode"}}}, "destinations"),
+    ([START, STOP], {**META, "stt": [{"t": 1.0, "text": "hi", "barge_in": "yes"}]}, "barge_in"),
+])
+def test_a_recording_that_is_not_a_whole_call_is_refused(tmp_path, events, meta, error):
+    path = _write(tmp_path, "bad", events, meta)
+    with pytest.raises(ValueError, match=re.escape(error)):
+        load_recording(path)
+
+
+def test_broken_lines_are_named(tmp_path):
+    (tmp_path / "x.jsonl").write_text(json.dumps(START) + "\n{not json\n")
+    (tmp_path / "x.meta.json").write_text(json.dumps(META))
+    with pytest.raises(ValueError, match=r"x.jsonl line 2: not JSON"):
+        load_recording(tmp_path / "x.jsonl")
+    (tmp_path / "x.jsonl").write_text(json.dumps({"message": {}}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: missing key 't'"):
+        load_recording(tmp_path / "x.jsonl")
+
+
+async def test_expectations_naming_unknown_actions_are_refused():
+    expect = Expectations.model_validate({"no_sms": ["webiste_link"], "lines": [{"action": "nope"}]})
+    with pytest.raises(ValueError, match="not in the action file: nope, webiste_link"):
+        await replay(CALLS / "booking_confirmation.jsonl", actions=load_actions(CALLS / "actions.yaml"),
+                     expectations=expect)
+    with pytest.raises(ValueError):
+        Expectations.model_validate({"not_spoken": [{"kind": "failur"}]})
+
+
+async def test_masking_keeps_the_set_up_pointing_at_the_same_people(tmp_path):
+    """Masked destinations and opt-outs still apply to the same (faked) caller and colleague."""
+    source = CALLS / "known_name_colleague_timeout.jsonl"
+    events_path, meta_path = mask_recording(source, tmp_path / "masked")
+    masked = json.loads(meta_path.read_text())
+    assert masked["provider"]["destinations"] == {"+1******0199": "timeout"}
+    actions = load_actions(CALLS / "actions.yaml")
+    expect = Expectations.model_validate(yaml.safe_load(source.with_suffix(".expect.yaml").read_text()))
+    report = await replay(events_path, actions=actions, expectations=expect)
+    assert report.expectations.passed, report.expectations.failures
+
+
+def test_unquoted_digits_in_to_get_a_clear_error():
+    with pytest.raises(ValueError, match='write it quoted: to: "83"'):
+        Expectations.model_validate(yaml.safe_load("sms:\n- {action: x, to: 0123}\n"))
+    masked = Expectations.model_validate({"sms": [{"action": "x", "to": "+1******0199"}]}).sms[0]
+    from incall_sms.pipeline.recording import ReportSms
+
+    row = ReportSms(action="x", outcome="accepted", to_masked="+61*****0199", trigger_turn=1, at="turn", t=1.0)
+    assert not masked.matches(row, caller_masked="")
+    assert masked.matches(row.model_copy(update={"to_masked": "+1******0199"}), caller_masked="")
+
+
+def test_mask_handles_dotted_names_custom_parameters_and_keypresses(tmp_path):
+    source = tmp_path / "src.jsonl"
+    start = {"t": 0.0, "message": {"event": "start", "start": {
+        "callSid": SID, "accountSid": "AC" + "9" * 32, "customParameters": {
+            "from_number": "+12128675309", "crm_phone": "+1 212 867 5309", "token": "secret"}}}}
+    dtmf = {"t": 1.0, "message": {"event": "dtmf", "dtmf": {"digit": "7"}}}
+    _write(tmp_path, "src", [start, dtmf, STOP], META)
+    events_path, meta_path = mask_recording(source, tmp_path / "out.v2")
+    assert events_path.name == "out.v2.jsonl" and meta_path.name == "out.v2.meta.json"
+    events, _meta = load_recording(events_path)  # the loader finds the sidecar of a dotted name
+    text = events_path.read_text()
+    assert "867" not in text and "secret" not in text and "AC" + "9" * 32 not in text
+    assert next(m for _t, m in events if m["event"] == "dtmf")["dtmf"]["digit"] == "0"
+    with pytest.raises(ValueError, match="must not overwrite"):
+        mask_recording(events_path, tmp_path / "out.v2")
+
+
+async def test_call_time_stands_still_at_the_hang_up():
+    """What happens after the recording's stop (call-end texts) is stamped with the hang-up's time, at any speed."""
+    for speed in (4.0, 16.0):
+        report = await replay(CALLS / "call_end_booking.jsonl", actions=load_actions(CALLS / "actions.yaml"),
+                              speed=speed)
+        (sms,) = report.sms
+        assert (sms.at, sms.t, report.duration_s) == ("call_end", 8.05, 8.05)
+        assert sms.trigger_turn == 1  # the caller turns heard by the end (not an internal key)
+
+
+async def test_whisper_refuses_a_recording_without_audio(tmp_path):
+    events_path, _ = mask_recording(CALLS / "e2e_link.jsonl", tmp_path / "silent")
+    with pytest.raises(ValueError, match="no caller audio"):
+        await replay(events_path, actions=load_actions(CALLS / "actions.yaml"), stt="whisper")
