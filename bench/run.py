@@ -30,6 +30,7 @@ logger.add(sys.stderr, level="ERROR")
 from pipecat.frames.frames import InputAudioRawFrame, TranscriptionFrame  # noqa: E402
 from pipecat.processors.frame_processor import FrameProcessor  # noqa: E402
 
+from bench.peer_process import PeerProcess  # noqa: E402
 from incall_sms.judges import ConditionSpec, EmbeddedJudge, JudgeRequest, Turn  # noqa: E402
 from incall_sms.judges.llm import LLMJudge  # noqa: E402
 from incall_sms.pipeline.audio_gaps import GapMeter  # noqa: E402
@@ -37,7 +38,7 @@ from incall_sms.processors.sms_actions import SmsActionProcessor  # noqa: E402
 from tests.helpers.pipeline import SILENCE_20MS_16K, NaiveSmsProcessor, run_pipeline  # noqa: E402
 from tests.helpers.sms import OPEN_PROVIDERS, make_engine  # noqa: E402
 from tests.peers.llm_peer import LLMPeer  # noqa: E402
-from tests.peers.twilio_peer import Fault, TwilioPeer  # noqa: E402
+from tests.peers.twilio_peer import TwilioPeer  # noqa: E402
 
 PROVIDER_DELAY = 2.0
 
@@ -79,9 +80,11 @@ class PassThrough(FrameProcessor):
 
 
 async def audio_path(sends: int, variant: str) -> dict:
-    """Audio gaps while `sends` SMS are in flight against a peer answering after 2 s."""
-    async with TwilioPeer() as peer:
-        peer.fault_for = lambda form: Fault(delay=PROVIDER_DELAY)
+    """Audio gaps while `sends` SMS are in flight against a peer answering after 2 s.
+
+    The peer runs in its own process: the event loop measured carries our work (and pipecat's) only.
+    """
+    async with PeerProcess(delay=PROVIDER_DELAY) as peer:
         engine = make_engine(peer=peer, extractor=False, actions=many_actions(sends))
         await engine.dispatcher.provider.warm_up()
         if variant == "sms":
@@ -102,7 +105,7 @@ async def audio_path(sends: int, variant: str) -> dict:
             await asyncio.sleep(PROVIDER_DELAY + 0.8)
 
         await run_pipeline([first, meter], script, audio_seconds=PROVIDER_DELAY + 1.0)
-        sent = len(peer.messages)
+        sent = await peer.count()
     await close_providers()
     return {"sent": sent, **gap_figures(meter)}
 
@@ -352,6 +355,9 @@ async def main(quick: bool) -> dict:
             audio[f"sms_{sends}"]["output_max_gap_ms"] / audio[f"baseline_{sends}"]["output_max_gap_ms"], 3)
         audio[f"ratio_max_output_gap_naive_vs_baseline_{sends}"] = round(
             audio[f"naive_{sends}"]["output_max_gap_ms"] / audio[f"baseline_{sends}"]["output_max_gap_ms"], 3)
+        # what the SMS processor adds to the largest gap of the agent's audio, same run, peer out of process
+        audio[f"added_max_gap_ms_{sends}"] = round(
+            audio[f"sms_{sends}"]["output_max_gap_ms"] - audio[f"baseline_{sends}"]["output_max_gap_ms"], 2)
     out["audio_path"] = audio
     out["per_frame"] = await per_frame_overhead(500 if quick else 2000)
     runs = 10 if quick else 30
@@ -368,11 +374,25 @@ async def main(quick: bool) -> dict:
         out["local_judge"][name] = await local_judge(name, 5 if quick else 20) if reason is None else {
             "skipped": reason}
     out["inbound_latency"] = await inbound_latency(3 if quick else 10)
-    from bench.scale import plot, scale_curve
+    from bench.scale import cpu_share, plot, scale_curve
 
-    curve = await scale_curve((1, 10, 50) if quick else (1, 10, 50, 100, 200, 400), seconds=3.0 if quick else 4.0)
-    plot(curve, ROOT / "bench" / "scale.png")
-    out["scale"] = curve | {"plot": "bench/scale.png"}
+    levels = (10, 50, 100) if quick else (10, 25, 50, 100, 150, 200, 300, 400)
+    seconds = 3.0 if quick else 4.0
+    refine = 0 if quick else 3
+    baseline = await scale_curve(levels, seconds=seconds, variant="passthrough", refine=refine)
+    curve = await scale_curve(levels, seconds=seconds, variant="sms", refine=refine)
+    plot(curve, ROOT / "bench" / "scale.png", baseline=baseline)
+    share = await cpu_share(max(10, curve["sustained_calls"] // 2), seconds)
+    out["scale"] = curve | {
+        "plot": "bench/scale.png",
+        "sustained_calls_passthrough": baseline["sustained_calls"],
+        "sustained_calls_sms": curve["sustained_calls"],
+        "ratio": round(curve["sustained_calls"] / baseline["sustained_calls"], 3) if baseline["sustained_calls"]
+        else None,
+        "sms_cpu_share": share["share"],
+        "cpu_profile": share,
+        "curve_passthrough": baseline["curve"],
+    }
     from bench.scale import run_calls
 
     # load: many calls with outbound and inbound texts, bounded, loopback only (60 s full, 10 s quick)

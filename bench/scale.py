@@ -1,9 +1,11 @@
 """Scale benchmark: concurrent simulated calls in one process until the event loop lags.
 
-Each call is a real pipecat pipeline ``[SmsActionProcessor, GapMeter]`` fed 20 ms input and
-output audio frames at real-time pace, with one caller transcript that fires one SMS to the
-embedded provider (0.3 s latency). A monitor measures event-loop lag (how late a 10 ms sleep
-wakes up). Memory per call is the RSS growth divided by the number of calls.
+Each call is a real pipecat pipeline fed 20 ms input and output audio frames at real-time pace,
+with one caller transcript (and, with ``inbound``, one text from the caller). Two variants, same
+traffic: ``sms`` is ``[SmsActionProcessor, its tap, GapMeter, InboundMessageProcessor]`` (the
+transcript fires one SMS to the embedded provider, 0.3 s latency); ``passthrough`` is the same
+pipeline with pass-through processors in their places. A monitor measures event-loop lag (how
+late a 10 ms sleep wakes up). Memory per call is the RSS growth divided by the number of calls.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from pipecat.frames.frames import EndFrame, InputAudioRawFrame, OutputAudioRawFrame, TranscriptionFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from incall_sms.actions import parse_actions
@@ -53,7 +56,15 @@ async def _lag_monitor(stop: asyncio.Event, lags: list[float]) -> None:
         lags.append(max(0.0, time.monotonic() - start - 0.01))
 
 
-async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) -> dict:
+class PassThrough(FrameProcessor):
+    """Stands where an SMS processor would (the baseline)."""
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+
+async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, variant: str = "sms") -> dict:
     """Run ``calls`` concurrent calls for ``seconds``; return lag, gaps, sends and memory.
 
     With ``inbound``, each caller also texts the agent once; the text goes through the inbound
@@ -78,7 +89,12 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) 
         engine.add_agent_text("All our links are on the website.")
         meter = GapMeter()
         meters.append(meter)
-        stages: list = [SmsActionProcessor(engine=engine), meter]
+        if variant == "passthrough":
+            workers.append(PipelineWorker(Pipeline([PassThrough(), PassThrough(), meter, PassThrough()]),
+                                          cancel_on_idle_timeout=False, params=PipelineParams()))
+            continue
+        processor = SmsActionProcessor(engine=engine)
+        stages: list = [processor, processor.agent_tap(), meter]
         if inbound:
             injector = InboundMessageProcessor()
             injectors.append(injector)
@@ -101,7 +117,7 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) 
             if n == 25:
                 await worker.queue_frame(TranscriptionFrame(text="Can you text me the link?", user_id="",
                                                             timestamp=""))
-            if inbound and n == 50:
+            if inbound and variant == "sms" and n == 50:
                 index = workers.index(worker)
                 await router.route(InboundMessage(
                     sid=f"SM{index:032x}", account_sid="AC" + "0" * 32, from_number=f"+1415555{index % 10000:04d}",
@@ -129,8 +145,9 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) 
     return {
         "calls": calls,
         "seconds": seconds,
+        "variant": variant,
         "sms_sent": sent,
-        "sms_lost": calls - sent,
+        "sms_lost": calls - sent if variant == "sms" else 0,
         **({"inbound_injected": injected, "inbound_stored": stored, "inbound_lost": calls - injected - stored}
            if inbound else {}),
         "loop_lag_p99_ms": round(steady[min(len(steady) - 1, int(0.99 * len(steady)))] * 1000, 2),
@@ -141,22 +158,68 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False) 
     }
 
 
-async def scale_curve(levels: tuple[int, ...], *, seconds: float = 4.0, lag_limit_ms: float = 20.0) -> dict:
+async def scale_curve(levels: tuple[int, ...], *, seconds: float = 4.0, lag_limit_ms: float = 20.0,
+                      variant: str = "sms", refine: int = 0) -> dict:
     """Run each level; the sustained level is the largest whose p99 loop lag stays under the limit."""
     points = []
     for calls in levels:
-        points.append(await run_calls(calls, seconds))
+        points.append(await run_calls(calls, seconds, variant=variant))
         if points[-1]["loop_lag_p99_ms"] > 4 * lag_limit_ms:
             break  # far past the knee: no point in going further
+    ok = [p["calls"] for p in points if p["loop_lag_p99_ms"] <= lag_limit_ms]
+    over = [p["calls"] for p in points if p["loop_lag_p99_ms"] > lag_limit_ms and p["calls"] > max(ok, default=0)]
+    if refine and ok and over:  # bisect between the last level that held and the first that did not
+        low, high = max(ok), min(over)
+        for _ in range(refine):
+            if high - low <= max(2, low // 20):
+                break
+            middle = (low + high) // 2
+            points.append(await run_calls(middle, seconds, variant=variant))
+            if points[-1]["loop_lag_p99_ms"] <= lag_limit_ms:
+                low = middle
+            else:
+                high = middle
+        points.sort(key=lambda p: p["calls"])
     sustained = max((p["calls"] for p in points if p["loop_lag_p99_ms"] <= lag_limit_ms), default=0)
     return {"lag_limit_ms": lag_limit_ms, "sustained_calls": sustained, "curve": points}
 
 
-def plot(curve: dict, path: Path) -> None:
-    """Draw calls vs p99 loop lag (and the limit) as a PNG with Pillow."""
+async def cpu_share(calls: int, seconds: float) -> dict:
+    """Our share of the event loop's CPU time with ``calls`` SMS calls (cProfile, own time per function).
+
+    Ours: the package (``incall_sms``: core, pipeline, processors, media). The rest: pipecat, asyncio,
+    aiohttp, SQLite... (cProfile slows everything alike; the share is what matters).
+    """
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        await run_calls(calls, seconds, inbound=True, variant="sms")
+    finally:
+        profile.disable()
+    return {"calls": calls, "seconds": seconds, **_own_time(profile)}
+
+
+def _own_time(profile: object) -> dict:
+    import pstats
+
+    import incall_sms
+
+    package = Path(incall_sms.__file__).resolve().parent.parent
+    ours_dirs = tuple(f"{package}/{d}/" for d in ("incall_sms", "pipeline", "processors", "media"))
+    stats = pstats.Stats(profile).stats  # type: ignore[arg-type, attr-defined]
+    total = sum(row[2] for row in stats.values())
+    ours = sum(row[2] for (filename, _line, _name), row in stats.items()
+               if str(Path(filename).resolve()).startswith(ours_dirs))
+    return {"ours_s": round(ours, 3), "total_s": round(total, 3), "share": round(ours / total, 4) if total else None}
+
+
+def plot(curve: dict, path: Path, *, baseline: dict | None = None) -> None:
+    """Draw calls vs p99 loop lag (and the limit) as a PNG with Pillow; ``baseline`` (pass-through) in grey."""
     from PIL import Image, ImageDraw
 
-    points = curve["curve"]
+    points = curve["curve"] + (baseline["curve"] if baseline else [])
     width, height, margin = 640, 400, 60
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
@@ -172,14 +235,23 @@ def plot(curve: dict, path: Path) -> None:
     limit = curve["lag_limit_ms"]
     draw.line([xy(0, limit), xy(max_calls, limit)], fill=(200, 0, 0))
     draw.text((width - margin - 120, xy(0, limit)[1] - 14), f"{limit:.0f} ms limit", fill=(200, 0, 0))
-    coords = [xy(p["calls"], p["loop_lag_p99_ms"]) for p in points]
-    if len(coords) > 1:
-        draw.line(coords, fill=(0, 60, 200), width=3)
-    for (x, y), p in zip(coords, points, strict=True):
-        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(0, 60, 200))
-        label = f"{p['calls']}: {p['loop_lag_p99_ms']:.1f} ms"
-        draw.text((x - 110 if x > width - 130 else x + 6, y - 16 if y > margin + 20 else y + 6), label, fill="black")
+    for series, colour, labelled in ((baseline, (150, 150, 150), False), (curve, (0, 60, 200), True)):
+        if series is None:
+            continue
+        own = sorted(series["curve"], key=lambda p: p["calls"])
+        coords = [xy(p["calls"], p["loop_lag_p99_ms"]) for p in own]
+        if len(coords) > 1:
+            draw.line(coords, fill=colour, width=3)
+        for (x, y), p in zip(coords, own, strict=True):
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+            if labelled:
+                label = f"{p['calls']}: {p['loop_lag_p99_ms']:.1f} ms"
+                draw.text((x - 110 if x > width - 130 else x + 6, y - 16 if y > margin + 20 else y + 6), label,
+                          fill="black")
     draw.text((margin, 15), "Event-loop lag (p99) vs concurrent calls, one process, 2 cores", fill="black")
+    if baseline is not None:
+        draw.text((margin, 30), "blue: SMS processor + tap + inbound   grey: pass-through, same traffic",
+                  fill="black")
     draw.text((width // 2 - 60, height - 30), "concurrent calls", fill="black")
     draw.text((5, margin - 20), "lag ms", fill="black")
     image.save(path)

@@ -33,7 +33,7 @@ from pipecat.frames.frames import EndFrame, Frame, InterruptionFrame, Transcript
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair, LLMUserAggregatorParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.workers.runner import WorkerRunner
@@ -257,7 +257,7 @@ async def replay(
         if meta.agent:
             processors = [*front, sms, caller_log, tap, ToneTTSService(), playout, meter, inbound]
         else:
-            pair = LLMContextAggregatorPair(LLMContext())
+            pair = LLMContextAggregatorPair(LLMContext(), user_params=_user_params(stt))
             processors = [*front, sms, caller_log, pair.user(), LocalAgentLLM(), tap, ToneTTSService(), playout, meter,
                           pair.assistant(), inbound]
         worker = PipelineWorker(Pipeline(processors), cancel_on_idle_timeout=False, params=PipelineParams())
@@ -402,6 +402,22 @@ async def replay(
             failures = expectations.check(report, caller_masked=mask(meta.caller))
             report.expectations = ReportExpectations(checked=True, passed=not failures, failures=failures)
         return report
+
+
+def _user_params(stt: str) -> LLMUserAggregatorParams:
+    """How the stand-in LLM's user aggregator ends a caller turn.
+
+    A recorded final transcript is a whole caller turn: it ends the turn at once (no smart-turn
+    model whose inference time, under load, would decide whether a text arriving a moment later
+    lands before or after the caller's words). With ``--stt whisper``, pipecat's defaults.
+    """
+    if stt != "recorded":
+        return LLMUserAggregatorParams()
+    from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
+    from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+    return LLMUserAggregatorParams(user_turn_strategies=UserTurnStrategies(
+        stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)]))
 
 
 def _silent(events: list[tuple[float, dict[str, Any]]]) -> bool:

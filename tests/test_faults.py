@@ -9,6 +9,7 @@ ambiguous error could take another send's message for its own.
 """
 
 import asyncio
+import io
 import random
 import time
 from collections import Counter
@@ -88,7 +89,13 @@ async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent():
                 lags.append(time.monotonic() - start - 0.01)
 
         watcher = asyncio.get_running_loop().create_task(monitor())
-        results = await asyncio.gather(*(one(i) for i in range(SENDS)))
+        try:  # a stuck send must fail the test (with where it is stuck), not stall the suite
+            results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(SENDS))), 300)
+        except TimeoutError:
+            stuck = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=8, file=stuck)
+            raise AssertionError("sends still running after 300 s:\n" + stuck.getvalue()[-20000:]) from None
         done.set()
         await watcher
         await provider.aclose()
