@@ -38,6 +38,7 @@ import hashlib
 import inspect
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from incall_sms.actions import ActionSet, SenderKind, SmsAction
@@ -193,6 +194,12 @@ class Dispatcher:
         recovery_window: Rows older than this (seconds) are closed as ``expired`` by recovery,
             never sent: an in-call text is useless (or confusing) much later.
         recovery_interval: Seconds between recovery passes while :meth:`recovery` runs.
+        start_spacing: Least wall-clock time between the starts of two sends of this
+            dispatcher (shared by every call of the process). Each start costs about a
+            millisecond of event-loop time (rendering, number checks, the HTTP request), so
+            a burst (one utterance firing many actions, or many calls at once) would hold
+            the loop, and every call's audio, for that many milliseconds at once; spaced,
+            the audio keeps its 20 ms cadence. 0 disables it.
         recovery_min_age: A periodic pass leaves rows alone that changed less than this many
             seconds ago (a send of another task may still be working on them).
     """
@@ -219,6 +226,7 @@ class Dispatcher:
         recovery_window: float = RECOVERY_WINDOW,
         recovery_interval: float = 60.0,
         recovery_min_age: float = 30.0,
+        start_spacing: float = 0.002,
     ) -> None:
         self.actions = actions
         self.provider = provider
@@ -226,6 +234,8 @@ class Dispatcher:
         self.optouts = optouts
         self.clock = clock or SystemClock()
         self.retry_policy = retry_policy or RetryPolicy()
+        self._start_spacing = start_spacing
+        self._next_start = 0.0
         self._pool = tuple(normalize_e164(n, default_region=None, field="pool_numbers") for n in pool_numbers)
         self._messaging_service_sid = messaging_service_sid
         self._default_agent = (
@@ -401,6 +411,16 @@ class Dispatcher:
 
     # -- sending ----------------------------------------------------------------
 
+    async def _space_start(self) -> None:
+        """Wait for this send's turn to start (see ``start_spacing``); real time, it is about the event loop."""
+        if self._start_spacing <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._next_start)
+        self._next_start = start + self._start_spacing
+        if start > now:
+            await asyncio.sleep(start - now)
+
     async def send(
         self,
         action: SmsAction | str,
@@ -428,6 +448,7 @@ class Dispatcher:
         """
         if isinstance(action, str):
             action = self.actions.get(action)
+        await self._space_start()
         variables = variables or {}
         key = idempotency_key(call.call_id, action.name, turn)
         now = self.clock.now()
