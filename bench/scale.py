@@ -15,6 +15,7 @@ import resource
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from pipecat.frames.frames import EndFrame, InputAudioRawFrame, OutputAudioRawFrame, TranscriptionFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -64,27 +65,40 @@ class PassThrough(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, variant: str = "sms") -> dict:
+async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, variant: str = "sms",
+                    shared: Any = None, first_caller: int = 0, texts_for: int | None = None,
+                    ready: Any = None) -> dict:
     """Run ``calls`` concurrent calls for ``seconds``; return lag, gaps, sends and memory.
 
     With ``inbound``, each caller also texts the agent once; the text goes through the inbound
     router into the call's context (counted as injected).
+
+    Multi-worker runs (``bench/scale_out.py``) pass ``shared`` (``(registry, optouts, seen)``
+    backed by Redis), number their callers from ``first_caller``, send their texts to the calls
+    numbered from ``texts_for`` (another worker's: the router forwards them) and await ``ready()``
+    once their calls are registered, before the traffic starts.
     """
     from incall_sms.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
     from incall_sms.processors.inbound import InboundMessageProcessor
 
     provider = LocalProvider(latency=0.3)
-    outbox, optouts = Outbox(), SqliteOptOutStore()
-    registry = InProcessCallRegistry()
-    router = InboundRouter(registry=registry, optouts=optouts)
+    outbox = Outbox()
+    if shared is None:
+        registry, optouts, seen = InProcessCallRegistry(), SqliteOptOutStore(), None
+    else:
+        registry, optouts, seen = shared
+    router = InboundRouter(registry=registry, optouts=optouts, seen=seen)
+    if shared is not None:
+        registry.deliver = router.hand_over  # routed texts: injected, or stored when the call is gone
+    texts_for = first_caller if texts_for is None else texts_for
     injectors: list[InboundMessageProcessor] = []
     dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=outbox, optouts=optouts,
                             default_agent_number="+14155550100")
     rss_before = _rss_mb()
     workers, meters = [], []
     for index in range(calls):
-        call = CallContext(call_id=f"CA{index:032d}", caller_number=f"+1415555{index % 10000:04d}",
-                           agent_number="+14155550100")
+        call = CallContext(call_id=f"CA{first_caller + index:032d}",
+                           caller_number=f"+1415555{(first_caller + index) % 10000:04d}", agent_number="+14155550100")
         engine = ActionEngine(dispatcher=dispatcher, call=call, judge=EmbeddedJudge())
         engine.add_agent_text("All our links are on the website.")
         meter = GapMeter()
@@ -118,7 +132,7 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, 
                 await worker.queue_frame(TranscriptionFrame(text="Can you text me the link?", user_id="",
                                                             timestamp=""))
             if inbound and variant == "sms" and n == 50:
-                index = workers.index(worker)
+                index = texts_for + workers.index(worker)
                 await router.route(InboundMessage(
                     sid=f"SM{index:032x}", account_sid="AC" + "0" * 32, from_number=f"+1415555{index % 10000:04d}",
                     to_number="+14155550100", body="here is my order number", received_at=time.time()))
@@ -127,19 +141,23 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, 
         await worker.queue_frame(EndFrame())
 
     async def drive() -> None:
+        if ready is not None:
+            await ready()
         monitor = asyncio.get_running_loop().create_task(_lag_monitor(stop, lags))
         await asyncio.gather(*(feed(w, (i % 50) * 0.0004) for i, w in enumerate(workers)))
         stop.set()
         await monitor
 
     await asyncio.gather(runner.run(), drive())
-    sent = len(await provider.inbox())
+    inbox = await provider.inbox()
+    sent = len(inbox)
     injected = sum(len(i.injected) for i in injectors)
     stored = len(await router.stored())
     await provider.aclose()
     router.close()
     outbox.close()
-    optouts.close()
+    if shared is None:
+        optouts.close()
     steady = sorted(lags[len(lags) // 10:]) or [0.0]  # skip start-up
     gaps = [m.stats()["output"].max_gap for m in meters if m.output_times]
     return {
@@ -153,6 +171,7 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, 
         "loop_lag_p99_ms": round(steady[min(len(steady) - 1, int(0.99 * len(steady)))] * 1000, 2),
         "loop_lag_max_ms": round(steady[-1] * 1000, 2),
         "audio_max_gap_ms_median_call": round(statistics.median(gaps) * 1000, 2) if gaps else None,
+        **({"sids": [m.sid for m in inbox]} if shared is not None else {}),
         "rss_growth_mb": round(rss_after - rss_before, 1),
         "memory_per_call_kb": round((rss_after - rss_before) * 1024 / calls, 1),
     }

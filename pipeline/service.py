@@ -70,7 +70,9 @@ from incall_sms.ratelimit import TokenBucketLimiter
 from incall_sms.variables import PatternExtractor, VariableExtractor
 from incall_sms.writer import ContentWriter
 
-__all__ = ["CallSms", "SettingsError", "SmsService", "SmsSettings", "TwilioStream", "stream_twiml"]
+__all__ = [
+    "CallSms", "SettingsError", "SmsService", "SmsSettings", "TwilioStream", "freeze_startup_heap", "stream_twiml",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -216,6 +218,21 @@ def stream_twiml(*, ws_url: str, params: Mapping[str, str]) -> str:
     return (f'<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url={quoteattr(ws_url)}>'
             f"{parameters}</Stream></Connect></Response>")
 
+
+
+def freeze_startup_heap() -> None:
+    """Keep full garbage collections from pausing calls: call once the app has started (warmed up).
+
+    Everything allocated so far (pipecat, the HTTP and Twilio clients, models, the action set)
+    moves to the permanent generation (``gc.freeze()``), so a full collection no longer scans it.
+    Without it, a burst of allocations mid-call (say 50 sends at once) triggered a 77 ms full
+    collection in ``bench/run.py``: the event loop, and every call's audio, stood still that long.
+    ``run_agent.py serve`` does this after start-up; a bot of your own can too (it is process-wide).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 class SmsService:
     """The SMS side of a Twilio bot, shared by all its calls (create one per process).
