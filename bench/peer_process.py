@@ -39,9 +39,13 @@ class PeerProcess:
             sys.executable, "-m", "bench.peer_process", "--delay", str(self.delay), cwd=str(ROOT),
             stdout=asyncio.subprocess.PIPE)
         assert self._process.stdout is not None
-        line = await asyncio.wait_for(self._process.stdout.readline(), 30)
-        if not line.startswith(b"PEER "):
-            raise RuntimeError(f"the peer process did not start: {line!r}")
+        try:
+            line = await asyncio.wait_for(self._process.stdout.readline(), 30)
+            if not line.startswith(b"PEER "):
+                raise RuntimeError(f"the peer process did not start: {line!r}")
+        except BaseException:
+            await self.__aexit__()
+            raise
         self.base_url = line.split()[1].decode()
         return self
 

@@ -104,6 +104,7 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, 
         meter = GapMeter()
         meters.append(meter)
         if variant == "passthrough":
+            # as many processors as the SMS variant: processor, tap, meter, inbound
             workers.append(PipelineWorker(Pipeline([PassThrough(), PassThrough(), meter, PassThrough()]),
                                           cancel_on_idle_timeout=False, params=PipelineParams()))
             continue
@@ -182,7 +183,7 @@ async def scale_curve(levels: tuple[int, ...], *, seconds: float = 4.0, lag_limi
     """Run each level; the sustained level is the largest whose p99 loop lag stays under the limit."""
     points = []
     for calls in levels:
-        points.append(await run_calls(calls, seconds, variant=variant))
+        points.append(await run_calls(calls, seconds, inbound=True, variant=variant))
         if points[-1]["loop_lag_p99_ms"] > 4 * lag_limit_ms:
             break  # far past the knee: no point in going further
     ok = [p["calls"] for p in points if p["loop_lag_p99_ms"] <= lag_limit_ms]
@@ -193,7 +194,7 @@ async def scale_curve(levels: tuple[int, ...], *, seconds: float = 4.0, lag_limi
             if high - low <= max(2, low // 20):
                 break
             middle = (low + high) // 2
-            points.append(await run_calls(middle, seconds, variant=variant))
+            points.append(await run_calls(middle, seconds, inbound=True, variant=variant))
             if points[-1]["loop_lag_p99_ms"] <= lag_limit_ms:
                 low = middle
             else:
@@ -211,7 +212,7 @@ async def cpu_share(calls: int, seconds: float) -> dict:
     """
     import cProfile
 
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.thread_time)  # CPU time: the loop's idle wait in epoll does not count
     profile.enable()
     try:
         await run_calls(calls, seconds, inbound=True, variant="sms")

@@ -419,7 +419,12 @@ class Dispatcher:
         start = max(now, self._next_start)
         self._next_start = start + self._start_spacing
         if start > now:
-            await asyncio.sleep(start - now)
+            try:
+                await asyncio.sleep(start - now)
+            except asyncio.CancelledError:
+                if self._next_start == start + self._start_spacing:  # give the slot back when it was the last
+                    self._next_start = start
+                raise
 
     async def send(
         self,

@@ -177,6 +177,13 @@ class LiveAgent:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Any) -> AsyncIterator[None]:
         async with self.sms:
+            # what every call imports lazily, imported now so the frozen heap covers it
+            import pipecat.audio.vad.silero
+            import pipecat.serializers.twilio
+            import pipecat.services.deepgram.stt
+            import pipecat.services.openai.llm
+            import pipecat.transports.websocket.fastapi  # noqa: F401
+
             freeze_startup_heap()  # full collections no longer pause calls for tens of ms
             yield
 

@@ -4,16 +4,17 @@ Place :class:`InboundMessageProcessor` at the very end of the pipeline (after th
 assistant context aggregator). :meth:`InboundMessageProcessor.deliver` is the
 live-call handler the inbound router calls; it builds the LLM message (media fetch,
 transcription) in a task of the processor, pushes ``LLMMessagesAppendFrame`` **upstream**
-(the assistant aggregator adds it to the context), and returns only then. The agent answers
-it once it has finished what it is saying: when the agent is quiet the append runs the LLM
-at once; while it speaks, the text goes into the context without a run and this processor
-pushes ``LLMRunFrame`` when the output transport reports ``BotStoppedSpeakingFrame`` (unless the
-caller has started a turn meanwhile: that turn's answer already sees the text). pipecat's
-own deferral is not relied on: the assistant aggregator drops a run it deferred while the
-agent spoke when the agent's response ends (its ``reset()`` on the aggregation push), so a
-text arriving mid-sentence would never be answered.
-If the call ends first (the caller hangs up during a media download), ``deliver`` raises
-:class:`CallEndedError` and the router stores the message: nothing inbound is dropped.
+(the assistant aggregator adds it to the context and runs the LLM once neither the agent
+nor the caller is speaking), and returns only then.
+
+One pipecat behaviour is worked around: the assistant aggregator defers a run asked for while
+the agent speaks, but when the agent's response then ends, the aggregation push resets that
+deferral (``reset()``), so a text arriving mid-sentence was never answered. When a text came
+while the agent spoke, this processor re-asks (an empty ``LLMMessagesAppendFrame(run_llm=True)``)
+as soon as the aggregator reports the end of that response (``LLMContextAssistantTurnFrame``):
+the deferral is set again and the aggregator runs the LLM once when the agent stops, bundled with
+anything else it deferred (a function result). A caller who starts talking cancels the re-ask:
+their turn's answer sees the text.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     Frame,
+    LLMContextAssistantTurnFrame,
     LLMMessagesAppendFrame,
-    LLMRunFrame,
     StartFrame,
     UserStartedSpeakingFrame,
-    UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -78,8 +78,7 @@ class InboundMessageProcessor(FrameProcessor):
         self._clock: Callable[[], float] = clock or (lambda: time.monotonic() - t0)
         self.injected: list[tuple[float, str, dict[str, Any]]] = []
         self._bot_speaking = False
-        self._user_speaking = False
-        self._run_owed = False
+        self._rearm = False
 
     def add_event_handler(self, event_name: str, handler: Any) -> None:
         """Add a handler; unknown event names raise ``ValueError``."""
@@ -114,10 +113,9 @@ class InboundMessageProcessor(FrameProcessor):
             llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
             if self._ended:
                 raise CallEndedError("the call ended while the message was being prepared")
-            # caller talking: their turn's answer sees the text; agent talking: run once it stops
-            run_now = not self._bot_speaking and not self._user_speaking
-            self._run_owed = self._run_owed or (self._bot_speaking and not self._user_speaking)
-            await self.push_frame(LLMMessagesAppendFrame([llm_message], run_llm=run_now), FrameDirection.UPSTREAM)
+            # agent talking: the aggregator defers the run; re-ask if its response's end drops the deferral
+            self._rearm = self._rearm or self._bot_speaking
+            await self.push_frame(LLMMessagesAppendFrame([llm_message], run_llm=True), FrameDirection.UPSTREAM)
         except BaseException as exc:
             if not done.done():
                 done.set_exception(exc if isinstance(exc, Exception) else CallEndedError("the call has ended"))
@@ -153,19 +151,17 @@ class InboundMessageProcessor(FrameProcessor):
                 self._spawn(message, done)
 
     async def _track_turns(self, frame: Frame) -> None:
-        """Who is speaking; an answer owed to a text that came while the agent spoke is asked for now."""
+        """Whether the agent speaks; re-ask for a run the aggregator dropped at its response's end."""
         if isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
-        elif isinstance(frame, UserStartedSpeakingFrame):
-            self._user_speaking = True
-            self._run_owed = False  # the caller's turn is answered with the text in the context
-        elif isinstance(frame, UserStoppedSpeakingFrame):
-            self._user_speaking = False
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
-            if self._run_owed and not self._user_speaking and not self._ended:
-                self._run_owed = False
-                await self.push_frame(LLMRunFrame(), FrameDirection.UPSTREAM)
+            self._rearm = False  # the aggregator has run (or will, for the caller's turn)
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._rearm = False  # the caller's turn is answered with the text in the context
+        elif isinstance(frame, LLMContextAssistantTurnFrame) and self._rearm and not self._ended:
+            self._rearm = False
+            await self.push_frame(LLMMessagesAppendFrame([], run_llm=True), FrameDirection.UPSTREAM)
 
     async def cleanup(self) -> None:
         """Cancel injections still running; their messages go back to the router (stored)."""
