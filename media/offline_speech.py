@@ -92,6 +92,15 @@ class OfflineSpeech:
         async with self._lock:
             await asyncio.to_thread(self._load_voice)
 
+    async def preload(self) -> None:
+        """Load the voice and the Whisper recogniser now, off the event loop.
+
+        Loading imports CTranslate2, whose shared libraries are opened with the GIL held (seconds
+        on a cold disk cache): do it before a call starts, not when its first voice note arrives.
+        """
+        async with self._lock:
+            await asyncio.to_thread(self._load)
+
     async def caller_audio(self, text: str) -> bytes:
         """``text`` in the caller's voice after the phone line: 16 kHz mono PCM16."""
         async with self._lock:

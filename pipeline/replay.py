@@ -45,6 +45,7 @@ from incall_sms.engine import CALL_END_TURN_OFFSET, ActionEngine, ActionOutcome
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
 from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.media.content import Transcriber
 from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.media.offline_speech import OfflineSpeech, available, whisper_model_dir
 from incall_sms.optout import SqliteOptOutStore
@@ -168,6 +169,7 @@ async def replay(
     expectations: Expectations | None = None,
     stt: str = "recorded",
     judge: ConditionJudge | None = None,
+    transcriber: Transcriber | None = None,
 ) -> ReplayReport:
     """Replay one recording and build its report.
 
@@ -182,6 +184,8 @@ async def replay(
 
         judge: The condition judge (default: the embedded rules, deterministic); the caller
             owns it (warms and closes it).
+        transcriber: Speech-to-text for inbound voice notes and video sound (default: the
+            offline Whisper model when installed, loaded before the call starts).
 
     Raises:
         ValueError: The recording is invalid.
@@ -234,9 +238,10 @@ async def replay(
         cleanup.push_async_callback(media_host.stop)
         fetcher = media_host.fetcher()
         cleanup.push_async_callback(fetcher.aclose)
-        transcriber = None
-        if available() is None:
+        if transcriber is None and available() is None:
             transcriber = OfflineSpeech()  # voice notes, offline
+            if any(not a.content_type.startswith("image/") for m in meta.inbound for a in m.media):
+                await transcriber.preload()  # before the call: loading would stall the loop mid-call
         inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber, clock=clock.now)
         registry = InProcessCallRegistry()
         router = InboundRouter(registry=registry, optouts=optouts)
@@ -305,6 +310,8 @@ async def replay(
                                 f"answers were recognised after {STT_CATCH_UP_LIMIT:.0f} s; went on without them "
                                 "(and without waiting for later turns)")
 
+        routing: list[asyncio.Task[Any]] = []
+
         async def drive() -> None:
             await asyncio.wait_for(started.wait(), 10)
             clock.start(first_event=timeline[0][0] if timeline else None)
@@ -340,21 +347,27 @@ async def replay(
                 else:
                     media = tuple(InboundMedia(url=media_host.add(base64.b64decode(a.data_b64), a.content_type),
                                                content_type=a.content_type) for a in payload.media)
-                    await router.route(InboundMessage(
+                    # as a webhook would: the call's audio goes on while the attachments are fetched,
+                    # decoded and transcribed
+                    routing.append(asyncio.create_task(router.route(InboundMessage(
                         sid=f"{'MM' if media else 'SM'}{uuid.uuid4().hex}", account_sid="AC" + "0" * 32,
                         from_number=meta.caller, to_number=meta.agent_number, body=payload.body, media=media,
-                        received_at=time.time()))
+                        received_at=time.time()))))
             await asyncio.sleep(1.0 / speed)
             # attachments (fetch, decode, transcription) may still be on their way into the context
-            for _ in range(100):
-                if len(inbound.injected) >= len(meta.inbound):
-                    break
-                await asyncio.sleep(0.05)
+            if routing:
+                await asyncio.wait(routing, timeout=5.0)
             await worker.queue_frame(EndFrame())
 
         runner = WorkerRunner()
         await runner.add_workers(worker)
         await asyncio.gather(runner.run(), drive())
+        for task in routing:
+            if not task.done():
+                task.cancel()
+                warnings.append("an inbound text was still being prepared when the call ended")
+            elif not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         duration = hangup[0] if hangup[0] != math.inf else clock.now()
         inbox = {m.sid: m for m in await provider.inbox()}
         sms_rows = []

@@ -1,5 +1,6 @@
 """The replay's parts: its call clock, the provider behaviours a recording sets up, masking a recorded call."""
 
+import asyncio
 import base64
 import json
 import re
@@ -206,3 +207,23 @@ async def test_whisper_refuses_a_recording_without_audio(tmp_path):
     events_path, _ = mask_recording(CALLS / "e2e_link.jsonl", tmp_path / "silent")
     with pytest.raises(ValueError, match="no caller audio"):
         await replay(events_path, actions=load_actions(CALLS / "actions.yaml"), stt="whisper")
+
+
+async def test_the_call_goes_on_while_a_voice_note_is_transcribed():
+    """An inbound voice note is prepared beside the call, as a webhook would be: the recorded audio keeps
+    flowing and call time keeps running meanwhile (the driver used to wait for the transcription, which
+    froze the caller's audio and call time until it was done)."""
+
+    class SlowTranscriber:
+        async def transcribe(self, wav_16k_mono: bytes) -> str:
+            await asyncio.sleep(0.6)  # 4.8 s of call time at speed 8 (the call ends 4.05 s after the note)
+            return "my order number is four two"
+
+    report = await replay(CALLS / "inbound_voice_note.jsonl", actions=load_actions(CALLS / "actions.yaml"),
+                          speed=8.0, transcriber=SlowTranscriber())
+    (injected,) = report.inbound
+    arrived = 4.0  # when the recording's voice note reached the agent's number
+    # call time ran on during the transcription (it stood still at ~4.02 before): a generous lower bound,
+    # the driver needs only 1/8 of the transcription's wall time to deliver one call second
+    assert injected.t >= arrived + 1.0
+    assert any("order number" in text for text in injected.texts)
