@@ -184,21 +184,28 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+_PYAUDIO_INSTALL = ("install PyAudio: macOS `brew install portaudio && pip install pyaudio`; Debian/Ubuntu "
+                    "`sudo apt-get install portaudio19-dev && pip install pyaudio`; Windows `pip install pyaudio`")
+
+
 def _mic_unavailable() -> str | None:
-    """Why a microphone cannot be used here, or ``None``."""
+    """Why a microphone cannot be used here (with how to fix it), or ``None``."""
     try:
         import pyaudio
     except ImportError:
-        return ("PyAudio is not installed (apt-get install portaudio19-dev, then pip install pyaudio; "
-                "pipecat's LocalAudioTransport needs it)")
-    import pyaudio
-
+        return f"PyAudio is not installed (pipecat's LocalAudioTransport needs it); {_PYAUDIO_INSTALL}"
     audio = pyaudio.PyAudio()
     try:
-        if audio.get_device_count() == 0:
-            return "no audio device found"
+        inputs = [i for i in range(audio.get_device_count())
+                  if audio.get_device_info_by_index(i).get("maxInputChannels", 0) > 0]
+        outputs = [i for i in range(audio.get_device_count())
+                   if audio.get_device_info_by_index(i).get("maxOutputChannels", 0) > 0]
     finally:
         audio.terminate()
+    if not inputs or not outputs:
+        missing = "microphone" if not inputs else "speaker"
+        return (f"PyAudio finds no {missing} (no sound device, or no access to it: on Linux check that PulseAudio "
+                "or PipeWire runs and that you are in the 'audio' group)")
     return None
 
 
@@ -217,13 +224,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.mic:
         reason = _mic_unavailable()
         if reason:
-            console.print(f"[bold red]--mic is not available here[/]: {reason}", highlight=False)
+            console.print(f"[bold red]--mic is not available here[/]: {reason}. Meanwhile, type the caller's "
+                          "lines instead: simulate --interactive", highlight=False)
             return 2
     try:
         steps = None if args.interactive else load_script(args.script)
         console.rule("[bold]local simulation[/] (no phone, no keys, no network)")
         result = simulate(actions_path=args.actions, steps=steps, console=console, state_dir=args.state,
-                          pace=args.pace, voice=args.voice, mic=args.mic, judge=args.judge, agent=args.agent)
+                          pace=args.pace, voice=args.voice, mic=args.mic, judge=args.judge, agent=args.agent,
+                          headphones=args.headphones)
     except (SmsError, ValueError, OSError) as exc:  # SmsError: bad actions, local model unavailable
         console.print(f"[bold red]error[/]: {exc}", highlight=False)
         return 2
@@ -370,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--voice", choices=("auto", "on", "off"), default="auto",
                      help="offline speech: Piper + faster-whisper (auto: when installed)")
     sim.add_argument("--mic", action="store_true", help="talk through a real microphone (needs PyAudio and a device)")
+    sim.add_argument("--headphones", action="store_true",
+                     help="with --mic: full duplex, talk over the agent (without it the mic is muted while the "
+                          "agent speaks, so the speaker is not heard as you)")
     sim.add_argument("--judge", choices=JUDGES, default=os.environ.get("SMS_JUDGE", "auto"),
                      help="condition judge (default: $SMS_JUDGE, else auto: the local model when the [local] extra "
                           "is installed, else the embedded rules)")

