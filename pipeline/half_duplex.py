@@ -64,6 +64,5 @@ class HalfDuplexGuard(FrameProcessor):
             self._open_at = self._clock() + self._tail_s
         elif isinstance(frame, InputAudioRawFrame) and direction is FrameDirection.DOWNSTREAM and self.muted:
             self.silenced_frames += 1
-            frame = InputAudioRawFrame(audio=bytes(len(frame.audio)), sample_rate=frame.sample_rate,
-                                       num_channels=frame.num_channels)
+            frame.audio = bytes(len(frame.audio))  # in place: id, pts, transport source and metadata kept
         await self.push_frame(frame, direction)

@@ -42,7 +42,7 @@ from incall_sms.actions import ActionSet
 from incall_sms.clock import ScaledClock
 from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import CALL_END_TURN_OFFSET, ActionEngine, ActionOutcome
-from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry
+from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry, RouteOutcome
 from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.media.content import Transcriber
@@ -361,13 +361,21 @@ async def replay(
 
         runner = WorkerRunner()
         await runner.add_workers(worker)
-        await asyncio.gather(runner.run(), drive())
-        for task in routing:
-            if not task.done():
+        try:
+            await asyncio.gather(runner.run(), drive())
+        finally:
+            late = [task for task in routing if not task.done()]
+            for task in late:
                 task.cancel()
-                warnings.append("an inbound text was still being prepared when the call ended")
-            elif not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            outcomes = await asyncio.gather(*routing, return_exceptions=True)  # none outlives the call
+        if late:
+            warnings.append(f"{len(late)} inbound text(s) still being prepared when the call ended")
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+            if outcome is not None and not isinstance(outcome, BaseException) and \
+                    outcome is not RouteOutcome.DELIVERED:
+                warnings.append(f"an inbound text was {outcome.value}, not brought into the conversation")
         duration = hangup[0] if hangup[0] != math.inf else clock.now()
         inbox = {m.sid: m for m in await provider.inbox()}
         sms_rows = []

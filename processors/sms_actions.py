@@ -22,12 +22,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pipecat.frames.frames import (
-    BotStartedSpeakingFrame,
-    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
     Frame,
-    InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMMessagesAppendFrame,
@@ -60,29 +57,6 @@ _EVENT_NAMES = {
 #: Prefix of the ``text_type`` of the TTS text frames of this processor's lines
 #: (``incall-sms:<kind>:<n>``): observers and the replay tell them apart from the agent's replies.
 LINE_TEXT_TYPE = "incall-sms"
-
-#: Lines that tell the caller what became of a text: when an interruption cuts one before it
-#: has played out, it is said again (once) after the caller's turn.
-MUST_HEAR = frozenset({"confirmation", "failure", "delivery_failure"})
-
-
-#: Without the output transport's Bot*SpeakingFrame, a must-hear line counts as heard this many
-#: seconds (plus 0.1 s per character) after it was pushed.
-_UNHEARD_EXPIRY_S = 8.0
-
-
-class _Unheard:
-    """A must-hear line pushed toward the TTS and not yet known to have played out."""
-
-    __slots__ = ("action", "kind", "pushed_at", "repeat", "started", "text")
-
-    def __init__(self, *, text: str, kind: str, action: str, pushed_at: float, started: bool, repeat: bool) -> None:
-        self.text = text
-        self.kind = kind
-        self.action = action
-        self.pushed_at = pushed_at
-        self.started = started  # the agent was (or started) speaking after it was pushed
-        self.repeat = repeat  # this is already the repetition: not said a third time
 
 
 class SpokenLine:
@@ -172,8 +146,6 @@ class SmsActionProcessor(FrameProcessor):
         self._user_quiet = asyncio.Event()
         self._user_quiet.set()
         self._in_user_turn = False  # between the aggregator's User{Started,Stopped}SpeakingFrame
-        self._bot_speaking = False
-        self._unheard: list[_Unheard] = []
         self._live = True
         self._own_frames: set[int] = set()
         self._sent_keys: set[str] = set()
@@ -244,19 +216,6 @@ class SmsActionProcessor(FrameProcessor):
             # so (its stop strategy waits for the transcript); the VAD alone decides without one
             if not self._in_user_turn:
                 self._user_quiet.set()
-            await self.push_frame(frame, direction)
-        elif isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking = True
-            for line in self._unheard:
-                line.started = True
-            await self.push_frame(frame, direction)
-        elif isinstance(frame, BotStoppedSpeakingFrame):
-            # the output ran dry: what was queued before it started speaking has played out
-            self._bot_speaking = False
-            self._unheard = [line for line in self._unheard if not line.started]
-            await self.push_frame(frame, direction)
-        elif isinstance(frame, InterruptionFrame):
-            self._repeat_cut_lines()
             await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
             await self._finish(grace=self._end_grace)
@@ -369,33 +328,9 @@ class SmsActionProcessor(FrameProcessor):
             self.spoken.append(line)
             self.engine.add_agent_text(line.text)
 
-    def _repeat_cut_lines(self) -> None:
-        """An interruption cut what was queued: say the must-hear lines among it again after the turn.
-
-        A late transcript (a segmented STT's last words of a turn that already ended) starts a new
-        turn and interrupts as a barge-in does, before the caller heard the line at all.
-        """
-        now = self._clock()
-        cut = [line for line in self._unheard if now - line.pushed_at < _UNHEARD_EXPIRY_S + 0.1 * len(line.text)]
-        self._unheard = []
-        for line in cut:
-            if not line.repeat and self._live:
-                _log.info("the %s line of %s was cut before it played out: saying it again after the caller's turn",
-                          line.kind, line.action)
-                self._spawn(self._repeat(line), "sms-repeat")
-
-    async def _repeat(self, line: _Unheard) -> None:
-        await asyncio.sleep(0)  # the turn's UserStartedSpeakingFrame travels with the interruption
-        await self._wait_user_quiet()
-        if self._live:
-            await self._speak(line.text, kind=line.kind, action=line.action, append=True, repeat=True)
-
-    async def _speak(self, text: str, *, kind: str, action: str, append: bool, repeat: bool = False) -> None:
+    async def _speak(self, text: str, *, kind: str, action: str, append: bool) -> None:
         frame = self._line_frame(text, kind=kind, action=action, append=append)
         self.line_emitted(frame)
-        if kind in MUST_HEAR:
-            self._unheard.append(_Unheard(text=text, kind=kind, action=action, pushed_at=self._clock(),
-                                          started=self._bot_speaking, repeat=repeat))
         if self._tap is not None and self._tap.linked:
             await self._tap.push_frame(frame, FrameDirection.DOWNSTREAM)
         else:

@@ -5,8 +5,6 @@ import json
 
 import pytest
 from pipecat.frames.frames import (
-    BotStartedSpeakingFrame,
-    BotStoppedSpeakingFrame,
     CancelFrame,
     InterruptionFrame,
     LLMMessagesAppendFrame,
@@ -110,49 +108,6 @@ async def test_interruption_cuts_filler_not_the_send(peer):
     assert bodies.count("Your booking for Tuesday at 3 is confirmed.") == 1
     assert kinds(sms)[-1] == ("confirmation", "booking_confirmation")
     assert sms.outcomes[0].result.accepted
-
-
-async def test_a_confirmation_cut_before_it_played_is_said_again_once_after_the_turn(peer):
-    """An interruption (a barge-in, or a segmented STT's late transcript starting a phantom turn) that cuts the
-    confirmation while it is still queued or playing: the caller would never learn the text went out. It is
-    said again, once, when the caller's turn ends; a confirmation that played out (the agent stopped
-    speaking after it) is not."""
-    engine = make_engine(peer=peer)
-    engine.add_agent_text("It's all on our website.")
-    sms = SmsActionProcessor(engine=engine, filler_threshold=1.0)
-    down, _ = await run_test(sms, frames_to_send=[
-        said("Can you text me the link?"), SleepFrame(0.5),  # sent fast: only the confirmation is queued
-        BotStartedSpeakingFrame(), SleepFrame(0.05),
-        InterruptionFrame(), UserStartedSpeakingFrame(), SleepFrame(0.2),
-        UserStoppedSpeakingFrame(), SleepFrame(0.2),  # the turn ends: said again
-        BotStartedSpeakingFrame(), BotStoppedSpeakingFrame(),  # ... and played out this time
-        InterruptionFrame(), UserStartedSpeakingFrame(), UserStoppedSpeakingFrame(), SleepFrame(0.2),
-    ])
-    spoken = [f.text for f in down if isinstance(f, TTSSpeakFrame)]
-    assert len(spoken) == 2 and spoken[0] == spoken[1] and "texted" in spoken[0]
-    assert kinds(sms) == [("confirmation", "website_link")] * 2
-    assert len(peer.messages) == 1  # the text itself is never sent twice
-
-
-async def test_a_confirmation_that_played_out_is_not_repeated_and_a_repeat_is_not_repeated(peer):
-    engine = make_engine(peer=peer)
-    engine.add_agent_text("It's all on our website.")
-    sms = SmsActionProcessor(engine=engine, filler_threshold=1.0)
-    await run_test(sms, frames_to_send=[
-        said("Can you text me the link?"), SleepFrame(0.5),
-        BotStartedSpeakingFrame(), BotStoppedSpeakingFrame(), SleepFrame(0.05),  # heard in full
-        InterruptionFrame(), UserStartedSpeakingFrame(), UserStoppedSpeakingFrame(), SleepFrame(0.3),
-    ])
-    assert kinds(sms) == [("confirmation", "website_link")]
-    sms = SmsActionProcessor(engine=make_engine(peer=peer), filler_threshold=1.0)
-    sms.engine.add_agent_text("It's all on our website.")
-    await run_test(sms, frames_to_send=[
-        said("Can you text me the link?"), SleepFrame(0.5), BotStartedSpeakingFrame(),
-        InterruptionFrame(), UserStartedSpeakingFrame(), UserStoppedSpeakingFrame(), SleepFrame(0.2),
-        BotStartedSpeakingFrame(),
-        InterruptionFrame(), UserStartedSpeakingFrame(), UserStoppedSpeakingFrame(), SleepFrame(0.2),
-    ])
-    assert kinds(sms) == [("confirmation", "website_link")] * 2  # said again once, not a third time
 
 
 async def test_confirmation_waits_for_the_end_of_the_callers_turn_not_a_pause_in_it(peer):
