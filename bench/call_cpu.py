@@ -13,7 +13,10 @@ each level in its own fresh process:
 5. ``+sms_logic``: level 2 plus this component (``SmsActionProcessor`` + tap: embedded judge,
    variables, outbox, the local provider), nothing spoken (without Whisper, whose CPU varies by
    more than ours from run to run);
-6. ``full``: everything: level 4 plus this component, whose filler and confirmation lines Piper speaks.
+6. ``full``: everything: level 4 plus this component, whose filler and confirmation lines Piper speaks;
+7. ``sms_profiled``: level 5 under cProfile (thread CPU time of the event loop): this component's own
+   CPU directly (its modules' own time), since its share is below the run-to-run noise of the
+   differences.
 
 A part's CPU is a difference of process CPU (user + system, every thread: ONNX Runtime and
 CTranslate2 run their own) over the call only (model loading excluded): ``vad`` = 2 - 1, ``stt`` =
@@ -45,7 +48,10 @@ LEVELS = {
     "+tts": (True, True, True, False),
     "+sms_logic": (True, False, False, True),
     "full": (True, True, True, True),
+    "sms_profiled": (True, False, False, True),
 }
+#: Levels run under cProfile (thread CPU time of the event loop), not part of the differences.
+PROFILED = ("sms_profiled",)
 SCRIPT = (
     "Hi, I'd like to book a table for four on Friday evening.",
     "Could you send me the link to your website, please?",
@@ -140,6 +146,12 @@ async def _one_call(level: str, lines: int) -> dict[str, Any]:
         async def drive() -> dict[str, Any]:
             await asyncio.wait_for(started.wait(), 120)
             await asyncio.sleep(1.0)  # models warm (first inference paid before the call)
+            profile = None
+            if level in PROFILED:
+                import cProfile
+
+                profile = cProfile.Profile(time.thread_time)  # the loop's CPU; its idle wait does not count
+                profile.enable()
             cpu0, wall0 = _cpu(), time.monotonic()
             chunk, sent = 640, 0
             for text, speech_pcm in zip(SCRIPT, audio, strict=False):
@@ -156,8 +168,12 @@ async def _one_call(level: str, lines: int) -> dict[str, Any]:
                     if delay > 0:
                         await asyncio.sleep(delay)
             cpu, wall = _cpu() - cpu0, time.monotonic() - wall0
+            result: dict[str, Any] = {"cpu_s": round(cpu, 3), "call_s": round(wall, 2)}
+            if profile is not None:
+                profile.disable()
+                result |= _ours(profile)
             await worker.queue_frame(EndFrame())
-            return {"cpu_s": round(cpu, 3), "call_s": round(wall, 2)}
+            return result
 
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(worker)
@@ -166,6 +182,22 @@ async def _one_call(level: str, lines: int) -> dict[str, Any]:
             result["sms_sent"] = len(await provider.inbox())
             await provider.aclose()
         return result
+
+
+def _ours(profile: Any) -> dict[str, Any]:
+    """Own CPU time of this component's modules (the core and the processors) vs the whole loop's."""
+    import pstats
+
+    import incall_sms
+
+    root = pathlib.Path(incall_sms.__file__).resolve().parent
+    ours = (f"{root}/", f"{root.parent}/processors/")  # installed: incall_sms/ (+ processors/ inside)
+    skip = (f"{root}/pipeline/", f"{root}/media/", f"{root.parent}/pipeline/", f"{root.parent}/media/")
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total = sum(row[2] for row in stats.values())
+    mine = sum(row[2] for (filename, _line, _name), row in stats.items()
+               if (path := str(pathlib.Path(filename).resolve())).startswith(ours) and not path.startswith(skip))
+    return {"loop_cpu_s": round(total, 3), "sms_own_cpu_s": round(mine, 3)}
 
 
 def measure(lines: int = len(SCRIPT), repeats: int = 1) -> dict[str, Any]:
@@ -177,7 +209,8 @@ def measure(lines: int = len(SCRIPT), repeats: int = 1) -> dict[str, Any]:
             out = subprocess.run([sys.executable, __file__, "--level", level, "--lines", str(lines)],
                                  capture_output=True, text=True, timeout=600, check=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        by_level[level] = min(runs, key=lambda r: r["cpu_s"])
+        by_level[level] = min(runs, key=lambda r: r["cpu_s"]) | {
+            "spread": round(max(r["cpu_s"] for r in runs) - min(r["cpu_s"] for r in runs), 3)}
     cpu = {level: run["cpu_s"] for level, run in by_level.items()}
     call_s = by_level["full"]["call_s"]
     total = cpu["full"]
@@ -200,6 +233,13 @@ def measure(lines: int = len(SCRIPT), repeats: int = 1) -> dict[str, Any]:
         "share": {k: round(v / total, 3) if total > 0 else None for k, v in parts.items()},
         "calls_per_core": round(call_s / total, 1) if total > 0 else None,
         "sms_sent": by_level["full"].get("sms_sent"),
+        # direct: the component's own CPU on the loop (cProfile, which slows everything alike)
+        "sms_own_cpu_s_profiled": by_level["sms_profiled"]["sms_own_cpu_s"],
+        "sms_own_share_of_loop_profiled": round(by_level["sms_profiled"]["sms_own_cpu_s"]
+                                                / by_level["sms_profiled"]["loop_cpu_s"], 4),
+        "sms_own_share_of_call_cpu": round(by_level["sms_profiled"]["sms_own_cpu_s"] / total, 4) if total else None,
+        # the spread of the repeats (max - min) of each level: differences smaller than this are noise
+        "noise_cpu_s": {level: run.get("spread", 0.0) for level, run in by_level.items()},
         "levels": by_level,
     }
 
