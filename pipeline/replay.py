@@ -47,7 +47,7 @@ from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.media.content import Transcriber
 from incall_sms.media.loopback_host import LoopbackMediaHost
-from incall_sms.media.offline_speech import OfflineSpeech, available, whisper_model_dir
+from incall_sms.media.offline_speech import OfflineSpeech, available, whisper_stt
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.outbox import Outbox
 from incall_sms.phone import mask
@@ -254,10 +254,8 @@ async def replay(
         if stt == "whisper":
             from pipecat.audio.vad.silero import SileroVADAnalyzer
             from pipecat.processors.audio.vad_processor import VADProcessor
-            from pipecat.services.whisper.stt import WhisperSTTService
 
-            front = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), WhisperSTTService(
-                device="cpu", compute_type="int8", settings=WhisperSTTService.Settings(model=whisper_model_dir()))]
+            front = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), whisper_stt()]
         processors: list[FrameProcessor]
         if meta.agent:
             processors = [*front, sms, caller_log, tap, ToneTTSService(), playout, meter, inbound]

@@ -334,11 +334,9 @@ async def _say(worker: PipelineWorker, speech: Any, text: str) -> None:
 def _agent_tts(use_voice: bool) -> FrameProcessor:
     if not use_voice:
         return ToneTTSService()
-    from pipecat.services.piper.tts import PiperTTSService
+    from incall_sms.media.offline_speech import piper_tts
 
-    from incall_sms.media.offline_speech import VOICE, piper_voice_dir
-
-    return PiperTTSService(download_dir=pathlib.Path(piper_voice_dir()), settings=PiperTTSService.Settings(voice=VOICE))
+    return piper_tts()
 
 
 async def _simulate(
@@ -403,15 +401,13 @@ async def _simulate_call(
     if use_voice:
         from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.processors.audio.vad_processor import VADProcessor
-        from pipecat.services.whisper.stt import WhisperSTTService
 
-        from incall_sms.media.offline_speech import OfflineSpeech, whisper_model_dir
+        from incall_sms.media.offline_speech import OfflineSpeech, whisper_stt
 
         speech = OfflineSpeech()
         with console.status("loading offline speech: the caller's Piper voice, Whisper tiny.en (STT)..."):
             await speech.preload_voice()
-            stt = await asyncio.to_thread(lambda: WhisperSTTService(
-                device="cpu", compute_type="int8", settings=WhisperSTTService.Settings(model=whisper_model_dir())))
+            stt = await asyncio.to_thread(whisper_stt)
         front = [VADProcessor(vad_analyzer=SileroVADAnalyzer()), stt, _HeardPrinter(console)]
     back: list[FrameProcessor] = []
     if mic:

@@ -116,20 +116,13 @@ def _wait_until_quiet(path: Path, *, quiet_s: float = 2.0, timeout: float = 60.0
     raise AssertionError(f"the speaker did not fall silent within {timeout:.0f} s")
 
 
-_whisper = None
-
-
 def _recognise(path: Path) -> str:
-    global _whisper
-    from faster_whisper import WhisperModel
+    """The offline Whisper's text for a recorded 16 kHz speaker track (long silences skipped)."""
+    import asyncio
 
-    from incall_sms.media.offline_speech import whisper_model_dir
+    from incall_sms.media.offline_speech import OfflineSpeech
 
-    if _whisper is None:
-        _whisper = WhisperModel(whisper_model_dir(), device="cpu", compute_type="int8", cpu_threads=2)
-    samples = np.frombuffer(path.read_bytes(), dtype=np.int16).astype(np.float32) / 32768.0
-    segments, _ = _whisper.transcribe(samples, language="en", beam_size=1, vad_filter=True)
-    return " ".join(s.text.strip() for s in segments)
+    return asyncio.run(OfflineSpeech().recognise(path.read_bytes(), vad_filter=True))
 
 
 @pytest.fixture(scope="module")
