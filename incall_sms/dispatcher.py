@@ -26,6 +26,13 @@ unfinished, with the same rule, at start-up and periodically (:meth:`Dispatcher.
 rows older than the recovery window are closed as ``expired``, never sent.
 :meth:`Dispatcher.handle_status` applies status callbacks. The row states are drawn in
 :mod:`incall_sms.outbox`.
+
+Several workers may share one outbox (PostgreSQL, ``DATABASE_URL``): each row being worked on
+is leased by one worker. A send's row is leased at its claim and the lease is renewed every
+third of its length while the send is in flight (real time: it guards against real deaths);
+a recovery pass takes only rows whose lease is free or expired, so any worker finishes a dead
+worker's sends, and a worker that finds its lease taken stops writing the row (the caller is
+told the text could not be confirmed: the worker that took it over decides).
 """
 
 from __future__ import annotations
@@ -43,10 +50,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from incall_sms.actions import ActionSet, SenderKind, SmsAction
 from incall_sms.clock import Clock, SystemClock
-from incall_sms.errors import InvalidPhoneNumberError, MissingVariableError, SendError, SendErrorKind
+from incall_sms.errors import (
+    InvalidPhoneNumberError,
+    MissingVariableError,
+    OutboxUnavailableError,
+    SendError,
+    SendErrorKind,
+)
 from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.optout import OptOutStore
-from incall_sms.outbox import ClaimOutcome, Outbox, OutboxRecord, idempotency_key
+from incall_sms.outbox import ClaimOutcome, LeaseLostError, OutboxRecord, OutboxStore, idempotency_key
 from incall_sms.phone import last_digits, mask, normalize_e164
 from incall_sms.providers.base import OutboundSms, ProviderReceipt, SmsProvider
 from incall_sms.ratelimit import RateLimiter
@@ -174,7 +187,8 @@ class Dispatcher:
     Args:
         actions: The validated action set.
         provider: Where messages go.
-        outbox: Durable outbox (the same file across restarts of a worker).
+        outbox: Durable outbox: the worker's SQLite file (the same across its restarts) or
+            the fleet's PostgreSQL table.
         optouts: The opt-out list.
         clock: Time source (a ``ManualClock`` in tests).
         retry_policy: Back-off for retryable errors.
@@ -202,6 +216,8 @@ class Dispatcher:
             the audio keeps its 20 ms cadence. 0 disables it.
         recovery_min_age: A periodic pass leaves rows alone that changed less than this many
             seconds ago (a send of another task may still be working on them).
+        recovery_concurrency: Rows a recovery pass works on at once (a dead worker's sends
+            are finished side by side, each waiting on its own provider lookups).
     """
 
     def __init__(
@@ -209,7 +225,7 @@ class Dispatcher:
         *,
         actions: ActionSet,
         provider: SmsProvider,
-        outbox: Outbox,
+        outbox: OutboxStore,
         optouts: OptOutStore,
         clock: Clock | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -227,6 +243,7 @@ class Dispatcher:
         recovery_interval: float = 60.0,
         recovery_min_age: float = 30.0,
         start_spacing: float = 0.002,
+        recovery_concurrency: int = 8,
     ) -> None:
         self.actions = actions
         self.provider = provider
@@ -253,9 +270,12 @@ class Dispatcher:
         self.recovery_window = recovery_window
         self._recovery_interval = recovery_interval
         self._recovery_min_age = recovery_min_age
+        self._recovery_concurrency = max(1, recovery_concurrency)
         self._handlers: list[EventHandler] = []
         self._call_handlers: dict[str, list[EventHandler]] = {}
         self._in_flight: set[str] = set()  # keys a task of this process is sending or resolving
+        self._lease_keeper: asyncio.Task[None] | None = None
+        self.leases_lost = 0
 
     # -- events ---------------------------------------------------------------
 
@@ -285,6 +305,14 @@ class Dispatcher:
     def subscriber_count(self) -> int:
         """Subscriptions currently held (global and per call)."""
         return len(self._handlers) + sum(len(h) for h in self._call_handlers.values())
+
+    async def publish(self, event: SmsEvent) -> None:
+        """Hand ``event`` to this dispatcher's subscribers as if it had raised it.
+
+        For events raised by another worker about a call this worker owns (a status callback
+        applied to the shared outbox elsewhere, routed here).
+        """
+        await self._emit(event)
 
     async def _emit(self, event: SmsEvent) -> None:
         for handler in [*self._handlers, *self._call_handlers.get(event.call_id, ())]:
@@ -476,21 +504,71 @@ class Dispatcher:
         )
         if await self.optouts.is_opted_out(sms.to):
             return await self._refuse(record, _Refused(SendOutcome.FAILED, "opted_out"))
-        outcome, stored = await self.outbox.claim(
-            record, once_per_call=action.once_per_call, max_per_call=self.actions.max_sends_per_call,
-            max_per_destination=self.actions.max_sends_per_destination,
-        )
+        try:
+            outcome, stored = await self.outbox.claim(
+                record, once_per_call=action.once_per_call, max_per_call=self.actions.max_sends_per_call,
+                max_per_destination=self.actions.max_sends_per_destination,
+            )
+        except OutboxUnavailableError as exc:  # nothing recorded, nothing sent: an honest, retryable failure
+            _log.warning("SMS %s for action %s not sent: %s", key, action.name, exc)
+            event = dataclasses.replace(self._event(SmsEventKind.FAILED, record), reason="outbox_unavailable",
+                                        retryable=True)
+            await self._emit(event)
+            return self._result(record, SendOutcome.FAILED, reason="outbox_unavailable", retryable=True)
         if outcome is ClaimOutcome.LIMIT_REACHED:
             return await self._refuse(record, _Refused(SendOutcome.SKIPPED, "limit_reached"))
         if outcome is ClaimOutcome.DUPLICATE:
             _log.info("SMS %s for action %s: duplicate of %s (%s)", key, action.name, stored.key, stored.status)
             return self._result(stored, SendOutcome.DUPLICATE, reason=f"already_{stored.status}")
-        self._in_flight.add(key)
+        self._hold(key)
         try:
             await self._emit(self._event(SmsEventKind.QUEUED, stored))
             return await self._deliver(stored, sms, resends_left=self._max_resends, final="unconfirmed")
+        except LeaseLostError as lost:
+            return await self._lease_lost(stored, lost)
+        except OutboxUnavailableError as exc:  # mid-send: a request may be out; recovery settles the row later
+            _log.warning("SMS %s: outbox unreachable mid-send (%s); recovery will settle it", key, exc)
+            event = dataclasses.replace(self._event(SmsEventKind.FAILED, stored), reason="unconfirmed",
+                                        retryable=True)
+            await self._emit(event)
+            return self._result(stored, SendOutcome.FAILED, reason="unconfirmed", retryable=True)
         finally:
-            self._in_flight.discard(key)
+            self._drop(key)
+
+    # -- leases -------------------------------------------------------------------
+
+    def _hold(self, key: str) -> None:
+        """Mark ``key`` as worked on here; its lease is renewed until :meth:`_drop`."""
+        self._in_flight.add(key)
+        if self._lease_keeper is None or self._lease_keeper.done():
+            self._lease_keeper = asyncio.get_running_loop().create_task(self._keep_leases(), name="outbox-leases")
+
+    def _drop(self, key: str) -> None:
+        self._in_flight.discard(key)
+        if not self._in_flight and self._lease_keeper is not None:
+            self._lease_keeper.cancel()  # nothing in flight: nothing to renew
+            self._lease_keeper = None
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the sends in flight every third of a lease, in real time."""
+        interval = self.outbox.lease_seconds / 3
+        while self._in_flight:
+            await asyncio.sleep(interval)
+            try:
+                lost = await self.outbox.renew_leases(list(self._in_flight), now=self.clock.now())
+            except Exception as exc:  # the next renewal may get through; the lease has two more thirds
+                _log.warning("outbox lease renewal failed (%s)", exc.__class__.__name__)
+                continue
+            for key in lost:
+                _log.warning("SMS %s: lease taken over by another worker", key)
+
+    async def _lease_lost(self, record: OutboxRecord, lost: LeaseLostError) -> SendResult:
+        """Another worker took the row over: write nothing more; the caller hears "couldn't confirm"."""
+        self.leases_lost += 1
+        _log.warning("SMS %s: lease lost to %s; that worker finishes the send", record.key, lost.owner)
+        event = dataclasses.replace(self._event(SmsEventKind.FAILED, record), reason="unconfirmed", retryable=True)
+        await self._emit(event)
+        return self._result(record, SendOutcome.FAILED, reason="unconfirmed", retryable=True)
 
     async def _refuse(self, record: OutboxRecord, refused: _Refused) -> SendResult:
         status = "skipped" if refused.outcome is SendOutcome.SKIPPED else "failed"
@@ -531,7 +609,10 @@ class Dispatcher:
                     await self._rate_limiter.acquire(sms.from_ or sms.messaging_service_sid or "", record.segments or 1)
                 except TimeoutError:
                     raise SendError("sender_busy", kind=SendErrorKind.RETRYABLE) from None
-            await self.outbox.update(record.key, now=self.clock.now(), status="sending", attempts="+1")
+            try:
+                await self.outbox.update(record.key, now=self.clock.now(), status="sending", attempts="+1")
+            except OutboxUnavailableError:  # not marked sending, so not sent: safe to try again
+                raise SendError("outbox_unavailable", kind=SendErrorKind.RETRYABLE) from None
             return await self.provider.send(sms)
 
         def log_retry(attempt: int, exc: SendError, delay: float) -> None:
@@ -549,16 +630,18 @@ class Dispatcher:
         return await self._accept(record, receipt)
 
     async def _accept(self, record: OutboxRecord, receipt: ProviderReceipt) -> SendResult:
-        stored = await self.outbox.update(
-            record.key,
-            now=self.clock.now(),
-            status="accepted",
-            sid=receipt.sid,
-            delivery=None if receipt.status in ("queued", "accepted") else receipt.status,
-            reason=None,
-            error_code=None,
-            segments=receipt.segments or record.segments,
-        )
+        fields = dict(status="accepted", sid=receipt.sid, reason=None, error_code=None,
+                      delivery=None if receipt.status in ("queued", "accepted") else receipt.status,
+                      segments=receipt.segments or record.segments)
+        try:
+            stored = await self.outbox.update(record.key, now=self.clock.now(), release=True, **fields)
+        except (OutboxUnavailableError, LeaseLostError) as exc:
+            # the provider accepted it: that is the truth the caller hears. The row is left as it stands;
+            # recovery (this worker's once the outbox answers, or the one that took the lease) finds this
+            # message by lookup before any resend, and records it
+            _log.warning("SMS %s accepted as %s but not recorded (%s); recovery will record it", record.key,
+                         receipt.sid, exc.__class__.__name__)
+            stored = dataclasses.replace(record, **fields)  # type: ignore[arg-type]
         _log.info("SMS %s accepted by %s as %s (%s segment(s))", record.key, self.provider.name, receipt.sid,
                   stored.segments)
         await self._emit(self._event(SmsEventKind.SENT, stored))
@@ -566,9 +649,13 @@ class Dispatcher:
 
     async def _fail(self, record: OutboxRecord, exc: SendError, *, status: str | None = None) -> SendResult:
         status = status or ("ambiguous" if exc.ambiguous else "failed")
-        stored = await self.outbox.update(
-            record.key, now=self.clock.now(), status=status, reason=exc.reason, error_code=exc.code
-        )
+        try:
+            stored = await self.outbox.update(
+                record.key, now=self.clock.now(), release=True, status=status, reason=exc.reason, error_code=exc.code
+            )
+        except OutboxUnavailableError:  # recovery settles the row (it looks the message up before any resend)
+            _log.warning("SMS %s: outbox unreachable while recording a failure", record.key)
+            stored = dataclasses.replace(record, status=status, reason=exc.reason, error_code=exc.code)
         if exc.reason == "opted_out" and stored.to_number:
             await self.optouts.opt_out(stored.to_number, now=self.clock.now())
         _log.warning("SMS %s failed: %s", record.key, exc)
@@ -644,7 +731,8 @@ class Dispatcher:
         """Finish sends a crashed process or an ended call left unfinished.
 
         * Rows a task of this process is still working on are left alone, and so are rows
-          that changed less than ``min_age`` seconds ago.
+          that changed less than ``min_age`` seconds ago and rows another worker holds the
+          lease of (a worker that died is known by its expired lease).
         * Rows older than :attr:`recovery_window` are closed as ``expired`` and never sent
           (a ``sending``/``ambiguous`` one is looked up once first, so a text that did go out
           is recorded as ``accepted``, never as expired).
@@ -660,18 +748,29 @@ class Dispatcher:
         Returns:
             One result per row handled.
         """
-        results = []
         now = self.clock.now()
-        for record in await self.outbox.unfinished():
-            if record.key in self._in_flight or now - record.updated_at < min_age:
-                continue
-            if record.to_number is None or record.body is None:
-                continue
-            self._in_flight.add(record.key)
-            try:
-                results.append(await self._recover_one(record, now))
-            finally:
-                self._in_flight.discard(record.key)
+        taken = [r for r in await self.outbox.take_unfinished(now=now, min_age=min_age, exclude=set(self._in_flight))
+                 if r.to_number is not None and r.body is not None]
+        for record in taken:  # held (their leases renewed) from now on, not only while their turn comes
+            self._hold(record.key)
+        slots = asyncio.Semaphore(self._recovery_concurrency)
+
+        async def one(record: OutboxRecord) -> SendResult | None:
+            async with slots:
+                try:
+                    return await self._recover_one(record, now)
+                except LeaseLostError as lost:
+                    self.leases_lost += 1
+                    _log.warning("recovery of SMS %s: lease lost to %s", record.key, lost.owner)
+                    return None
+                finally:
+                    self._drop(record.key)
+
+        try:
+            results = [r for r in await asyncio.gather(*(one(r) for r in taken)) if r is not None]
+        finally:
+            for record in taken:
+                self._drop(record.key)
         return results
 
     async def _recover_one(self, record: OutboxRecord, now: float) -> SendResult:

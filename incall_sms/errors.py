@@ -21,6 +21,7 @@ __all__ = [
     "ActionConfigError",
     "InvalidPhoneNumberError",
     "MissingVariableError",
+    "OutboxUnavailableError",
     "SendError",
     "SendErrorKind",
     "SmsError",
@@ -30,6 +31,10 @@ __all__ = [
 
 class SmsError(Exception):
     """Base class of every error raised by the SMS core."""
+
+
+class OutboxUnavailableError(SmsError):
+    """The outbox database cannot be reached. Retryable: nothing was written, no text was sent."""
 
 
 class ActionConfigError(SmsError):

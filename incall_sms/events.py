@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["SmsEvent", "SmsEventKind"]
 
@@ -52,3 +54,21 @@ class SmsEvent:
     error_code: int | None = None
     retryable: bool = False
     at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-ready values (to route it to another worker)."""
+        data = dataclasses.asdict(self)
+        data["kind"] = self.kind.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SmsEvent:
+        """Rebuild an event from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: Unknown kind.
+            TypeError: Missing or unknown fields.
+        """
+        fields = dict(data)
+        fields["kind"] = SmsEventKind(fields["kind"])
+        return cls(**fields)

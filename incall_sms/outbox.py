@@ -32,6 +32,24 @@ States of a row (``status``)::
 
 Delivery progress from status callbacks lives in ``delivery`` (``queued``,
 ``sent``, ``delivered``, ``undelivered``, ``failed``) and only moves forward.
+
+Leases (several workers on one outbox): a row being worked on is leased by one worker
+(``lease_owner``, ``lease_until``). :meth:`~OutboxStore.claim` leases the new row to the
+claiming worker; every write of the row's send state (:meth:`~OutboxStore.update`,
+:meth:`~OutboxStore.claim_sid`) is fenced: it succeeds only for the lease holder, or when the
+lease is free or expired (then the writer takes it), and raises :class:`LeaseLostError`
+otherwise, so a worker that lost its lease never marks a row ``sending`` again.
+:meth:`~OutboxStore.renew_leases` extends the leases of sends in flight;
+:meth:`~OutboxStore.take_unfinished` hands unfinished rows whose lease is free or expired to
+the recovering worker (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), which finishes them through
+the same "ask the provider before any resend" path. The last write of a send releases the
+lease. Status callbacks (:meth:`~OutboxStore.record_delivery`) touch only the delivery columns
+and are applied by whichever worker receives them.
+
+Two implementations share this contract (``tests/test_outbox_contract.py`` runs the same tests
+on both): :class:`Outbox`, SQLite, the embedded default (one worker's file), and
+:class:`incall_sms.outbox_postgres.PostgresOutbox` for fleets (:func:`open_outbox` picks one
+from a ``DATABASE_URL``).
 """
 
 from __future__ import annotations
@@ -39,13 +57,27 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import pathlib
+import socket
 import sqlite3
-from typing import Any
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from incall_sms.store import SqliteDb, transaction
 
-__all__ = ["ClaimOutcome", "Outbox", "OutboxRecord", "SidTakenError", "idempotency_key"]
+__all__ = [
+    "ClaimOutcome",
+    "LeaseLostError",
+    "Outbox",
+    "OutboxRecord",
+    "OutboxStore",
+    "SidTakenError",
+    "default_worker_id",
+    "idempotency_key",
+    "open_outbox",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +88,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         return
     if "first_attempt_at" not in columns:
         conn.execute("ALTER TABLE outbox ADD COLUMN first_attempt_at REAL")
+    for column, kind in (("lease_owner", "TEXT"), ("lease_until", "REAL")):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
     conn.execute("DROP INDEX IF EXISTS outbox_sid")  # replaced by the unique index
 
 
@@ -81,7 +116,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivery TEXT,
     delivery_error INTEGER,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_call ON outbox(call_id, action);
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status);
@@ -126,13 +163,32 @@ class SidTakenError(Exception):
     """The provider SID being recorded already belongs to another outbox row."""
 
 
+class LeaseLostError(Exception):
+    """Another worker holds the lease of the row: this worker must not write its send state.
+
+    Attributes:
+        key: The row.
+        owner: The worker holding the lease.
+    """
+
+    def __init__(self, key: str, owner: str | None) -> None:
+        self.key = key
+        self.owner = owner
+        super().__init__(f"{key} is leased by {owner}")
+
+
 def idempotency_key(call_id: str, action: str, turn: int) -> str:
     """Key of one send: call id + action + the turn that triggered it."""
     return f"{call_id}:{action}:{turn}"
 
 
+def default_worker_id() -> str:
+    """A worker id unique across hosts and restarts: ``host-pid-random``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 class ClaimOutcome(enum.Enum):
-    """Result of :meth:`Outbox.claim`."""
+    """Result of :meth:`OutboxStore.claim`."""
 
     CREATED = "created"
     DUPLICATE = "duplicate"
@@ -164,12 +220,21 @@ class OutboxRecord:
     delivery_error: int | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    lease_owner: str | None = None
+    lease_until: float | None = None
 
     @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> OutboxRecord:
+    def from_mapping(cls, row: Mapping[str, Any]) -> OutboxRecord:
+        """A record from a database row (``media_urls`` stored newline-joined)."""
         data: dict[str, Any] = dict(row)
         urls = data.pop("media_urls") or ""
         return cls(media_urls=tuple(u for u in urls.split("\n") if u), **data)
+
+    def columns(self) -> dict[str, Any]:
+        """The row's column values (``media_urls`` newline-joined)."""
+        data = dataclasses.asdict(self)
+        data["media_urls"] = "\n".join(self.media_urls)
+        return data
 
     def __repr__(self) -> str:  # never leak number or body through a repr in a log line
         from incall_sms.phone import mask
@@ -180,14 +245,121 @@ class OutboxRecord:
         )
 
 
+#: Columns a caller may set through ``update``/``claim_sid`` (the key, the creation time and the
+#: lease are the outbox's own).
+WRITABLE_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(OutboxRecord)) - {"key", "created_at", "lease_owner", "lease_until"}
+
+
+def check_fields(fields: Mapping[str, Any]) -> None:
+    """Refuse fields that are not writable outbox columns.
+
+    Raises:
+        ValueError: Names the unknown fields.
+    """
+    unknown = set(fields) - WRITABLE_FIELDS
+    if unknown:
+        raise ValueError(f"unknown outbox fields: {sorted(unknown)}")
+
+
+def delivery_advances(current: str | None, status: str) -> bool:
+    """Whether a status callback saying ``status`` moves a row whose delivery is ``current`` forward."""
+    rank = _DELIVERY_RANK.get(status)
+    if rank is None or current in _TERMINAL_DELIVERY:
+        return False
+    return current is None or _DELIVERY_RANK.get(current, -1) < rank
+
+
+class OutboxStore(Protocol):
+    """What the dispatcher needs of an outbox; :class:`Outbox` (SQLite) and ``PostgresOutbox`` provide it.
+
+    Every time argument (``now``) is epoch seconds from the caller's clock; leases are compared
+    with it, so the workers sharing an outbox need clocks that agree to well within
+    :attr:`lease_seconds` (NTP does).
+    """
+
+    worker_id: str
+    lease_seconds: float
+
+    async def claim(
+        self,
+        record: OutboxRecord,
+        *,
+        once_per_call: bool,
+        max_per_call: int,
+        max_per_destination: int | None = None,
+        window: float = 24 * 3600,
+    ) -> tuple[ClaimOutcome, OutboxRecord]:
+        """Insert ``record`` (leased to this worker) unless it duplicates or exceeds a cap; see :meth:`Outbox.claim`."""
+        ...
+
+    async def update(self, key: str, *, now: float, release: bool = False, **fields: Any) -> OutboxRecord:
+        """Fenced write of the row's fields; see :meth:`Outbox.update`."""
+        ...
+
+    async def claim_sid(self, key: str, sid: str, *, now: float, **fields: Any) -> OutboxRecord | None:
+        """Fenced: record ``sid`` unless another row has it; see :meth:`Outbox.claim_sid`."""
+        ...
+
+    async def get(self, key: str) -> OutboxRecord | None:
+        """The row for ``key``."""
+        ...
+
+    async def by_sid(self, sid: str) -> OutboxRecord | None:
+        """The row whose provider SID is ``sid``."""
+        ...
+
+    async def unfinished(self) -> list[OutboxRecord]:
+        """Unfinished rows, oldest first (whoever leases them)."""
+        ...
+
+    async def take_unfinished(
+        self, *, now: float, min_age: float = 0.0, limit: int = 100, exclude: Iterable[str] = ()
+    ) -> list[OutboxRecord]:
+        """Lease unfinished rows that are free, expired or already this worker's; see :meth:`Outbox.take_unfinished`."""
+        ...
+
+    async def renew_leases(self, keys: Iterable[str], *, now: float) -> set[str]:
+        """Extend this worker's leases; returns the keys another worker has taken."""
+        ...
+
+    async def for_call(self, call_id: str) -> list[OutboxRecord]:
+        """All rows of a call, oldest first."""
+        ...
+
+    async def record_delivery(
+        self, sid: str, status: str, error_code: int | None, *, now: float
+    ) -> tuple[OutboxRecord | None, bool]:
+        """Apply a status callback (forward only); see :meth:`Outbox.record_delivery`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the database."""
+        ...
+
+
+#: A SQLite outbox is one worker's file: after a restart the rows are that worker's again.
+SQLITE_WORKER_ID = "local"
+
+
 class Outbox:
-    """SQLite-backed outbox.
+    """SQLite-backed outbox, the embedded default (one worker's state directory).
 
     Args:
         path: Database file (shared by restarts of the same worker); ``":memory:"`` for tests.
+        worker_id: Lease owner name of this process. The default, ``"local"``, is right for a
+            file one worker owns: a restarted worker recovers its own rows at once. Processes
+            sharing one file need distinct ids (:func:`default_worker_id`).
+        lease_seconds: How long a lease lasts without renewal.
     """
 
-    def __init__(self, path: str | pathlib.Path = ":memory:") -> None:
+    def __init__(
+        self, path: str | pathlib.Path = ":memory:", *, worker_id: str = SQLITE_WORKER_ID, lease_seconds: float = 30.0
+    ) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be > 0")
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
         self._db = SqliteDb(path, schema=_SCHEMA, migrate=_migrate)
         self._db.run_sync(_ensure_sid_index)
 
@@ -199,6 +371,10 @@ class Outbox:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    async def aclose(self) -> None:
+        """Close the database (the async spelling shared with ``PostgresOutbox``)."""
+        self.close()
 
     async def claim(
         self,
@@ -212,7 +388,8 @@ class Outbox:
         """Atomically insert ``record`` unless it would duplicate or exceed a cap.
 
         A row already standing for the key blocks the claim unless it is ``failed`` or
-        ``skipped`` (nothing was sent): then the new record replaces it.
+        ``skipped`` (nothing was sent): then the new record replaces it. A ``pending`` row is
+        leased to this worker until ``record.updated_at + lease_seconds``.
 
         Args:
             record: The new row (status ``pending`` or ``skipped``/``failed`` for
@@ -227,12 +404,13 @@ class Outbox:
             The outcome and the row now standing for the key (the existing row on
             ``DUPLICATE``).
         """
+        record = self._leased(record)
 
         def _claim(conn: sqlite3.Connection) -> tuple[ClaimOutcome, OutboxRecord]:
             with transaction(conn):
                 existing = conn.execute("SELECT * FROM outbox WHERE key = ?", (record.key,)).fetchone()
                 if existing is not None and existing["status"] not in REPLACEABLE_STATUSES:
-                    return ClaimOutcome.DUPLICATE, OutboxRecord._from_row(existing)
+                    return ClaimOutcome.DUPLICATE, OutboxRecord.from_mapping(existing)
                 if record.status == "pending":
                     marks = ",".join("?" * len(ACTIVE_STATUSES))
                     if once_per_call:
@@ -242,7 +420,7 @@ class Outbox:
                             (record.call_id, record.action, *ACTIVE_STATUSES),
                         ).fetchone()
                         if row is not None:
-                            return ClaimOutcome.DUPLICATE, OutboxRecord._from_row(row)
+                            return ClaimOutcome.DUPLICATE, OutboxRecord.from_mapping(row)
                     (count,) = conn.execute(
                         f"SELECT COUNT(*) FROM outbox WHERE call_id = ? AND status IN ({marks})",
                         (record.call_id, *ACTIVE_STATUSES),
@@ -259,85 +437,101 @@ class Outbox:
                             return ClaimOutcome.LIMIT_REACHED, record
                 if existing is not None:  # a refusal or a certain failure sent nothing, so it blocks nothing
                     conn.execute("DELETE FROM outbox WHERE key = ?", (record.key,))
-                self._insert(conn, record)
+                data = record.columns()
+                cols = ", ".join(data)
+                conn.execute(f"INSERT INTO outbox ({cols}) VALUES ({', '.join(f':{c}' for c in data)})", data)
                 return ClaimOutcome.CREATED, record
 
         return await self._db.run(_claim)
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, record: OutboxRecord) -> None:
-        data = dataclasses.asdict(record)
-        data["media_urls"] = "\n".join(record.media_urls)
-        cols = ", ".join(data)
-        marks = ", ".join(f":{c}" for c in data)
-        conn.execute(f"INSERT INTO outbox ({cols}) VALUES ({marks})", data)
+    def _leased(self, record: OutboxRecord) -> OutboxRecord:
+        """``record`` leased to this worker when it is a send to make, lease-free otherwise."""
+        if record.status in UNFINISHED_STATUSES:
+            return dataclasses.replace(record, lease_owner=self.worker_id,
+                                       lease_until=record.updated_at + self.lease_seconds)
+        return dataclasses.replace(record, lease_owner=None, lease_until=None)
 
-    async def update(self, key: str, *, now: float, **fields: Any) -> OutboxRecord:
+    def _fence(self) -> str:
+        """SQL condition: this worker may write the row (its lease, or a free or expired one)."""
+        return "(lease_owner IS NULL OR lease_owner = :me OR lease_until < :now)"
+
+    def _lost(self, conn: sqlite3.Connection, key: str) -> Exception:
+        row = conn.execute("SELECT lease_owner FROM outbox WHERE key = ?", (key,)).fetchone()
+        return KeyError(key) if row is None else LeaseLostError(key, row["lease_owner"])
+
+    def _write(self, conn: sqlite3.Connection, key: str, sets: list[str], values: dict[str, Any],
+               release: bool) -> sqlite3.Row:
+        """Fenced UPDATE of ``key`` (takes or keeps the lease, or releases it); returns the new row."""
+        values = dict(values, key=key, me=self.worker_id, lease_until_new=values["now"] + self.lease_seconds)
+        lease = ("lease_owner = NULL, lease_until = NULL" if release
+                 else "lease_owner = :me, lease_until = :lease_until_new")
+        cursor = conn.execute(
+            f"UPDATE outbox SET {', '.join([*sets, 'updated_at = :now', lease])} WHERE key = :key AND {self._fence()}",
+            values)
+        if cursor.rowcount == 0:
+            raise self._lost(conn, key)
+        return conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+
+    async def update(self, key: str, *, now: float, release: bool = False, **fields: Any) -> OutboxRecord:
         """Set ``fields`` on the row ``key`` and return the updated row.
 
+        Fenced: the write takes (or keeps) this worker's lease, extended to ``now +
+        lease_seconds``; ``release=True`` frees it instead (the send's last write).
         ``attempts="+1"`` increments the attempt count (and sets ``first_attempt_at`` to
         ``now`` on the first attempt).
 
         Raises:
             KeyError: No row has that key.
+            LeaseLostError: Another worker holds the row's lease.
             SidTakenError: ``sid`` is already the SID of another row.
+            ValueError: A field is not a writable column.
         """
-        self._check_fields(fields)
+        check_fields(fields)
 
         def _update(conn: sqlite3.Connection) -> OutboxRecord:
-            values = dict(fields, updated_at=now, key=key)
-            if "attempts" in values and values["attempts"] == "+1":
+            values = dict(fields, now=now)
+            sets = []
+            if values.get("attempts") == "+1":
                 values.pop("attempts")
-                sets = ["attempts = attempts + 1", "first_attempt_at = COALESCE(first_attempt_at, :updated_at)"]
-            else:
-                sets = []
-            sets += [f"{c} = :{c}" for c in values if c != "key"]
+                sets = ["attempts = attempts + 1", "first_attempt_at = COALESCE(first_attempt_at, :now)"]
+            sets += [f"{c} = :{c}" for c in fields if c in values]
             try:
                 with transaction(conn):
-                    conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE key = :key", values)
-                    row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+                    row = self._write(conn, key, sets, values, release)
             except sqlite3.IntegrityError:
                 raise SidTakenError(key) from None
-            if row is None:
-                raise KeyError(key)
-            return OutboxRecord._from_row(row)
+            return OutboxRecord.from_mapping(row)
 
         return await self._db.run(_update)
-
-    @staticmethod
-    def _check_fields(fields: dict[str, Any]) -> None:
-        allowed = {f.name for f in dataclasses.fields(OutboxRecord)} - {"key", "created_at"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"unknown outbox fields: {sorted(unknown)}")
 
     async def claim_sid(self, key: str, sid: str, *, now: float, **fields: Any) -> OutboxRecord | None:
         """Record ``sid`` as the message of row ``key`` unless another row already has it.
 
         Used when a lookup after an ambiguous error finds a candidate message: a message is
-        claimed by exactly one row, so two identical texts can never share one SID.
+        claimed by exactly one row, so two identical texts can never share one SID. Fenced
+        like :meth:`update`.
 
         Returns:
             The updated row, or ``None`` when ``sid`` belongs to another row.
+
+        Raises:
+            KeyError: No row has that key.
+            LeaseLostError: Another worker holds the row's lease.
         """
+        check_fields(fields)
 
         def _claim_sid(conn: sqlite3.Connection) -> OutboxRecord | None:
-            values = dict(fields, sid=sid, updated_at=now, key=key)
-            sets = ", ".join(f"{c} = :{c}" for c in values if c != "key")
+            values = dict(fields, sid=sid, now=now)
             try:
                 with transaction(conn):
                     other = conn.execute("SELECT 1 FROM outbox WHERE sid = ? AND key != ?", (sid, key)).fetchone()
                     if other is not None:
                         return None
-                    conn.execute(f"UPDATE outbox SET {sets} WHERE key = :key", values)
-                    row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+                    row = self._write(conn, key, [f"{c} = :{c}" for c in (*fields, "sid")], values, False)
             except sqlite3.IntegrityError:
                 return None
-            if row is None:
-                raise KeyError(key)
-            return OutboxRecord._from_row(row)
+            return OutboxRecord.from_mapping(row)
 
-        self._check_fields(fields)
         return await self._db.run(_claim_sid)
 
     async def get(self, key: str) -> OutboxRecord | None:
@@ -345,7 +539,7 @@ class Outbox:
 
         def _get(conn: sqlite3.Connection) -> OutboxRecord | None:
             row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
-            return OutboxRecord._from_row(row) if row else None
+            return OutboxRecord.from_mapping(row) if row else None
 
         return await self._db.run(_get)
 
@@ -354,7 +548,7 @@ class Outbox:
 
         def _get(conn: sqlite3.Connection) -> OutboxRecord | None:
             row = conn.execute("SELECT * FROM outbox WHERE sid = ?", (sid,)).fetchone()
-            return OutboxRecord._from_row(row) if row else None
+            return OutboxRecord.from_mapping(row) if row else None
 
         return await self._db.run(_get)
 
@@ -367,9 +561,72 @@ class Outbox:
                 f"SELECT * FROM outbox WHERE status IN ({marks}) ORDER BY created_at",
                 UNFINISHED_STATUSES,
             ).fetchall()
-            return [OutboxRecord._from_row(r) for r in rows]
+            return [OutboxRecord.from_mapping(r) for r in rows]
 
         return await self._db.run(_list)
+
+    async def take_unfinished(
+        self, *, now: float, min_age: float = 0.0, limit: int = 100, exclude: Iterable[str] = ()
+    ) -> list[OutboxRecord]:
+        """Lease unfinished rows to this worker for recovery, oldest first.
+
+        Takes rows whose lease is free, expired (its worker died or stalled) or already this
+        worker's, and that changed at least ``min_age`` seconds ago.
+
+        Args:
+            now: Current time (epoch seconds).
+            min_age: Seconds since a row's last change.
+            limit: Most rows taken at once.
+            exclude: Keys this worker is working on (never taken, never count against ``limit``).
+
+        Returns:
+            The rows, now leased to this worker until ``now + lease_seconds``.
+        """
+        skip = set(exclude)
+
+        def _take(conn: sqlite3.Connection) -> list[OutboxRecord]:
+            marks = ",".join("?" * len(UNFINISHED_STATUSES))
+            with transaction(conn):
+                candidates = conn.execute(
+                    f"SELECT key FROM outbox WHERE status IN ({marks}) AND updated_at <= ? "
+                    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?) ORDER BY created_at",
+                    (*UNFINISHED_STATUSES, now - min_age, self.worker_id, now))
+                keys = [key for (key,) in candidates if key not in skip][:limit]
+                rows = []
+                for key in keys:
+                    conn.execute("UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE key = ?",
+                                 (self.worker_id, now + self.lease_seconds, key))
+                    rows.append(conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone())
+            return [OutboxRecord.from_mapping(r) for r in rows]
+
+        return await self._db.run(_take)
+
+    async def renew_leases(self, keys: Iterable[str], *, now: float) -> set[str]:
+        """Extend this worker's leases on ``keys`` to ``now + lease_seconds``.
+
+        Rows that are finished (lease released) are left alone.
+
+        Returns:
+            The keys of unfinished rows another worker has taken meanwhile (lost leases).
+        """
+        keys = list(keys)
+
+        def _renew(conn: sqlite3.Connection) -> set[str]:
+            lost = set()
+            with transaction(conn):
+                for key in keys:
+                    row = conn.execute("SELECT status, lease_owner, lease_until FROM outbox WHERE key = ?",
+                                       (key,)).fetchone()
+                    if row is None or row["status"] not in UNFINISHED_STATUSES:
+                        continue
+                    if row["lease_owner"] not in (None, self.worker_id) and row["lease_until"] >= now:
+                        lost.add(key)
+                        continue
+                    conn.execute("UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE key = ?",
+                                 (self.worker_id, now + self.lease_seconds, key))
+            return lost
+
+        return await self._db.run(_renew) if keys else set()
 
     async def for_call(self, call_id: str) -> list[OutboxRecord]:
         """All rows of a call, oldest first."""
@@ -378,36 +635,61 @@ class Outbox:
             rows = conn.execute(
                 "SELECT * FROM outbox WHERE call_id = ? ORDER BY created_at, key", (call_id,)
             ).fetchall()
-            return [OutboxRecord._from_row(r) for r in rows]
+            return [OutboxRecord.from_mapping(r) for r in rows]
 
         return await self._db.run(_list)
 
     async def record_delivery(
         self, sid: str, status: str, error_code: int | None, *, now: float
     ) -> tuple[OutboxRecord | None, bool]:
-        """Apply a status callback; delivery state only moves forward.
+        """Apply a status callback; delivery state only moves forward. Not fenced (any worker may).
 
         Returns:
             ``(row, changed)``: the row (``None`` for an unknown SID) and whether this
             callback changed it (duplicates and out-of-order callbacks do not).
         """
-        rank = _DELIVERY_RANK.get(status)
 
         def _apply(conn: sqlite3.Connection) -> tuple[OutboxRecord | None, bool]:
             with transaction(conn):
                 row = conn.execute("SELECT * FROM outbox WHERE sid = ?", (sid,)).fetchone()
                 if row is None:
                     return None, False
-                current = row["delivery"]
-                if rank is None or current in _TERMINAL_DELIVERY:
-                    return OutboxRecord._from_row(row), False
-                if current is not None and _DELIVERY_RANK.get(current, -1) >= rank:
-                    return OutboxRecord._from_row(row), False
+                if not delivery_advances(row["delivery"], status):
+                    return OutboxRecord.from_mapping(row), False
                 conn.execute(
                     "UPDATE outbox SET delivery = ?, delivery_error = ?, updated_at = ? WHERE sid = ?",
                     (status, error_code, now, sid),
                 )
                 row = conn.execute("SELECT * FROM outbox WHERE sid = ?", (sid,)).fetchone()
-                return OutboxRecord._from_row(row), True
+                return OutboxRecord.from_mapping(row), True
 
         return await self._db.run(_apply)
+
+
+def open_outbox(
+    database_url: str | None,
+    *,
+    state_dir: str | pathlib.Path,
+    worker_id: str | None = None,
+    lease_seconds: float = 30.0,
+) -> OutboxStore:
+    """The outbox a worker uses: PostgreSQL when ``database_url`` is set, else SQLite in ``state_dir``.
+
+    Args:
+        database_url: ``postgresql://user:password@host:port/db`` (the ``DATABASE_URL`` of a
+            fleet), or ``None``/empty for the embedded SQLite file ``state_dir/outbox.db``.
+        state_dir: The worker's state directory.
+        worker_id: Lease owner name (default: :func:`default_worker_id` for PostgreSQL,
+            ``"local"`` for the worker's own SQLite file).
+        lease_seconds: Lease length.
+
+    Raises:
+        ValueError: The URL is not a PostgreSQL URL.
+        ImportError: PostgreSQL asked for without the ``[postgres]`` extra (asyncpg).
+    """
+    if database_url:
+        from incall_sms.outbox_postgres import PostgresOutbox
+
+        return PostgresOutbox(database_url, worker_id=worker_id or default_worker_id(), lease_seconds=lease_seconds)
+    return Outbox(pathlib.Path(state_dir) / "outbox.db", worker_id=worker_id or SQLITE_WORKER_ID,
+                  lease_seconds=lease_seconds)

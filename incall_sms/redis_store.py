@@ -144,6 +144,7 @@ class RedisCallRegistry:
         self._local: dict[tuple[str, str], Any] = {}
         self._routed: set[Any] = set()  # tasks delivering routed messages
         self.status_handler: Any = None  # async (sid, status, error_code) -> None, for routed callbacks
+        self.event_handler: Any = None  # async (SmsEvent) -> None: events raised on another worker for our calls
         self.deliver: Any = None  # async (message, handler) -> outcome: the router's hand_over
         self._pubsub: Any = None
         self._listener: Any = None
@@ -180,6 +181,12 @@ class RedisCallRegistry:
                 if data.get("type") == "status":
                     if self.status_handler is not None:
                         await self.status_handler(data["sid"], data["status"], data.get("error_code"))
+                    continue
+                if data.get("type") == "event":
+                    if self.event_handler is not None:
+                        from incall_sms.events import SmsEvent
+
+                        await self.event_handler(SmsEvent.from_dict(data["event"]))
                     continue
                 message = InboundMessage(
                     sid=data["sid"], account_sid=data["account_sid"], from_number=data["from_number"],
@@ -268,6 +275,26 @@ class RedisCallRegistry:
         if not owner or owner == self.worker_id:
             return False
         payload = json.dumps({"type": "status", "sid": sid, "status": status, "error_code": error_code})
+        return bool(await self._client.publish(self._channel(owner), payload))
+
+    async def route_event(self, event: Any) -> bool:
+        """Send ``event`` (an ``SmsEvent`` raised here about another worker's message) to that worker.
+
+        With a shared outbox a status callback is applied by whichever worker receives it; the
+        event it raises must still reach the call, on the worker that sent the message.
+
+        Returns:
+            Whether another worker received it (``False`` when the message is this worker's, or
+            its worker is gone).
+        """
+        import json
+
+        if not event.sid:
+            return False
+        owner = await self._client.get(f"{self._prefix}:sid:{event.sid}")
+        if not owner or owner == self.worker_id:
+            return False
+        payload = json.dumps({"type": "event", "event": event.to_dict()})
         return bool(await self._client.publish(self._channel(owner), payload))
 
     async def aclose(self) -> None:

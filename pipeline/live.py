@@ -74,6 +74,9 @@ class LiveSettings:
     stream_token_ttl: float = 120.0
     judge: str = "embedded"
     local_model: str = "qwen2.5-coder-1.5b"
+    database_url: str | None = None
+    outbox_lease: float = 30.0
+    worker_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> LiveSettings:
@@ -108,7 +111,8 @@ class LiveSettings:
             messaging_service_sid=sms.messaging_service_sid, record_dir=env.get("SMS_RECORD_DIR") or None,
             record_unmasked=env.get("SMS_RECORD_UNMASKED", "") == "1", sender_rate=sms.sender_rate,
             redis_url=sms.redis_url, stream_token_ttl=sms.stream_token_ttl, judge=sms.judge,
-            local_model=sms.local_model,
+            local_model=sms.local_model, database_url=sms.database_url, outbox_lease=sms.outbox_lease,
+            worker_id=sms.worker_id,
         )
 
     def sms_settings(self) -> SmsSettings:
@@ -119,7 +123,8 @@ class LiveSettings:
             pool_numbers=self.pool_numbers, messaging_service_sid=self.messaging_service_sid,
             sender_rate=self.sender_rate, redis_url=self.redis_url, stream_token_ttl=self.stream_token_ttl,
             deepgram_api_key=self.deepgram_api_key, deepgram_base_url=self.deepgram_base_url, judge=self.judge,
-            local_model=self.local_model,
+            local_model=self.local_model, database_url=self.database_url, outbox_lease=self.outbox_lease,
+            worker_id=self.worker_id,
         )
 
 

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from twilio.request_validator import RequestValidator
 
 from incall_sms.dispatcher import Dispatcher
+from incall_sms.events import SmsEvent
 from incall_sms.inbound import InboundError, InboundRouter, parse_inbound_form
 
 __all__ = ["WebhookService", "WebhookSettings", "add_webhook_routes", "create_app"]
@@ -58,8 +59,12 @@ class WebhookService:
         settings: Webhook settings.
         router: Inbound message router.
         dispatcher: The dispatcher whose outbox receives status callbacks (``None``: ignored).
-        status_router: For callbacks about messages this worker did not send: forwards them to
-            the worker that did (multi-worker mode); returns whether one took it.
+        status_router: For callbacks about messages this worker's outbox does not have (each
+            worker with its own SQLite outbox): forwards them to the worker that sent the
+            message; returns whether one took it.
+        event_router: With an outbox shared by the fleet (PostgreSQL), a callback is applied
+            here whichever worker sent the message; the event it raises is handed to this, to
+            reach the worker that owns the call.
     """
 
     def __init__(
@@ -69,11 +74,13 @@ class WebhookService:
         router: InboundRouter,
         dispatcher: Dispatcher | None = None,
         status_router: Callable[[str, str, int | None], Awaitable[bool]] | None = None,
+        event_router: Callable[[SmsEvent], Awaitable[bool]] | None = None,
     ):
         self.settings = settings
         self.router = router
         self.dispatcher = dispatcher
         self.status_router = status_router
+        self.event_router = event_router
         self._validator = RequestValidator(settings.auth_token)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.refused = 0
@@ -101,10 +108,12 @@ class WebhookService:
                 await asyncio.wait(pending, timeout=1.0)
 
     async def apply_status(self, sid: str, status: str, error_code: int | None) -> None:
-        """Apply a status callback here, or route it to the worker that sent the message."""
+        """Apply a status callback here (and route its event to the call's worker), or route it to the sender."""
         assert self.dispatcher is not None
         if await self.dispatcher.outbox.by_sid(sid) is not None:
-            await self.dispatcher.handle_status(sid, status, error_code)
+            event = await self.dispatcher.handle_status(sid, status, error_code)
+            if event is not None and self.event_router is not None:
+                await self.event_router(event)
         elif self.status_router is None or not await self.status_router(sid, status, error_code):
             _log.info("status callback for unknown message %s ignored", sid)
 

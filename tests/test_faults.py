@@ -1,5 +1,8 @@
 """Fault campaign: 1,000 sends through the real twilio client against a misbehaving loopback peer.
 
+Run once on each outbox: SQLite (the embedded default) and PostgreSQL (a fleet's shared outbox,
+a real server).
+
 Faults (seeded): 429 storms, 5xx before and after the message was created, timeouts after
 creation, dropped connections, slow answers. Every send must end accepted or honestly failed;
 no text is ever sent twice, none is lost, and none is reported sent that was not (a "false
@@ -12,7 +15,10 @@ import asyncio
 import io
 import random
 import time
+import uuid
 from collections import Counter
+
+import pytest
 
 from incall_sms.actions import parse_actions
 from incall_sms.clock import SystemClock
@@ -63,11 +69,25 @@ def ref_of(i):
     return str(i) if i < SENDS // 2 else f"again-{i % 100}"
 
 
-async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent():
+@pytest.fixture(params=["sqlite", "postgres"])
+async def outbox(request):
+    if request.param == "postgres":
+        from incall_sms.outbox import default_worker_id
+        from incall_sms.outbox_postgres import PostgresOutbox
+        from tests.helpers.postgres import fresh_database
+
+        url = await fresh_database(request.getfixturevalue("postgres_server_url"), f"faults_{uuid.uuid4().hex[:8]}")
+        store = PostgresOutbox(url, worker_id=default_worker_id(), pool_size=20)
+    else:
+        store = Outbox()
+    yield store
+    await store.aclose()
+
+
+async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent(outbox):
     async with TwilioPeer() as peer:
         peer.fault_for, kinds = fault_plan(seed=7)
         provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=0.5)
-        outbox = Outbox()
         dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=outbox, optouts=SqliteOptOutStore(),
                                 clock=SystemClock(),  # the peer's clock is the real one: lookups compare with it
                                 retry_policy=RetryPolicy(attempts=5, base_delay=0.01, jitter=0),

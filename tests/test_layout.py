@@ -46,6 +46,24 @@ def test_core_import_does_not_load_frameworks():
     assert out.stdout.strip() == ""
 
 
+def test_postgres_driver_is_an_optional_extra():
+    """asyncpg (the [postgres] extra) loads only for a PostgreSQL outbox; without it the error says what to install."""
+    code = (
+        "import sys, incall_sms.outbox, incall_sms.outbox_postgres, incall_sms.dispatcher\n"
+        "import incall_sms.pipeline.service\n"
+        "print('asyncpg' in sys.modules)\n"
+        "sys.modules['asyncpg'] = None\n"
+        "try:\n"
+        "    incall_sms.outbox.open_outbox('postgresql://db/x', state_dir='.')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded, message = out.stdout.strip().splitlines()
+    assert loaded == "False"
+    assert "pip install 'pipecat-incall-sms[postgres]'" in message
+
+
 def test_no_blocking_calls_in_library_code():
     patterns = (
         "time.sleep(",

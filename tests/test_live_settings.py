@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from incall_sms.dispatcher import CallContext
 from incall_sms.pipeline import DEFAULT_ACTIONS
 from incall_sms.pipeline.live import LiveAgent, LiveSettings, SettingsError, TwilioStream, stream_twiml
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, TwilioPeer
@@ -62,3 +63,42 @@ async def test_redis_url_shares_stores(tmp_path, redis_url):
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_database_url_shares_the_outbox(tmp_path, redis_url, postgres_server_url):
+    from incall_sms.outbox_postgres import PostgresOutbox
+    from tests.helpers.postgres import fresh_database
+
+    env = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "k",
+           "OPENAI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "REDIS_URL": redis_url,
+           "DATABASE_URL": await fresh_database(postgres_server_url, "live_settings"), "SMS_OUTBOX_LEASE": "12",
+           "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS)}
+    async with TwilioPeer() as peer:
+        env["TWILIO_API_BASE_URL"] = peer.base_url
+        first = LiveAgent(LiveSettings.from_env({**env, "SMS_WORKER_ID": "worker-1"}))
+        second = LiveAgent(LiveSettings.from_env({**env, "SMS_WORKER_ID": "worker-2"}))
+        try:
+            await first.sms.start()
+            await second.sms.start()
+            assert isinstance(first.sms.outbox, PostgresOutbox)
+            assert (first.sms.outbox.worker_id, first.sms.outbox.lease_seconds) == ("worker-1", 12.0)
+            assert first.sms.registry.worker_id == "worker-1"
+            call = CallContext(call_id="CA" + "5" * 32, caller_number="+14155552671", agent_number="+14155550100")
+            sent = await first.sms.dispatcher.send(first.sms.actions.actions[0].name, call=call, turn=1,
+                                                   variables={"caller_name": "Sam", "booking_time": "Friday 7 pm"})
+            assert sent.accepted, sent
+            assert (await second.sms.outbox.by_sid(sent.sid)).key == sent.key  # one outbox for the fleet
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL"),
+    ({"SMS_OUTBOX_LEASE": "0"}, "SMS_OUTBOX_LEASE"),
+])
+def test_bad_fleet_settings_are_named(tmp_path, env, named):
+    base = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "k",
+            "OPENAI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "SMS_STATE_DIR": str(tmp_path)}
+    with pytest.raises(SettingsError, match=named):
+        LiveAgent(LiveSettings.from_env({**base, **env}))

@@ -1,5 +1,9 @@
 """Two webhook worker processes sharing Redis: an inbound text posted to the worker that does not own
-the call reaches the call on the other worker; dedupe is shared; a vanished owner loses nothing."""
+the call reaches the call on the other worker; dedupe is shared; a vanished owner loses nothing.
+
+Run with each worker's own SQLite outbox (a status callback is forwarded to the worker that sent the
+message) and with one PostgreSQL outbox shared by both (applied where it arrives, its event routed to
+the call's worker)."""
 
 import asyncio
 import json
@@ -9,6 +13,7 @@ import subprocess
 import sys
 
 import aiohttp
+import pytest
 from twilio.request_validator import RequestValidator
 
 from tests.conftest import ROOT
@@ -48,9 +53,17 @@ async def stored_sids(db, timeout=5.0):
     return stored
 
 
-async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path):
+@pytest.mark.parametrize("outbox", ["sqlite", "postgres"])
+async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path, outbox, request):
     out = tmp_path / "owner_received.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    shared = None
+    if outbox == "postgres":
+        from incall_sms.outbox_postgres import PostgresOutbox
+        from tests.helpers.postgres import fresh_database
+
+        env["OUTBOX_DATABASE_URL"] = await fresh_database(request.getfixturevalue("postgres_server_url"), "routing")
+        shared = PostgresOutbox(env["OUTBOX_DATABASE_URL"], worker_id="observer")
     ports = {"A": free_port(), "B": free_port()}
     workers = {}
     try:
@@ -67,11 +80,15 @@ async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path)
         [sent] = await wait_lines(out, 1)  # the owner texted the caller at start
         sid = sent["sent"]
 
-        # a status callback for A's message arrives at B: routed to A, applied to A's outbox
+        # a status callback for A's message arrives at B: the call on A hears of the delivery
         status = {"MessageSid": sid, "MessageStatus": "delivered", "ErrorCode": ""}
         assert await post(ports["B"], status, path="/sms/status") == 204
         lines = await wait_lines(out, 2)
         assert {"delivered": sid, "worker": "worker-a"} in lines
+        if shared is not None:  # B applied it to the shared row, and only the event travelled to A
+            row = await shared.by_sid(sid)
+            assert (row.delivery, row.status) == ("delivered", "accepted")
+            await shared.aclose()
 
         first = sms_form(body="my order number is 4411")
         assert await post(ports["B"], first) == 200  # B does not own the call

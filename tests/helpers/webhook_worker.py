@@ -2,10 +2,13 @@
 
 Usage: python -m tests.helpers.webhook_worker REDIS_URL PORT WORKER_ID STORE_DB [CALLER AGENT OUT_FILE]
 With CALLER/AGENT/OUT_FILE the worker owns that "live call" and appends every message it gets to OUT_FILE.
+With OUTBOX_DATABASE_URL in the environment the workers share a PostgreSQL outbox (else each has its own
+SQLite file next to STORE_DB).
 """
 
 import asyncio
 import json
+import os
 import sys
 
 import uvicorn
@@ -31,9 +34,16 @@ async def main(redis_url, port, worker_id, store_db, own=None):
     registry.deliver = router.hand_over
     actions = parse_actions({"actions": [{"name": "link", "condition": "if the caller wants the link",
                                           "content": {"template": "https://example.com"}}]})
-    dispatcher = Dispatcher(actions=actions, provider=LocalProvider(), outbox=Outbox(store_db + ".outbox"),
+    if os.environ.get("OUTBOX_DATABASE_URL"):
+        from incall_sms.outbox_postgres import PostgresOutbox
+
+        outbox = PostgresOutbox(os.environ["OUTBOX_DATABASE_URL"], worker_id=worker_id)
+    else:
+        outbox = Outbox(store_db + ".outbox")
+    dispatcher = Dispatcher(actions=actions, provider=LocalProvider(), outbox=outbox,
                             optouts=RedisOptOutStore(client))
     registry.status_handler = dispatcher.handle_status
+    registry.event_handler = dispatcher.publish
 
     def record(item):
         if own:
@@ -65,7 +75,8 @@ async def main(redis_url, port, worker_id, store_db, own=None):
         print("ready", flush=True)
 
     service = WebhookService(settings=WebhookSettings(public_url=PUBLIC, auth_token=AUTH_TOKEN), router=router,
-                             dispatcher=dispatcher, status_router=registry.route_status)
+                             dispatcher=dispatcher, status_router=registry.route_status,
+                             event_router=registry.route_event)
     app = create_app(service, startup=startup, shutdown=registry.aclose)
     await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).serve()
 

@@ -1,0 +1,360 @@
+"""The outbox on PostgreSQL, shared by a fleet of workers (``DATABASE_URL``).
+
+Same contract as the SQLite :class:`~incall_sms.outbox.Outbox` (``tests/test_outbox_contract.py``
+runs the same tests on both); what differs is how it stays correct with many writers:
+
+* A claim serializes the rows of one call (and, with a destination cap, of one destination)
+  with transaction-scoped advisory locks, so the "once per call" rule and the caps hold
+  across workers. Locks are always taken call first, then destination: no lock cycle.
+* Recovery takes rows with ``FOR UPDATE SKIP LOCKED``: two workers recovering at once never
+  take the same row, and neither waits for the other.
+* Leases and fencing as described in :mod:`incall_sms.outbox`.
+
+The driver is asyncpg (the ``[postgres]`` extra): native asyncio with no libpq to install,
+prepared statements cached per connection, and the fastest of the Python drivers; nothing
+here blocks the event loop. Connection failures surface as :class:`OutboxUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from incall_sms.errors import OutboxUnavailableError
+from incall_sms.outbox import (
+    ACTIVE_STATUSES,
+    REPLACEABLE_STATUSES,
+    UNFINISHED_STATUSES,
+    ClaimOutcome,
+    LeaseLostError,
+    OutboxRecord,
+    SidTakenError,
+    check_fields,
+    delivery_advances,
+)
+
+__all__ = ["PostgresOutbox"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incall_sms_outbox (
+    key TEXT PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    to_number TEXT,
+    from_number TEXT,
+    messaging_service_sid TEXT,
+    body TEXT,
+    media_urls TEXT NOT NULL DEFAULT '',
+    encoding TEXT,
+    segments INTEGER,
+    sid TEXT,
+    reason TEXT,
+    error_code INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_at DOUBLE PRECISION,
+    delivery TEXT,
+    delivery_error INTEGER,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    lease_owner TEXT,
+    lease_until DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS incall_sms_outbox_call ON incall_sms_outbox(call_id, action);
+CREATE INDEX IF NOT EXISTS incall_sms_outbox_unfinished ON incall_sms_outbox(created_at)
+    WHERE status IN ('pending', 'sending', 'ambiguous');
+CREATE INDEX IF NOT EXISTS incall_sms_outbox_destination ON incall_sms_outbox(to_number, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS incall_sms_outbox_sid ON incall_sms_outbox(sid) WHERE sid IS NOT NULL;
+"""
+
+_TABLE = "incall_sms_outbox"
+# advisory lock classes (first key of pg_advisory_xact_lock(int, int))
+_LOCK_SCHEMA, _LOCK_CALL, _LOCK_DESTINATION = 0x534D5300, 0x534D5301, 0x534D5302
+
+
+class PostgresOutbox:
+    """Outbox in a PostgreSQL table (``incall_sms_outbox``), created on first use.
+
+    Args:
+        url: ``postgresql://user:password@host:port/database`` (asyncpg's DSN; ``?sslmode=``
+            and the other libpq URL options work).
+        worker_id: This worker's lease owner name, unique in the fleet
+            (:func:`~incall_sms.outbox.default_worker_id`).
+        lease_seconds: How long a lease lasts without renewal.
+        pool_size: Most connections this worker opens.
+        connect_timeout: Seconds to wait for a connection.
+
+    Raises:
+        ValueError: ``url`` is not a ``postgres://`` or ``postgresql://`` URL, or an option is
+            out of range.
+        ImportError: asyncpg is not installed (``pip install 'pipecat-incall-sms[postgres]'``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        worker_id: str,
+        lease_seconds: float = 30.0,
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not url.startswith(("postgres://", "postgresql://")):
+            raise ValueError("DATABASE_URL must be a postgresql:// URL")
+        if lease_seconds <= 0 or pool_size < 1 or connect_timeout <= 0:
+            raise ValueError("lease_seconds and connect_timeout must be > 0, pool_size >= 1")
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "the PostgreSQL outbox needs asyncpg: pip install 'pipecat-incall-sms[postgres]'") from None
+        self._url = url
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and create the table if needed (idempotent; every method opens on first use)."""
+        if self._pool is not None:
+            return
+        async with self._opening:
+            if self._pool is not None:
+                return
+            import asyncpg
+
+            try:
+                pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size,
+                                                 timeout=self._connect_timeout)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                raise OutboxUnavailableError(f"outbox database unreachable ({exc.__class__.__name__})") from None
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    # workers starting together: one creates the table, the others wait and find it
+                    await conn.execute(f"SELECT pg_advisory_xact_lock({_LOCK_SCHEMA}, 0)")
+                    await conn.execute(_SCHEMA)
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+
+    async def aclose(self) -> None:
+        """Close the connections (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        import asyncpg
+
+        await self.open()
+        try:
+            async with self._pool.acquire(timeout=self._connect_timeout) as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                asyncpg.TooManyConnectionsError, asyncpg.InterfaceError) as exc:
+            raise OutboxUnavailableError(f"outbox database unreachable ({exc.__class__.__name__})") from None
+
+    @staticmethod
+    def _record(row: Any) -> OutboxRecord:
+        return OutboxRecord.from_mapping(dict(row.items()))
+
+    # -- the contract -------------------------------------------------------------------
+
+    async def claim(
+        self,
+        record: OutboxRecord,
+        *,
+        once_per_call: bool,
+        max_per_call: int,
+        max_per_destination: int | None = None,
+        window: float = 24 * 3600,
+    ) -> tuple[ClaimOutcome, OutboxRecord]:
+        """Atomically insert ``record`` unless it would duplicate or exceed a cap (see :meth:`Outbox.claim`)."""
+        import dataclasses
+
+        if record.status in UNFINISHED_STATUSES:
+            record = dataclasses.replace(record, lease_owner=self.worker_id,
+                                         lease_until=record.updated_at + self.lease_seconds)
+        else:
+            record = dataclasses.replace(record, lease_owner=None, lease_until=None)
+        active = list(ACTIVE_STATUSES)
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_CALL, record.call_id)
+            capped = record.status == "pending" and max_per_destination is not None and record.to_number
+            if capped:
+                await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_DESTINATION,
+                                   record.to_number)
+            existing = await conn.fetchrow(f"SELECT * FROM {_TABLE} WHERE key = $1", record.key)
+            if existing is not None and existing["status"] not in REPLACEABLE_STATUSES:
+                return ClaimOutcome.DUPLICATE, self._record(existing)
+            if record.status == "pending":
+                if once_per_call:
+                    row = await conn.fetchrow(
+                        f"SELECT * FROM {_TABLE} WHERE call_id = $1 AND action = $2 AND status = ANY($3) "
+                        "ORDER BY created_at LIMIT 1", record.call_id, record.action, active)
+                    if row is not None:
+                        return ClaimOutcome.DUPLICATE, self._record(row)
+                count = await conn.fetchval(
+                    f"SELECT COUNT(*) FROM {_TABLE} WHERE call_id = $1 AND status = ANY($2)", record.call_id, active)
+                if count >= max_per_call:
+                    return ClaimOutcome.LIMIT_REACHED, record
+                if capped:
+                    sent_to = await conn.fetchval(
+                        f"SELECT COUNT(*) FROM {_TABLE} WHERE to_number = $1 AND created_at >= $2 "
+                        "AND status = ANY($3)", record.to_number, record.created_at - window, active)
+                    if sent_to >= max_per_destination:  # type: ignore[operator]
+                        return ClaimOutcome.LIMIT_REACHED, record
+            if existing is not None:  # a refusal or a certain failure sent nothing, so it blocks nothing
+                await conn.execute(f"DELETE FROM {_TABLE} WHERE key = $1", record.key)
+            data = record.columns()
+            marks = ", ".join(f"${i}" for i in range(1, len(data) + 1))
+            await conn.execute(f"INSERT INTO {_TABLE} ({', '.join(data)}) VALUES ({marks})", *data.values())
+            return ClaimOutcome.CREATED, record
+
+    async def _write(self, conn: Any, key: str, fields: dict[str, Any], *, now: float, release: bool,
+                     increment: bool = False) -> OutboxRecord:
+        """Fenced UPDATE of ``key``: takes or keeps the lease (or releases it); returns the new row."""
+        values: list[Any] = [key, self.worker_id, now]
+        sets = []
+        for column, value in fields.items():
+            values.append(value)
+            sets.append(f"{column} = ${len(values)}")
+        if increment:
+            sets += ["attempts = attempts + 1", "first_attempt_at = COALESCE(first_attempt_at, $3)"]
+        sets.append("updated_at = $3")
+        if release:
+            sets.append("lease_owner = NULL, lease_until = NULL")
+        else:
+            values.append(now + self.lease_seconds)
+            sets.append(f"lease_owner = $2, lease_until = ${len(values)}")
+        row = await conn.fetchrow(
+            f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE key = $1 "
+            "AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $3) RETURNING *", *values)
+        if row is None:
+            owner = await conn.fetchrow(f"SELECT lease_owner FROM {_TABLE} WHERE key = $1", key)
+            if owner is None:
+                raise KeyError(key)
+            raise LeaseLostError(key, owner["lease_owner"])
+        return self._record(row)
+
+    async def update(self, key: str, *, now: float, release: bool = False, **fields: Any) -> OutboxRecord:
+        """Fenced write of ``fields`` on row ``key`` (see :meth:`Outbox.update`).
+
+        Raises:
+            KeyError: No row has that key.
+            LeaseLostError: Another worker holds the row's lease.
+            SidTakenError: ``sid`` is already the SID of another row.
+            ValueError: A field is not a writable column.
+            OutboxUnavailableError: The database cannot be reached.
+        """
+        import asyncpg
+
+        check_fields(fields)
+        increment = fields.get("attempts") == "+1"
+        if increment:
+            fields = {k: v for k, v in fields.items() if k != "attempts"}
+        try:
+            async with self._connection() as conn:
+                return await self._write(conn, key, fields, now=now, release=release, increment=increment)
+        except asyncpg.UniqueViolationError:
+            raise SidTakenError(key) from None
+
+    async def claim_sid(self, key: str, sid: str, *, now: float, **fields: Any) -> OutboxRecord | None:
+        """Record ``sid`` on row ``key`` unless another row has it (see :meth:`Outbox.claim_sid`)."""
+        import asyncpg
+
+        check_fields(fields)
+        try:
+            async with self._connection() as conn:
+                return await self._write(conn, key, {**fields, "sid": sid}, now=now, release=False)
+        except asyncpg.UniqueViolationError:  # the partial unique index decides, atomically
+            return None
+
+    async def get(self, key: str) -> OutboxRecord | None:
+        """The row for ``key``, or ``None``."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(f"SELECT * FROM {_TABLE} WHERE key = $1", key)
+        return self._record(row) if row is not None else None
+
+    async def by_sid(self, sid: str) -> OutboxRecord | None:
+        """The row whose provider SID is ``sid``, or ``None``."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(f"SELECT * FROM {_TABLE} WHERE sid = $1", sid)
+        return self._record(row) if row is not None else None
+
+    async def unfinished(self) -> list[OutboxRecord]:
+        """Rows left ``pending``, ``sending`` or ``ambiguous``, oldest first (whoever leases them)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(f"SELECT * FROM {_TABLE} WHERE status = ANY($1) ORDER BY created_at",
+                                    list(UNFINISHED_STATUSES))
+        return [self._record(r) for r in rows]
+
+    async def take_unfinished(
+        self, *, now: float, min_age: float = 0.0, limit: int = 100, exclude: Iterable[str] = ()
+    ) -> list[OutboxRecord]:
+        """Lease unfinished rows for recovery (see :meth:`Outbox.take_unfinished`); ``SKIP LOCKED``."""
+        async with self._connection(transaction=True) as conn:
+            rows = await conn.fetch(
+                f"""UPDATE {_TABLE} SET lease_owner = $1, lease_until = $2
+                    WHERE key IN (
+                        SELECT key FROM {_TABLE}
+                        WHERE status = ANY($3) AND updated_at <= $4
+                          AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < $5)
+                          AND key <> ALL($7)
+                        ORDER BY created_at LIMIT $6
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING *""",
+                self.worker_id, now + self.lease_seconds, list(UNFINISHED_STATUSES), now - min_age, now, limit,
+                list(exclude))
+        return sorted((self._record(r) for r in rows), key=lambda r: (r.created_at, r.key))
+
+    async def renew_leases(self, keys: Iterable[str], *, now: float) -> set[str]:
+        """Extend this worker's leases on ``keys``; returns the keys another worker has taken."""
+        keys = list(keys)
+        if not keys:
+            return set()
+        async with self._connection() as conn:
+            lost = await conn.fetch(
+                f"""WITH renewed AS (
+                        UPDATE {_TABLE} SET lease_owner = $2, lease_until = $3
+                        WHERE key = ANY($1) AND status = ANY($5)
+                          AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $4)
+                        RETURNING key)
+                    SELECT key FROM {_TABLE}
+                    WHERE key = ANY($1) AND status = ANY($5) AND key NOT IN (SELECT key FROM renewed)""",
+                keys, self.worker_id, now + self.lease_seconds, now, list(UNFINISHED_STATUSES))
+        return {r["key"] for r in lost}
+
+    async def for_call(self, call_id: str) -> list[OutboxRecord]:
+        """All rows of a call, oldest first."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(f"SELECT * FROM {_TABLE} WHERE call_id = $1 ORDER BY created_at, key", call_id)
+        return [self._record(r) for r in rows]
+
+    async def record_delivery(
+        self, sid: str, status: str, error_code: int | None, *, now: float
+    ) -> tuple[OutboxRecord | None, bool]:
+        """Apply a status callback; delivery only moves forward (see :meth:`Outbox.record_delivery`)."""
+        async with self._connection(transaction=True) as conn:
+            row = await conn.fetchrow(f"SELECT * FROM {_TABLE} WHERE sid = $1 FOR UPDATE", sid)
+            if row is None:
+                return None, False
+            if not delivery_advances(row["delivery"], status):
+                return self._record(row), False
+            row = await conn.fetchrow(
+                f"UPDATE {_TABLE} SET delivery = $2, delivery_error = $3, updated_at = $4 WHERE sid = $1 RETURNING *",
+                sid, status, error_code, now)
+            return self._record(row), True

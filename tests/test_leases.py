@@ -1,0 +1,140 @@
+"""Leases in the dispatcher: two workers on one outbox file (the contract tests show PostgreSQL keeps the
+same rules; tests/test_fleet.py runs real worker processes on PostgreSQL)."""
+
+import asyncio
+
+from incall_sms.actions import parse_actions
+from incall_sms.clock import ManualClock, SystemClock
+from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome
+from incall_sms.errors import SendError, SendErrorKind
+from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import Outbox, OutboxRecord
+from incall_sms.providers.local import LocalProvider
+from tests.helpers.sms import AGENT, CALLER
+
+ACTIONS = parse_actions({"actions": [
+    {"name": "menu", "condition": "if the caller wants the menu", "content": {"template": "Menu: https://e.com/m"}}]})
+CALL = CallContext(call_id="CA" + "1" * 32, caller_number=CALLER, agent_number=AGENT)
+KEY = f"{CALL.call_id}:menu:1"
+
+
+def worker(outbox, clock, provider=None):
+    return Dispatcher(actions=ACTIONS, provider=provider or LocalProvider(clock=clock.now), outbox=outbox,
+                      optouts=SqliteOptOutStore(), clock=clock, ambiguity_delay=0.0, recovery_min_age=0.0)
+
+
+class TakenOverMidSend(LocalProvider):
+    """The request times out; meanwhile the worker's lease ran out and another worker took the row."""
+
+    def __init__(self, other, at, **kwargs):
+        super().__init__(**kwargs)
+        self.other, self.at = other, at
+
+    async def send(self, sms):
+        assert [r.key for r in await self.other.take_unfinished(now=self.at)] == [sms.key]
+        raise SendError("timeout", kind=SendErrorKind.AMBIGUOUS)
+
+
+async def test_a_worker_that_lost_its_lease_writes_nothing_more_and_says_unconfirmed(tmp_path):
+    clock = ManualClock()
+    a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=10)
+    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=10)
+    dispatcher = worker(a, clock, TakenOverMidSend(b, clock.now() + 11, clock=clock.now))
+    events = []
+    dispatcher.subscribe(events.append)
+    result = await dispatcher.send("menu", call=CALL, turn=1)
+    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")  # honest: B decides now
+    assert [(e.kind.value, e.reason) for e in events] == [("queued", None), ("failed", "unconfirmed")]
+    row = await b.get(KEY)
+    assert (row.status, row.lease_owner, row.attempts) == ("sending", "B", 1)  # A wrote nothing after losing it
+    assert dispatcher.leases_lost == 1
+    a.close()
+    b.close()
+
+
+async def test_leases_are_renewed_while_a_send_is_in_flight(tmp_path):
+    a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=1.5)
+    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=1.5)
+    clock = SystemClock()
+    dispatcher = worker(a, clock, LocalProvider(clock=clock.now, latency=2.5))  # longer than a lease
+    send = asyncio.get_running_loop().create_task(dispatcher.send("menu", call=CALL, turn=1))
+    taken, leases = [], set()
+    while not send.done():
+        await asyncio.sleep(0.05)
+        taken += await b.take_unfinished(now=clock.now())
+        row = await b.get(KEY)
+        if row is not None and row.lease_until is not None:
+            leases.add(row.lease_until)
+    result = await send
+    assert taken == []  # the request outlived the first lease, and B never got the row
+    assert len(leases) >= 3  # renewed every half second
+    assert result.accepted and (await a.get(KEY)).lease_owner is None  # the last write released it
+    a.close()
+    b.close()
+
+
+async def test_recovery_takes_a_dead_worker_s_row_only_when_its_lease_ran_out(tmp_path):
+    clock = ManualClock()
+    dead = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=30)
+    now = clock.now()
+    record = OutboxRecord(key=KEY, call_id=CALL.call_id, action="menu", turn=1, status="pending", to_number=CALLER,
+                          from_number=AGENT, body="Menu: https://e.com/m", created_at=now, updated_at=now)
+    await dead.claim(record, once_per_call=True, max_per_call=3)
+    await dead.update(KEY, now=now, status="sending", attempts="+1")  # A died with the request on the wire
+    dead.close()
+    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=30)
+    provider = LocalProvider(clock=clock.now)
+    dispatcher = worker(b, clock, provider)
+    clock.advance(20)
+    assert await dispatcher.recover() == []  # A's lease still runs: maybe A is only slow
+    clock.advance(11)
+    [result] = await dispatcher.recover()
+    assert result.outcome is SendOutcome.ACCEPTED  # looked up (none), then sent once
+    assert [m.body for m in await provider.inbox()] == ["Menu: https://e.com/m"]
+    assert await dispatcher.recover() == []
+    b.close()
+
+
+class OutageAfterAccept(LocalProvider):
+    """The provider accepts the text; then the outbox's database goes down (fast shutdown)."""
+
+    def __init__(self, server, **kwargs):
+        super().__init__(**kwargs)
+        self.server = server
+
+    async def send(self, sms):
+        receipt = await super().send(sms)
+        await asyncio.to_thread(self.server.stop)
+        return receipt
+
+
+async def test_an_outbox_outage_is_told_honestly_and_loses_nothing():
+    from incall_sms.outbox_postgres import PostgresOutbox
+    from tests.helpers.postgres import fresh_database, postgres_server
+
+    clock = SystemClock()
+    with postgres_server() as server:
+        url = await fresh_database(server.url, "outage")
+        await asyncio.to_thread(server.stop)
+        # unreachable before the claim: nothing recorded, nothing sent, a retryable failure
+        outbox = PostgresOutbox(url, worker_id="A", lease_seconds=30, connect_timeout=2)
+        provider = OutageAfterAccept(server, clock=clock.now)
+        events = []
+        dispatcher = worker(outbox, clock, provider)
+        dispatcher.subscribe(events.append)
+        result = await dispatcher.send("menu", call=CALL, turn=1)
+        assert (result.outcome, result.reason, result.retryable) == (SendOutcome.FAILED, "outbox_unavailable", True)
+        assert [(e.kind.value, e.reason) for e in events] == [("failed", "outbox_unavailable")]
+        assert await provider.inbox() == []
+
+        # back up; then gone right after the provider accepted: the caller hears the truth (sent)
+        await asyncio.to_thread(server.start)
+        result = await dispatcher.send("menu", call=CALL, turn=1)
+        assert result.accepted and [e.kind.value for e in events[1:]] == ["queued", "sent"]
+        await asyncio.to_thread(server.start)
+        row = await outbox.get(KEY)
+        assert (row.status, row.sid) == ("sending", None)  # not recorded: the outbox was down
+        [recovered] = await dispatcher.recover()  # its own lease, taken at once; the lookup finds the message
+        assert recovered.accepted and recovered.sid == result.sid
+        assert len(await provider.inbox()) == 1 and (await outbox.get(KEY)).status == "accepted"
+        await outbox.aclose()

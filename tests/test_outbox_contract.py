@@ -1,0 +1,223 @@
+"""The outbox contract, run on both implementations: SQLite (embedded default) and PostgreSQL (fleets).
+
+Every test gets two handles on one store (two workers: ``w1`` and ``w2``), a SQLite file or a fresh
+database on a real PostgreSQL server.
+"""
+
+import asyncio
+import dataclasses
+import uuid
+
+import pytest
+
+from incall_sms.outbox import ClaimOutcome, LeaseLostError, Outbox, OutboxRecord, SidTakenError
+
+T0 = 1_800_000_000.0
+CALLER = "+14155552671"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def workers(request, tmp_path):
+    """``make(worker_id, lease_seconds=30)`` -> an outbox handle on the test's shared store."""
+    opened = []
+    if request.param == "postgres":
+        from incall_sms.outbox_postgres import PostgresOutbox
+        from tests.helpers.postgres import fresh_database
+
+        url = await fresh_database(request.getfixturevalue("postgres_server_url"), f"contract_{uuid.uuid4().hex[:12]}")
+
+        def make(worker_id, lease_seconds=30.0):
+            opened.append(PostgresOutbox(url, worker_id=worker_id, lease_seconds=lease_seconds))
+            return opened[-1]
+    else:
+        def make(worker_id, lease_seconds=30.0):
+            opened.append(Outbox(tmp_path / "outbox.db", worker_id=worker_id, lease_seconds=lease_seconds))
+            return opened[-1]
+    yield make
+    for outbox in opened:
+        await outbox.aclose()
+
+
+def row(key="CA1:link:1", *, call_id="CA1", action="link", turn=1, status="pending", at=T0, to=CALLER, **extra):
+    return OutboxRecord(key=key, call_id=call_id, action=action, turn=turn, status=status, to_number=to,
+                        from_number="+14155550100", body="https://example.com", created_at=at, updated_at=at,
+                        **extra)
+
+
+async def claim(outbox, record, *, once=True, per_call=5, per_destination=None, window=24 * 3600):
+    return await outbox.claim(record, once_per_call=once, max_per_call=per_call,
+                              max_per_destination=per_destination, window=window)
+
+
+async def test_claim_is_once_per_key_and_a_row_round_trips(workers):
+    w1 = workers("w1")
+    record = row(media_urls=("https://example.com/a.jpg", "https://example.com/b.png"), segments=2, encoding="GSM-7")
+    outcome, stored = await claim(w1, record)
+    assert outcome is ClaimOutcome.CREATED
+    again, existing = await claim(w1, dataclasses.replace(record, body="other"))
+    assert again is ClaimOutcome.DUPLICATE and existing.body == "https://example.com"
+    got = await w1.get(record.key)
+    assert dataclasses.replace(got, lease_owner=None, lease_until=None) == record
+    assert (got.lease_owner, got.lease_until) == ("w1", T0 + 30)
+    assert await w1.get("nope") is None
+
+
+async def test_refused_rows_are_replaced_active_ones_are_not(workers):
+    w1 = workers("w1")
+    assert (await claim(w1, row(status="skipped", reason="missing_variable")))[0] is ClaimOutcome.CREATED
+    assert (await w1.get("CA1:link:1")).lease_owner is None  # nothing to send: nobody leases it
+    outcome, stored = await claim(w1, row())
+    assert outcome is ClaimOutcome.CREATED and (await w1.get("CA1:link:1")).status == "pending"
+    await w1.update("CA1:link:1", now=T0, release=True, status="failed", reason="not_mobile")
+    assert (await claim(w1, row(at=T0 + 1)))[0] is ClaimOutcome.CREATED
+    await w1.update("CA1:link:1", now=T0 + 2, status="accepted", sid="SM1")
+    assert (await claim(w1, row(at=T0 + 3)))[0] is ClaimOutcome.DUPLICATE
+
+
+async def test_once_per_call_and_caps(workers):
+    w1 = workers("w1")
+    assert (await claim(w1, row("CA1:link:1")))[0] is ClaimOutcome.CREATED
+    outcome, stored = await claim(w1, row("CA1:link:2", turn=2))
+    assert outcome is ClaimOutcome.DUPLICATE and stored.key == "CA1:link:1"
+    assert (await claim(w1, row("CA1:link:2", turn=2), once=False))[0] is ClaimOutcome.CREATED
+    assert (await claim(w1, row("CA1:menu:3", action="menu", turn=3), per_call=2))[0] is ClaimOutcome.LIMIT_REACHED
+    # per destination, across calls, within the window only
+    assert (await claim(w1, row("CA2:link:1", call_id="CA2"), per_destination=2))[0] is ClaimOutcome.LIMIT_REACHED
+    later = T0 + 7200
+    assert (await claim(w1, row("CA2:link:1", call_id="CA2", at=later), per_destination=2,
+                        window=3600))[0] is ClaimOutcome.CREATED
+    assert [r.key for r in await w1.for_call("CA1")] == ["CA1:link:1", "CA1:link:2"]
+
+
+async def test_update_counts_attempts_and_checks_fields(workers):
+    w1 = workers("w1")
+    await claim(w1, row())
+    first = await w1.update("CA1:link:1", now=T0 + 1, status="sending", attempts="+1")
+    second = await w1.update("CA1:link:1", now=T0 + 5, attempts="+1")
+    assert (first.attempts, first.first_attempt_at) == (1, T0 + 1)
+    assert (second.attempts, second.first_attempt_at, second.updated_at) == (2, T0 + 1, T0 + 5)
+    assert second.lease_until == T0 + 5 + 30  # a write by the holder extends its lease
+    with pytest.raises(ValueError, match="lease_owner"):
+        await w1.update("CA1:link:1", now=T0, lease_owner="w2")
+    with pytest.raises(KeyError):
+        await w1.update("missing", now=T0, status="sending")
+
+
+async def test_a_sid_belongs_to_one_row(workers):
+    w1 = workers("w1")
+    await claim(w1, row("CA1:link:1"))
+    await claim(w1, row("CA2:link:1", call_id="CA2"))
+    await w1.update("CA1:link:1", now=T0, status="accepted", sid="SM1")
+    with pytest.raises(SidTakenError):
+        await w1.update("CA2:link:1", now=T0, sid="SM1")
+    assert await w1.claim_sid("CA2:link:1", "SM1", now=T0) is None
+    claimed = await w1.claim_sid("CA2:link:1", "SM2", now=T0, status="accepted")
+    assert (claimed.sid, claimed.status) == ("SM2", "accepted")
+    assert (await w1.by_sid("SM2")).key == "CA2:link:1" and await w1.by_sid("SM9") is None
+
+
+async def test_delivery_only_moves_forward(workers):
+    w1, w2 = workers("w1"), workers("w2")
+    await claim(w1, row())
+    await w1.update("CA1:link:1", now=T0, release=True, status="accepted", sid="SM1")
+    assert await w2.record_delivery("SM404", "delivered", None, now=T0) == (None, False)
+    record, changed = await w2.record_delivery("SM1", "sent", None, now=T0 + 1)  # any worker applies callbacks
+    assert changed and record.delivery == "sent"
+    assert (await w2.record_delivery("SM1", "queued", None, now=T0 + 2))[1] is False  # out of order
+    record, changed = await w1.record_delivery("SM1", "undelivered", 30003, now=T0 + 3)
+    assert changed and (record.delivery, record.delivery_error) == ("undelivered", 30003)
+    assert (await w1.record_delivery("SM1", "delivered", None, now=T0 + 4))[1] is False  # terminal
+
+
+async def test_leases_fence_writes(workers):
+    w1, w2 = workers("w1", lease_seconds=10), workers("w2", lease_seconds=10)
+    await claim(w1, row())
+    with pytest.raises(LeaseLostError) as lost:
+        await w2.update("CA1:link:1", now=T0 + 5, status="sending", attempts="+1")
+    assert lost.value.owner == "w1"
+    with pytest.raises(LeaseLostError):
+        await w2.claim_sid("CA1:link:1", "SM1", now=T0 + 5)
+    # w1's lease runs out (it died or stalled): the next writer takes the row, and w1 is fenced off
+    taken = await w2.update("CA1:link:1", now=T0 + 11, status="ambiguous")
+    assert (taken.lease_owner, taken.lease_until) == ("w2", T0 + 21)
+    with pytest.raises(LeaseLostError):
+        await w1.update("CA1:link:1", now=T0 + 12, status="sending", attempts="+1")
+    released = await w2.update("CA1:link:1", now=T0 + 13, release=True, status="accepted", sid="SM1")
+    assert (released.lease_owner, released.lease_until) == (None, None)
+    assert (await w1.update("CA1:link:1", now=T0 + 14, delivery="sent")).lease_owner == "w1"  # a free row
+
+
+async def test_recovery_takes_only_free_expired_or_own_rows(workers):
+    w1, w2 = workers("w1", lease_seconds=10), workers("w2", lease_seconds=10)
+    for i, at in enumerate((T0, T0 + 1, T0 + 2)):
+        await claim(w1, row(f"CA{i}:link:1", call_id=f"CA{i}", at=at))
+    await w1.update("CA2:link:1", now=T0 + 2, release=True, status="ambiguous")
+    await claim(w1, row("CA3:link:1", call_id="CA3", status="skipped"))
+    assert [r.key for r in await w2.take_unfinished(now=T0 + 5)] == ["CA2:link:1"]  # released, unfinished
+    assert [r.key for r in await w2.take_unfinished(now=T0 + 6)] == ["CA2:link:1"]  # its own now: again
+    assert [r.key for r in await w1.take_unfinished(now=T0 + 5)] == ["CA0:link:1", "CA1:link:1"]  # its own
+    taken = await w2.take_unfinished(now=T0 + 40, min_age=0)  # every lease has run out
+    assert [(r.key, r.lease_owner, r.lease_until) for r in taken] == [
+        ("CA0:link:1", "w2", T0 + 50), ("CA1:link:1", "w2", T0 + 50), ("CA2:link:1", "w2", T0 + 50)]
+    assert await w1.take_unfinished(now=T0 + 41) == []
+    assert [r.key for r in await w1.take_unfinished(now=T0 + 60, min_age=59.5)] == ["CA0:link:1"]  # min_age
+    assert [r.key for r in await w1.unfinished()] == ["CA0:link:1", "CA1:link:1", "CA2:link:1"]
+
+
+async def test_renewal_keeps_a_lease_and_reports_a_lost_one(workers):
+    w1, w2 = workers("w1", lease_seconds=10), workers("w2", lease_seconds=10)
+    await claim(w1, row("CA1:link:1"))
+    await claim(w1, row("CA2:link:1", call_id="CA2"))
+    await claim(w1, row("CA3:link:1", call_id="CA3"))
+    await w1.update("CA3:link:1", now=T0, release=True, status="accepted", sid="SM3")
+    assert await w1.renew_leases(["CA1:link:1"], now=T0 + 8) == set()
+    assert (await w1.get("CA1:link:1")).lease_until == T0 + 18
+    assert [r.key for r in await w2.take_unfinished(now=T0 + 12)] == ["CA2:link:1"]  # CA1 was renewed
+    lost = await w1.renew_leases(["CA1:link:1", "CA2:link:1", "CA3:link:1", "nope"], now=T0 + 13)
+    assert lost == {"CA2:link:1"}
+    assert (await w1.get("CA3:link:1")).lease_owner is None  # finished rows are not leased again
+    assert await w1.renew_leases([], now=T0) == set()
+
+
+async def test_concurrent_claims_across_workers(workers):
+    w1, w2 = workers("w1"), workers("w2")
+    same_key = await asyncio.gather(*(claim(w, row()) for w in (w1, w2) * 10))
+    assert sum(o is ClaimOutcome.CREATED for o, _ in same_key) == 1
+    keys = [f"CA9:link:{t}" for t in range(20)]
+    capped = await asyncio.gather(*(claim(w, row(k, call_id="CA9", turn=i), once=False, per_call=3)
+                                    for i, (k, w) in enumerate(zip(keys, (w1, w2) * 10, strict=True))))
+    assert sum(o is ClaimOutcome.CREATED for o, _ in capped) == 3
+    destination = await asyncio.gather(*(claim(w, row(f"CB{i}:link:1", call_id=f"CB{i}", to="+14155550111"),
+                                               per_destination=4) for i, w in enumerate((w1, w2) * 10)))
+    assert sum(o is ClaimOutcome.CREATED for o, _ in destination) == 4
+
+
+async def test_concurrent_recovery_never_takes_a_row_twice(workers):
+    w1, w2, w3 = workers("w1", lease_seconds=10), workers("w2", lease_seconds=10), workers("w3", lease_seconds=10)
+    for i in range(60):
+        await claim(w1, row(f"CA{i}:link:1", call_id=f"CA{i}", at=T0 + i / 100))
+    first, second = await asyncio.gather(w2.take_unfinished(now=T0 + 20, limit=40),
+                                         w3.take_unfinished(now=T0 + 20, limit=40))
+    mine, theirs = {r.key for r in first}, {r.key for r in second}
+    assert not mine & theirs and len(mine | theirs) == 60
+    owners = {r.key: r.lease_owner for r in await w1.unfinished()}
+    assert {k for k, o in owners.items() if o == "w2"} == mine
+
+
+async def test_recovery_skips_the_rows_a_worker_is_working_on(workers):
+    w1, w2 = workers("w1", lease_seconds=10), workers("w2", lease_seconds=10)
+    for i in range(5):
+        await claim(w1, row(f"CA{i}:link:1", call_id=f"CA{i}", at=T0 + i))
+    await w2.take_unfinished(now=T0 + 20, limit=3)  # w2 finishes a dead worker's rows...
+    busy = {"CA0:link:1", "CA1:link:1", "CA2:link:1"}
+    # ...and its next pass must reach the others, not fill its batch with the rows it is already sending
+    assert [r.key for r in await w2.take_unfinished(now=T0 + 21, limit=2, exclude=busy)] == [
+        "CA3:link:1", "CA4:link:1"]
+
+
+async def test_rows_survive_reopening(workers):
+    w1 = workers("w1")
+    await claim(w1, row())
+    await w1.aclose()
+    again = workers("w1")
+    assert (await again.get("CA1:link:1")).status == "pending"
