@@ -16,8 +16,9 @@ COPY incall_sms ./incall_sms
 COPY pipeline ./pipeline
 COPY processors ./processors
 COPY media ./media
-# [media]: ffmpeg for the voice notes and videos callers text during a call
-RUN pip install ".[media]" && useradd --system --home-dir /var/lib/incall-sms --create-home incall-sms
+# [media]: ffmpeg for the voice notes and videos callers text during a call; [postgres]: asyncpg, for a fleet's
+# shared outbox (-e DATABASE_URL=postgresql://... -e REDIS_URL=redis://...)
+RUN pip install ".[media,postgres]" && useradd --system --home-dir /var/lib/incall-sms --create-home incall-sms
 
 USER incall-sms
 VOLUME ["/var/lib/incall-sms"]

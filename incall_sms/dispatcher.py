@@ -276,6 +276,12 @@ class Dispatcher:
         self._in_flight: set[str] = set()  # keys a task of this process is sending or resolving
         self._lease_keeper: asyncio.Task[None] | None = None
         self.leases_lost = 0
+        request_timeout = getattr(provider, "request_timeout", None)
+        if request_timeout is not None and outbox.lease_seconds <= request_timeout + 1:
+            raise ValueError(
+                f"the outbox lease ({outbox.lease_seconds:g} s, SMS_OUTBOX_LEASE) must be longer than the "
+                f"provider's request timeout ({request_timeout:g} s) + 1 s: a request on the wire must end before "
+                "another worker may take its row over")
 
     # -- events ---------------------------------------------------------------
 
@@ -528,10 +534,9 @@ class Dispatcher:
             return await self._lease_lost(stored, lost)
         except OutboxUnavailableError as exc:  # mid-send: a request may be out; recovery settles the row later
             _log.warning("SMS %s: outbox unreachable mid-send (%s); recovery will settle it", key, exc)
-            event = dataclasses.replace(self._event(SmsEventKind.FAILED, stored), reason="unconfirmed",
-                                        retryable=True)
+            event = dataclasses.replace(self._event(SmsEventKind.FAILED, stored), reason="unconfirmed")
             await self._emit(event)
-            return self._result(stored, SendOutcome.FAILED, reason="unconfirmed", retryable=True)
+            return self._result(stored, SendOutcome.FAILED, reason="unconfirmed", retryable=False)
         finally:
             self._drop(key)
 
@@ -545,9 +550,18 @@ class Dispatcher:
 
     def _drop(self, key: str) -> None:
         self._in_flight.discard(key)
+        self.outbox.forget(key)  # a send that ended unfinished (cancelled): recovery may take it (no-op otherwise)
         if not self._in_flight and self._lease_keeper is not None:
             self._lease_keeper.cancel()  # nothing in flight: nothing to renew
             self._lease_keeper = None
+
+    async def aclose(self) -> None:
+        """Stop renewing leases (call after the sends of this worker ended or were cancelled)."""
+        keeper, self._lease_keeper = self._lease_keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def _keep_leases(self) -> None:
         """Renew the leases of the sends in flight every third of a lease, in real time."""
@@ -653,15 +667,21 @@ class Dispatcher:
             stored = await self.outbox.update(
                 record.key, now=self.clock.now(), release=True, status=status, reason=exc.reason, error_code=exc.code
             )
-        except OutboxUnavailableError:  # recovery settles the row (it looks the message up before any resend)
-            _log.warning("SMS %s: outbox unreachable while recording a failure", record.key)
-            stored = dataclasses.replace(record, status=status, reason=exc.reason, error_code=exc.code)
+        except OutboxUnavailableError:
+            # the row could not be closed: recovery settles it later (it looks the message up before any
+            # resend), so the caller cannot be told "not sent": only that it could not be confirmed
+            _log.warning("SMS %s: outbox unreachable while recording a failure; recovery will settle it",
+                         record.key)
+            stored = dataclasses.replace(record, status=status, reason="unconfirmed", error_code=exc.code)
+            told = SendError("unconfirmed", kind=SendErrorKind.AMBIGUOUS, code=exc.code)
+        else:
+            told = exc
         if exc.reason == "opted_out" and stored.to_number:
             await self.optouts.opt_out(stored.to_number, now=self.clock.now())
-        _log.warning("SMS %s failed: %s", record.key, exc)
-        reason = "unconfirmed" if exc.ambiguous else exc.reason
+        _log.warning("SMS %s failed: %s", record.key, told)
+        reason = "unconfirmed" if told.ambiguous else told.reason
         event = dataclasses.replace(self._event(SmsEventKind.FAILED, stored), reason=reason,
-                                    retryable=exc.kind is not SendErrorKind.PERMANENT)
+                                    retryable=told.kind is not SendErrorKind.PERMANENT)
         await self._emit(event)
         return self._result(stored, SendOutcome.FAILED, reason=reason, retryable=event.retryable)
 
@@ -749,8 +769,7 @@ class Dispatcher:
             One result per row handled.
         """
         now = self.clock.now()
-        taken = [r for r in await self.outbox.take_unfinished(now=now, min_age=min_age, exclude=set(self._in_flight))
-                 if r.to_number is not None and r.body is not None]
+        taken = await self.outbox.take_unfinished(now=now, min_age=min_age, exclude=set(self._in_flight))
         for record in taken:  # held (their leases renewed) from now on, not only while their turn comes
             self._hold(record.key)
         slots = asyncio.Semaphore(self._recovery_concurrency)
@@ -774,6 +793,8 @@ class Dispatcher:
         return results
 
     async def _recover_one(self, record: OutboxRecord, now: float) -> SendResult:
+        if record.to_number is None or record.body is None:  # nothing to send it with: close it, never retake it
+            return await self._fail(record, SendError("incomplete_row", kind=SendErrorKind.PERMANENT), status="failed")
         sms = self._outbound(record)
         _log.info("recovering SMS %s left %s", record.key, record.status)
         if now - record.created_at > self.recovery_window:

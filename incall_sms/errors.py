@@ -34,7 +34,14 @@ class SmsError(Exception):
 
 
 class OutboxUnavailableError(SmsError):
-    """The outbox database cannot be reached. Retryable: nothing was written, no text was sent."""
+    """The outbox database cannot be reached (or the outbox was closed).
+
+    Raised before a claim, nothing was recorded or sent and the send may be tried again. After a
+    claim the row stays as it was; the dispatcher then tells the caller the text could not be
+    confirmed and recovery settles the row once the database answers (provider lookup before any
+    resend). A commit whose answer was lost looks like the first case: that row too is settled by
+    recovery, so a text reported "not sent" in that rare case may still go out once.
+    """
 
 
 class ActionConfigError(SmsError):

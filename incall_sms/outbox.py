@@ -34,17 +34,18 @@ Delivery progress from status callbacks lives in ``delivery`` (``queued``,
 ``sent``, ``delivered``, ``undelivered``, ``failed``) and only moves forward.
 
 Leases (several workers on one outbox): a row being worked on is leased by one worker
-(``lease_owner``, ``lease_until``). :meth:`~OutboxStore.claim` leases the new row to the
-claiming worker; every write of the row's send state (:meth:`~OutboxStore.update`,
-:meth:`~OutboxStore.claim_sid`) is fenced: it succeeds only for the lease holder, or when the
-lease is free or expired (then the writer takes it), and raises :class:`LeaseLostError`
-otherwise, so a worker that lost its lease never marks a row ``sending`` again.
-:meth:`~OutboxStore.renew_leases` extends the leases of sends in flight;
-:meth:`~OutboxStore.take_unfinished` hands unfinished rows whose lease is free or expired to
-the recovering worker (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), which finishes them through
-the same "ask the provider before any resend" path. The last write of a send releases the
-lease. Status callbacks (:meth:`~OutboxStore.record_delivery`) touch only the delivery columns
-and are applied by whichever worker receives them.
+(``lease_owner``, ``lease_until``) under a fencing token (``lease_token``, incremented by every
+acquisition). A lease is acquired only by :meth:`~OutboxStore.claim` (the new row) or
+:meth:`~OutboxStore.take_unfinished` (recovery: unfinished rows whose lease is free or ran out;
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL), and this outbox handle remembers the token it holds.
+Every write of the row's send state (:meth:`~OutboxStore.update`, :meth:`~OutboxStore.claim_sid`)
+is fenced: it succeeds only while the row is unfinished, leased to this worker, under the token
+this handle holds; otherwise it raises :class:`LeaseLostError`. So a worker whose lease was taken
+over never marks the row ``sending`` again, never re-sends it and never overwrites it, even after
+the new holder finished and released it. A fenced write extends the lease;
+:meth:`~OutboxStore.renew_leases` extends the leases of sends in flight between writes; the last
+write of a send releases the lease. Status callbacks (:meth:`~OutboxStore.record_delivery`)
+touch only the delivery columns and are applied by whichever worker receives them.
 
 Two implementations share this contract (``tests/test_outbox_contract.py`` runs the same tests
 on both): :class:`Outbox`, SQLite, the embedded default (one worker's file), and
@@ -62,9 +63,10 @@ import pathlib
 import socket
 import sqlite3
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
+from incall_sms.errors import OutboxUnavailableError
 from incall_sms.store import SqliteDb, transaction
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring an outbox file of an earlier version up to date (run before the schema script)."""
@@ -88,7 +91,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         return
     if "first_attempt_at" not in columns:
         conn.execute("ALTER TABLE outbox ADD COLUMN first_attempt_at REAL")
-    for column, kind in (("lease_owner", "TEXT"), ("lease_until", "REAL")):
+    leases = (("lease_owner", "TEXT"), ("lease_until", "REAL"), ("lease_token", "INTEGER NOT NULL DEFAULT 0"))
+    for column, kind in leases:
         if column not in columns:
             conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
     conn.execute("DROP INDEX IF EXISTS outbox_sid")  # replaced by the unique index
@@ -118,7 +122,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     lease_owner TEXT,
-    lease_until REAL
+    lease_until REAL,
+    lease_token INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_call ON outbox(call_id, action);
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status);
@@ -222,6 +227,7 @@ class OutboxRecord:
     updated_at: float = 0.0
     lease_owner: str | None = None
     lease_until: float | None = None
+    lease_token: int = 0
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> OutboxRecord:
@@ -248,7 +254,8 @@ class OutboxRecord:
 #: Columns a caller may set through ``update``/``claim_sid`` (the key, the creation time and the
 #: lease are the outbox's own).
 WRITABLE_FIELDS = frozenset(
-    f.name for f in dataclasses.fields(OutboxRecord)) - {"key", "created_at", "lease_owner", "lease_until"}
+    f.name for f in dataclasses.fields(OutboxRecord)) - {"key", "created_at", "lease_owner", "lease_until",
+                                                        "lease_token"}
 
 
 def check_fields(fields: Mapping[str, Any]) -> None:
@@ -316,11 +323,15 @@ class OutboxStore(Protocol):
     async def take_unfinished(
         self, *, now: float, min_age: float = 0.0, limit: int = 100, exclude: Iterable[str] = ()
     ) -> list[OutboxRecord]:
-        """Lease unfinished rows that are free, expired or already this worker's; see :meth:`Outbox.take_unfinished`."""
+        """Lease unfinished rows whose lease is free or ran out; see :meth:`Outbox.take_unfinished`."""
         ...
 
     async def renew_leases(self, keys: Iterable[str], *, now: float) -> set[str]:
-        """Extend this worker's leases; returns the keys another worker has taken."""
+        """Extend the leases this handle holds on ``keys``; returns the keys it no longer holds."""
+        ...
+
+    def forget(self, key: str) -> None:
+        """Stop holding ``key`` (its task ended unfinished): this worker's recovery may take it again."""
         ...
 
     async def for_call(self, call_id: str) -> list[OutboxRecord]:
@@ -336,6 +347,18 @@ class OutboxStore(Protocol):
     async def aclose(self) -> None:
         """Release the database."""
         ...
+
+
+def leased(record: OutboxRecord, outbox: OutboxStore, *, previous: int) -> OutboxRecord:
+    """``record`` as a claim stores it.
+
+    A send to make is leased to ``outbox``'s worker under the token after ``previous`` (the
+    replaced row's, 0 for a new key); a refusal is lease-free.
+    """
+    if record.status in UNFINISHED_STATUSES:
+        return dataclasses.replace(record, lease_owner=outbox.worker_id, lease_token=previous + 1,
+                                   lease_until=record.updated_at + outbox.lease_seconds)
+    return dataclasses.replace(record, lease_owner=None, lease_until=None, lease_token=previous)
 
 
 #: A SQLite outbox is one worker's file: after a restart the rows are that worker's again.
@@ -360,6 +383,8 @@ class Outbox:
             raise ValueError("lease_seconds must be > 0")
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
+        self._held: dict[str, int] = {}  # key -> fencing token of the leases this handle holds
+        self._closed = False
         self._db = SqliteDb(path, schema=_SCHEMA, migrate=_migrate)
         self._db.run_sync(_ensure_sid_index)
 
@@ -368,13 +393,28 @@ class Outbox:
         """The database file."""
         return self._db.path
 
+    @property
+    def held(self) -> frozenset[str]:
+        """Keys whose lease this handle holds."""
+        return frozenset(self._held)
+
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (idempotent); later calls raise ``OutboxUnavailableError``."""
+        self._closed = True
         self._db.close()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise OutboxUnavailableError("the outbox is closed")
+        return await self._run(fn)
 
     async def aclose(self) -> None:
         """Close the database (the async spelling shared with ``PostgresOutbox``)."""
         self.close()
+
+    def forget(self, key: str) -> None:
+        """Stop holding ``key`` (its send ended unfinished, e.g. cancelled): this worker's recovery may take it."""
+        self._held.pop(key, None)
 
     async def claim(
         self,
@@ -389,7 +429,8 @@ class Outbox:
 
         A row already standing for the key blocks the claim unless it is ``failed`` or
         ``skipped`` (nothing was sent): then the new record replaces it. A ``pending`` row is
-        leased to this worker until ``record.updated_at + lease_seconds``.
+        leased to this worker until ``record.updated_at + lease_seconds`` under a new fencing
+        token, which this handle holds.
 
         Args:
             record: The new row (status ``pending`` or ``skipped``/``failed`` for
@@ -404,7 +445,6 @@ class Outbox:
             The outcome and the row now standing for the key (the existing row on
             ``DUPLICATE``).
         """
-        record = self._leased(record)
 
         def _claim(conn: sqlite3.Connection) -> tuple[ClaimOutcome, OutboxRecord]:
             with transaction(conn):
@@ -437,52 +477,57 @@ class Outbox:
                             return ClaimOutcome.LIMIT_REACHED, record
                 if existing is not None:  # a refusal or a certain failure sent nothing, so it blocks nothing
                     conn.execute("DELETE FROM outbox WHERE key = ?", (record.key,))
-                data = record.columns()
+                stored = leased(record, self, previous=existing["lease_token"] if existing is not None else 0)
+                data = stored.columns()
                 cols = ", ".join(data)
                 conn.execute(f"INSERT INTO outbox ({cols}) VALUES ({', '.join(f':{c}' for c in data)})", data)
-                return ClaimOutcome.CREATED, record
+                if stored.lease_owner is not None:  # held from here on (this thread runs every statement in turn)
+                    self._held[stored.key] = stored.lease_token
+                return ClaimOutcome.CREATED, stored
 
-        return await self._db.run(_claim)
-
-    def _leased(self, record: OutboxRecord) -> OutboxRecord:
-        """``record`` leased to this worker when it is a send to make, lease-free otherwise."""
-        if record.status in UNFINISHED_STATUSES:
-            return dataclasses.replace(record, lease_owner=self.worker_id,
-                                       lease_until=record.updated_at + self.lease_seconds)
-        return dataclasses.replace(record, lease_owner=None, lease_until=None)
-
-    def _fence(self) -> str:
-        """SQL condition: this worker may write the row (its lease, or a free or expired one)."""
-        return "(lease_owner IS NULL OR lease_owner = :me OR lease_until < :now)"
-
-    def _lost(self, conn: sqlite3.Connection, key: str) -> Exception:
-        row = conn.execute("SELECT lease_owner FROM outbox WHERE key = ?", (key,)).fetchone()
-        return KeyError(key) if row is None else LeaseLostError(key, row["lease_owner"])
+        try:
+            return await self._run(_claim)
+        except BaseException:
+            self._held.pop(record.key, None)  # not committed: nothing is held
+            raise
 
     def _write(self, conn: sqlite3.Connection, key: str, sets: list[str], values: dict[str, Any],
                release: bool) -> sqlite3.Row:
-        """Fenced UPDATE of ``key`` (takes or keeps the lease, or releases it); returns the new row."""
-        values = dict(values, key=key, me=self.worker_id, lease_until_new=values["now"] + self.lease_seconds)
-        lease = ("lease_owner = NULL, lease_until = NULL" if release
-                 else "lease_owner = :me, lease_until = :lease_until_new")
+        """Fenced UPDATE of ``key`` (extends the lease, or releases it); returns the new row."""
+        token = self._held.get(key)
+        if token is None:
+            raise self._not_held(conn, key)
+        marks = ",".join(f"'{s}'" for s in UNFINISHED_STATUSES)
+        values = dict(values, key=key, me=self.worker_id, token=token,
+                      lease_until_new=values["now"] + self.lease_seconds)
+        lease = "lease_owner = NULL, lease_until = NULL" if release else "lease_until = :lease_until_new"
         cursor = conn.execute(
-            f"UPDATE outbox SET {', '.join([*sets, 'updated_at = :now', lease])} WHERE key = :key AND {self._fence()}",
-            values)
+            f"UPDATE outbox SET {', '.join([*sets, 'updated_at = :now', lease])} WHERE key = :key "
+            f"AND lease_owner = :me AND lease_token = :token AND status IN ({marks})", values)
         if cursor.rowcount == 0:
-            raise self._lost(conn, key)
+            self._held.pop(key, None)
+            raise self._not_held(conn, key)
+        if release:
+            self._held.pop(key, None)
         return conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+
+    @staticmethod
+    def _not_held(conn: sqlite3.Connection, key: str) -> Exception:
+        row = conn.execute("SELECT lease_owner FROM outbox WHERE key = ?", (key,)).fetchone()
+        return KeyError(key) if row is None else LeaseLostError(key, row["lease_owner"])
 
     async def update(self, key: str, *, now: float, release: bool = False, **fields: Any) -> OutboxRecord:
         """Set ``fields`` on the row ``key`` and return the updated row.
 
-        Fenced: the write takes (or keeps) this worker's lease, extended to ``now +
+        Fenced: only while this handle holds the row's lease (claimed or taken by it, not
+        taken over since) and the row is unfinished. The write extends the lease to ``now +
         lease_seconds``; ``release=True`` frees it instead (the send's last write).
         ``attempts="+1"`` increments the attempt count (and sets ``first_attempt_at`` to
         ``now`` on the first attempt).
 
         Raises:
             KeyError: No row has that key.
-            LeaseLostError: Another worker holds the row's lease.
+            LeaseLostError: This handle does not hold the row's lease (any more).
             SidTakenError: ``sid`` is already the SID of another row.
             ValueError: A field is not a writable column.
         """
@@ -502,7 +547,7 @@ class Outbox:
                 raise SidTakenError(key) from None
             return OutboxRecord.from_mapping(row)
 
-        return await self._db.run(_update)
+        return await self._run(_update)
 
     async def claim_sid(self, key: str, sid: str, *, now: float, **fields: Any) -> OutboxRecord | None:
         """Record ``sid`` as the message of row ``key`` unless another row already has it.
@@ -516,7 +561,7 @@ class Outbox:
 
         Raises:
             KeyError: No row has that key.
-            LeaseLostError: Another worker holds the row's lease.
+            LeaseLostError: This handle does not hold the row's lease (any more).
         """
         check_fields(fields)
 
@@ -532,7 +577,7 @@ class Outbox:
                 return None
             return OutboxRecord.from_mapping(row)
 
-        return await self._db.run(_claim_sid)
+        return await self._run(_claim_sid)
 
     async def get(self, key: str) -> OutboxRecord | None:
         """The row for ``key``, or ``None``."""
@@ -541,7 +586,7 @@ class Outbox:
             row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
             return OutboxRecord.from_mapping(row) if row else None
 
-        return await self._db.run(_get)
+        return await self._run(_get)
 
     async def by_sid(self, sid: str) -> OutboxRecord | None:
         """The row whose provider SID is ``sid``, or ``None``."""
@@ -550,7 +595,7 @@ class Outbox:
             row = conn.execute("SELECT * FROM outbox WHERE sid = ?", (sid,)).fetchone()
             return OutboxRecord.from_mapping(row) if row else None
 
-        return await self._db.run(_get)
+        return await self._run(_get)
 
     async def unfinished(self) -> list[OutboxRecord]:
         """Rows left ``pending``, ``sending`` or ``ambiguous`` (e.g. by a crash), oldest first."""
@@ -563,21 +608,24 @@ class Outbox:
             ).fetchall()
             return [OutboxRecord.from_mapping(r) for r in rows]
 
-        return await self._db.run(_list)
+        return await self._run(_list)
 
     async def take_unfinished(
         self, *, now: float, min_age: float = 0.0, limit: int = 100, exclude: Iterable[str] = ()
     ) -> list[OutboxRecord]:
         """Lease unfinished rows to this worker for recovery, oldest first.
 
-        Takes rows whose lease is free, expired (its worker died or stalled) or already this
-        worker's, and that changed at least ``min_age`` seconds ago.
+        Takes rows whose lease is free, has run out (its worker died or stalled), or is this
+        worker's but not held by this handle (an earlier run of the worker, or a send that
+        ended unfinished), and that changed at least ``min_age`` seconds ago. Each taken row
+        gets a new fencing token: a worker still holding the old one can write it no more.
 
         Args:
             now: Current time (epoch seconds).
             min_age: Seconds since a row's last change.
             limit: Most rows taken at once.
-            exclude: Keys this worker is working on (never taken, never count against ``limit``).
+            exclude: Keys never taken (never counted against ``limit``); the rows this handle
+                holds are always excluded.
 
         Returns:
             The rows, now leased to this worker until ``now + lease_seconds``.
@@ -591,42 +639,46 @@ class Outbox:
                     f"SELECT key FROM outbox WHERE status IN ({marks}) AND updated_at <= ? "
                     "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?) ORDER BY created_at",
                     (*UNFINISHED_STATUSES, now - min_age, self.worker_id, now))
-                keys = [key for (key,) in candidates if key not in skip][:limit]
+                keys = [key for (key,) in candidates if key not in skip and key not in self._held][:limit]
                 rows = []
                 for key in keys:
-                    conn.execute("UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE key = ?",
-                                 (self.worker_id, now + self.lease_seconds, key))
+                    conn.execute("UPDATE outbox SET lease_owner = ?, lease_until = ?, lease_token = lease_token + 1 "
+                                 "WHERE key = ?", (self.worker_id, now + self.lease_seconds, key))
                     rows.append(conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone())
+                for row in rows:
+                    self._held[row["key"]] = row["lease_token"]
             return [OutboxRecord.from_mapping(r) for r in rows]
 
-        return await self._db.run(_take)
+        return await self._run(_take)
 
     async def renew_leases(self, keys: Iterable[str], *, now: float) -> set[str]:
-        """Extend this worker's leases on ``keys`` to ``now + lease_seconds``.
+        """Extend the leases this handle holds on ``keys`` to ``now + lease_seconds``.
 
-        Rows that are finished (lease released) are left alone.
+        Keys it does not hold are ignored.
 
         Returns:
-            The keys of unfinished rows another worker has taken meanwhile (lost leases).
+            The keys it held but no longer does (another worker took them over, or they were
+            finished elsewhere): forgotten, so their next write fails fast.
         """
-        keys = list(keys)
+        keys = [k for k in keys if k in self._held]
 
         def _renew(conn: sqlite3.Connection) -> set[str]:
             lost = set()
+            marks = ",".join(f"'{s}'" for s in UNFINISHED_STATUSES)
             with transaction(conn):
                 for key in keys:
-                    row = conn.execute("SELECT status, lease_owner, lease_until FROM outbox WHERE key = ?",
-                                       (key,)).fetchone()
-                    if row is None or row["status"] not in UNFINISHED_STATUSES:
+                    token = self._held.get(key)
+                    if token is None:
                         continue
-                    if row["lease_owner"] not in (None, self.worker_id) and row["lease_until"] >= now:
+                    cursor = conn.execute(
+                        f"UPDATE outbox SET lease_until = ? WHERE key = ? AND lease_owner = ? AND lease_token = ? "
+                        f"AND status IN ({marks})", (now + self.lease_seconds, key, self.worker_id, token))
+                    if cursor.rowcount == 0:
                         lost.add(key)
-                        continue
-                    conn.execute("UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE key = ?",
-                                 (self.worker_id, now + self.lease_seconds, key))
+                        self._held.pop(key, None)
             return lost
 
-        return await self._db.run(_renew) if keys else set()
+        return await self._run(_renew) if keys else set()
 
     async def for_call(self, call_id: str) -> list[OutboxRecord]:
         """All rows of a call, oldest first."""
@@ -637,7 +689,7 @@ class Outbox:
             ).fetchall()
             return [OutboxRecord.from_mapping(r) for r in rows]
 
-        return await self._db.run(_list)
+        return await self._run(_list)
 
     async def record_delivery(
         self, sid: str, status: str, error_code: int | None, *, now: float
@@ -663,7 +715,7 @@ class Outbox:
                 row = conn.execute("SELECT * FROM outbox WHERE sid = ?", (sid,)).fetchone()
                 return OutboxRecord.from_mapping(row), True
 
-        return await self._db.run(_apply)
+        return await self._run(_apply)
 
 
 def open_outbox(

@@ -8,11 +8,14 @@ runs the same tests on both); what differs is how it stays correct with many wri
   across workers. Locks are always taken call first, then destination: no lock cycle.
 * Recovery takes rows with ``FOR UPDATE SKIP LOCKED``: two workers recovering at once never
   take the same row, and neither waits for the other.
+* Every transaction runs at READ COMMITTED whatever the server's default: the claim's checks
+  must see rows committed while it waited for its advisory locks.
 * Leases and fencing as described in :mod:`incall_sms.outbox`.
 
 The driver is asyncpg (the ``[postgres]`` extra): native asyncio with no libpq to install,
 prepared statements cached per connection, and the fastest of the Python drivers; nothing
-here blocks the event loop. Connection failures surface as :class:`OutboxUnavailableError`.
+here blocks the event loop. Connection failures surface as
+:class:`~incall_sms.errors.OutboxUnavailableError` (the row is left as it was).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from incall_sms.outbox import (
     SidTakenError,
     check_fields,
     delivery_advances,
+    leased,
 )
 
 __all__ = ["PostgresOutbox"]
@@ -61,7 +65,8 @@ CREATE TABLE IF NOT EXISTS incall_sms_outbox (
     created_at DOUBLE PRECISION NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL,
     lease_owner TEXT,
-    lease_until DOUBLE PRECISION
+    lease_until DOUBLE PRECISION,
+    lease_token INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS incall_sms_outbox_call ON incall_sms_outbox(call_id, action);
 CREATE INDEX IF NOT EXISTS incall_sms_outbox_unfinished ON incall_sms_outbox(created_at)
@@ -118,14 +123,31 @@ class PostgresOutbox:
         self._connect_timeout = connect_timeout
         self._pool: Any = None
         self._opening = asyncio.Lock()
+        self._closed = False
+        self._held: dict[str, int] = {}  # key -> fencing token of the leases this handle holds
+
+    @property
+    def held(self) -> frozenset[str]:
+        """Keys whose lease this handle holds."""
+        return frozenset(self._held)
+
+    def forget(self, key: str) -> None:
+        """Stop holding ``key`` (its send ended unfinished, e.g. cancelled): this worker's recovery may take it."""
+        self._held.pop(key, None)
 
     # -- connection ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect and create the table if needed (idempotent; every method opens on first use)."""
+        """Connect and create the table if needed (idempotent; every method opens on first use).
+
+        Raises:
+            OutboxUnavailableError: The database cannot be reached, or the outbox was closed.
+        """
         if self._pool is not None:
             return
         async with self._opening:
+            if self._closed:
+                raise OutboxUnavailableError("the outbox is closed")
             if self._pool is not None:
                 return
             import asyncpg
@@ -136,7 +158,7 @@ class PostgresOutbox:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 raise OutboxUnavailableError(f"outbox database unreachable ({exc.__class__.__name__})") from None
             try:
-                async with pool.acquire() as conn, conn.transaction():
+                async with pool.acquire() as conn, conn.transaction(isolation="read_committed"):
                     # workers starting together: one creates the table, the others wait and find it
                     await conn.execute(f"SELECT pg_advisory_xact_lock({_LOCK_SCHEMA}, 0)")
                     await conn.execute(_SCHEMA)
@@ -146,7 +168,8 @@ class PostgresOutbox:
             self._pool = pool
 
     async def aclose(self) -> None:
-        """Close the connections (idempotent)."""
+        """Close the connections (idempotent); later calls raise ``OutboxUnavailableError``."""
+        self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -159,7 +182,7 @@ class PostgresOutbox:
         try:
             async with self._pool.acquire(timeout=self._connect_timeout) as conn:
                 if transaction:
-                    async with conn.transaction():
+                    async with conn.transaction(isolation="read_committed"):
                         yield conn
                 else:
                     yield conn
@@ -183,14 +206,15 @@ class PostgresOutbox:
         window: float = 24 * 3600,
     ) -> tuple[ClaimOutcome, OutboxRecord]:
         """Atomically insert ``record`` unless it would duplicate or exceed a cap (see :meth:`Outbox.claim`)."""
-        import dataclasses
-
-        if record.status in UNFINISHED_STATUSES:
-            record = dataclasses.replace(record, lease_owner=self.worker_id,
-                                         lease_until=record.updated_at + self.lease_seconds)
-        else:
-            record = dataclasses.replace(record, lease_owner=None, lease_until=None)
         active = list(ACTIVE_STATUSES)
+        try:
+            return await self._claim(record, active, once_per_call, max_per_call, max_per_destination, window)
+        except BaseException:
+            self._held.pop(record.key, None)  # not committed: nothing is held
+            raise
+
+    async def _claim(self, record: OutboxRecord, active: list[str], once_per_call: bool, max_per_call: int,
+                     max_per_destination: int | None, window: float) -> tuple[ClaimOutcome, OutboxRecord]:
         async with self._connection(transaction=True) as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_CALL, record.call_id)
             capped = record.status == "pending" and max_per_destination is not None and record.to_number
@@ -219,15 +243,21 @@ class PostgresOutbox:
                         return ClaimOutcome.LIMIT_REACHED, record
             if existing is not None:  # a refusal or a certain failure sent nothing, so it blocks nothing
                 await conn.execute(f"DELETE FROM {_TABLE} WHERE key = $1", record.key)
-            data = record.columns()
+            stored = leased(record, self, previous=existing["lease_token"] if existing is not None else 0)
+            if stored.lease_owner is not None:  # held before the commit makes the row visible to recovery
+                self._held[stored.key] = stored.lease_token
+            data = stored.columns()
             marks = ", ".join(f"${i}" for i in range(1, len(data) + 1))
             await conn.execute(f"INSERT INTO {_TABLE} ({', '.join(data)}) VALUES ({marks})", *data.values())
-            return ClaimOutcome.CREATED, record
+        return ClaimOutcome.CREATED, stored
 
     async def _write(self, conn: Any, key: str, fields: dict[str, Any], *, now: float, release: bool,
                      increment: bool = False) -> OutboxRecord:
-        """Fenced UPDATE of ``key``: takes or keeps the lease (or releases it); returns the new row."""
-        values: list[Any] = [key, self.worker_id, now]
+        """Fenced UPDATE of ``key`` (extends the lease, or releases it); returns the new row."""
+        token = self._held.get(key)
+        if token is None:
+            raise await self._not_held(conn, key)
+        values: list[Any] = [key, self.worker_id, now, token, list(UNFINISHED_STATUSES)]
         sets = []
         for column, value in fields.items():
             values.append(value)
@@ -239,16 +269,21 @@ class PostgresOutbox:
             sets.append("lease_owner = NULL, lease_until = NULL")
         else:
             values.append(now + self.lease_seconds)
-            sets.append(f"lease_owner = $2, lease_until = ${len(values)}")
+            sets.append(f"lease_until = ${len(values)}")
         row = await conn.fetchrow(
-            f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE key = $1 "
-            "AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $3) RETURNING *", *values)
+            f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE key = $1 AND lease_owner = $2 AND lease_token = $4 "
+            "AND status = ANY($5) RETURNING *", *values)
         if row is None:
-            owner = await conn.fetchrow(f"SELECT lease_owner FROM {_TABLE} WHERE key = $1", key)
-            if owner is None:
-                raise KeyError(key)
-            raise LeaseLostError(key, owner["lease_owner"])
+            self._held.pop(key, None)
+            raise await self._not_held(conn, key)
+        if release:
+            self._held.pop(key, None)
         return self._record(row)
+
+    @staticmethod
+    async def _not_held(conn: Any, key: str) -> Exception:
+        owner = await conn.fetchrow(f"SELECT lease_owner FROM {_TABLE} WHERE key = $1", key)
+        return KeyError(key) if owner is None else LeaseLostError(key, owner["lease_owner"])
 
     async def update(self, key: str, *, now: float, release: bool = False, **fields: Any) -> OutboxRecord:
         """Fenced write of ``fields`` on row ``key`` (see :meth:`Outbox.update`).
@@ -306,9 +341,10 @@ class PostgresOutbox:
         self, *, now: float, min_age: float = 0.0, limit: int = 100, exclude: Iterable[str] = ()
     ) -> list[OutboxRecord]:
         """Lease unfinished rows for recovery (see :meth:`Outbox.take_unfinished`); ``SKIP LOCKED``."""
+        skip = list(set(exclude) | set(self._held))
         async with self._connection(transaction=True) as conn:
             rows = await conn.fetch(
-                f"""UPDATE {_TABLE} SET lease_owner = $1, lease_until = $2
+                f"""UPDATE {_TABLE} SET lease_owner = $1, lease_until = $2, lease_token = lease_token + 1
                     WHERE key IN (
                         SELECT key FROM {_TABLE}
                         WHERE status = ANY($3) AND updated_at <= $4
@@ -318,25 +354,29 @@ class PostgresOutbox:
                         FOR UPDATE SKIP LOCKED)
                     RETURNING *""",
                 self.worker_id, now + self.lease_seconds, list(UNFINISHED_STATUSES), now - min_age, now, limit,
-                list(exclude))
+                skip)
+            for row in rows:
+                self._held[row["key"]] = row["lease_token"]
         return sorted((self._record(r) for r in rows), key=lambda r: (r.created_at, r.key))
 
     async def renew_leases(self, keys: Iterable[str], *, now: float) -> set[str]:
-        """Extend this worker's leases on ``keys``; returns the keys another worker has taken."""
-        keys = list(keys)
-        if not keys:
+        """Extend the leases this handle holds on ``keys`` (see :meth:`Outbox.renew_leases`)."""
+        held = {k: self._held[k] for k in keys if k in self._held}
+        if not held:
             return set()
         async with self._connection() as conn:
-            lost = await conn.fetch(
-                f"""WITH renewed AS (
-                        UPDATE {_TABLE} SET lease_owner = $2, lease_until = $3
-                        WHERE key = ANY($1) AND status = ANY($5)
-                          AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $4)
-                        RETURNING key)
-                    SELECT key FROM {_TABLE}
-                    WHERE key = ANY($1) AND status = ANY($5) AND key NOT IN (SELECT key FROM renewed)""",
-                keys, self.worker_id, now + self.lease_seconds, now, list(UNFINISHED_STATUSES))
-        return {r["key"] for r in lost}
+            renewed = await conn.fetch(
+                f"""UPDATE {_TABLE} AS t SET lease_until = $1
+                    FROM unnest($2::text[], $3::int[]) AS h(key, token)
+                    WHERE t.key = h.key AND t.lease_token = h.token AND t.lease_owner = $4 AND t.status = ANY($5)
+                    RETURNING t.key""",
+                now + self.lease_seconds, list(held), list(held.values()), self.worker_id,
+                list(UNFINISHED_STATUSES))
+        lost = set(held) - {r["key"] for r in renewed}
+        for key in lost:
+            if self._held.get(key) == held[key]:
+                del self._held[key]
+        return lost
 
     async def for_call(self, call_id: str) -> list[OutboxRecord]:
         """All rows of a call, oldest first."""

@@ -1,11 +1,14 @@
 """A fleet on one PostgreSQL outbox: a worker SIGKILLed mid-send, never restarted, loses nothing.
 
 Two worker processes (tests/helpers/fleet_worker.py) share a real PostgreSQL server and send through
-the real twilio client to the loopback Twilio peer. Worker A's texts are held by the peer: a third
-answered (A records them), a third created but never answered, a third never created (a 500 that
-never arrives). While A lives its leases are renewed and B touches none of its rows; after A is
-killed, B's recovery takes the rows whose leases ran out, asks the provider before any resend, and
-finishes every one: each text exists exactly once at the provider, and each row says which.
+the real twilio client to the loopback Twilio peer (request timeout 4 s, lease 6 s: a request on the
+wire always ends before its lease can run out). Worker A's texts are held by the peer: a third answered
+(A records them), a third created but never answered, a third never created; A's requests time out,
+the rows turn ``ambiguous`` and A asks the peer whether they exist, and those lookups hang too. A's
+last write is then two lease lengths old: only renewal keeps its rows, and B (recovering every 0.5 s)
+must touch none. Then A is SIGKILLed and never restarted: B's recovery takes the rows once their
+leases run out, asks the provider before any resend, and finishes every one: each text exists exactly
+once at the provider, and each row says which.
 """
 
 import asyncio
@@ -21,7 +24,7 @@ from tests.conftest import ROOT
 from tests.helpers.postgres import fresh_database
 from tests.peers.twilio_peer import Fault, TwilioPeer
 
-SENDS_A, SENDS_B, LEASE = 30, 6, 2.0
+SENDS_A, SENDS_B, LEASE, TIMEOUT = 30, 6, 6.0, 4.0
 
 
 async def start_worker(url, base_url, worker_id, sends, out):
@@ -29,8 +32,8 @@ async def start_worker(url, base_url, worker_id, sends, out):
     with log.open("ab") as stderr:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.helpers.fleet_worker", url, base_url, worker_id, str(sends), str(LEASE),
-            str(out), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE,
-            stderr=stderr)
+            str(TIMEOUT), str(out), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE, stderr=stderr)
     line = await asyncio.wait_for(proc.stdout.readline(), 60)
     assert line.strip() == b"ready", log.read_text()[-3000:]
     return proc
@@ -67,22 +70,26 @@ async def test_a_killed_worker_s_sends_are_finished_by_another(postgres_server_u
 
     observer = PostgresOutbox(url, worker_id="observer")
     workers = {}
+    lookups = {"held": True}
     async with TwilioPeer() as peer:
         peer.fault_for = hold_a
+        peer.list_fault_for = lambda query: Fault(delay=300) if lookups["held"] else None  # A's lookups hang
         try:
             workers["A"] = await start_worker(url, peer.base_url, "A", SENDS_A, out)
             workers["B"] = await start_worker(url, peer.base_url, "B", SENDS_B, out)
 
-            async def a_mid_send():
-                sent_by_a = [e for e in events(out) if e["worker"] == "A" and e["kind"] == "sent"]
-                return len(first_seen) == SENDS_A and len(sent_by_a) == SENDS_A // 3
-            await until(a_mid_send, 60, "A's requests to be on the wire")
+            async def a_is_asking():
+                rows = await observer.unfinished()
+                return len(rows) == SENDS_A - SENDS_A // 3 and {r.status for r in rows} == {"ambiguous"}
+            await until(a_is_asking, 60, "A's requests to time out and its lookups to start")
+            last_write = max(r.updated_at for r in await observer.unfinished())
 
-            # A is alive: three lease lengths pass, its leases are renewed, B (recovering every 0.5 s) takes nothing
-            await asyncio.sleep(3 * LEASE)
-            in_flight = [r for r in await observer.unfinished()]
-            assert len(in_flight) == SENDS_A - SENDS_A // 3
-            assert {(r.status, r.lease_owner) for r in in_flight} == {("sending", "A")}
+            # A is alive, its lookups hang: two lease lengths pass with no write, only renewals keep its rows
+            await asyncio.sleep(2 * LEASE)
+            in_flight = await observer.unfinished()
+            assert {(r.status, r.lease_owner, r.lease_token) for r in in_flight} == {("ambiguous", "A", 1)}
+            assert max(r.updated_at for r in in_flight) == last_write  # no write since...
+            assert min(r.lease_until for r in in_flight) > time.time()  # ...yet every lease is current
             assert not [e for e in events(out) if e["worker"] == "B" and e["key"].startswith("CA-A-")]
             assert Counter(m.body.split(" ref ")[0] for m in peer.messages)["A"] == 2 * SENDS_A // 3
 
@@ -90,6 +97,7 @@ async def test_a_killed_worker_s_sends_are_finished_by_another(postgres_server_u
             killed.send_signal(signal.SIGKILL)
             await killed.wait()
             died = time.monotonic()
+            lookups["held"] = False
 
             async def all_finished():
                 return not await observer.unfinished()

@@ -52,6 +52,45 @@ async def test_a_worker_that_lost_its_lease_writes_nothing_more_and_says_unconfi
     b.close()
 
 
+class StallThenRetry(LocalProvider):
+    """First request: refused with 429 (certainly not sent); while worker A backs off (stalled past its lease),
+    worker B's recovery takes the row over and sends it. A's retry must not send it again."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.takeover = None
+
+    async def send(self, sms):
+        if self.takeover is not None:
+            takeover, self.takeover = self.takeover, None
+            await takeover()
+            raise SendError("rate_limited", kind=SendErrorKind.RETRYABLE, code=20429)
+        return await super().send(sms)
+
+
+async def test_a_worker_whose_row_was_taken_over_and_finished_never_sends_it_again(tmp_path):
+    a_clock, b_clock = ManualClock(), ManualClock()
+    a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=30)
+    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=30)
+    provider = StallThenRetry(clock=a_clock.now)
+    worker_a, worker_b = worker(a, a_clock, provider), worker(b, b_clock, provider)
+    recovered = []
+
+    async def b_recovers():
+        b_clock.advance(31)  # A's lease ran out
+        recovered.extend(await worker_b.recover())
+
+    provider.takeover = b_recovers
+    result = await worker_a.send("menu", call=CALL, turn=1)
+    assert [r.outcome for r in recovered] == [SendOutcome.ACCEPTED]  # B looked up (none) and sent it
+    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")
+    assert len(await provider.inbox()) == 1  # once, whatever A's retry thought
+    row = await b.get(KEY)
+    assert (row.status, row.sid, row.lease_owner) == ("accepted", recovered[0].sid, None)
+    a.close()
+    b.close()
+
+
 async def test_leases_are_renewed_while_a_send_is_in_flight(tmp_path):
     a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=1.5)
     b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=1.5)

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from incall_sms.errors import OutboxUnavailableError
 from incall_sms.outbox import ClaimOutcome, LeaseLostError, Outbox, OutboxRecord, SidTakenError
 
 T0 = 1_800_000_000.0
@@ -57,8 +58,9 @@ async def test_claim_is_once_per_key_and_a_row_round_trips(workers):
     again, existing = await claim(w1, dataclasses.replace(record, body="other"))
     assert again is ClaimOutcome.DUPLICATE and existing.body == "https://example.com"
     got = await w1.get(record.key)
-    assert dataclasses.replace(got, lease_owner=None, lease_until=None) == record
-    assert (got.lease_owner, got.lease_until) == ("w1", T0 + 30)
+    assert dataclasses.replace(got, lease_owner=None, lease_until=None, lease_token=0) == record
+    assert (got.lease_owner, got.lease_until, got.lease_token) == ("w1", T0 + 30, 1)
+    assert w1.held == {record.key}
     assert await w1.get("nope") is None
 
 
@@ -99,6 +101,8 @@ async def test_update_counts_attempts_and_checks_fields(workers):
     assert second.lease_until == T0 + 5 + 30  # a write by the holder extends its lease
     with pytest.raises(ValueError, match="lease_owner"):
         await w1.update("CA1:link:1", now=T0, lease_owner="w2")
+    with pytest.raises(ValueError, match="lease_token"):
+        await w1.update("CA1:link:1", now=T0, lease_token=9)
     with pytest.raises(KeyError):
         await w1.update("missing", now=T0, status="sending")
 
@@ -107,7 +111,7 @@ async def test_a_sid_belongs_to_one_row(workers):
     w1 = workers("w1")
     await claim(w1, row("CA1:link:1"))
     await claim(w1, row("CA2:link:1", call_id="CA2"))
-    await w1.update("CA1:link:1", now=T0, status="accepted", sid="SM1")
+    await w1.update("CA1:link:1", now=T0, release=True, status="accepted", sid="SM1")
     with pytest.raises(SidTakenError):
         await w1.update("CA2:link:1", now=T0, sid="SM1")
     assert await w1.claim_sid("CA2:link:1", "SM1", now=T0) is None
@@ -132,35 +136,59 @@ async def test_delivery_only_moves_forward(workers):
 async def test_leases_fence_writes(workers):
     w1, w2 = workers("w1", lease_seconds=10), workers("w2", lease_seconds=10)
     await claim(w1, row())
-    with pytest.raises(LeaseLostError) as lost:
+    with pytest.raises(LeaseLostError) as lost:  # w2 never acquired it
         await w2.update("CA1:link:1", now=T0 + 5, status="sending", attempts="+1")
     assert lost.value.owner == "w1"
     with pytest.raises(LeaseLostError):
         await w2.claim_sid("CA1:link:1", "SM1", now=T0 + 5)
-    # w1's lease runs out (it died or stalled): the next writer takes the row, and w1 is fenced off
-    taken = await w2.update("CA1:link:1", now=T0 + 11, status="ambiguous")
-    assert (taken.lease_owner, taken.lease_until) == ("w2", T0 + 21)
+    with pytest.raises(LeaseLostError):  # an expired lease is taken by recovery only, never by a write
+        await w2.update("CA1:link:1", now=T0 + 11, status="ambiguous")
+    # w1's lease runs out (it died or stalled): w2's recovery takes the row under a new token
+    [taken] = await w2.take_unfinished(now=T0 + 11)
+    assert (taken.lease_owner, taken.lease_until, taken.lease_token) == ("w2", T0 + 21, 2)
     with pytest.raises(LeaseLostError):
         await w1.update("CA1:link:1", now=T0 + 12, status="sending", attempts="+1")
-    released = await w2.update("CA1:link:1", now=T0 + 13, release=True, status="accepted", sid="SM1")
-    assert (released.lease_owner, released.lease_until) == (None, None)
-    assert (await w1.update("CA1:link:1", now=T0 + 14, delivery="sent")).lease_owner == "w1"  # a free row
+    assert w1.held == frozenset()  # forgotten: nothing more to write
+    released = await w2.update("CA1:link:1", now=T0 + 13, release=True, status="accepted", sid="SM2")
+    assert (released.lease_owner, released.lease_until, w2.held) == (None, None, frozenset())
+    # the stale worker still cannot touch the finished, released row: no resend, no overwritten SID
+    with pytest.raises(LeaseLostError):
+        await w1.update("CA1:link:1", now=T0 + 14, status="sending", attempts="+1")
+    with pytest.raises(LeaseLostError):
+        await w2.update("CA1:link:1", now=T0 + 14, status="sending")  # nor its own finished row
+    final = await w1.get("CA1:link:1")
+    assert (final.status, final.sid, final.attempts) == ("accepted", "SM2", 0)
 
 
-async def test_recovery_takes_only_free_expired_or_own_rows(workers):
+async def test_a_stale_holder_of_an_old_token_is_fenced_off_even_as_owner(workers):
+    w1 = workers("w1", lease_seconds=10)
+    await claim(w1, row())
+    w1_again = workers("w1", lease_seconds=10)  # the same worker name, another handle (a restarted process)
+    [taken] = await w1_again.take_unfinished(now=T0 + 1)  # its own row, not held by this handle: taken
+    assert taken.lease_token == 2
+    with pytest.raises(LeaseLostError):  # the first handle's token is stale
+        await w1.update("CA1:link:1", now=T0 + 2, status="sending", attempts="+1")
+    assert (await w1_again.update("CA1:link:1", now=T0 + 2, status="sending", attempts="+1")).attempts == 1
+
+
+async def test_recovery_takes_only_free_expired_or_unheld_own_rows(workers):
     w1, w2 = workers("w1", lease_seconds=10), workers("w2", lease_seconds=10)
     for i, at in enumerate((T0, T0 + 1, T0 + 2)):
         await claim(w1, row(f"CA{i}:link:1", call_id=f"CA{i}", at=at))
     await w1.update("CA2:link:1", now=T0 + 2, release=True, status="ambiguous")
     await claim(w1, row("CA3:link:1", call_id="CA3", status="skipped"))
     assert [r.key for r in await w2.take_unfinished(now=T0 + 5)] == ["CA2:link:1"]  # released, unfinished
-    assert [r.key for r in await w2.take_unfinished(now=T0 + 6)] == ["CA2:link:1"]  # its own now: again
-    assert [r.key for r in await w1.take_unfinished(now=T0 + 5)] == ["CA0:link:1", "CA1:link:1"]  # its own
+    assert await w2.take_unfinished(now=T0 + 6) == []  # held by w2 now
+    assert await w1.take_unfinished(now=T0 + 5) == []  # w1 holds its live rows: never taken from under a send
+    w1.forget("CA0:link:1")  # its send ended unfinished (cancelled)
+    assert [r.key for r in await w1.take_unfinished(now=T0 + 5)] == ["CA0:link:1"]
     taken = await w2.take_unfinished(now=T0 + 40, min_age=0)  # every lease has run out
     assert [(r.key, r.lease_owner, r.lease_until) for r in taken] == [
-        ("CA0:link:1", "w2", T0 + 50), ("CA1:link:1", "w2", T0 + 50), ("CA2:link:1", "w2", T0 + 50)]
-    assert await w1.take_unfinished(now=T0 + 41) == []
-    assert [r.key for r in await w1.take_unfinished(now=T0 + 60, min_age=59.5)] == ["CA0:link:1"]  # min_age
+        ("CA0:link:1", "w2", T0 + 50), ("CA1:link:1", "w2", T0 + 50)]
+    # w2 holds CA2 since T0 + 5 but never renewed it: its lease ran out at T0 + 15, so another worker takes it
+    assert [r.key for r in await w1.take_unfinished(now=T0 + 41)] == ["CA2:link:1"]
+    w3 = workers("w3", lease_seconds=10)
+    assert [r.key for r in await w3.take_unfinished(now=T0 + 60, min_age=59.5)] == ["CA0:link:1"]  # min_age
     assert [r.key for r in await w1.unfinished()] == ["CA0:link:1", "CA1:link:1", "CA2:link:1"]
 
 
@@ -174,8 +202,9 @@ async def test_renewal_keeps_a_lease_and_reports_a_lost_one(workers):
     assert (await w1.get("CA1:link:1")).lease_until == T0 + 18
     assert [r.key for r in await w2.take_unfinished(now=T0 + 12)] == ["CA2:link:1"]  # CA1 was renewed
     lost = await w1.renew_leases(["CA1:link:1", "CA2:link:1", "CA3:link:1", "nope"], now=T0 + 13)
-    assert lost == {"CA2:link:1"}
+    assert lost == {"CA2:link:1"} and w1.held == {"CA1:link:1"}
     assert (await w1.get("CA3:link:1")).lease_owner is None  # finished rows are not leased again
+    assert (await w1.get("CA2:link:1")).lease_owner == "w2"
     assert await w1.renew_leases([], now=T0) == set()
 
 
@@ -196,8 +225,8 @@ async def test_concurrent_recovery_never_takes_a_row_twice(workers):
     w1, w2, w3 = workers("w1", lease_seconds=10), workers("w2", lease_seconds=10), workers("w3", lease_seconds=10)
     for i in range(60):
         await claim(w1, row(f"CA{i}:link:1", call_id=f"CA{i}", at=T0 + i / 100))
-    first, second = await asyncio.gather(w2.take_unfinished(now=T0 + 20, limit=40),
-                                         w3.take_unfinished(now=T0 + 20, limit=40))
+    first, second = await asyncio.gather(w2.take_unfinished(now=T0 + 31, limit=40),
+                                         w3.take_unfinished(now=T0 + 31, limit=40))
     mine, theirs = {r.key for r in first}, {r.key for r in second}
     assert not mine & theirs and len(mine | theirs) == 60
     owners = {r.key: r.lease_owner for r in await w1.unfinished()}
@@ -209,15 +238,16 @@ async def test_recovery_skips_the_rows_a_worker_is_working_on(workers):
     for i in range(5):
         await claim(w1, row(f"CA{i}:link:1", call_id=f"CA{i}", at=T0 + i))
     await w2.take_unfinished(now=T0 + 20, limit=3)  # w2 finishes a dead worker's rows...
-    busy = {"CA0:link:1", "CA1:link:1", "CA2:link:1"}
     # ...and its next pass must reach the others, not fill its batch with the rows it is already sending
-    assert [r.key for r in await w2.take_unfinished(now=T0 + 21, limit=2, exclude=busy)] == [
-        "CA3:link:1", "CA4:link:1"]
+    assert [r.key for r in await w2.take_unfinished(now=T0 + 21, limit=1)] == ["CA3:link:1"]
+    assert [r.key for r in await w2.take_unfinished(now=T0 + 21, limit=5, exclude={"CA4:link:1"})] == []
 
 
-async def test_rows_survive_reopening(workers):
+async def test_rows_survive_reopening_and_a_closed_handle_refuses_work(workers):
     w1 = workers("w1")
     await claim(w1, row())
     await w1.aclose()
     again = workers("w1")
     assert (await again.get("CA1:link:1")).status == "pending"
+    with pytest.raises(OutboxUnavailableError):
+        await w1.get("CA1:link:1")

@@ -166,7 +166,7 @@ async def test_call_end_waits_for_in_flight_send(peer):
 async def test_cancel_mid_send_leaves_row_for_recovery_no_duplicate(peer, tmp_path):
     peer.faults = [Fault(delay=5.0, commit=True)]
     db = tmp_path / "outbox.db"
-    engine = make_engine(peer=peer, outbox=Outbox(db), timeout=30)
+    engine = make_engine(peer=peer, outbox=Outbox(db), timeout=20)
     engine.add_agent_text("It's all on our website.")
     sms = SmsActionProcessor(engine=engine, cancel_grace=0.3)
     await run_test(sms, frames_to_send=[said("Text me the link."), SleepFrame(0.3), CancelFrame()],

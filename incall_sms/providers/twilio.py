@@ -85,6 +85,10 @@ class TwilioProvider:
         base_url: API base, e.g. ``http://127.0.0.1:8099`` for a loopback peer;
             ``None`` keeps Twilio's.
         timeout: Deadline for one request, seconds.
+
+    Attributes:
+        request_timeout: ``timeout``: the longest a send request stays on the wire (the
+            dispatcher checks that an outbox lease outlasts it).
     """
 
     name = "twilio"
@@ -103,6 +107,7 @@ class TwilioProvider:
         self._auth_token = auth_token
         self._base_url = base_url
         self._timeout = timeout
+        self.request_timeout = timeout
         self._client: Client | None = None
         self._http: AsyncTwilioHttpClient | None = None
 

@@ -1,6 +1,6 @@
 """A worker of a fleet sharing one PostgreSQL outbox, for the kill test (tests/test_fleet.py).
 
-Usage: python -m tests.helpers.fleet_worker DATABASE_URL TWILIO_BASE_URL WORKER_ID SENDS LEASE OUT_FILE
+Usage: python -m tests.helpers.fleet_worker DATABASE_URL TWILIO_BASE_URL WORKER_ID SENDS LEASE TIMEOUT OUT_FILE
 
 Sends SENDS texts for calls of its own (all at once, through the real twilio client), runs outbox
 recovery for its whole life (a pass every 0.5 s), and appends one JSON line per outcome event (sent or
@@ -25,9 +25,9 @@ ACTIONS = parse_actions({"actions": [{"name": "note", "condition": "whenever", "
                          "max_sends_per_call": 5, "max_sends_per_destination": 1000})
 
 
-async def main(database_url, base_url, worker_id, sends, lease, out_file):
+async def main(database_url, base_url, worker_id, sends, lease, timeout, out_file):
     outbox = PostgresOutbox(database_url, worker_id=worker_id, lease_seconds=lease)
-    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=base_url, timeout=60)
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=base_url, timeout=timeout)
     dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=outbox, optouts=SqliteOptOutStore(),
                             clock=SystemClock(), retry_policy=RetryPolicy(attempts=3, base_delay=0.05, jitter=0),
                             ambiguity_delay=0.2, recovery_interval=0.5, recovery_min_age=0.0)
@@ -54,4 +54,4 @@ async def main(database_url, base_url, worker_id, sends, lease, out_file):
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    asyncio.run(main(a[0], a[1], a[2], int(a[3]), float(a[4]), a[5]))
+    asyncio.run(main(a[0], a[1], a[2], int(a[3]), float(a[4]), float(a[5]), a[6]))

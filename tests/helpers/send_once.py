@@ -17,7 +17,7 @@ ACTIONS = {"actions": [{"name": "link", "condition": "if asked", "content": {"te
 
 
 async def main(db: str, base_url: str) -> None:
-    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=base_url, timeout=60)
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=base_url, timeout=20)
     dispatcher = Dispatcher(
         actions=parse_actions(ACTIONS), provider=provider, outbox=Outbox(db), optouts=SqliteOptOutStore(db + ".optouts")
     )

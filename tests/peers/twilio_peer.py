@@ -14,7 +14,7 @@ import dataclasses
 import email.utils
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -85,6 +85,8 @@ class TwilioPeer:
         self.error_numbers: dict[str, int] = {}
         self.calls: dict[str, dict[str, str]] = {}
         self.list_faults: list[Fault] = []
+        # per-request faults for message lookups (GET .../Messages.json), from the query; after list_faults
+        self.list_fault_for: Callable[[Mapping[str, str]], Fault | None] | None = None
         self.received = asyncio.Event()
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -211,8 +213,10 @@ class TwilioPeer:
         self.list_requests += 1
         if not self._authorized(request, request.match_info["sid"]):
             return self._error(401, 20003, "Authenticate")
-        if self.list_faults:
-            fault = self.list_faults.pop(0)
+        fault = self.list_faults.pop(0) if self.list_faults else None
+        if fault is None and self.list_fault_for is not None:
+            fault = self.list_fault_for(request.query)
+        if fault is not None:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.status >= 400:
