@@ -406,7 +406,7 @@ class Outbox:
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise OutboxUnavailableError("the outbox is closed")
-        return await self._run(fn)
+        return await self._db.run(fn)
 
     async def aclose(self) -> None:
         """Close the database (the async spelling shared with ``PostgresOutbox``)."""
