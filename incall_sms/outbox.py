@@ -62,6 +62,7 @@ import os
 import pathlib
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -288,6 +289,10 @@ class OutboxStore(Protocol):
     worker_id: str
     lease_seconds: float
 
+    def lease_end(self, now: float) -> float:
+        """When a lease written now ends; see :meth:`Outbox.lease_end`."""
+        ...
+
     async def claim(
         self,
         record: OutboxRecord,
@@ -331,7 +336,12 @@ class OutboxStore(Protocol):
         ...
 
     def forget(self, key: str) -> None:
-        """Stop holding ``key`` (its task ended unfinished): this worker's recovery may take it again."""
+        """Stop holding ``key`` (its send ended unfinished, e.g. cancelled).
+
+        This worker's recovery may take it again: at once from its own SQLite file, once the
+        lease runs out from a shared PostgreSQL outbox (where a live lease of this worker may
+        belong to a claim another connection just committed).
+        """
         ...
 
     async def for_call(self, call_id: str) -> list[OutboxRecord]:
@@ -357,7 +367,7 @@ def leased(record: OutboxRecord, outbox: OutboxStore, *, previous: int) -> Outbo
     """
     if record.status in UNFINISHED_STATUSES:
         return dataclasses.replace(record, lease_owner=outbox.worker_id, lease_token=previous + 1,
-                                   lease_until=record.updated_at + outbox.lease_seconds)
+                                   lease_until=outbox.lease_end(record.updated_at))
     return dataclasses.replace(record, lease_owner=None, lease_until=None, lease_token=previous)
 
 
@@ -374,15 +384,22 @@ class Outbox:
             file one worker owns: a restarted worker recovers its own rows at once. Processes
             sharing one file need distinct ids (:func:`default_worker_id`).
         lease_seconds: How long a lease lasts without renewal.
+        clock: This host's wall clock (epoch seconds); see :meth:`lease_end`.
     """
 
     def __init__(
-        self, path: str | pathlib.Path = ":memory:", *, worker_id: str = SQLITE_WORKER_ID, lease_seconds: float = 30.0
+        self,
+        path: str | pathlib.Path = ":memory:",
+        *,
+        worker_id: str = SQLITE_WORKER_ID,
+        lease_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
+        self._clock = clock
         self._held: dict[str, int] = {}  # key -> fencing token of the leases this handle holds
         self._closed = False
         self._db = SqliteDb(path, schema=_SCHEMA, migrate=_migrate)
@@ -415,6 +432,15 @@ class Outbox:
     def forget(self, key: str) -> None:
         """Stop holding ``key`` (its send ended unfinished, e.g. cancelled): this worker's recovery may take it."""
         self._held.pop(key, None)
+
+    def lease_end(self, now: float) -> float:
+        """When a lease written now ends: ``lease_seconds`` after the later of ``now`` and this host's clock.
+
+        Computed as the statement runs: the caller's ``now`` was read before its write waited in
+        line (the database thread, a lock), which under load can be seconds; a lease must still
+        last its full length from the write.
+        """
+        return max(now, self._clock()) + self.lease_seconds
 
     async def claim(
         self,
@@ -485,10 +511,14 @@ class Outbox:
                     self._held[stored.key] = stored.lease_token
                 return ClaimOutcome.CREATED, stored
 
+        before = self._held.get(record.key)
         try:
             return await self._run(_claim)
-        except BaseException:
-            self._held.pop(record.key, None)  # not committed: nothing is held
+        except BaseException:  # not committed: the hold set for this claim goes
+            if before is None:
+                self._held.pop(record.key, None)
+            else:
+                self._held[record.key] = before
             raise
 
     def _write(self, conn: sqlite3.Connection, key: str, sets: list[str], values: dict[str, Any],
@@ -499,7 +529,7 @@ class Outbox:
             raise self._not_held(conn, key)
         marks = ",".join(f"'{s}'" for s in UNFINISHED_STATUSES)
         values = dict(values, key=key, me=self.worker_id, token=token,
-                      lease_until_new=values["now"] + self.lease_seconds)
+                      lease_until_new=self.lease_end(values["now"]))
         lease = "lease_owner = NULL, lease_until = NULL" if release else "lease_until = :lease_until_new"
         cursor = conn.execute(
             f"UPDATE outbox SET {', '.join([*sets, 'updated_at = :now', lease])} WHERE key = :key "
@@ -643,7 +673,7 @@ class Outbox:
                 rows = []
                 for key in keys:
                     conn.execute("UPDATE outbox SET lease_owner = ?, lease_until = ?, lease_token = lease_token + 1 "
-                                 "WHERE key = ?", (self.worker_id, now + self.lease_seconds, key))
+                                 "WHERE key = ?", (self.worker_id, self.lease_end(now), key))
                     rows.append(conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone())
                 for row in rows:
                     self._held[row["key"]] = row["lease_token"]
@@ -672,7 +702,7 @@ class Outbox:
                         continue
                     cursor = conn.execute(
                         f"UPDATE outbox SET lease_until = ? WHERE key = ? AND lease_owner = ? AND lease_token = ? "
-                        f"AND status IN ({marks})", (now + self.lease_seconds, key, self.worker_id, token))
+                        f"AND status IN ({marks})", (self.lease_end(now), key, self.worker_id, token))
                     if cursor.rowcount == 0:
                         lost.add(key)
                         self._held.pop(key, None)

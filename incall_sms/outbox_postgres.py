@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from incall_sms.errors import OutboxUnavailableError
@@ -91,6 +92,7 @@ class PostgresOutbox:
         lease_seconds: How long a lease lasts without renewal.
         pool_size: Most connections this worker opens.
         connect_timeout: Seconds to wait for a connection.
+        clock: This host's wall clock (epoch seconds); see :meth:`lease_end`.
 
     Raises:
         ValueError: ``url`` is not a ``postgres://`` or ``postgresql://`` URL, or an option is
@@ -106,6 +108,7 @@ class PostgresOutbox:
         lease_seconds: float = 30.0,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not url.startswith(("postgres://", "postgresql://")):
             raise ValueError("DATABASE_URL must be a postgresql:// URL")
@@ -120,6 +123,7 @@ class PostgresOutbox:
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         self._pool_size = pool_size
+        self._clock = clock
         self._connect_timeout = connect_timeout
         self._pool: Any = None
         self._opening = asyncio.Lock()
@@ -134,6 +138,10 @@ class PostgresOutbox:
     def forget(self, key: str) -> None:
         """Stop holding ``key`` (its send ended unfinished, e.g. cancelled): this worker's recovery may take it."""
         self._held.pop(key, None)
+
+    def lease_end(self, now: float) -> float:
+        """When a lease written now ends (see :meth:`Outbox.lease_end`), computed once connection and locks are had."""
+        return max(now, self._clock()) + self.lease_seconds
 
     # -- connection ---------------------------------------------------------------------
 
@@ -207,10 +215,14 @@ class PostgresOutbox:
     ) -> tuple[ClaimOutcome, OutboxRecord]:
         """Atomically insert ``record`` unless it would duplicate or exceed a cap (see :meth:`Outbox.claim`)."""
         active = list(ACTIVE_STATUSES)
+        before = self._held.get(record.key)
         try:
             return await self._claim(record, active, once_per_call, max_per_call, max_per_destination, window)
-        except BaseException:
-            self._held.pop(record.key, None)  # not committed: nothing is held
+        except BaseException:  # not committed: the hold set for this claim goes
+            if before is None:
+                self._held.pop(record.key, None)
+            else:
+                self._held[record.key] = before
             raise
 
     async def _claim(self, record: OutboxRecord, active: list[str], once_per_call: bool, max_per_call: int,
@@ -268,7 +280,7 @@ class PostgresOutbox:
         if release:
             sets.append("lease_owner = NULL, lease_until = NULL")
         else:
-            values.append(now + self.lease_seconds)
+            values.append(self.lease_end(now))
             sets.append(f"lease_until = ${len(values)}")
         row = await conn.fetchrow(
             f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE key = $1 AND lease_owner = $2 AND lease_token = $4 "
@@ -340,7 +352,13 @@ class PostgresOutbox:
     async def take_unfinished(
         self, *, now: float, min_age: float = 0.0, limit: int = 100, exclude: Iterable[str] = ()
     ) -> list[OutboxRecord]:
-        """Lease unfinished rows for recovery (see :meth:`Outbox.take_unfinished`); ``SKIP LOCKED``."""
+        """Lease unfinished rows for recovery (see :meth:`Outbox.take_unfinished`); ``SKIP LOCKED``.
+
+        Unlike the SQLite outbox, a row this worker still leases is never taken, not even one
+        this handle forgot: a claim on another connection may have just committed a row whose
+        hold this query cannot see yet. A forgotten row (a cancelled send) is taken once its
+        lease runs out, by this worker or another.
+        """
         skip = list(set(exclude) | set(self._held))
         async with self._connection(transaction=True) as conn:
             rows = await conn.fetch(
@@ -348,12 +366,12 @@ class PostgresOutbox:
                     WHERE key IN (
                         SELECT key FROM {_TABLE}
                         WHERE status = ANY($3) AND updated_at <= $4
-                          AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < $5)
+                          AND (lease_owner IS NULL OR lease_until < $5)
                           AND key <> ALL($7)
                         ORDER BY created_at LIMIT $6
                         FOR UPDATE SKIP LOCKED)
                     RETURNING *""",
-                self.worker_id, now + self.lease_seconds, list(UNFINISHED_STATUSES), now - min_age, now, limit,
+                self.worker_id, self.lease_end(now), list(UNFINISHED_STATUSES), now - min_age, now, limit,
                 skip)
             for row in rows:
                 self._held[row["key"]] = row["lease_token"]
@@ -370,7 +388,7 @@ class PostgresOutbox:
                     FROM unnest($2::text[], $3::int[]) AS h(key, token)
                     WHERE t.key = h.key AND t.lease_token = h.token AND t.lease_owner = $4 AND t.status = ANY($5)
                     RETURNING t.key""",
-                now + self.lease_seconds, list(held), list(held.values()), self.worker_id,
+                self.lease_end(now), list(held), list(held.values()), self.worker_id,
                 list(UNFINISHED_STATUSES))
         lost = set(held) - {r["key"] for r in renewed}
         for key in lost:

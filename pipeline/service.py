@@ -390,6 +390,7 @@ class SmsService:
         self.ready = False
         await self.webhooks.drain()
         await self._lifetime.aclose()
+        await self.dispatcher.aclose()
         await self.provider.aclose()
         await self.fetcher.aclose()
         if self.transcriber is not None:

@@ -1,7 +1,8 @@
 """Fault campaign: 1,000 sends through the real twilio client against a misbehaving loopback peer.
 
-Run once on each outbox: SQLite (the embedded default) and PostgreSQL (a fleet's shared outbox,
-a real server).
+Run once on each outbox: SQLite (the embedded default, one worker) and PostgreSQL (a fleet's shared
+outbox on a real server: two workers, alternate sends, each running recovery passes every 0.2 s on the
+shared table throughout, so leases must keep every pass off the rows the other worker is sending).
 
 Faults (seeded): 429 storms, 5xx before and after the message was created, timeouts after
 creation, dropped connections, slow answers. Every send must end accepted or honestly failed;
@@ -12,6 +13,7 @@ ambiguous error could take another send's message for its own.
 """
 
 import asyncio
+import contextlib
 import io
 import random
 import time
@@ -70,34 +72,42 @@ def ref_of(i):
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def outbox(request):
+async def outboxes(request):
+    """The workers' outbox handles: one SQLite file, or two workers on one PostgreSQL database."""
     if request.param == "postgres":
         from incall_sms.outbox import default_worker_id
         from incall_sms.outbox_postgres import PostgresOutbox
         from tests.helpers.postgres import fresh_database
 
         url = await fresh_database(request.getfixturevalue("postgres_server_url"), f"faults_{uuid.uuid4().hex[:8]}")
-        store = PostgresOutbox(url, worker_id=default_worker_id(), pool_size=20)
+        stores = [PostgresOutbox(url, worker_id=default_worker_id(), pool_size=10, lease_seconds=3)
+                  for _ in range(2)]
     else:
-        store = Outbox()
-    yield store
-    await store.aclose()
+        stores = [Outbox()]
+    yield stores
+    for store in stores:
+        await store.aclose()
 
 
-async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent(outbox):
-    async with TwilioPeer() as peer:
+async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent(outboxes):
+    async with TwilioPeer() as peer, contextlib.AsyncExitStack() as running:
         peer.fault_for, kinds = fault_plan(seed=7)
         provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=0.5)
-        dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=outbox, optouts=SqliteOptOutStore(),
-                                clock=SystemClock(),  # the peer's clock is the real one: lookups compare with it
-                                retry_policy=RetryPolicy(attempts=5, base_delay=0.01, jitter=0),
-                                ambiguity_delay=0.0, ambiguity_checks=3)
+        workers = [Dispatcher(actions=ACTIONS, provider=provider, outbox=store, optouts=SqliteOptOutStore(),
+                              clock=SystemClock(),  # the peer's clock is the real one: lookups compare with it
+                              retry_policy=RetryPolicy(attempts=5, base_delay=0.01, jitter=0),
+                              ambiguity_delay=0.0, ambiguity_checks=3, recovery_interval=0.2, recovery_min_age=0.0)
+                   for store in outboxes]
+        if len(workers) > 1:  # a fleet: every worker's recovery runs all along
+            for worker in workers:
+                await running.enter_async_context(worker.recovery())
+        outbox = outboxes[0]
         semaphore = asyncio.Semaphore(50)
 
         async def one(i):
             async with semaphore:
                 call = CallContext(call_id=f"CA{i:032d}", caller_number="+14155552671", agent_number="+14155550100")
-                return await dispatcher.send("note", call=call, turn=1, variables={"ref": ref_of(i)})
+                return await workers[i % len(workers)].send("note", call=call, turn=1, variables={"ref": ref_of(i)})
 
         lags = []
         done = asyncio.Event()
@@ -118,7 +128,9 @@ async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent(outbox):
             raise AssertionError("sends still running after 300 s:\n" + stuck.getvalue()[-20000:]) from None
         done.set()
         await watcher
+        await running.aclose()  # recovery stops before the provider closes
         await provider.aclose()
+        recovered = sum(w.leases_lost for w in workers)
 
         rows = {r.key: await outbox.get(r.key) for r in results}
 
@@ -143,8 +155,10 @@ async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent(outbox):
     p99 = lags[int(0.99 * (len(lags) - 1))]
     print(f"faults injected: {dict(kinds)}; outcomes: {dict(outcomes)}; messages at peer: {len(peer.messages)}; "
           f"duplicates: {duplicates}; false sent: {len(false_sent)}; lost: {sum(lost.values())}; "
-          f"unconfirmed: {sum(unconfirmed.values())}; loop lag p99 {p99 * 1000:.1f} ms max {lags[-1] * 1000:.1f} ms")
+          f"unconfirmed: {sum(unconfirmed.values())}; loop lag p99 {p99 * 1000:.1f} ms max {lags[-1] * 1000:.1f} ms; "
+          f"workers: {len(outboxes)}, leases lost: {recovered}")
     assert duplicates == 0
+    assert recovered == 0  # no worker's recovery ever took a row from under the other's live send
     assert false_sent == []
     assert lost == {}  # a message that exists at the provider is never reported as a plain failure
     # Each send that is not accepted is an honest "unconfirmed" (its lookups timed out too: how many depends on

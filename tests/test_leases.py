@@ -2,6 +2,7 @@
 same rules; tests/test_fleet.py runs real worker processes on PostgreSQL)."""
 
 import asyncio
+import time
 
 from incall_sms.actions import parse_actions
 from incall_sms.clock import ManualClock, SystemClock
@@ -151,7 +152,7 @@ async def test_an_outbox_outage_is_told_honestly_and_loses_nothing():
     from incall_sms.outbox_postgres import PostgresOutbox
     from tests.helpers.postgres import fresh_database, postgres_server
 
-    clock = SystemClock()
+    clock = ManualClock(start=time.time())
     with postgres_server() as server:
         url = await fresh_database(server.url, "outage")
         await asyncio.to_thread(server.stop)
@@ -173,7 +174,9 @@ async def test_an_outbox_outage_is_told_honestly_and_loses_nothing():
         await asyncio.to_thread(server.start)
         row = await outbox.get(KEY)
         assert (row.status, row.sid) == ("sending", None)  # not recorded: the outbox was down
-        [recovered] = await dispatcher.recover()  # its own lease, taken at once; the lookup finds the message
+        assert await dispatcher.recover() == []  # its lease still runs (a shared outbox never takes a live one)
+        clock.advance(31)
+        [recovered] = await dispatcher.recover()  # the lease ran out: taken; the lookup finds the message
         assert recovered.accepted and recovered.sid == result.sid
         assert len(await provider.inbox()) == 1 and (await outbox.get(KEY)).status == "accepted"
         await outbox.aclose()

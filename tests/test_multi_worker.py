@@ -56,6 +56,7 @@ async def stored_sids(db, timeout=5.0):
 @pytest.mark.parametrize("outbox", ["sqlite", "postgres"])
 async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path, outbox, request):
     out = tmp_path / "owner_received.jsonl"
+    b_events = tmp_path / "b_events.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     shared = None
     if outbox == "postgres":
@@ -74,7 +75,8 @@ async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path,
         workers["B"] = await asyncio.to_thread(
             start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["B"]),
                                    "worker-b", str(tmp_path / "b.db")],
-            ports["B"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ports["B"], cwd=ROOT, env={**env, "EVENTS_OUT": str(b_events)}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
         await asyncio.sleep(0.5)  # subscriptions and registrations in place after start-up
 
         [sent] = await wait_lines(out, 1)  # the owner texted the caller at start
@@ -88,7 +90,10 @@ async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path,
         if shared is not None:  # B applied it to the shared row, and only the event travelled to A
             row = await shared.by_sid(sid)
             assert (row.delivery, row.status) == ("delivered", "accepted")
+            assert await wait_lines(b_events, 1) == [{"delivered": sid, "worker": "worker-b"}]
             await shared.aclose()
+        else:  # B has no such message: the callback itself went to A, which applied it
+            assert not b_events.exists()
 
         first = sms_form(body="my order number is 4411")
         assert await post(ports["B"], first) == 200  # B does not own the call

@@ -3,7 +3,7 @@
 Usage: python -m tests.helpers.webhook_worker REDIS_URL PORT WORKER_ID STORE_DB [CALLER AGENT OUT_FILE]
 With CALLER/AGENT/OUT_FILE the worker owns that "live call" and appends every message it gets to OUT_FILE.
 With OUTBOX_DATABASE_URL in the environment the workers share a PostgreSQL outbox (else each has its own
-SQLite file next to STORE_DB).
+SQLite file next to STORE_DB); with EVENTS_OUT a worker that owns no call notes the events it raises there.
 """
 
 import asyncio
@@ -45,9 +45,11 @@ async def main(redis_url, port, worker_id, store_db, own=None):
     registry.status_handler = dispatcher.handle_status
     registry.event_handler = dispatcher.publish
 
+    out_file = own[2] if own else os.environ.get("EVENTS_OUT")  # a worker without the call may note events too
+
     def record(item):
-        if own:
-            with open(own[2], "a", encoding="utf-8") as handle:
+        if out_file:
+            with open(out_file, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({**item, "worker": worker_id}) + "\n")
 
     async def on_event(event):
