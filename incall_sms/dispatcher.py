@@ -70,6 +70,9 @@ __all__ = ["CallContext", "Dispatcher", "SendOutcome", "SendResult"]
 
 _log = logging.getLogger(__name__)
 
+#: Seconds of a lease kept in reserve when a request starts (clock and scheduling slack).
+_LEASE_MARGIN = 1.0
+
 #: Cap on segments for LLM-written bodies when the action sets none.
 PROMPT_MAX_SEGMENTS = 3
 
@@ -623,11 +626,24 @@ class Dispatcher:
                     await self._rate_limiter.acquire(sms.from_ or sms.messaging_service_sid or "", record.segments or 1)
                 except TimeoutError:
                     raise SendError("sender_busy", kind=SendErrorKind.RETRYABLE) from None
+            started = time.monotonic()
             try:
                 await self.outbox.update(record.key, now=self.clock.now(), status="sending", attempts="+1")
             except OutboxUnavailableError:  # not marked sending, so not sent: safe to try again
                 raise SendError("outbox_unavailable", kind=SendErrorKind.RETRYABLE) from None
-            return await self.provider.send(sms)
+            # The write set a lease of lease_seconds, at the latest when it returned. A request must end
+            # before that lease can run out (another worker may then take the row, find no message and
+            # send it): refuse to start one the lease cannot cover, and cut off one that outlives it.
+            left = self.outbox.lease_seconds - (time.monotonic() - started) - _LEASE_MARGIN
+            if left <= (getattr(self.provider, "request_timeout", None) or 0):
+                _log.warning("SMS %s: marking it sending took %.1f s; not sending on a short lease", record.key,
+                             time.monotonic() - started)
+                raise SendError("lease_short", kind=SendErrorKind.RETRYABLE)
+            try:
+                async with asyncio.timeout(left):
+                    return await self.provider.send(sms)
+            except TimeoutError:
+                raise SendError("timeout", kind=SendErrorKind.AMBIGUOUS) from None
 
         def log_retry(attempt: int, exc: SendError, delay: float) -> None:
             _log.warning("SMS %s attempt %d: %s; retrying in %.2fs", record.key, attempt, exc.reason, delay)
@@ -653,8 +669,8 @@ class Dispatcher:
             # the provider accepted it: that is the truth the caller hears. The row is left as it stands;
             # recovery (this worker's once the outbox answers, or the one that took the lease) finds this
             # message by lookup before any resend, and records it
-            _log.warning("SMS %s accepted as %s but not recorded (%s); recovery will record it", record.key,
-                         receipt.sid, exc.__class__.__name__)
+            _log.warning("SMS %s accepted as %s but not recorded here (%s)", record.key, receipt.sid,
+                         exc.__class__.__name__)
             stored = dataclasses.replace(record, **fields)  # type: ignore[arg-type]
         _log.info("SMS %s accepted by %s as %s (%s segment(s))", record.key, self.provider.name, receipt.sid,
                   stored.segments)
@@ -786,10 +802,19 @@ class Dispatcher:
                     self._drop(record.key)
 
         try:
-            results = [r for r in await asyncio.gather(*(one(r) for r in taken)) if r is not None]
+            outcomes = await asyncio.gather(*(one(r) for r in taken), return_exceptions=True)
         finally:
             for record in taken:
                 self._drop(record.key)
+        results = []
+        for record, outcome in zip(taken, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                _log.error("recovery of SMS %s failed (%s); the next pass tries again", record.key,
+                           outcome.__class__.__name__)
+            elif outcome is not None:
+                results.append(outcome)
         return results
 
     async def _recover_one(self, record: OutboxRecord, now: float) -> SendResult:

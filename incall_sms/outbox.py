@@ -55,6 +55,7 @@ from a ``DATABASE_URL``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import logging
@@ -512,8 +513,18 @@ class Outbox:
                 return ClaimOutcome.CREATED, stored
 
         before = self._held.get(record.key)
+        work = asyncio.get_running_loop().create_task(self._run(_claim))
         try:
-            return await self._run(_claim)
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # the database thread finishes the claim anyway; whatever it created, nobody will send: once it is
+            # done, forget the hold, so this worker's recovery takes the row (as it would after a crash)
+            def settle(done: asyncio.Task[tuple[ClaimOutcome, OutboxRecord]]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result()[0] is ClaimOutcome.CREATED:
+                    self._held.pop(record.key, None)
+
+            work.add_done_callback(settle)
+            raise
         except BaseException:  # not committed: the hold set for this claim goes
             if before is None:
                 self._held.pop(record.key, None)

@@ -92,6 +92,8 @@ class PostgresOutbox:
         lease_seconds: How long a lease lasts without renewal.
         pool_size: Most connections this worker opens.
         connect_timeout: Seconds to wait for a connection.
+        command_timeout: Seconds one statement may take (a half-open connection must not hold a
+            claim, and the caller's answer, for minutes); beyond it the outbox counts as unreachable.
         clock: This host's wall clock (epoch seconds); see :meth:`lease_end`.
 
     Raises:
@@ -108,6 +110,7 @@ class PostgresOutbox:
         lease_seconds: float = 30.0,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
+        command_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not url.startswith(("postgres://", "postgresql://")):
@@ -125,6 +128,7 @@ class PostgresOutbox:
         self._pool_size = pool_size
         self._clock = clock
         self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
         self._pool: Any = None
         self._opening = asyncio.Lock()
         self._closed = False
@@ -162,7 +166,8 @@ class PostgresOutbox:
 
             try:
                 pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._pool_size,
-                                                 timeout=self._connect_timeout)
+                                                 timeout=self._connect_timeout,
+                                                 command_timeout=self._command_timeout)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 raise OutboxUnavailableError(f"outbox database unreachable ({exc.__class__.__name__})") from None
             try:
@@ -195,7 +200,10 @@ class PostgresOutbox:
                 else:
                     yield conn
         except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                asyncpg.TooManyConnectionsError, asyncpg.InterfaceError) as exc:
+                asyncpg.TooManyConnectionsError, asyncpg.InterfaceError, asyncpg.OperatorInterventionError,
+                asyncpg.ReadOnlySQLTransactionError) as exc:
+            # connection lost or refused, server shutting down or restarting, a failover's read-only standby,
+            # a statement cut off by command_timeout: the database cannot answer now
             raise OutboxUnavailableError(f"outbox database unreachable ({exc.__class__.__name__})") from None
 
     @staticmethod
@@ -373,8 +381,8 @@ class PostgresOutbox:
                     RETURNING *""",
                 self.worker_id, self.lease_end(now), list(UNFINISHED_STATUSES), now - min_age, now, limit,
                 skip)
-            for row in rows:
-                self._held[row["key"]] = row["lease_token"]
+        for row in rows:  # held once committed (a failed commit leaves them to expire, not held forever)
+            self._held[row["key"]] = row["lease_token"]
         return sorted((self._record(r) for r in rows), key=lambda r: (r.created_at, r.key))
 
     async def renew_leases(self, keys: Iterable[str], *, now: float) -> set[str]:

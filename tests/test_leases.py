@@ -4,6 +4,8 @@ same rules; tests/test_fleet.py runs real worker processes on PostgreSQL)."""
 import asyncio
 import time
 
+import pytest
+
 from incall_sms.actions import parse_actions
 from incall_sms.clock import ManualClock, SystemClock
 from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome
@@ -92,11 +94,29 @@ async def test_a_worker_whose_row_was_taken_over_and_finished_never_sends_it_aga
     b.close()
 
 
+class SlowToAnswer(LocalProvider):
+    """The first request times out (maybe sent); the lookup then takes 3 s (two leases) to answer "none"."""
+
+    timed_out = False
+
+    async def send(self, sms):
+        if not self.timed_out:
+            self.timed_out = True
+            raise SendError("timeout", kind=SendErrorKind.AMBIGUOUS)
+        return await super().send(sms)
+
+    async def find_sent(self, sms, *, since):
+        await asyncio.sleep(3.0)
+        return await super().find_sent(sms, since=since)
+
+
 async def test_leases_are_renewed_while_a_send_is_in_flight(tmp_path):
     a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=1.5)
     b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=1.5)
     clock = SystemClock()
-    dispatcher = worker(a, clock, LocalProvider(clock=clock.now, latency=2.5))  # longer than a lease
+    provider = SlowToAnswer(clock=clock.now)
+    dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=a, optouts=SqliteOptOutStore(), clock=clock,
+                            ambiguity_delay=0.0)
     send = asyncio.get_running_loop().create_task(dispatcher.send("menu", call=CALL, turn=1))
     taken, leases = [], set()
     while not send.done():
@@ -106,9 +126,10 @@ async def test_leases_are_renewed_while_a_send_is_in_flight(tmp_path):
         if row is not None and row.lease_until is not None:
             leases.add(row.lease_until)
     result = await send
-    assert taken == []  # the request outlived the first lease, and B never got the row
-    assert len(leases) >= 3  # renewed every half second
-    assert result.accepted and (await a.get(KEY)).lease_owner is None  # the last write released it
+    assert taken == []  # the send outlived two leases, and B never got the row
+    assert len(leases) >= 5  # renewed every half second
+    assert result.accepted and len(await provider.inbox()) == 1  # the lookup said "none": sent once
+    assert (await a.get(KEY)).lease_owner is None  # the last write released it
     a.close()
     b.close()
 
@@ -175,8 +196,82 @@ async def test_an_outbox_outage_is_told_honestly_and_loses_nothing():
         row = await outbox.get(KEY)
         assert (row.status, row.sid) == ("sending", None)  # not recorded: the outbox was down
         assert await dispatcher.recover() == []  # its lease still runs (a shared outbox never takes a live one)
-        clock.advance(31)
+        clock.advance(60)  # well past the lease (set on this host's clock when the claim ran)
         [recovered] = await dispatcher.recover()  # the lease ran out: taken; the lookup finds the message
         assert recovered.accepted and recovered.sid == result.sid
         assert len(await provider.inbox()) == 1 and (await outbox.get(KEY)).status == "accepted"
         await outbox.aclose()
+
+
+class StallsAfterMarkingSending(Outbox):
+    """The write that marks the row sending returns late (a paused VM, a slow database reply), once."""
+
+    stalled = False
+
+    async def update(self, key, *, now, release=False, **fields):
+        row = await super().update(key, now=now, release=release, **fields)
+        if fields.get("status") == "sending" and not self.stalled:
+            self.stalled = True
+            await asyncio.sleep(2.2)  # most of the 3 s lease is gone by the time the request could start
+        return row
+
+
+async def test_a_request_never_starts_on_a_lease_that_could_run_out_under_it(tmp_path):
+    outbox = StallsAfterMarkingSending(tmp_path / "outbox.db", lease_seconds=3)
+    clock = SystemClock()
+    provider = LocalProvider(clock=clock.now)
+    dispatcher = worker(outbox, clock, provider)
+    result = await dispatcher.send("menu", call=CALL, turn=1)
+    assert outbox.stalled and result.accepted
+    assert provider.requests == 1  # the stalled attempt sent nothing; the retry, on a fresh lease, sent it once
+    assert (await outbox.get(KEY)).attempts == 2
+    outbox.close()
+
+
+async def test_a_send_cancelled_during_its_claim_is_recovered(tmp_path):
+    import sqlite3
+
+    outbox = Outbox(tmp_path / "outbox.db")
+    clock = SystemClock()
+    provider = LocalProvider(clock=clock.now)
+    dispatcher = worker(outbox, clock, provider)
+    blocker = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the claim waits for the write lock on the database thread
+    send = asyncio.get_running_loop().create_task(dispatcher.send("menu", call=CALL, turn=1))
+    await asyncio.sleep(0.3)
+    send.cancel()  # e.g. the call was cancelled; the claim still commits on the database thread
+    blocker.execute("COMMIT")
+    for _ in range(100):
+        if await outbox.get(KEY) is not None:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
+    [recovered] = await dispatcher.recover()  # not stuck "held" by nobody: recovered (sent once)
+    assert recovered.accepted and provider.requests == 1
+    blocker.close()
+    outbox.close()
+
+
+async def test_a_statement_that_hangs_counts_as_an_outage(postgres_url):
+    import asyncpg
+
+    from incall_sms.errors import OutboxUnavailableError
+    from incall_sms.outbox_postgres import PostgresOutbox
+
+    outbox = PostgresOutbox(postgres_url, worker_id="A", command_timeout=0.5)
+    now = time.time()
+    record = OutboxRecord(key=KEY, call_id=CALL.call_id, action="menu", turn=1, status="pending", to_number=CALLER,
+                          from_number=AGENT, body="Menu: https://e.com/m", created_at=now, updated_at=now)
+    await outbox.claim(record, once_per_call=True, max_per_call=3)
+    locker = await asyncpg.connect(postgres_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM incall_sms_outbox WHERE key = $1 FOR UPDATE", KEY)
+            started = time.monotonic()
+            with pytest.raises(OutboxUnavailableError):  # not a raw asyncpg error escaping send()
+                await outbox.update(KEY, now=now, status="sending", attempts="+1")
+            assert time.monotonic() - started < 5
+    finally:
+        await locker.close()
+    assert (await outbox.get(KEY)).status == "pending"
+    await outbox.aclose()
