@@ -595,7 +595,11 @@ class Dispatcher:
         if isinstance(segments, int):
             record = dataclasses.replace(record, segments=segments, encoding=str(encoding))
         _log.info("SMS %s for action %s not sent: %s", record.key, record.action, refused.reason)
-        outcome, stored = await self.outbox.claim(record, once_per_call=False, max_per_call=1 << 30)
+        try:
+            outcome, stored = await self.outbox.claim(record, once_per_call=False, max_per_call=1 << 30)
+        except OutboxUnavailableError:  # the refusal stands (nothing was sent); only its record is missing
+            _log.warning("SMS %s: refusal not recorded (outbox unreachable)", record.key)
+            outcome = ClaimOutcome.CREATED
         if outcome is ClaimOutcome.DUPLICATE:  # the key stands for a real send: report that, change nothing
             return self._result(stored, SendOutcome.DUPLICATE, reason=f"already_{stored.status}")
         await self._emit(self._event(SmsEventKind.FAILED, record, retryable=refused.outcome is SendOutcome.SKIPPED))

@@ -187,11 +187,16 @@ async def test_an_outbox_outage_is_told_honestly_and_loses_nothing():
         assert (result.outcome, result.reason, result.retryable) == (SendOutcome.FAILED, "outbox_unavailable", True)
         assert [(e.kind.value, e.reason) for e in events] == [("failed", "outbox_unavailable")]
         assert await provider.inbox() == []
+        other = CallContext(call_id="CA" + "2" * 32, caller_number="+14155550199", agent_number=AGENT)
+        await dispatcher.optouts.opt_out(other.caller_number, now=clock.now())
+        refused = await dispatcher.send("menu", call=other, turn=1)  # a refusal stands without its record
+        assert (refused.outcome, refused.reason) == (SendOutcome.FAILED, "opted_out")
+        del events[:]
 
         # back up; then gone right after the provider accepted: the caller hears the truth (sent)
         await asyncio.to_thread(server.start)
         result = await dispatcher.send("menu", call=CALL, turn=1)
-        assert result.accepted and [e.kind.value for e in events[1:]] == ["queued", "sent"]
+        assert result.accepted and [e.kind.value for e in events] == ["queued", "sent"]
         await asyncio.to_thread(server.start)
         row = await outbox.get(KEY)
         assert (row.status, row.sid) == ("sending", None)  # not recorded: the outbox was down
