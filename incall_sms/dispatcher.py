@@ -72,6 +72,11 @@ _log = logging.getLogger(__name__)
 
 #: Seconds of a lease kept in reserve when a request starts (clock and scheduling slack).
 _LEASE_MARGIN = 1.0
+#: Least lease beyond the provider's request timeout (the margin, and up to 4 s for the write that starts a
+#: request: a slower write makes the attempt retry on a fresh lease instead of sending).
+_LEASE_HEADROOM = 5.0
+#: Rows one recovery take leases at once (a pass takes batches until none is left).
+_RECOVERY_BATCH = 100
 
 #: Cap on segments for LLM-written bodies when the action sets none.
 PROMPT_MAX_SEGMENTS = 3
@@ -280,11 +285,11 @@ class Dispatcher:
         self._lease_keeper: asyncio.Task[None] | None = None
         self.leases_lost = 0
         request_timeout = getattr(provider, "request_timeout", None)
-        if request_timeout is not None and outbox.lease_seconds <= request_timeout + 1:
+        if request_timeout is not None and outbox.lease_seconds < request_timeout + _LEASE_HEADROOM:
             raise ValueError(
-                f"the outbox lease ({outbox.lease_seconds:g} s, SMS_OUTBOX_LEASE) must be longer than the "
-                f"provider's request timeout ({request_timeout:g} s) + 1 s: a request on the wire must end before "
-                "another worker may take its row over")
+                f"the outbox lease ({outbox.lease_seconds:g} s, SMS_OUTBOX_LEASE) must be at least the provider's "
+                f"request timeout ({request_timeout:g} s) + {_LEASE_HEADROOM:g} s: a request on the wire must end "
+                "before another worker may take its row over, with room for the write that starts it")
 
     # -- events ---------------------------------------------------------------
 
@@ -788,8 +793,18 @@ class Dispatcher:
         Returns:
             One result per row handled.
         """
-        now = self.clock.now()
-        taken = await self.outbox.take_unfinished(now=now, min_age=min_age, exclude=set(self._in_flight))
+        results: list[SendResult] = []
+        seen: set[str] = set()  # rows handled in this pass are not taken again by it (a released "ambiguous")
+        while True:
+            now = self.clock.now()
+            taken = await self.outbox.take_unfinished(now=now, min_age=min_age, limit=_RECOVERY_BATCH,
+                                                      exclude=self._in_flight | seen)
+            seen.update(r.key for r in taken)
+            results += await self._recover_batch(taken, now)
+            if len(taken) < _RECOVERY_BATCH:
+                return results
+
+    async def _recover_batch(self, taken: list[OutboxRecord], now: float) -> list[SendResult]:
         for record in taken:  # held (their leases renewed) from now on, not only while their turn comes
             self._hold(record.key)
         slots = asyncio.Semaphore(self._recovery_concurrency)

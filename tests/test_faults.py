@@ -80,7 +80,7 @@ async def outboxes(request):
         from tests.helpers.postgres import fresh_database
 
         url = await fresh_database(request.getfixturevalue("postgres_server_url"), f"faults_{uuid.uuid4().hex[:8]}")
-        stores = [PostgresOutbox(url, worker_id=default_worker_id(), pool_size=10, lease_seconds=3)
+        stores = [PostgresOutbox(url, worker_id=default_worker_id(), pool_size=10, lease_seconds=6)
                   for _ in range(2)]
     else:
         stores = [Outbox()]

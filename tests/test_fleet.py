@@ -1,7 +1,7 @@
 """A fleet on one PostgreSQL outbox: a worker SIGKILLed mid-send, never restarted, loses nothing.
 
 Two worker processes (tests/helpers/fleet_worker.py) share a real PostgreSQL server and send through
-the real twilio client to the loopback Twilio peer (request timeout 4 s, lease 6 s: a request on the
+the real twilio client to the loopback Twilio peer (request timeout 3 s, lease 8 s: a request on the
 wire always ends before its lease can run out). Worker A's texts are held by the peer: a third answered
 (A records them), a third created but never answered, a third never created; A's requests time out,
 the rows turn ``ambiguous`` and A asks the peer whether they exist, and those lookups hang too. A's
@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 from tests.helpers.postgres import fresh_database
 from tests.peers.twilio_peer import Fault, TwilioPeer
 
-SENDS_A, SENDS_B, LEASE, TIMEOUT = 30, 6, 6.0, 4.0
+SENDS_A, SENDS_B, LEASE, TIMEOUT = 30, 6, 8.0, 3.0
 
 
 async def start_worker(url, base_url, worker_id, sends, out):

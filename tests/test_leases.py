@@ -40,8 +40,8 @@ class TakenOverMidSend(LocalProvider):
 
 async def test_a_worker_that_lost_its_lease_writes_nothing_more_and_says_unconfirmed(tmp_path):
     clock = ManualClock()
-    a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=10)
-    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=10)
+    a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=10, clock=clock.now)
+    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=10, clock=clock.now)
     dispatcher = worker(a, clock, TakenOverMidSend(b, clock.now() + 11, clock=clock.now))
     events = []
     dispatcher.subscribe(events.append)
@@ -73,8 +73,8 @@ class StallThenRetry(LocalProvider):
 
 async def test_a_worker_whose_row_was_taken_over_and_finished_never_sends_it_again(tmp_path):
     a_clock, b_clock = ManualClock(), ManualClock()
-    a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=30)
-    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=30)
+    a = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=30, clock=a_clock.now)
+    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=30, clock=b_clock.now)
     provider = StallThenRetry(clock=a_clock.now)
     worker_a, worker_b = worker(a, a_clock, provider), worker(b, b_clock, provider)
     recovered = []
@@ -136,14 +136,14 @@ async def test_leases_are_renewed_while_a_send_is_in_flight(tmp_path):
 
 async def test_recovery_takes_a_dead_worker_s_row_only_when_its_lease_ran_out(tmp_path):
     clock = ManualClock()
-    dead = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=30)
+    dead = Outbox(tmp_path / "outbox.db", worker_id="A", lease_seconds=30, clock=clock.now)
     now = clock.now()
     record = OutboxRecord(key=KEY, call_id=CALL.call_id, action="menu", turn=1, status="pending", to_number=CALLER,
                           from_number=AGENT, body="Menu: https://e.com/m", created_at=now, updated_at=now)
     await dead.claim(record, once_per_call=True, max_per_call=3)
     await dead.update(KEY, now=now, status="sending", attempts="+1")  # A died with the request on the wire
     dead.close()
-    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=30)
+    b = Outbox(tmp_path / "outbox.db", worker_id="B", lease_seconds=30, clock=clock.now)
     provider = LocalProvider(clock=clock.now)
     dispatcher = worker(b, clock, provider)
     clock.advance(20)
@@ -178,7 +178,7 @@ async def test_an_outbox_outage_is_told_honestly_and_loses_nothing():
         url = await fresh_database(server.url, "outage")
         await asyncio.to_thread(server.stop)
         # unreachable before the claim: nothing recorded, nothing sent, a retryable failure
-        outbox = PostgresOutbox(url, worker_id="A", lease_seconds=30, connect_timeout=2)
+        outbox = PostgresOutbox(url, worker_id="A", lease_seconds=30, connect_timeout=2, clock=clock.now)
         provider = OutageAfterAccept(server, clock=clock.now)
         events = []
         dispatcher = worker(outbox, clock, provider)
@@ -280,3 +280,22 @@ async def test_a_statement_that_hangs_counts_as_an_outage(postgres_url):
         await locker.close()
     assert (await outbox.get(KEY)).status == "pending"
     await outbox.aclose()
+
+
+async def test_start_up_recovery_takes_every_row_not_only_the_first_batch(tmp_path):
+    clock = ManualClock()
+    crashed = Outbox(tmp_path / "outbox.db", clock=clock.now)
+    now = clock.now()
+    for i in range(130):  # more than one take's batch of 100
+        call_id = f"CA{i:032d}"
+        await crashed.claim(OutboxRecord(key=f"{call_id}:menu:1", call_id=call_id, action="menu", turn=1,
+                                         status="pending", to_number=CALLER, from_number=AGENT,
+                                         body="Menu: https://e.com/m", created_at=now, updated_at=now),
+                            once_per_call=True, max_per_call=3)
+    crashed.close()
+    restarted = Outbox(tmp_path / "outbox.db", clock=clock.now)
+    provider = LocalProvider(clock=clock.now)
+    results = await worker(restarted, clock, provider).recover()
+    assert len(results) == 130 and all(r.accepted for r in results)
+    assert len(await provider.inbox()) == 130 and await restarted.unfinished() == []
+    restarted.close()

@@ -71,7 +71,7 @@ async def test_database_url_shares_the_outbox(tmp_path, redis_url, postgres_serv
 
     env = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "k",
            "OPENAI_API_KEY": "k", "PUBLIC_URL": "https://agent.example.com", "REDIS_URL": redis_url,
-           "DATABASE_URL": await fresh_database(postgres_server_url, "live_settings"), "SMS_OUTBOX_LEASE": "12",
+           "DATABASE_URL": await fresh_database(postgres_server_url, "live_settings"), "SMS_OUTBOX_LEASE": "16",
            "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS)}
     async with TwilioPeer() as peer:
         env["TWILIO_API_BASE_URL"] = peer.base_url
@@ -81,7 +81,7 @@ async def test_database_url_shares_the_outbox(tmp_path, redis_url, postgres_serv
             await first.sms.start()
             await second.sms.start()
             assert isinstance(first.sms.outbox, PostgresOutbox)
-            assert (first.sms.outbox.worker_id, first.sms.outbox.lease_seconds) == ("worker-1", 12.0)
+            assert (first.sms.outbox.worker_id, first.sms.outbox.lease_seconds) == ("worker-1", 16.0)
             assert first.sms.registry.worker_id == "worker-1"
             call = CallContext(call_id="CA" + "5" * 32, caller_number="+14155552671", agent_number="+14155550100")
             sent = await first.sms.dispatcher.send(first.sms.actions.actions[0].name, call=call, turn=1,

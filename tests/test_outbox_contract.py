@@ -28,15 +28,21 @@ async def workers(request, tmp_path):
         url = await fresh_database(request.getfixturevalue("postgres_server_url"), f"contract_{uuid.uuid4().hex[:12]}")
 
         def make(worker_id, lease_seconds=30.0):
-            opened.append(PostgresOutbox(url, worker_id=worker_id, lease_seconds=lease_seconds))
+            opened.append(PostgresOutbox(url, worker_id=worker_id, lease_seconds=lease_seconds, clock=host_clock))
             return opened[-1]
     else:
         def make(worker_id, lease_seconds=30.0):
-            opened.append(Outbox(tmp_path / "outbox.db", worker_id=worker_id, lease_seconds=lease_seconds))
+            opened.append(Outbox(tmp_path / "outbox.db", worker_id=worker_id, lease_seconds=lease_seconds,
+                                 clock=host_clock))
             return opened[-1]
     yield make
     for outbox in opened:
         await outbox.aclose()
+
+
+def host_clock():
+    """The host clock the outboxes see: the tests' time, whatever the real date (leases end at max(now, clock))."""
+    return T0
 
 
 def row(key="CA1:link:1", *, call_id="CA1", action="link", turn=1, status="pending", at=T0, to=CALLER, **extra):
