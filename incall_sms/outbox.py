@@ -100,8 +100,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS outbox_sid")  # replaced by the unique index
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
+#: The outbox table's columns, one per :class:`OutboxRecord` field, shared by both stores (``{real}``: the
+#: floating-point type, REAL in SQLite, DOUBLE PRECISION in PostgreSQL).
+TABLE_COLUMNS = """
     key TEXT PRIMARY KEY,
     call_id TEXT NOT NULL,
     action TEXT NOT NULL,
@@ -118,15 +119,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     reason TEXT,
     error_code INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
-    first_attempt_at REAL,
+    first_attempt_at {real},
     delivery TEXT,
     delivery_error INTEGER,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
     lease_owner TEXT,
-    lease_until REAL,
+    lease_until {real},
     lease_token INTEGER NOT NULL DEFAULT 0
-);
+"""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS outbox (
+{TABLE_COLUMNS.format(real="REAL")});
 CREATE INDEX IF NOT EXISTS outbox_call ON outbox(call_id, action);
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status);
 CREATE INDEX IF NOT EXISTS outbox_destination ON outbox(to_number, created_at);

@@ -30,6 +30,7 @@ from incall_sms.errors import OutboxUnavailableError
 from incall_sms.outbox import (
     ACTIVE_STATUSES,
     REPLACEABLE_STATUSES,
+    TABLE_COLUMNS,
     UNFINISHED_STATUSES,
     ClaimOutcome,
     LeaseLostError,
@@ -42,33 +43,9 @@ from incall_sms.outbox import (
 
 __all__ = ["PostgresOutbox"]
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS incall_sms_outbox (
-    key TEXT PRIMARY KEY,
-    call_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    turn INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    to_number TEXT,
-    from_number TEXT,
-    messaging_service_sid TEXT,
-    body TEXT,
-    media_urls TEXT NOT NULL DEFAULT '',
-    encoding TEXT,
-    segments INTEGER,
-    sid TEXT,
-    reason TEXT,
-    error_code INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    first_attempt_at DOUBLE PRECISION,
-    delivery TEXT,
-    delivery_error INTEGER,
-    created_at DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL,
-    lease_owner TEXT,
-    lease_until DOUBLE PRECISION,
-    lease_token INTEGER NOT NULL DEFAULT 0
-);
+{TABLE_COLUMNS.format(real="DOUBLE PRECISION")});
 CREATE INDEX IF NOT EXISTS incall_sms_outbox_call ON incall_sms_outbox(call_id, action);
 CREATE INDEX IF NOT EXISTS incall_sms_outbox_unfinished ON incall_sms_outbox(created_at)
     WHERE status IN ('pending', 'sending', 'ambiguous');
