@@ -43,9 +43,13 @@ from incall_sms.templates import Template
 __all__ = [
     "BUILTIN_VARIABLES",
     "DEFAULT_FAILURE_LINES",
+    "DEFAULT_REASK",
+    "DEFAULT_WAITING_LINES",
     "ActionSet",
     "ContentSpec",
     "Destination",
+    "ReplyKind",
+    "ReplySpec",
     "SenderKind",
     "SmsAction",
     "VariableSpec",
@@ -71,6 +75,11 @@ DEFAULT_FAILURE_LINES: Mapping[str, str] = {
     "missing_variable": "I couldn't send the text yet, I'm missing some details for it.",
     "limit_reached": "I've already sent the maximum number of texts for this call.",
     "too_long": "I couldn't send the text, it came out too long.",
+    # WhatsApp: a free-form message outside the caller's 24-hour session (and no approved template)
+    "whatsapp_window_closed": ("I can't send that on WhatsApp right now: WhatsApp only lets us message you "
+                               "within a day of your last WhatsApp message to us. If you send us a WhatsApp "
+                               "message, I can try again."),
+    "not_on_whatsapp": "I couldn't send that on WhatsApp, your number doesn't seem to be on WhatsApp.",
     # the provider may have the message: say so, never "it failed" (it is not resent either)
     "unconfirmed": ("I couldn't confirm the text went through. Please check your phone in a minute; "
                     "I won't send it twice."),
@@ -78,6 +87,7 @@ DEFAULT_FAILURE_LINES: Mapping[str, str] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+_CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 _VAR_DEST = re.compile(r"^\{\{?\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}?\}$")
 
 
@@ -110,36 +120,121 @@ class VariableSpec(_Model):
 
 
 class ContentSpec(_Model):
-    """What the SMS says. Exactly one of ``template`` (optionally with ``prompt``) or ``preset``.
+    """What the message says: ``template`` (optionally with ``prompt``), ``preset``, or ``content_sid``.
 
     Attributes:
         template: Static text with ``{var}``/``{{var}}`` placeholders. With ``prompt``,
             the fallback when no LLM is available or the LLM's text is unusable.
         prompt: Instruction for the LLM to write the text at send time.
         preset: Name of a pre-approved preset template (required for pool senders).
+        content_sid: A Twilio Content template (``HX`` + 32 hex digits), e.g. a WhatsApp template
+            approved by Meta: the only content a WhatsApp message may have outside the 24-hour
+            session. ``template`` may accompany it as the free-form text used inside the session.
+        content_variables: The Content template's variables (``"1": "{caller_name}"``); values are
+            templates rendered with the call's variables.
     """
 
     template: str | None = None
     prompt: str | None = None
     preset: str | None = None
+    content_sid: str | None = None
+    content_variables: dict[str, str] = pydantic.Field(default_factory=dict)
 
     @pydantic.model_validator(mode="after")
     def _one_kind(self) -> ContentSpec:
-        if self.preset is not None and (self.template is not None or self.prompt is not None):
-            raise ValueError("a preset cannot be combined with template or prompt")
-        if self.preset is None and not self.template:
+        if self.preset is not None and (self.template is not None or self.prompt is not None
+                                        or self.content_sid is not None):
+            raise ValueError("a preset cannot be combined with template, prompt or content_sid")
+        if self.content_sid is not None and not _CONTENT_SID.match(self.content_sid):
+            raise ValueError("content_sid must be 'HX' followed by 32 hex digits (a Twilio Content template)")
+        if self.content_variables and self.content_sid is None:
+            raise ValueError("content_variables need a content_sid")
+        for key in self.content_variables:
+            if not re.match(r"^[A-Za-z0-9_]{1,64}$", key):
+                raise ValueError(f"content variable name {key!r}: use letters, digits or '_'")
+        if self.preset is None and self.content_sid is None and not self.template:
             raise ValueError(
-                "content needs a 'template' (also required as the fallback of a 'prompt') "
-                "or a 'preset'"
+                "content needs a 'template' (also required as the fallback of a 'prompt'), "
+                "a 'preset' or a 'content_sid'"
             )
         return self
 
     @property
-    def mode(self) -> Literal["static", "prompt", "preset"]:
-        """``static``, ``prompt`` or ``preset``."""
+    def mode(self) -> Literal["static", "prompt", "preset", "content"]:
+        """``static``, ``prompt``, ``preset`` or ``content`` (a Content template only)."""
         if self.preset is not None:
             return "preset"
+        if self.content_sid is not None and not self.template:
+            return "content"
         return "prompt" if self.prompt else "static"
+
+
+ReplyKind = Literal["text", "email", "phone", "yes_no", "number"]
+
+#: What the agent says once the asking text was accepted, by ``await_reply.mode``.
+DEFAULT_WAITING_LINES: Mapping[str, str] = {
+    "blocking": "I've just texted you. Reply to that text and I'll take it from there; I'll wait.",
+    "background": "I've just texted you. Reply whenever you like; meanwhile, let's carry on.",
+}
+
+#: Said when a blocking wait times out.
+DEFAULT_FALLBACK = "I haven't received your text yet, so let's do it by voice instead."
+
+#: The text sent once when a reply does not parse as its ``kind``.
+DEFAULT_REASK: Mapping[str, str] = {
+    "text": "Sorry, I didn't get that. Please reply to this text again.",
+    "email": "Sorry, that doesn't look like an email address. Please reply with just your email address.",
+    "phone": "Sorry, that doesn't look like a phone number. Please reply with just the number.",
+    "yes_no": "Sorry, I didn't get that. Please reply YES or NO.",
+    "number": "Sorry, I didn't get that. Please reply with just the number.",
+}
+
+
+class ReplySpec(_Model):
+    """``await_reply``: the action's text asks the caller to reply, and the agent waits for the reply.
+
+    Attributes:
+        variable: The call variable the reply's value is stored in (usable as ``{variable}`` by later actions).
+        kind: How the reply is validated: ``text`` (anything), ``email``, ``phone``, ``yes_no``, ``number``.
+        timeout: Seconds to wait for a valid reply after the text was accepted.
+        mode: ``blocking``: the agent says the waiting line and holds the topic until the reply (or the
+            timeout); ``background``: the conversation goes on and the reply is brought in when it arrives.
+        waiting: Said after the asking text was accepted (instead of the confirmation).
+        fallback: Said when no valid reply came in time (default: a line for ``blocking``; nothing for
+            ``background``, where only the agent LLM is told).
+        reask: Texted once when a reply does not parse as ``kind``.
+    """
+
+    variable: str
+    kind: ReplyKind = "text"
+    timeout: float = pydantic.Field(default=120.0, gt=0, le=3600)
+    mode: Literal["blocking", "background"] = "blocking"
+    waiting: str | None = None
+    fallback: str | None = None
+    reask: str | None = None
+
+    @pydantic.field_validator("variable")
+    @classmethod
+    def _check_variable(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError(f"variable name {value!r} is not an identifier")
+        if value in BUILTIN_VARIABLES:
+            raise ValueError(f"{value!r} is a built-in variable")
+        return value
+
+    def waiting_line(self) -> str:
+        """The line said once the asking text was accepted."""
+        return self.waiting or DEFAULT_WAITING_LINES[self.mode]
+
+    def fallback_line(self) -> str | None:
+        """The line said when the wait times out (``None``: say nothing)."""
+        if self.fallback is not None:
+            return self.fallback
+        return DEFAULT_FALLBACK if self.mode == "blocking" else None
+
+    def reask_text(self) -> str:
+        """The text sent once when a reply does not parse."""
+        return self.reask or DEFAULT_REASK[self.kind]
 
 
 class Destination(_Model):
@@ -204,11 +299,21 @@ class SmsAction(_Model):
         failure_reasons: Overrides per failure reason (``opted_out``, ``not_mobile``...).
         when: ``auto`` lets the judge decide from the condition whether it refers to
             the end of the call; ``turn`` or ``call_end`` fix it.
+        channel: ``sms`` (default) or ``whatsapp`` (the same Twilio Messages API, ``whatsapp:+E164``
+            addresses; free-form bodies only inside the 24-hour session, a ``content_sid`` outside).
+        await_reply: Wait for the caller's reply to this text (see :class:`ReplySpec`).
+        after_reply: Instead of a ``condition``: fire when the named action's awaited reply arrived
+            and parsed (its variable is set by then).
+        ask_consent: Ask "can I text that to your number ending in 42?" first; send only on a clear yes.
+            A no is remembered for the call.
+        consent_question: The question (``{to_last2}`` is the destination's last two digits).
+        consent_declined: Said when the caller says no.
     """
 
     name: str
-    condition: str = pydantic.Field(min_length=3, max_length=500)
+    condition: str = pydantic.Field(default="", max_length=500)
     content: ContentSpec
+    channel: Literal["sms", "whatsapp"] = "sms"
     sender: SenderKind = SenderKind.AGENT_NUMBER
     to: str = "caller"
     allow_dynamic_destination: bool = False
@@ -225,6 +330,25 @@ class SmsAction(_Model):
     failure: str = DEFAULT_FAILURE_LINES["default"]
     failure_reasons: dict[str, str] = pydantic.Field(default_factory=dict)
     when: Literal["auto", "turn", "call_end"] = "auto"
+    await_reply: ReplySpec | None = None
+    after_reply: str | None = None
+    ask_consent: bool = False
+    consent_question: str = "Can I text that to your number ending in {to_last2}?"
+    consent_declined: str = "No problem, I won't text you."
+
+    @pydantic.model_validator(mode="after")
+    def _trigger(self) -> SmsAction:
+        if self.after_reply is None and len(self.condition) < 3:
+            raise ValueError("an action needs a 'condition' (or 'after_reply: ACTION')")
+        if self.after_reply is not None and self.condition:
+            raise ValueError("'after_reply' fires on the reply: leave out 'condition'")
+        if self.after_reply is not None and self.ask_consent:
+            raise ValueError("'ask_consent' needs a spoken moment; an 'after_reply' action fires on a text")
+        if self.ask_consent and self.when == "call_end":
+            raise ValueError("'ask_consent' cannot be used with when: call_end (nobody is left to ask)")
+        if self.await_reply is not None and self.when == "call_end":
+            raise ValueError("'await_reply' cannot be used with when: call_end")
+        return self
 
     @pydantic.field_validator("name")
     @classmethod
@@ -310,7 +434,7 @@ class ActionSet(_Model):
         """
         where = f"actions[{index}]"
         found: list[ActionConfigError] = []
-        for check in (self._check_sender, self._check_destination):
+        for check in (self._check_sender, self._check_destination, self._check_channel, self._check_reply):
             try:
                 check(action, where)
             except ActionConfigError as exc:
@@ -350,6 +474,37 @@ class ActionSet(_Model):
                 field=f"{where}.content.preset",
             )
 
+    def _check_channel(self, action: SmsAction, where: str) -> None:
+        if action.channel == "whatsapp":
+            if action.sender is SenderKind.POOL:
+                raise ActionConfigError("WhatsApp messages go from the agent's own WhatsApp sender, not a pool",
+                                        field=f"{where}.sender")
+        elif action.content.content_sid is not None:
+            raise ActionConfigError("content_sid (a Content template) is for 'channel: whatsapp'",
+                                    field=f"{where}.content.content_sid")
+
+    def _check_reply(self, action: SmsAction, where: str) -> None:
+        if action.await_reply is not None and action.sender is SenderKind.POOL:
+            raise ActionConfigError("await_reply needs the agent's own number (replies to a pool number do not "
+                                    "reach the call)", field=f"{where}.await_reply")
+        if action.after_reply is None:
+            return
+        try:
+            asking = self.get(action.after_reply)
+        except KeyError:
+            raise ActionConfigError(f"after_reply names no action {action.after_reply!r}",
+                                    field=f"{where}.after_reply") from None
+        if asking.await_reply is None:
+            raise ActionConfigError(f"after_reply: action {action.after_reply!r} has no await_reply",
+                                    field=f"{where}.after_reply")
+        if asking.name == action.name:
+            raise ActionConfigError("after_reply cannot name the action itself", field=f"{where}.after_reply")
+
+    @property
+    def reply_variables(self) -> frozenset[str]:
+        """Variables set by awaited replies (usable by every action's texts)."""
+        return frozenset(a.await_reply.variable for a in self.actions if a.await_reply is not None)
+
     def _check_destination(self, action: SmsAction, where: str) -> None:
         try:
             dest = _parse_destination(action.to, default_region=self.default_region)
@@ -362,7 +517,7 @@ class ActionSet(_Model):
                     "(otherwise the agent only texts the caller or a fixed number)",
                     field=f"{where}.to",
                 )
-            if dest.variable not in action.declared_variables:
+            if dest.variable not in action.declared_variables | self.reply_variables:
                 raise ActionConfigError(
                     f"destination variable {dest.variable!r} is not declared", field=f"{where}.to"
                 )
@@ -383,11 +538,17 @@ class ActionSet(_Model):
         if action.filler:
             texts.append(action.filler)
         texts.extend(action.failure_reasons.values())
+        texts.extend(action.content.content_variables.values())
+        if action.ask_consent:
+            texts += [action.consent_question, action.consent_declined]
+        if action.await_reply is not None:
+            reply = action.await_reply
+            texts += [reply.waiting_line(), reply.fallback_line() or "", reply.reask_text()]
         return texts
 
     def unknown_variables(self, action: SmsAction) -> list[str]:
         """Placeholders used by ``action``'s texts that are neither built-in nor declared."""
-        known = action.declared_variables
+        known = action.declared_variables | self.reply_variables
         unknown: dict[str, None] = {}
         for text in self.texts(action):
             for name in Template(text).unknown_variables(known):

@@ -4,7 +4,10 @@ Order of work for one send (:meth:`Dispatcher.send`):
 
 1. Prepare: resolve the destination (caller / static / variable, normalised to
    E.164), the sender (agent number or pool), render the body (or take the
-   LLM-written body), apply smart encoding and the segment cap.
+   LLM-written body), apply smart encoding and the segment cap. A WhatsApp action
+   (``channel: whatsapp``) instead gets the 24-hour session rule: inside the user's
+   session the free-form body (1,600 characters at most, no segments), outside it the
+   action's Content template (``content_sid``), or an honest ``whatsapp_window_closed``.
 2. Check the opt-out list.
 3. Claim the idempotency key in the outbox, atomically with the per-call cap and
    the "once per call" rule. A key is sent at most once, ever.
@@ -61,10 +64,12 @@ from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.optout import OptOutStore
 from incall_sms.outbox import ClaimOutcome, LeaseLostError, OutboxRecord, OutboxStore, idempotency_key
 from incall_sms.phone import last_digits, mask, normalize_e164
-from incall_sms.providers.base import OutboundSms, ProviderReceipt, SmsProvider
+from incall_sms.providers.base import OutboundSms, ProviderReceipt, SmsProvider, content_variables_json
 from incall_sms.ratelimit import RateLimiter
 from incall_sms.retry import RetryPolicy, retry
 from incall_sms.segments import MAX_BODY_CHARS, count_segments
+from incall_sms.templates import Template
+from incall_sms.whatsapp import WhatsAppSessions
 
 __all__ = ["CallContext", "Dispatcher", "SendOutcome", "SendResult"]
 
@@ -99,7 +104,15 @@ DELIVERY_ERRORS: Mapping[int, str] = {
     30008: "unknown_error",
     30034: "sender_unregistered",
     21610: "opted_out",
+    63016: "whatsapp_window_closed",
+    63003: "not_on_whatsapp",
+    63024: "not_on_whatsapp",
+    63014: "blocked",
+    63007: "sender_not_capable",
 }
+
+#: What SendResult.encoding says for WhatsApp messages (no segments, no GSM-7/UCS-2).
+WHATSAPP_ENCODING = "WhatsApp"
 
 _BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
@@ -147,8 +160,8 @@ class SendResult:
         to_masked: Masked destination (``+1******0142``), or ``None`` if unresolved.
         to_last2: Last two digits of the destination, for the spoken confirmation.
         to_last4: Last four digits of the destination.
-        segments: Segment count of the body.
-        encoding: ``GSM-7`` or ``UCS-2``.
+        segments: Segment count of the body (1 for a WhatsApp message).
+        encoding: ``GSM-7`` or ``UCS-2`` (``WhatsApp`` for WhatsApp: segments do not apply).
         error_code: Provider error code, when there was one.
         retryable: For failures: whether a later attempt could succeed.
         missing: Missing variable names, for ``missing_variable``.
@@ -226,6 +239,9 @@ class Dispatcher:
             seconds ago (a send of another task may still be working on them).
         recovery_concurrency: Rows a recovery pass works on at once (a dead worker's sends
             are finished side by side, each waiting on its own provider lookups).
+        whatsapp_sessions: WhatsApp's 24-hour windows, opened by inbound WhatsApp messages (the
+            inbound router's store). ``None``: no window is known to be open, so WhatsApp actions
+            send only their Content template (``content_sid``) and refuse free-form bodies.
     """
 
     def __init__(
@@ -252,6 +268,7 @@ class Dispatcher:
         recovery_min_age: float = 30.0,
         start_spacing: float = 0.002,
         recovery_concurrency: int = 8,
+        whatsapp_sessions: WhatsAppSessions | None = None,
     ) -> None:
         self.actions = actions
         self.provider = provider
@@ -279,6 +296,7 @@ class Dispatcher:
         self._recovery_interval = recovery_interval
         self._recovery_min_age = recovery_min_age
         self._recovery_concurrency = max(1, recovery_concurrency)
+        self.whatsapp_sessions = whatsapp_sessions
         self._handlers: list[EventHandler] = []
         self._call_handlers: dict[str, list[EventHandler]] = {}
         self._in_flight: set[str] = set()  # keys a task of this process is sending or resolving
@@ -412,20 +430,27 @@ class Dispatcher:
         defaults = action.defaults() if action.on_missing_variable == "default" else None
         return self.actions.body_template(action).render(values, defaults=defaults)
 
-    def _prepare(
-        self,
-        action: SmsAction,
-        call: CallContext,
-        variables: Mapping[str, object],
-        key: str,
-        body: str | None,
-    ) -> _Prepared:
-        try:
-            to = self.resolve_destination(action, call, variables)
-        except InvalidPhoneNumberError as exc:
-            raise _Refused(SendOutcome.FAILED, "invalid_number", detail=exc.reason) from None
-        from_, service = self._sender(action, call, to)
-        values = self.variables_for(action, call, variables, to)
+    def render_content_variables(self, action: SmsAction, values: Mapping[str, object]) -> dict[str, str]:
+        """Render ``action``'s Content template variables (each value is a template) with ``values``.
+
+        Raises:
+            MissingVariableError: Variables without a value (and, with the ``default`` policy, without
+                a declared default), all of them named.
+        """
+        defaults = action.defaults() if action.on_missing_variable == "default" else None
+        rendered: dict[str, str] = {}
+        missing: dict[str, None] = {}
+        for name, source in action.content.content_variables.items():
+            try:
+                rendered[name] = Template(source).render(values, defaults=defaults)
+            except MissingVariableError as exc:
+                missing.update(dict.fromkeys(exc.names))
+        if missing:
+            raise MissingVariableError(list(missing))
+        return rendered
+
+    def _text(self, action: SmsAction, values: Mapping[str, object], body: str | None) -> str:
+        """The free-form text: the LLM's (cleaned) for a prompt action that has one, else the rendered template."""
         if body is None or action.content.mode != "prompt":
             try:
                 text = self.render_body(action, values)
@@ -435,6 +460,78 @@ class Dispatcher:
             text = " ".join(_BODY_CONTROL.sub("", body).split())
         if not text.strip():
             raise _Refused(SendOutcome.FAILED, "empty_body")
+        return text
+
+    async def _window_open(self, action: SmsAction, call: CallContext, variables: Mapping[str, object]) -> bool:
+        """Whether the caller's WhatsApp session with the sender is open (``False`` when unknown)."""
+        if action.channel != "whatsapp" or self.whatsapp_sessions is None:
+            return False
+        try:
+            to = self.resolve_destination(action, call, variables)
+            from_, _ = self._sender(action, call, to)
+        except (InvalidPhoneNumberError, _Refused):
+            return False  # preparing refuses the send with the right reason
+        if from_ is None:
+            return False
+        try:
+            return await self.whatsapp_sessions.is_open(to, from_, now=self.clock.now())
+        except Exception as exc:  # an unknown window counts as closed: a Content template still goes
+            _log.warning("WhatsApp session store unavailable (%s); treating the window as closed",
+                         exc.__class__.__name__)
+            return False
+
+    def _prepare_whatsapp(
+        self,
+        action: SmsAction,
+        values: Mapping[str, object],
+        body: str | None,
+        *,
+        key: str,
+        to: str,
+        from_: str,
+        window_open: bool,
+    ) -> _Prepared:
+        """A WhatsApp message: the free-form body inside the session, else the Content template, else refused."""
+        content = action.content
+        common = dict(to=to, from_=from_, key=key, channel="whatsapp", status_callback=self._status_callback_url,
+                      validity_period=self._validity_period)
+        if content.mode != "content" and (window_open or content.content_sid is None):
+            if not window_open:
+                raise _Refused(SendOutcome.FAILED, "whatsapp_window_closed")
+            text = self._text(action, values, body)
+            if len(text) > MAX_BODY_CHARS:
+                raise _Refused(SendOutcome.FAILED, "too_long", segments=1, encoding=WHATSAPP_ENCODING)
+            sms = OutboundSms(body=text, media_urls=action.media_urls, **common)  # type: ignore[arg-type]
+            return _Prepared(sms=sms, segments=1, encoding=WHATSAPP_ENCODING)
+        try:
+            rendered = self.render_content_variables(action, values)
+        except MissingVariableError as exc:
+            raise _Refused(SendOutcome.SKIPPED, "missing_variable", missing=tuple(exc.names)) from None
+        sms = OutboundSms(body="", content_sid=content.content_sid,  # type: ignore[arg-type]
+                          content_variables=content_variables_json(rendered) if rendered else None, **common)
+        return _Prepared(sms=sms, segments=1, encoding=WHATSAPP_ENCODING)
+
+    def _prepare(
+        self,
+        action: SmsAction,
+        call: CallContext,
+        variables: Mapping[str, object],
+        key: str,
+        body: str | None,
+        *,
+        window_open: bool = False,
+    ) -> _Prepared:
+        try:
+            to = self.resolve_destination(action, call, variables)
+        except InvalidPhoneNumberError as exc:
+            raise _Refused(SendOutcome.FAILED, "invalid_number", detail=exc.reason) from None
+        from_, service = self._sender(action, call, to)
+        values = self.variables_for(action, call, variables, to)
+        if action.channel == "whatsapp":
+            assert from_ is not None  # WhatsApp actions send from the agent's own number (validated at load)
+            return self._prepare_whatsapp(action, values, body, key=key, to=to, from_=from_,
+                                          window_open=window_open)
+        text = self._text(action, values, body)
         info = count_segments(text, smart_encoding=action.smart_encoding)
         cap = action.max_segments or (PROMPT_MAX_SEGMENTS if action.content.mode == "prompt" and body else None)
         if len(info.body) > MAX_BODY_CHARS or (cap is not None and info.segments > cap):
@@ -500,9 +597,10 @@ class Dispatcher:
         key = idempotency_key(call.call_id, action.name, turn)
         now = self.clock.now()
         base = OutboxRecord(key=key, call_id=call.call_id, action=action.name, turn=turn, status="pending",
-                            created_at=now, updated_at=now)
+                            created_at=now, updated_at=now, channel=action.channel)
         try:
-            prepared = self._prepare(action, call, variables, key, body)
+            window_open = await self._window_open(action, call, variables)
+            prepared = self._prepare(action, call, variables, key, body, window_open=window_open)
         except _Refused as refused:
             return await self._refuse(base, refused)
         sms = prepared.sms
@@ -515,6 +613,9 @@ class Dispatcher:
             media_urls=sms.media_urls,
             segments=prepared.segments,
             encoding=prepared.encoding,
+            channel=sms.channel,
+            content_sid=sms.content_sid,
+            content_variables=sms.content_variables,
         )
         if await self.optouts.is_opted_out(sms.to):
             return await self._refuse(record, _Refused(SendOutcome.FAILED, "opted_out"))
@@ -632,7 +733,9 @@ class Dispatcher:
         async def once() -> ProviderReceipt:
             if self._rate_limiter is not None:
                 try:
-                    await self._rate_limiter.acquire(sms.from_ or sms.messaging_service_sid or "", record.segments or 1)
+                    # one bucket per sender address: a number's WhatsApp sender is not its SMS sender
+                    await self._rate_limiter.acquire(sms.from_address or sms.messaging_service_sid or "",
+                                                     record.segments or 1)
                 except TimeoutError:
                     raise SendError("sender_busy", kind=SendErrorKind.RETRYABLE) from None
             started = time.monotonic()
@@ -770,6 +873,9 @@ class Dispatcher:
             media_urls=record.media_urls,
             status_callback=self._status_callback_url,
             validity_period=self._validity_period,
+            channel="whatsapp" if record.channel == "whatsapp" else "sms",
+            content_sid=record.content_sid,
+            content_variables=record.content_variables,
         )
 
     async def recover(self, *, min_age: float = 0.0) -> list[SendResult]:

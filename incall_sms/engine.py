@@ -9,18 +9,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Literal
 
-from incall_sms.actions import SmsAction
+if TYPE_CHECKING:
+    from incall_sms.inbound import InboundMessage
+
+from incall_sms.actions import ContentSpec, SmsAction
 from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
-from incall_sms.errors import MissingVariableError
-from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, Turn, condition_specs
+from incall_sms.errors import InvalidPhoneNumberError, MissingVariableError
+from incall_sms.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Match, Turn, condition_specs
+from incall_sms.phone import last_digits
+from incall_sms.replies import classify_yes_no, parse_reply
 from incall_sms.templates import Template
 from incall_sms.variables import CallVariables, VariableExtractor
 from incall_sms.writer import ContentWriter
 
-__all__ = ["CALL_END_TURN_OFFSET", "ActionEngine", "ActionOutcome", "Firing"]
+__all__ = ["CALL_END_TURN_OFFSET", "ActionEngine", "ActionOutcome", "Firing", "ReplyWait", "SmsReply", "reask_name"]
 
 _log = logging.getLogger(__name__)
 
@@ -29,9 +34,21 @@ _FINAL_REASONS = frozenset({
     "opted_out", "not_mobile", "invalid_number", "region_not_allowed", "unreachable", "sender_not_capable",
     "sender_invalid", "sender_unregistered", "auth_failed", "no_agent_number", "no_pool_sender", "too_long",
     "unconfirmed", "rejected", "empty_body", "invalid_media",
+    "whatsapp_window_closed", "not_on_whatsapp", "blocked",
 })
 
 At = Literal["turn", "call_end"]
+
+#: What a firing asks of the processor: ``send`` the text, ``ask`` for consent first, or say the
+#: consent was ``declined``.
+Stage = Literal["send", "ask", "declined"]
+
+#: The conditions an answer to a consent question is judged against when the yes/no reader cannot read it.
+CONSENT_YES = "if the caller has just agreed to receive the text message the agent offered to send"
+CONSENT_NO = "if the caller has just declined or refused the text message the agent offered to send"
+
+#: A re-ask text's ``turn`` is the asking send's turn plus this (its idempotency key differs).
+REASK_TURN_OFFSET = 2_000_000
 
 #: A call-end firing's ``turn`` is the caller turns heard by then plus this (its idempotency key differs
 #: from any turn's).
@@ -53,6 +70,56 @@ class Firing:
     turn: int
     at: At
     match: Match
+    stage: Stage = "send"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SmsReply:
+    """A text the caller sent in answer to an action's ``await_reply`` (the ``on_sms_reply`` event).
+
+    Holds personal data (the value): do not log it.
+
+    Attributes:
+        action: The action whose text asked for the reply.
+        variable: The variable the value is stored in.
+        kind: The expected kind (``email``...).
+        valid: Whether the reply parsed as the kind (the value is stored only then).
+        value: The parsed value (``""`` when not valid).
+        problem: Why it did not parse (no personal data).
+        sid: The inbound message SID.
+        reasked: For an invalid reply: whether a text asking again was sent (once per wait).
+    """
+
+    action: str
+    variable: str
+    kind: str
+    valid: bool
+    value: str
+    problem: str
+    sid: str
+    reasked: bool = False
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ReplyWait:
+    """An accepted asking text waiting for its reply.
+
+    Attributes:
+        firing: The firing whose text was accepted.
+        result: Its send result (masked destination, SID).
+        done: Resolves to the value when a valid reply arrived, ``None`` when the wait was closed.
+        reasked: Whether the one re-ask text was used.
+    """
+
+    firing: Firing
+    result: SendResult
+    done: asyncio.Future[str | None]
+    reasked: bool = False
+
+    @property
+    def open(self) -> bool:
+        """Still waiting."""
+        return not self.done.done()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +137,11 @@ class ActionOutcome:
     result: SendResult
     line: str | None
     content_source: str
+
+
+def reask_name(action: SmsAction) -> str:
+    """The name the one re-ask text of ``action``'s ``await_reply`` is sent (and reported) under."""
+    return f"{action.name}-reask"
 
 
 class ActionEngine:
@@ -119,6 +191,14 @@ class ActionEngine:
         self._running: dict[str, int] = {}  # action -> sends in progress
         self._results: dict[str, SendResult] = {}  # action -> latest result
         self._extraction: asyncio.Task[None] | None = None
+        self._asking: dict[str, Firing] = {}  # consent asked, answer pending
+        self._consented: set[str] = set()
+        self._declined: set[str] = set()
+        self.waits: list[ReplyWait] = []
+        #: Texts of this call the provider accepted (re-asks included).
+        self.accepted_count = 0
+        #: Called with each reply and the firings it triggers (``after_reply`` actions); set by the processor.
+        self.reply_listener: Callable[[SmsReply, list[Firing]], None] | None = None
         self._wanted = {
             name: spec.description or name.replace("_", " ")
             for action in self.actions.actions
@@ -164,6 +244,10 @@ class ActionEngine:
                 continue
             if action.once_per_call and action.name in self._active:
                 continue
+            if action.after_reply is not None or action.name in self._declined or action.name in self._asking:
+                continue  # fires on its reply / said no / answer pending
+            if action.ask_consent and at == "call_end":
+                continue  # nobody is left to ask
             eligible.append(action)
         return eligible
 
@@ -185,10 +269,191 @@ class ActionEngine:
                 continue
             self._active.add(action.name)
             turn = self.user_turns if at == "turn" else self.user_turns + CALL_END_TURN_OFFSET  # call-end key differs
-            firings.append(Firing(action=action, turn=turn, at=at, match=match))
-            _log.info("action %s fired at %s (turn %d, %.2f): %s", action.name, at, turn, match.confidence,
-                      match.reason)
+            stage: Stage = "send"
+            if (action.ask_consent and action.name not in self._consented and self.consent_question(action)
+                    and self.accepted_count < self.actions.max_sends_per_call):
+                stage = "ask"  # (at the cap the send is refused honestly instead of asking for nothing)
+            firing = Firing(action=action, turn=turn, at=at, match=match, stage=stage)
+            if stage == "ask":
+                self._asking[action.name] = firing
+            firings.append(firing)
+            _log.info("action %s fired at %s (turn %d, %.2f%s): %s", action.name, at, turn, match.confidence,
+                      ", asking consent" if stage == "ask" else "", match.reason)
         return firings
+
+    # -- consent --------------------------------------------------------------------
+
+    def consent_question(self, action: SmsAction) -> str:
+        """The consent question for ``action`` ("... your number ending in 42?"), ``""`` without a destination."""
+        try:
+            to = self.dispatcher.resolve_destination(action, self.call, self.variables)
+        except InvalidPhoneNumberError:
+            return ""  # no number to ask about: the send fails honestly instead
+        extra = {"to_last2": last_digits(to, 2), "to_last4": last_digits(to, 4)}
+        return self._render_line(action, action.consent_question, extra)
+
+    def _pending_answers(self) -> list[tuple[str, Firing]]:
+        """Consent questions the caller's latest turn may answer (asked before that turn began)."""
+        if not self._asking or not self.transcript or self.transcript[-1].role != "user":
+            return []
+        return [(name, asked) for name, asked in self._asking.items() if self.user_turns > asked.turn]
+
+    def _consent_request(self, names: list[str]) -> JudgeRequest:
+        conditions = []
+        for name in names:
+            conditions += [ConditionSpec(id=f"yes:{name}", condition=CONSENT_YES, when="turn"),
+                           ConditionSpec(id=f"no:{name}", condition=CONSENT_NO, when="turn")]
+        return JudgeRequest(conditions=conditions, transcript=tuple(self.transcript), at="turn",
+                            variables=dict(self.variables))
+
+    def _consent_answers(self, judged: list[Match] | None = None) -> list[Firing]:
+        """Answers to pending consent questions in the caller's latest turn: a send only on a clear yes.
+
+        A cascade: the yes/no reader decides a clear answer (``yes``, ``no thanks``, ``sí``, ``nein``...);
+        an answer it cannot read goes to the judge with two conditions (agreed / declined), whose
+        ``judged`` matches decide only when exactly one of them holds. No answer for two caller
+        turns drops the question (nothing sent; the action may fire, and ask, again later).
+        """
+        answered = []
+        verdicts = {m.id for m in judged or ()}
+        for name, asked in self._pending_answers():
+            answer = classify_yes_no(self.transcript[-1].text)
+            part = "consent reader"
+            if answer is None and judged is not None:
+                yes, no = f"yes:{name}" in verdicts, f"no:{name}" in verdicts
+                answer = "yes" if yes and not no else "no" if no and not yes else None
+                part = f"consent judge ({self.judge.name})"
+            if answer is None:
+                if self.user_turns - asked.turn >= 2:  # two turns without an answer: drop the question
+                    del self._asking[name]
+                    self._active.discard(name)
+                    _log.info("action %s: no clear answer to the consent question; not sent", name)
+                continue
+            del self._asking[name]
+            if answer == "yes":
+                self._consented.add(name)
+                stage: Stage = "send"
+            else:
+                self._declined.add(name)
+                stage = "declined"
+            _log.info("action %s: consent %s (%s)", name, "given" if stage == "send" else "declined", part)
+            match = Match(id=name, confidence=1.0, reason=f"consent: {answer} ({part})")
+            answered.append(Firing(action=asked.action, turn=self.user_turns, at="turn", match=match, stage=stage))
+        return answered
+
+    def _unclear_consents(self) -> list[str]:
+        return [name for name, _ in self._pending_answers() if classify_yes_no(self.transcript[-1].text) is None]
+
+    def _consents_now(self) -> list[Firing]:
+        unclear = self._unclear_consents()
+        judged = self.judge.judge_now(self._consent_request(unclear)) if unclear and self.judge.instant else None
+        return self._consent_answers(judged)
+
+    async def _consents(self) -> list[Firing]:
+        unclear = self._unclear_consents()
+        judged = None
+        if unclear:
+            try:
+                judged = (self.judge.judge_now(self._consent_request(unclear)) if self.judge.instant
+                          else await self.judge.judge(self._consent_request(unclear)))
+            except Exception as exc:
+                _log.warning("consent judging failed (%s); only a clear yes/no counts", exc.__class__.__name__)
+                judged = []
+        return self._consent_answers(judged)
+
+    def consent_state(self, name: str) -> Literal["none", "asking", "given", "declined"]:
+        """Where ``name``'s consent stands in this call."""
+        if name in self._declined:
+            return "declined"
+        if name in self._consented:
+            return "given"
+        return "asking" if name in self._asking else "none"
+
+    # -- replies --------------------------------------------------------------------
+
+    def _open_wait(self, firing: Firing, result: SendResult) -> ReplyWait:
+        wait = ReplyWait(firing=firing, result=result, done=asyncio.get_running_loop().create_future())
+        self.waits.append(wait)
+        return wait
+
+    def close_wait(self, wait: ReplyWait) -> None:
+        """Stop waiting (timeout, call end); a later text is an ordinary inbound message."""
+        if wait.open:
+            wait.done.set_result(None)
+
+    def offer_reply(self, message: InboundMessage) -> str | None:
+        """Take an inbound text as the reply of the latest open wait, if any.
+
+        A valid reply sets the wait's variable, closes the wait and fires the ``after_reply``
+        actions; an invalid one is reported (the listener texts the re-ask once). Either way the
+        listener hears of it.
+
+        Returns:
+            A note for the agent LLM about what the text was taken as, or ``None`` (no open wait:
+            an ordinary inbound message).
+        """
+        wait = next((w for w in reversed(self.waits) if w.open), None)
+        if wait is None:
+            return None
+        action = wait.firing.action
+        spec = action.await_reply
+        assert spec is not None
+        parsed = parse_reply(spec.kind, message.body, default_region=self.actions.default_region)
+        what = spec.variable.replace("_", " ")
+        reply = SmsReply(action=action.name, variable=spec.variable, kind=spec.kind, valid=parsed.ok,
+                         value=parsed.value, problem=parsed.problem, sid=message.sid,
+                         reasked=not parsed.ok and not wait.reasked)
+        firings: list[Firing] = []
+        if parsed.ok:
+            self.variables.set(spec.variable, parsed.value)
+            wait.done.set_result(parsed.value)
+            firings = self._after_reply(action.name)
+            note = (f"[SMS system] The caller's text above is their reply with their {what}; it was read as a "
+                    f"valid {spec.kind.replace('_', '/')} and saved. Thank them and carry on from where the "
+                    "conversation was waiting.")
+        elif reply.reasked:
+            wait.reasked = True
+            note = (f"[SMS system] The caller's text above was meant as their {what} but is not a valid "
+                    f"{spec.kind.replace('_', '/')} ({parsed.problem}); the system is texting them once to ask "
+                    "again. Tell the caller briefly; do not read the text back.")
+        else:
+            note = (f"[SMS system] The caller's text above is again not a valid {spec.kind.replace('_', '/')} "
+                    f"({parsed.problem}). Ask the caller for their {what} by voice instead.")
+            self.close_wait(wait)
+        _log.info("reply %s for action %s: %s", message.sid, action.name,
+                  "valid" if parsed.ok else f"invalid ({parsed.problem})")
+        if self.reply_listener is not None:
+            self.reply_listener(reply, firings)
+        return note
+
+    def _after_reply(self, name: str) -> list[Firing]:
+        actions = [a for a in self.actions.actions if a.after_reply == name
+                   and not (a.once_per_call and a.name in self._active)]
+        firings = []
+        for action in actions:
+            self._active.add(action.name)
+            match = Match(id=action.name, confidence=1.0, reason=f"reply to {name} arrived")
+            firings.append(Firing(action=action, turn=self.user_turns, at="turn", match=match))
+            _log.info("action %s fired by the reply to %s", action.name, name)
+        return firings
+
+    async def reask(self, wait: ReplyWait, *, problem: str) -> ActionOutcome:
+        """Text the caller once more, asking for a valid reply (same sender and destination).
+
+        The text goes out as action ``<name>-reask`` (see :func:`reask_name`), once per call.
+        """
+        action = wait.firing.action
+        assert action.await_reply is not None
+        text = self._render_line(action, action.await_reply.reask_text(), {}) or action.await_reply.reask_text()
+        asking = action.model_copy(update={
+            "name": reask_name(action), "content": ContentSpec(template=text), "media_urls": (),
+            "max_segments": None, "once_per_call": True, "await_reply": None,
+        })
+        firing = Firing(action=asking, turn=wait.firing.turn + REASK_TURN_OFFSET, at="turn",
+                        match=Match(id=asking.name, confidence=1.0, reason=f"reply to {action.name}: {problem}"))
+        result = await self.dispatcher.send(asking, call=self.call, turn=firing.turn, variables=dict(self.variables))
+        self.accepted_count += result.accepted
+        return ActionOutcome(firing=firing, result=result, line=None, content_source="template")
 
     def claim(self, action: SmsAction, *, match: Match, at: At = "turn") -> list[Firing]:
         """Fire ``action`` because something other than the judge decided (tool mode).
@@ -222,14 +487,21 @@ class ActionEngine:
         return self._results.get(name)
 
     def evaluate_now(self, at: At = "turn") -> list[Firing]:
-        """Judge synchronously (instant judges only) and claim the firings."""
+        """Judge synchronously (instant judges only) and claim the firings (consent answers first)."""
+        answered = self._consents_now() if at == "turn" else []
         request = self.request(at)
         if not request.conditions or not request.transcript:
-            return []
-        return self._firings(self.judge.judge_now(request), at)
+            return answered
+        return answered + self._firings(self.judge.judge_now(request), at)
 
     async def evaluate(self, at: At = "turn") -> list[Firing]:
-        """Judge (any judge) and claim the firings."""
+        """Judge (any judge) and claim the firings (consent answers first, without waiting for the judge)."""
+        answered = await self._consents() if at == "turn" else []
+        if answered:
+            return answered + await self._evaluate(at)
+        return await self._evaluate(at)
+
+    async def _evaluate(self, at: At) -> list[Firing]:
         request = self.request(at)
         if not request.conditions or not request.transcript:
             return []
@@ -321,6 +593,9 @@ class ActionEngine:
                              exc.__class__.__name__)
         result = await self.dispatcher.send(action, call=self.call, turn=firing.turn, variables=variables, body=body)
         self._results[action.name] = result
+        self.accepted_count += result.accepted
+        if result.accepted and action.await_reply is not None:
+            self._open_wait(firing, result)
         line = await self._outcome_line(firing, result, variables)
         if result.outcome in (SendOutcome.FAILED, SendOutcome.SKIPPED) and result.reason not in _FINAL_REASONS:
             self._active.discard(action.name)  # may fire again later (e.g. once the variable is known)
@@ -331,6 +606,8 @@ class ActionEngine:
         if firing.at == "call_end" or result.outcome is SendOutcome.DUPLICATE:
             return None
         extra = {"to_last2": result.to_last2 or "", "to_last4": result.to_last4 or ""}
+        if result.accepted and action.await_reply is not None:
+            return self._render_line(action, action.await_reply.waiting_line(), extra) or None
         if result.accepted:
             if action.confirmation_prompt and self.writer is not None:
                 try:
@@ -353,7 +630,25 @@ class ActionEngine:
             return ""
 
     def llm_note(self, firings: list[Firing]) -> str:
-        """A system note telling the agent LLM that these texts are being handled."""
+        """A system note telling the agent LLM that these texts are being handled (or asked about)."""
+        asking = [f for f in firings if f.stage == "ask"]
+        declined = [f for f in firings if f.stage == "declined"]
+        sending = [f for f in firings if f.stage == "send"]
+        notes = []
+        if asking:
+            names = ", ".join(f.action.name.replace("_", " ") for f in asking)
+            notes.append(f"[SMS system] A separate system is asking the caller right now whether they want a text "
+                         f"({names}) and will send it only if they agree. Do not ask yourself, do not promise "
+                         "or confirm a text; only address anything else the caller said, briefly.")
+        if declined:
+            names = ", ".join(f.action.name.replace("_", " ") for f in declined)
+            notes.append(f"[SMS system] The caller declined the text ({names}); it will not be sent. Do not "
+                         "offer it again.")
+        if sending:
+            notes.append(self._sending_note(sending))
+        return " ".join(notes)
+
+    def _sending_note(self, firings: list[Firing]) -> str:
         names = ", ".join(f.action.name.replace("_", " ") for f in firings)
         return (
             f"[SMS system] The caller's request is being handled: a text message ({names}) is being sent now "

@@ -1,10 +1,14 @@
-"""Inbound SMS/MMS: validated messages, routing to live calls, dedupe, and the store for the rest.
+"""Inbound SMS/MMS and WhatsApp: validated messages, routing to live calls, dedupe, and the store for the rest.
 
 Twilio posts a form per inbound message. :func:`parse_inbound_form` validates it
-(unknown extra fields are tolerated; the fields we use are checked strictly).
+(unknown extra fields are tolerated; the fields we use are checked strictly). WhatsApp
+messages come to the same webhook with ``whatsapp:+E164`` addresses: the prefix is
+stripped and the message marked ``channel="whatsapp"``, so it reaches the live call of
+the same (caller number, agent number) like a text.
 :class:`InboundRouter` then:
 
-1. drops retries (same ``MessageSid`` or ``I-Twilio-Idempotency-Token``),
+1. drops retries (same ``MessageSid`` or ``I-Twilio-Idempotency-Token``); a WhatsApp
+   message opens (renews) the caller's 24-hour WhatsApp session with that number,
 2. applies STOP/START keywords to the opt-out list,
 3. hands the message to the live call of (caller number, agent number), if any, and
    waits until the call has it in its conversation (``DELIVERED``), or until the owning
@@ -22,6 +26,7 @@ import enum
 import logging
 import pathlib
 import re
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +36,7 @@ from incall_sms.errors import InvalidPhoneNumberError, SmsError
 from incall_sms.optout import OptOutStore, classify_keyword
 from incall_sms.phone import mask, normalize_e164
 from incall_sms.store import SqliteDb
+from incall_sms.whatsapp import WhatsAppSessions
 
 __all__ = [
     "InProcessSeenKeys",
@@ -50,6 +56,7 @@ _SID = re.compile(r"^(SM|MM|SS)[0-9a-fA-F]{32}$")
 _ACCOUNT = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _SERVICE = re.compile(r"^MG[0-9a-fA-F]{32}$")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9.+-]+/[a-z0-9.+-]+$")
+_CHANNEL_PREFIX = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_-]*):")
 MAX_MEDIA = 10
 MAX_BODY = 1600 * 2  # generous: concatenated inbound messages can exceed outbound limits
 
@@ -87,6 +94,7 @@ class InboundMessage:
         body: Text (may be empty for MMS).
         media: Attachments, at most 10.
         received_at: Epoch seconds.
+        channel: ``sms`` (SMS/MMS) or ``whatsapp``; the numbers are bare E.164 on both.
     """
 
     sid: str
@@ -96,10 +104,12 @@ class InboundMessage:
     body: str
     media: tuple[InboundMedia, ...] = ()
     received_at: float = 0.0
+    channel: str = "sms"
 
     def describe(self) -> str:
         """A log-safe description (masked numbers, no body)."""
-        return (f"message {self.sid} from {mask(self.from_number)} to {mask(self.to_number)}: "
+        kind = "WhatsApp message" if self.channel == "whatsapp" else "message"
+        return (f"{kind} {self.sid} from {mask(self.from_number)} to {mask(self.to_number)}: "
                 f"{len(self.body)} chars, {len(self.media)} media")
 
     def __repr__(self) -> str:
@@ -107,7 +117,7 @@ class InboundMessage:
 
 
 def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> InboundMessage:
-    """Validate a Twilio inbound-message webhook form.
+    """Validate a Twilio inbound-message webhook form (SMS/MMS, or WhatsApp with ``whatsapp:`` addresses).
 
     Args:
         form: Field name to (single) value. Unknown fields are ignored.
@@ -118,7 +128,8 @@ def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> 
 
     Raises:
         InboundError: A field we use is missing or malformed (the field is named;
-            values are not echoed).
+            values are not echoed); ``From`` and ``To`` on different channels, or on a
+            channel other than SMS and WhatsApp.
     """
     sid = form.get("MessageSid") or form.get("SmsMessageSid") or ""
     if not _SID.match(sid):
@@ -130,12 +141,22 @@ def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> 
     if service and not _SERVICE.match(service):
         raise InboundError("malformed", field="MessagingServiceSid")
     numbers = {}
+    channels = {}
     for field in ("From", "To"):
+        raw = form.get(field, "")
+        prefix = _CHANNEL_PREFIX.match(raw)
+        channels[field] = prefix.group(1).lower() if prefix else "sms"
+        if channels[field] not in ("sms", "whatsapp"):
+            raise InboundError("unsupported channel address (only phone numbers and whatsapp: addresses)",
+                               field=field)
+        if prefix:
+            raw = raw[prefix.end():]
         try:
-            numbers[field] = normalize_e164(form.get(field, ""), default_region=None, field=field,
-                                            allow_premium=True)
+            numbers[field] = normalize_e164(raw, default_region=None, field=field, allow_premium=True)
         except InvalidPhoneNumberError as exc:
             raise InboundError(exc.reason, field=field) from None
+    if channels["From"] != channels["To"]:
+        raise InboundError("From and To are on different channels (SMS and WhatsApp)", field="To")
     body = form.get("Body", "")
     if len(body) > MAX_BODY:
         raise InboundError(f"longer than {MAX_BODY} characters", field="Body")
@@ -153,7 +174,7 @@ def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> 
         media.append(InboundMedia(url=url, content_type=content_type))
     return InboundMessage(
         sid=sid, account_sid=account, from_number=numbers["From"], to_number=numbers["To"], body=body,
-        media=tuple(media), received_at=now if now is not None else time.time(),
+        media=tuple(media), received_at=now if now is not None else time.time(), channel=channels["From"],
     )
 
 
@@ -257,9 +278,17 @@ CREATE TABLE IF NOT EXISTS inbound (
     body TEXT NOT NULL,
     media TEXT NOT NULL,
     outcome TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    channel TEXT NOT NULL DEFAULT 'sms'
 );
 """
+
+
+def _migrate_store(conn: sqlite3.Connection) -> None:
+    """Add the ``channel`` column to an inbound store of an earlier version."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(inbound)")}
+    if columns and "channel" not in columns:
+        conn.execute("ALTER TABLE inbound ADD COLUMN channel TEXT NOT NULL DEFAULT 'sms'")
 
 
 class InboundRouter:
@@ -273,6 +302,8 @@ class InboundRouter:
         seen: Dedupe memory (in-process by default; ``RedisSeenKeys`` across workers).
         delivery_timeout: Longest wait (seconds) for a live call to take a message in (media
             fetch and transcription included); beyond it the message is stored.
+        whatsapp_sessions: Where an inbound WhatsApp message opens the caller's 24-hour session
+            with the agent's number (the dispatcher's store); ``None``: not recorded.
     """
 
     def __init__(
@@ -284,11 +315,13 @@ class InboundRouter:
         clock: Callable[[], float] = time.time,
         seen: SeenKeys | None = None,
         delivery_timeout: float = 120.0,
+        whatsapp_sessions: WhatsAppSessions | None = None,
     ) -> None:
         self.registry = registry
+        self.whatsapp_sessions = whatsapp_sessions
         self._delivery_timeout = delivery_timeout
         self.optouts = optouts
-        self._db = SqliteDb(store_path, schema=_STORE_SCHEMA)
+        self._db = SqliteDb(store_path, schema=_STORE_SCHEMA, migrate=_migrate_store)
         self._seen = seen or InProcessSeenKeys()
         self._clock = clock
 
@@ -302,6 +335,11 @@ class InboundRouter:
         if await self._seen.check_and_add(keys, self._clock()):
             _log.info("inbound %s: duplicate delivery ignored", message.sid)
             return RouteOutcome.DUPLICATE
+        if message.channel == "whatsapp" and self.whatsapp_sessions is not None:
+            try:  # the caller may now be sent free-form WhatsApp messages from this number for 24 hours
+                await self.whatsapp_sessions.opened(message.from_number, message.to_number, at=message.received_at)
+            except Exception as exc:  # the message itself must still get through
+                _log.warning("inbound %s: WhatsApp session not recorded (%s)", message.sid, exc.__class__.__name__)
         keyword = classify_keyword(message.body) if not message.media else None
         if keyword == "opt_out":
             await self.optouts.opt_out(message.from_number, now=self._clock())
@@ -343,9 +381,10 @@ class InboundRouter:
     async def _store(self, message: InboundMessage, outcome: RouteOutcome) -> None:
         media = "\n".join(f"{m.content_type} {m.url}" for m in message.media)
         await self._db.run(lambda c: c.execute(
-            "INSERT OR IGNORE INTO inbound VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO inbound (sid, from_number, to_number, body, media, outcome, received_at, channel) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (message.sid, message.from_number, message.to_number, message.body, media, outcome.value,
-             message.received_at),
+             message.received_at, message.channel),
         ))
 
     async def stored(self) -> list[dict[str, object]]:

@@ -86,6 +86,12 @@ __all__ = [
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Columns added for WhatsApp (what recovery needs to resend a WhatsApp or Content template message
+#: exactly), with their types: added to tables of earlier versions by both stores.
+WHATSAPP_COLUMNS = (("channel", "TEXT NOT NULL DEFAULT 'sms'"), ("content_sid", "TEXT"),
+                    ("content_variables", "TEXT"))
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring an outbox file of an earlier version up to date (run before the schema script)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
@@ -97,7 +103,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for column, kind in leases:
         if column not in columns:
             conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
+    for column, kind in WHATSAPP_COLUMNS:
+        if column not in columns:
+            conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
     conn.execute("DROP INDEX IF EXISTS outbox_sid")  # replaced by the unique index
+
 
 
 #: The outbox table's columns, one per :class:`OutboxRecord` field, shared by both stores (``{real}``: the
@@ -126,7 +136,10 @@ TABLE_COLUMNS = """
     updated_at {real} NOT NULL,
     lease_owner TEXT,
     lease_until {real},
-    lease_token INTEGER NOT NULL DEFAULT 0
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    channel TEXT NOT NULL DEFAULT 'sms',
+    content_sid TEXT,
+    content_variables TEXT
 """
 
 _SCHEMA = f"""
@@ -209,7 +222,12 @@ class ClaimOutcome(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxRecord:
-    """One outbox row. Holds the number and body: never log it whole (use ``masked()``)."""
+    """One outbox row. Holds the number and body: never log it whole (use ``masked()``).
+
+    Numbers are bare E.164 on every channel. ``channel`` is ``sms`` or ``whatsapp``;
+    ``content_sid`` and ``content_variables`` (the JSON object string as sent) hold a WhatsApp
+    Content template message, whose ``body`` is empty.
+    """
 
     key: str
     call_id: str
@@ -235,6 +253,9 @@ class OutboxRecord:
     lease_owner: str | None = None
     lease_until: float | None = None
     lease_token: int = 0
+    channel: str = "sms"
+    content_sid: str | None = None
+    content_variables: str | None = None
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> OutboxRecord:

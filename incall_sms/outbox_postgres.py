@@ -32,6 +32,7 @@ from incall_sms.outbox import (
     REPLACEABLE_STATUSES,
     TABLE_COLUMNS,
     UNFINISHED_STATUSES,
+    WHATSAPP_COLUMNS,
     ClaimOutcome,
     LeaseLostError,
     OutboxRecord,
@@ -51,7 +52,8 @@ CREATE INDEX IF NOT EXISTS incall_sms_outbox_unfinished ON incall_sms_outbox(cre
     WHERE status IN ('pending', 'sending', 'ambiguous');
 CREATE INDEX IF NOT EXISTS incall_sms_outbox_destination ON incall_sms_outbox(to_number, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS incall_sms_outbox_sid ON incall_sms_outbox(sid) WHERE sid IS NOT NULL;
-"""
+""" + "".join(f"ALTER TABLE incall_sms_outbox ADD COLUMN IF NOT EXISTS {column} {kind};\n"
+              for column, kind in WHATSAPP_COLUMNS)  # tables of earlier versions
 
 _TABLE = "incall_sms_outbox"
 # advisory lock classes (first key of pg_advisory_xact_lock(int, int))

@@ -3,7 +3,8 @@
 Same interfaces as the embedded defaults: :class:`RedisOptOutStore` (``OptOutStore``),
 :class:`RedisSeenKeys` (the inbound router's dedupe memory) and :class:`RedisRateLimiter`
 (``RateLimiter``: one token bucket per sender number shared by every worker, kept in Redis
-and updated atomically by a Lua script).
+and updated atomically by a Lua script) and :class:`RedisWhatsAppSessions` (``WhatsAppSessions``:
+WhatsApp's 24-hour windows, opened by an inbound message on any worker).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 from incall_sms.clock import Clock, SystemClock
 
-__all__ = ["RedisCallRegistry", "RedisOptOutStore", "RedisRateLimiter", "RedisSeenKeys", "connect"]
+__all__ = ["RedisCallRegistry", "RedisOptOutStore", "RedisRateLimiter", "RedisSeenKeys", "RedisWhatsAppSessions",
+           "connect"]
 
 
 def connect(url: str) -> Any:
@@ -68,6 +70,49 @@ class RedisSeenKeys:
             added = await self._client.set(self._prefix + key, "1", nx=True, ex=self._ttl)
             seen = seen or not added
         return seen
+
+
+_LATEST = """
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current == nil or current < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class RedisWhatsAppSessions:
+    """WhatsApp session windows shared by all workers (``WhatsAppSessions``).
+
+    One key per (user, business sender) holds the time of the user's last inbound message; it
+    only moves forward (a Lua script compares and sets atomically) and expires with the window.
+
+    Args:
+        client: ``redis.asyncio.Redis``.
+        window: Seconds a session stays open (24 hours).
+        prefix: Key prefix.
+    """
+
+    def __init__(self, client: Any, *, window: float = 24 * 3600.0, prefix: str = "incall-sms") -> None:
+        if window <= 0:
+            raise ValueError("window must be > 0")
+        self._client = client
+        self.window = window
+        self._prefix = f"{prefix}:whatsapp:"
+        self._script = client.register_script(_LATEST)
+
+    def _key(self, user: str, business_number: str) -> str:
+        return f"{self._prefix}{user}:{business_number}"
+
+    async def opened(self, user: str, business_number: str, *, at: float) -> None:
+        """Record an inbound message (never moves the time back)."""
+        await self._script(keys=[self._key(user, business_number)], args=[repr(float(at)), int(self.window) + 60])
+
+    async def is_open(self, user: str, business_number: str, *, now: float) -> bool:
+        """Whether the session is open at ``now``."""
+        value = await self._client.get(self._key(user, business_number))
+        return value is not None and now - float(value) < self.window
 
 
 _BUCKET = """
@@ -191,7 +236,8 @@ class RedisCallRegistry:
                 message = InboundMessage(
                     sid=data["sid"], account_sid=data["account_sid"], from_number=data["from_number"],
                     to_number=data["to_number"], body=data["body"], received_at=data["received_at"],
-                    media=tuple(InboundMedia(url=m[0], content_type=m[1]) for m in data["media"]))
+                    media=tuple(InboundMedia(url=m[0], content_type=m[1]) for m in data["media"]),
+                    channel=data.get("channel", "sms"))
             except (ValueError, KeyError, TypeError):
                 log.warning("malformed routed message ignored")
                 continue
@@ -251,7 +297,7 @@ class RedisCallRegistry:
             payload = json.dumps({
                 "sid": message.sid, "account_sid": message.account_sid, "from_number": message.from_number,
                 "to_number": message.to_number, "body": message.body, "received_at": message.received_at,
-                "media": [[m.url, m.content_type] for m in message.media],
+                "media": [[m.url, m.content_type] for m in message.media], "channel": message.channel,
             })
             receivers = await self._client.publish(self._channel(owner), payload)
             if not receivers:

@@ -1,4 +1,4 @@
-"""Turning an inbound SMS/MMS into an LLM user message.
+"""Turning an inbound SMS/MMS (or WhatsApp message) into an LLM user message.
 
 * text: quoted and attributed ("The caller sent a text message during the call: ...");
 * images: decoded with Pillow (bomb-protected), scaled to at most 1024 px, re-encoded as JPEG,
@@ -149,7 +149,8 @@ async def build_user_message(
     Never raises for bad media: each failed attachment becomes a clear note.
     """
     parts: list[dict[str, Any]] = []
-    intro = "The caller sent a text message to this number during the call"
+    kind = "a WhatsApp message" if message.channel == "whatsapp" else "a text message"
+    intro = f"The caller sent {kind} to this number during the call"
     body = message.body.strip()
     parts.append({"type": "text", "text": f'{intro}: "{body}"' if body else f"{intro} (no text)."})
     budget = fetcher.policy.max_total_bytes if fetcher else 0

@@ -101,16 +101,17 @@ def _cmd_actions_lint(args: argparse.Namespace) -> int:
         table.add_column(column, overflow="fold")
     for row in rows:
         problems = [f"[red]error[/]: {e}" for e in row.errors] + [f"[yellow]warn[/]: {w}" for w in row.warnings]
+        whatsapp = row.channel == "whatsapp"  # no segments, no GSM-7/UCS-2: the 1,600-char limit and templates
         table.add_row(
             row.action,
             row.condition,
-            f"{row.sender} ({row.mode})",
+            f"{row.sender} ({row.mode}, WhatsApp)" if whatsapp else f"{row.sender} ({row.mode})",
             row.destination,
             row.encoding,
-            str(row.chars),
-            str(row.segments),
+            (f"{row.chars}/1600" if row.mode != "content" else "template") if whatsapp else str(row.chars),
+            "-" if whatsapp else str(row.segments),
             ", ".join(row.unknown_variables) or "-",
-            "\n".join(problems) or "[green]ok[/]",
+            "\n".join(problems + [f"[cyan]note[/]: {n}" for n in row.notes]) or "[green]ok[/]",
         )
     console.print(table)
     for row in rows:  # every error once more, unwrapped, where scripts look for them

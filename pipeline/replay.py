@@ -41,7 +41,7 @@ from pipecat.workers.runner import WorkerRunner
 from incall_sms.actions import ActionSet
 from incall_sms.clock import ScaledClock
 from incall_sms.dispatcher import CallContext, Dispatcher
-from incall_sms.engine import CALL_END_TURN_OFFSET, ActionEngine, ActionOutcome
+from incall_sms.engine import CALL_END_TURN_OFFSET, ActionEngine, ActionOutcome, reask_name
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry, RouteOutcome
 from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
@@ -199,7 +199,8 @@ async def replay(
             raise ValueError("this recording has no caller audio (masked without --keep-audio?): "
                              "replay it with --stt recorded")
     if expectations is not None:
-        unknown = expectations.unknown_actions({a.name for a in actions.actions})
+        unknown = expectations.unknown_actions({a.name for a in actions.actions} | {
+            reask_name(a) for a in actions.actions if a.await_reply is not None})
         if unknown:
             raise ValueError(f"the expectations name action(s) not in the action file: {', '.join(unknown)}")
     meta = meta.model_copy(update={"caller": _real_or_fake(meta.caller),
@@ -230,7 +231,8 @@ async def replay(
         explained = ExplainingJudge(judge or EmbeddedJudge(), near_misses, clock.now)
         engine = ActionEngine(dispatcher=dispatcher, call=call, judge=explained, extractor=PatternExtractor())
         engine.variables.update(meta.variables)
-        sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0, clock=clock.now)
+        sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0, clock=clock.now,
+                                 time_scale=1.0 / speed)
         caller_log = CallerLog(clock=clock.now, engine=engine)
         playout = SpeechPlayout(clock=clock.now, speed=speed)
         media_host = LoopbackMediaHost()
@@ -242,7 +244,8 @@ async def replay(
             transcriber = OfflineSpeech()  # voice notes, offline
             if any(not a.content_type.startswith("image/") for m in meta.inbound for a in m.media):
                 await transcriber.preload()  # before the call: loading would stall the loop mid-call
-        inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber, clock=clock.now)
+        inbound = InboundMessageProcessor(fetcher=fetcher, transcriber=transcriber, clock=clock.now,
+                                          replies=engine)
         registry = InProcessCallRegistry()
         router = InboundRouter(registry=registry, optouts=optouts)
         cleanup.callback(router.close)

@@ -306,19 +306,31 @@ class SmsService:
         self.redis: Any = None
         seen = None
         limiter: Any = TokenBucketLimiter(rate=settings.sender_rate, burst=3)
-        if settings.redis_url:  # opt-outs, webhook dedupe, stream tokens and sender rate limits shared by workers
-            from incall_sms.redis_store import RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
+        from incall_sms.whatsapp import InProcessWhatsAppSessions
+
+        # WhatsApp's 24-hour sessions: opened by the router's inbound WhatsApp messages, read by the dispatcher
+        self.whatsapp_sessions: Any = InProcessWhatsAppSessions()
+        if settings.redis_url:  # opt-outs, webhook dedupe, stream tokens, rate limits, WhatsApp sessions: shared
+            from incall_sms.redis_store import (
+                RedisOptOutStore,
+                RedisRateLimiter,
+                RedisSeenKeys,
+                RedisWhatsAppSessions,
+                connect,
+            )
 
             self.redis = connect(settings.redis_url)
             self.optouts: Any = RedisOptOutStore(self.redis)
             seen = RedisSeenKeys(self.redis)
             limiter = RedisRateLimiter(self.redis, rate=settings.sender_rate, burst=3)
+            self.whatsapp_sessions = RedisWhatsAppSessions(self.redis)
         else:
             self.optouts = SqliteOptOutStore(state / "optouts.db")
         self.dispatcher = Dispatcher(
             actions=self.actions, provider=self.provider, outbox=self.outbox, optouts=self.optouts,
             pool_numbers=settings.pool_numbers, messaging_service_sid=settings.messaging_service_sid,
             status_callback_url=f"{settings.public_url}/sms/status", validity_period=600, rate_limiter=limiter,
+            whatsapp_sessions=self.whatsapp_sessions,
         )
         if settings.database_url and not settings.redis_url:
             _log.warning("DATABASE_URL without REDIS_URL: the outbox is shared, but inbound texts and delivery "
@@ -330,7 +342,7 @@ class SmsService:
 
             self.registry = RedisCallRegistry(self.redis, worker_id=self.worker_id)
         self.router = InboundRouter(registry=self.registry, optouts=self.optouts, store_path=state / "inbound.db",
-                                    seen=seen)
+                                    seen=seen, whatsapp_sessions=self.whatsapp_sessions)
         if self.redis is not None:
             self.registry.orphan = self.router.store_unrouted
             self.registry.deliver = self.router.hand_over
@@ -604,7 +616,8 @@ class CallSms:
         call = CallContext(call_id=stream.call_sid, caller_number=self.caller, agent_number=stream.agent_number)
         self.engine = ActionEngine(dispatcher=service.dispatcher, call=call, judge=self._judge,
                                    extractor=self._extractor, writer=self._writer)
-        self.inbound = InboundMessageProcessor(fetcher=service.fetcher, transcriber=service.transcriber)
+        self.inbound = InboundMessageProcessor(fetcher=service.fetcher, transcriber=service.transcriber,
+                                               replies=self.engine)
         if self.caller and stream.agent_number:
             self._unregister = await service.registry.register(self.caller, stream.agent_number,
                                                                self.inbound.deliver)

@@ -390,7 +390,7 @@ async def _simulate_call(
     media_host = LoopbackMediaHost()
     await media_host.start()
     fetcher = media_host.fetcher()
-    inbound = InboundMessageProcessor(fetcher=fetcher)
+    inbound = InboundMessageProcessor(fetcher=fetcher, replies=engine)
     registry = InProcessCallRegistry()
     router = InboundRouter(registry=registry, optouts=optouts, store_path=folder / "inbound.db")
     await registry.register(CALLER, AGENT, inbound.deliver)

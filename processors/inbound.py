@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
@@ -43,9 +43,17 @@ from incall_sms.inbound import InboundMessage
 from incall_sms.media.content import Transcriber, build_user_message
 from incall_sms.media.fetch import MediaFetcher
 
-__all__ = ["CallEndedError", "InboundMessageProcessor"]
+__all__ = ["CallEndedError", "InboundMessageProcessor", "ReplySink"]
 
 _log = logging.getLogger(__name__)
+
+
+class ReplySink(Protocol):
+    """Takes an inbound text as an awaited reply (see :meth:`~incall_sms.engine.ActionEngine.offer_reply`)."""
+
+    def offer_reply(self, message: InboundMessage) -> str | None:
+        """A note for the agent LLM when the text was taken as a reply, else ``None``."""
+        ...
 
 
 class CallEndedError(SmsError):
@@ -62,11 +70,15 @@ class InboundMessageProcessor(FrameProcessor):
         transcriber: Speech-to-text for voice notes and video sound.
         clock: Seconds on the call's clock, stamped on :attr:`injected` (default: seconds since
             this processor was created); a replay passes its recording clock.
+        replies: Where texts are offered first as awaited replies (the call's
+            :class:`~incall_sms.engine.ActionEngine`); its note goes into the context with the text.
     """
 
     def __init__(self, *, fetcher: MediaFetcher | None = None, transcriber: Transcriber | None = None,
-                 clock: Callable[[], float] | None = None, **kwargs: Any) -> None:
+                 clock: Callable[[], float] | None = None, replies: ReplySink | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._replies = replies
         self._register_event_handler("on_message_injected")
         self._fetcher = fetcher
         self._transcriber = transcriber
@@ -110,12 +122,14 @@ class InboundMessageProcessor(FrameProcessor):
 
     async def _inject(self, message: InboundMessage, done: asyncio.Future[None]) -> None:
         try:
+            note = self._replies.offer_reply(message) if self._replies is not None else None
             llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
             if self._ended:
                 raise CallEndedError("the call ended while the message was being prepared")
             # agent talking: the aggregator defers the run; re-ask if its response's end drops the deferral
             self._rearm = self._rearm or self._bot_speaking
-            await self.push_frame(LLMMessagesAppendFrame([llm_message], run_llm=True), FrameDirection.UPSTREAM)
+            messages = [llm_message] + ([{"role": "developer", "content": note}] if note else [])
+            await self.push_frame(LLMMessagesAppendFrame(messages, run_llm=True), FrameDirection.UPSTREAM)
         except BaseException as exc:
             if not done.done():
                 done.set_exception(exc if isinstance(exc, Exception) else CallEndedError("the call has ended"))

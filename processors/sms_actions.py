@@ -39,7 +39,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from incall_sms.engine import ActionEngine, ActionOutcome, Firing
+from incall_sms.engine import ActionEngine, ActionOutcome, Firing, ReplyWait, SmsReply
 from incall_sms.events import SmsEvent, SmsEventKind
 
 __all__ = ["LINE_TEXT_TYPE", "AgentTranscriptTap", "SmsActionProcessor", "SpokenLine"]
@@ -90,6 +90,11 @@ class SmsActionProcessor(FrameProcessor):
     - ``on_sms_delivered(processor, event)``: the carrier reported delivery.
     - ``on_sms_failed(processor, event)``: refused, undelivered or unconfirmed.
     - ``on_action_completed(processor, outcome)``: the send finished (any result).
+    - ``on_sms_reply(processor, reply)``: the caller texted a reply to an ``await_reply`` action
+      (:class:`~incall_sms.engine.SmsReply`; ``reply.valid``, ``reply.value``); ``reply=None`` is not
+      raised: a wait that timed out raises ``on_sms_reply_timeout(processor, action_name)``.
+    - ``on_consent(processor, action_name, answer)``: the caller answered a consent question
+      (``"yes"`` or ``"no"``).
 
     Args:
         engine: The call's action engine.
@@ -108,6 +113,8 @@ class SmsActionProcessor(FrameProcessor):
         tell_llm: Push a system note so the agent LLM does not answer the request itself.
         clock: Seconds on the call's clock, stamped on :attr:`spoken` lines (default: seconds
             since this processor was created); a replay passes its recording clock.
+        time_scale: Real seconds per call second for ``await_reply`` timeouts (a replay running
+            ``speed`` times faster passes ``1 / speed``).
     """
 
     EVENTS = (
@@ -117,6 +124,9 @@ class SmsActionProcessor(FrameProcessor):
         "on_sms_delivered",
         "on_sms_failed",
         "on_action_completed",
+        "on_sms_reply",
+        "on_sms_reply_timeout",
+        "on_consent",
     )
 
     def __init__(
@@ -130,6 +140,7 @@ class SmsActionProcessor(FrameProcessor):
         speak_delivery_failures: bool = True,
         tell_llm: bool = True,
         clock: Callable[[], float] | None = None,
+        time_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -142,6 +153,7 @@ class SmsActionProcessor(FrameProcessor):
         self._user_quiet_wait = user_quiet_wait
         self._speak_delivery_failures = speak_delivery_failures
         self._tell_llm = tell_llm
+        self._time_scale = time_scale
         self._tasks: set[asyncio.Task[Any]] = set()
         self._user_quiet = asyncio.Event()
         self._user_quiet.set()
@@ -158,6 +170,7 @@ class SmsActionProcessor(FrameProcessor):
         # events of this call only; the subscription ends with the call (see cleanup)
         self._unsubscribe: Callable[[], None] | None = engine.dispatcher.subscribe(
             self._on_sms_event, call_id=engine.call.call_id)
+        engine.reply_listener = self._on_reply
 
     # -- public -------------------------------------------------------------------
 
@@ -263,8 +276,86 @@ class SmsActionProcessor(FrameProcessor):
 
     def _start_all(self, firings: list[Firing]) -> None:
         for firing in firings:
-            self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
-            self._spawn(self._run(firing), f"sms-{firing.action.name}")
+            if firing.stage == "ask":
+                self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
+                self._spawn(self._ask_consent(firing), f"sms-ask-{firing.action.name}")
+            elif firing.stage == "declined":
+                self._spawn(self._call_event_handler("on_consent", firing.action.name, "no"), "sms-event")
+                line = self.engine._render_line(firing.action, firing.action.consent_declined, {})
+                if line and self._live:
+                    self._spawn(self._speak(line, kind="consent_declined", action=firing.action.name, append=True),
+                                "sms-say")
+            else:
+                if firing.action.ask_consent and firing.match.reason.startswith("consent:"):
+                    self._spawn(self._call_event_handler("on_consent", firing.action.name, "yes"), "sms-event")
+                else:
+                    self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
+                self._spawn(self._run(firing), f"sms-{firing.action.name}")
+
+    async def _ask_consent(self, firing: Firing) -> None:
+        """Say the consent question, before the agent's own answer to the turn (like a filler)."""
+        question = self.engine.consent_question(firing.action)
+        if not question or not self._live:
+            return
+        tap = self._tap if self._tap is not None and self._tap.linked else None
+        if tap is None:
+            await self._speak(question, kind="consent", action=firing.action.name, append=True)
+            return
+        frame = self._line_frame(question, kind="consent", action=firing.action.name, append=True)
+        tap.hold(frame)  # released before the LLM's answer starts, or when the threshold passes
+        await asyncio.sleep(self._filler_threshold)
+        await tap.release(frame)
+
+    # -- replies --------------------------------------------------------------------
+
+    def _on_reply(self, reply: SmsReply, firings: list[Firing]) -> None:
+        """The engine took an inbound text as an awaited reply (runs inside the inbound delivery)."""
+        self._spawn(self._call_event_handler("on_sms_reply", reply), "sms-event")
+        if reply.reasked:
+            wait = next((w for w in reversed(self.engine.waits) if w.firing.action.name == reply.action), None)
+            if wait is not None:
+                self._spawn(self._reask(wait, reply.problem), f"sms-reask-{reply.action}")
+        self._start_all(firings)
+
+    async def _reask(self, wait: ReplyWait, problem: str) -> None:
+        outcome = await self.engine.reask(wait, problem=problem)
+        self.outcomes.append(outcome)
+        await self._call_event_handler("on_action_completed", outcome)
+        if not outcome.result.accepted:
+            _log.info("re-ask text for %s not sent (%s)", wait.firing.action.name, outcome.result.reason)
+
+    async def _await_reply(self, wait: ReplyWait) -> None:
+        """Hold the wait open for its timeout; on timeout, say the fallback and tell the agent LLM."""
+        spec = wait.firing.action.await_reply
+        assert spec is not None
+        what = spec.variable.replace("_", " ")
+        if self._tell_llm and self._live:
+            hold = ("Until it arrives, stay on this topic: if the caller speaks, answer briefly and remind them "
+                    "you are waiting for their text." if spec.mode == "blocking" else
+                    "Carry on with the conversation meanwhile; the reply will be brought in when it arrives.")
+            note = {"role": "developer", "content": (
+                f"[SMS system] A text asking the caller for their {what} was sent; their text reply is awaited "
+                f"(up to {spec.timeout:.0f} s). {hold}")}
+            await self.push_frame(LLMMessagesAppendFrame([note], run_llm=False))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(spec.timeout * self._time_scale):
+                await asyncio.shield(wait.done)
+        if not wait.open:
+            return  # a valid reply, or a second invalid one (the agent LLM was told to ask by voice), or call end
+        self.engine.close_wait(wait)
+        await self._call_event_handler("on_sms_reply_timeout", wait.firing.action.name)
+        if not self._live:
+            return
+        if self._tell_llm:
+            note = {"role": "developer", "content": (
+                f"[SMS system] No valid text reply with the caller's {what} arrived in time; stop waiting for it "
+                "and continue by voice.")}
+            await self.push_frame(LLMMessagesAppendFrame([note], run_llm=False))
+        line = wait.firing.action.await_reply.fallback_line() if wait.firing.action.await_reply else None
+        if line:
+            await self._wait_user_quiet()
+            if self._live:
+                await self._speak(line, kind="reply_timeout", action=wait.firing.action.name, append=True)
 
     async def _run(self, firing: Firing) -> None:
         send = self._spawn(self.engine.execute(firing), f"sms-send-{firing.action.name}")
@@ -280,11 +371,16 @@ class SmsActionProcessor(FrameProcessor):
             return
         self.outcomes.append(outcome)
         await self._call_event_handler("on_action_completed", outcome)
+        wait = next((w for w in self.engine.waits if w.firing is firing), None)
         if outcome.line and self._live:
             await self._wait_user_quiet()
             if self._live:
-                kind = "confirmation" if outcome.result.accepted else "failure"
+                kind = "failure"
+                if outcome.result.accepted:
+                    kind = "waiting" if wait is not None else "confirmation"
                 await self._speak(outcome.line, kind=kind, action=firing.action.name, append=True)
+        if wait is not None and wait.open:
+            await self._await_reply(wait)
 
     async def _filler(self, firing: Firing, send: asyncio.Task[Any]) -> None:
         tap = self._tap if self._tap is not None and self._tap.linked else None
@@ -358,6 +454,8 @@ class SmsActionProcessor(FrameProcessor):
 
     async def _finish(self, *, grace: float) -> None:
         """Judge call-end conditions, then wait (bounded) for in-flight work."""
+        for wait in self.engine.waits:
+            self.engine.close_wait(wait)  # nobody is left to wait for: replies from now on are stored
         try:
             async with asyncio.timeout(grace):
                 firings = await self.engine.evaluate("call_end")

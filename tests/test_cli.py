@@ -216,3 +216,20 @@ def test_mic_says_which_device_is_missing(monkeypatch):
     assert "no speaker" in _mic_unavailable()
     monkeypatch.setitem(sys.modules, "pyaudio", fake_pyaudio([{"maxInputChannels": 1, "maxOutputChannels": 2}]))
     assert _mic_unavailable() is None
+
+
+def test_simulation_of_the_reply_and_consent_example():
+    """examples/replies: the email-by-text flow and a consent question, end to end in the local simulation."""
+    out = run("simulate", "--actions", "examples/replies/actions.yaml", "--script", "examples/replies/call.txt",
+              "--voice", "off", "--width", "200")
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    order = ["Reply to this text with your email address.",  # the asking text
+             "I've just texted you. Reply to that text",  # the waiting line
+             "doesn't look like an email address",  # one re-ask, by text
+             "Your receipts will go to Siobhan.OConnor@example.ie",  # the reply's value in the second text
+             "Can I text that to your number ending in 23?",  # consent question
+             "Parking: garage at 5th & Mission"]  # sent after "Yes please."
+    positions = [text.find(part) for part in order]
+    assert -1 not in positions and positions == sorted(positions), text[-3000:]
+    assert "4 SMS sent, 0 failed" in text

@@ -140,3 +140,27 @@ async def test_missing_auth_is_classified(prism):
     finally:
         await provider.aclose()
     assert info.value.status == 401 and not info.value.retryable
+
+
+async def test_whatsapp_content_template_matches_spec(prism):
+    """A WhatsApp Content-template message: whatsapp: addresses, ContentSid and ContentVariables, no Body."""
+    provider = TwilioProvider(account_sid=ACCOUNT, auth_token="token", base_url=prism)
+    try:
+        receipt = await provider.send(_sms(body="", channel="whatsapp", content_sid="HX" + "a1" * 16,
+                                           content_variables='{"1":"Friday 7 pm","2":"Zoë"}'))
+        free_form = await provider.send(_sms(channel="whatsapp"))  # inside the session: a free-form body
+    finally:
+        await provider.aclose()
+    assert receipt.sid.startswith(("SM", "MM")) and free_form.sid
+
+
+async def test_a_malformed_content_sid_violates_the_spec(prism):
+    # the spec's ContentSid pattern is enforced: the WhatsApp fields are really checked against it
+    provider = TwilioProvider(account_sid=ACCOUNT, auth_token="token", base_url=prism)
+    try:
+        with pytest.raises(SendError) as info:
+            await provider.send(_sms(body="", channel="whatsapp", content_sid="HX-not-a-template",
+                                     content_variables='{"1":"x"}'))
+    finally:
+        await provider.aclose()
+    assert info.value.status in (400, 422) and not info.value.retryable

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from incall_sms.errors import OutboxUnavailableError
-from incall_sms.outbox import ClaimOutcome, LeaseLostError, Outbox, OutboxRecord, SidTakenError
+from incall_sms.outbox import TABLE_COLUMNS, ClaimOutcome, LeaseLostError, Outbox, OutboxRecord, SidTakenError
 
 T0 = 1_800_000_000.0
 CALLER = "+14155552671"
@@ -261,3 +261,51 @@ async def test_rows_survive_reopening_and_a_closed_handle_refuses_work(workers):
     assert (await again.get("CA1:link:1")).status == "pending"
     with pytest.raises(OutboxUnavailableError):
         await w1.get("CA1:link:1")
+
+
+async def test_a_whatsapp_template_row_round_trips_for_recovery(workers):
+    w1 = workers("w1")
+    variables = '{"1":"Friday 7 pm","2":"Zoë"}'
+    record = dataclasses.replace(row(channel="whatsapp", content_sid="HX" + "ab" * 16, content_variables=variables,
+                                     segments=1, encoding="WhatsApp"), body="")
+    await claim(w1, record)
+    await w1.update(record.key, now=T0, status="sending", attempts="+1")
+    w2 = workers("w2", lease_seconds=30.0)
+    [taken] = await w2.take_unfinished(now=T0 + 31)  # w1 died: w2 takes the row and must resend it exactly
+    assert (taken.channel, taken.content_sid, taken.content_variables, taken.body) == (
+        "whatsapp", "HX" + "ab" * 16, variables, "")
+    assert (await w1.get("CA1:link:1")).channel == "whatsapp"
+    outcome, sms_row = await claim(w1, row(key="CA1:other:1", action="other"))
+    assert (await w1.get(sms_row.key)).channel == "sms"  # the default for SMS rows
+
+
+async def test_a_table_of_an_earlier_version_gets_the_whatsapp_columns(workers, request, tmp_path):
+    """An outbox created before WhatsApp (no channel/content columns) is migrated when opened."""
+    old_columns = ",\n".join(line.strip().rstrip(",") for line in TABLE_COLUMNS.strip().splitlines()
+                             if line.split()[0] not in ("channel", "content_sid", "content_variables"))
+    if request.node.callspec.params["workers"] == "postgres":
+        import asyncpg
+
+        probe = workers("probe")
+        url = probe._url
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"CREATE TABLE incall_sms_outbox ({old_columns.format(real='DOUBLE PRECISION')})")
+            await conn.execute("INSERT INTO incall_sms_outbox (key, call_id, action, turn, status, created_at, "
+                               "updated_at) VALUES ('old:a:1', 'old', 'a', 1, 'accepted', 1, 1)")
+        finally:
+            await conn.close()
+    else:
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "outbox.db") as conn:
+            conn.execute(f"CREATE TABLE outbox ({old_columns.format(real='REAL')})")
+            conn.execute("INSERT INTO outbox (key, call_id, action, turn, status, created_at, updated_at) "
+                         "VALUES ('old:a:1', 'old', 'a', 1, 'accepted', 1, 1)")
+        conn.close()
+    w1 = workers("w1")
+    old = await w1.get("old:a:1")
+    assert (old.status, old.channel, old.content_sid, old.content_variables) == ("accepted", "sms", None, None)
+    record = row(channel="whatsapp", content_sid="HX" + "cd" * 16, content_variables='{"1":"x"}')
+    assert (await claim(w1, record))[0] is ClaimOutcome.CREATED
+    assert (await w1.get(record.key)).content_sid == "HX" + "cd" * 16

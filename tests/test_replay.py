@@ -24,7 +24,9 @@ def test_corpus_present():
 @pytest.mark.parametrize("recording", CALLS, ids=[p.stem for p in CALLS])
 async def test_replay_meets_expectations(recording):
     expect = Expectations.model_validate(yaml.safe_load(recording.with_suffix(".expect.yaml").read_text()))
-    report = await replay(recording, actions=load_actions(CORPUS_ACTIONS), speed=8.0, expectations=expect)
+    own = recording.with_suffix(".actions.yaml")  # a call may carry its own action set
+    actions = load_actions(own if own.exists() else CORPUS_ACTIONS)
+    report = await replay(recording, actions=actions, speed=8.0, expectations=expect)
     assert report.expectations.passed, report.expectations.failures
     assert report.audio.input_frames > 50  # the 8->16 kHz resampler emits in batches
     assert report.audio.max_delay_ms < 100  # generous: the audio path is never blocked by SMS work

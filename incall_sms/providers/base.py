@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+import json
+from collections.abc import Mapping
+from typing import Literal, Protocol
 
-__all__ = ["OutboundSms", "ProviderReceipt", "SmsProvider"]
+__all__ = ["Channel", "OutboundSms", "ProviderReceipt", "SmsProvider", "channel_address", "content_variables_json"]
+
+Channel = Literal["sms", "whatsapp"]
+
+
+def channel_address(number: str, channel: str) -> str:
+    """The provider address of an E.164 ``number`` on ``channel``: ``+1...`` (SMS) or ``whatsapp:+1...``."""
+    return f"whatsapp:{number}" if channel == "whatsapp" else number
+
+
+def content_variables_json(values: Mapping[str, str]) -> str:
+    """A Content template's variables as the JSON object string Twilio takes (``ContentVariables``)."""
+    return json.dumps(dict(values), ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundSms:
     """One message as handed to a provider.
 
+    Numbers are bare E.164 on every channel; the provider addresses them for the channel
+    (:attr:`to_address`, :attr:`from_address`).
+
     Attributes:
         to: Destination, E.164.
         from_: Sender number (E.164), or ``None`` when ``messaging_service_sid`` picks it.
         messaging_service_sid: Twilio Messaging Service (pool) SID, or ``None``.
-        body: Text to send (already smart-encoded when the action asks for it).
+        body: Text to send (already smart-encoded when the action asks for it); empty for a
+            Content template message (``content_sid``), whose text the template holds.
         media_urls: Public media URLs (MMS), at most 10.
         key: The outbox idempotency key (for local bookkeeping; not sent to Twilio).
         status_callback: URL for delivery status callbacks, or ``None``.
         validity_period: Seconds the provider may queue the message before dropping it.
+        channel: ``sms`` or ``whatsapp``.
+        content_sid: A Twilio Content template (``HX...``) sent instead of ``body``, or ``None``.
+        content_variables: The template's variables as a JSON object string (sent as is), or ``None``.
     """
 
     to: str
@@ -31,11 +52,27 @@ class OutboundSms:
     media_urls: tuple[str, ...] = ()
     status_callback: str | None = None
     validity_period: int | None = None
+    channel: Channel = "sms"
+    content_sid: str | None = None
+    content_variables: str | None = None
+
+    @property
+    def to_address(self) -> str:
+        """The destination as the provider addresses it on :attr:`channel`."""
+        return channel_address(self.to, self.channel)
+
+    @property
+    def from_address(self) -> str | None:
+        """The sender as the provider addresses it on :attr:`channel` (``None`` with a Messaging Service)."""
+        return channel_address(self.from_, self.channel) if self.from_ else None
 
     def __repr__(self) -> str:
         from incall_sms.phone import mask
 
-        return f"OutboundSms(key={self.key!r}, to={mask(self.to)}, from={mask(self.from_)}, chars={len(self.body)})"
+        extra = f", channel={self.channel}" if self.channel != "sms" else ""
+        extra += f", content={self.content_sid}" if self.content_sid else ""
+        return (f"OutboundSms(key={self.key!r}, to={mask(self.to)}, from={mask(self.from_)}, "
+                f"chars={len(self.body)}{extra})")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,12 +4,17 @@ Used by the local simulation and tests. It behaves like a provider: it assigns
 SIDs, refuses opted-out, landline and invalid numbers with Twilio's error codes,
 and can be told to fail the next requests (rate limits, timeouts) to exercise the
 dispatcher.
+
+WhatsApp messages land in the same inbox (``channel`` says which); a Content template message
+is stored with its SID and variables, its ``body`` the template's text when the provider was
+given it (``content_templates``), else a short description.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import pathlib
 import secrets
 import sqlite3
@@ -21,7 +26,7 @@ from incall_sms.providers.base import OutboundSms, ProviderReceipt
 from incall_sms.segments import count_segments
 from incall_sms.store import SqliteDb
 
-__all__ = ["BEHAVIOURS", "InboxMessage", "LocalProvider"]
+__all__ = ["BEHAVIOURS", "InboxMessage", "LocalProvider", "render_content"]
 
 #: Per-destination behaviours: the error a send there raises, as Twilio answers (``None``: accepted).
 BEHAVIOURS: dict[str, Callable[[], SendError] | None] = {
@@ -44,9 +49,31 @@ CREATE TABLE IF NOT EXISTS inbox (
     media_urls TEXT NOT NULL DEFAULT '',
     segments INTEGER NOT NULL,
     encoding TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    channel TEXT NOT NULL DEFAULT 'sms',
+    content_sid TEXT,
+    content_variables TEXT
 );
 """
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the WhatsApp columns to an inbox file of an earlier version."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(inbox)")}
+    if not columns:
+        return
+    for column, kind in (("channel", "TEXT NOT NULL DEFAULT 'sms'"), ("content_sid", "TEXT"),
+                         ("content_variables", "TEXT")):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE inbox ADD COLUMN {column} {kind}")
+
+
+def render_content(template: str, variables: str | None) -> str:
+    """A Content template's text with its ``{{1}}``-style placeholders replaced from ``variables`` (JSON)."""
+    values = json.loads(variables) if variables else {}
+    for name, value in values.items():
+        template = template.replace("{{" + str(name) + "}}", str(value))
+    return template
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +87,8 @@ class InboxMessage:
     segments: int
     encoding: str
     created_at: float
+    channel: str = "sms"
+    content_sid: str | None = None
 
 
 class LocalProvider:
@@ -73,6 +102,8 @@ class LocalProvider:
         latency: Seconds each send takes (the simulation uses a realistic 0.6 s).
         behaviours: What a send to a given number does, as Twilio would answer it (see
             :data:`BEHAVIOURS`); numbers not listed are accepted.
+        content_templates: Texts of Content templates by SID (``{{1}}`` placeholders), used as
+            the stored body of template messages.
     """
 
     name = "local"
@@ -86,8 +117,10 @@ class LocalProvider:
         clock: object = time.time,
         latency: float = 0.0,
         behaviours: Mapping[str, str] | None = None,
+        content_templates: Mapping[str, str] | None = None,
     ) -> None:
-        self._db = SqliteDb(path, schema=_SCHEMA)
+        self._db = SqliteDb(path, schema=_SCHEMA, migrate=_migrate)
+        self._content_templates = dict(content_templates or {})
         self._landlines = set(landlines)
         self._opted_out = set(opted_out)
         self._scripted: list[SendError] = []
@@ -123,25 +156,39 @@ class LocalProvider:
         error = BEHAVIOURS.get(behaviour or "accept")
         if error is not None:
             raise error()
-        info = count_segments(sms.body)
+        body = sms.body
+        if sms.content_sid:
+            template = self._content_templates.get(sms.content_sid)
+            body = (render_content(template, sms.content_variables) if template is not None
+                    else f"[template {sms.content_sid}] {sms.content_variables or '{}'}")
+        if sms.channel == "whatsapp":
+            segments, encoding = 1, "WhatsApp"
+        else:
+            info = count_segments(body)
+            segments, encoding = info.segments, info.encoding
         sid = f"SM{secrets.token_hex(16)}"
         now = float(self._clock())  # type: ignore[operator]
         await self._db.run(
             lambda c: c.execute(
-                "INSERT INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (sid, sms.to, sms.from_, sms.body, "\n".join(sms.media_urls), info.segments, info.encoding, now),
+                "INSERT INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sid, sms.to, sms.from_, body, "\n".join(sms.media_urls), segments, encoding, now, sms.channel,
+                 sms.content_sid, sms.content_variables),
             )
         )
-        return ProviderReceipt(sid=sid, status="queued", segments=info.segments)
+        return ProviderReceipt(sid=sid, status="queued", segments=segments)
 
     async def find_sent(self, sms: OutboundSms, *, since: float) -> list[ProviderReceipt]:
-        """Stored messages with the same destination, sender and body created at or after ``since``, oldest first."""
+        """Messages like ``sms`` (destination, sender, channel, body or template) since ``since``, oldest first."""
 
         def _q(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            if sms.content_sid:
+                same, args = "content_sid = ? AND content_variables IS ?", (sms.content_sid, sms.content_variables)
+            else:
+                same, args = "body = ? AND content_sid IS NULL", (sms.body,)
             return conn.execute(
-                "SELECT sid, segments, created_at FROM inbox WHERE to_number = ? AND body = ? AND created_at >= ? "
-                "AND from_number IS ? ORDER BY created_at, rowid",
-                (sms.to, sms.body, since, sms.from_),
+                f"SELECT sid, segments, created_at FROM inbox WHERE to_number = ? AND {same} AND created_at >= ? "
+                "AND from_number IS ? AND channel = ? ORDER BY created_at, rowid",
+                (sms.to, *args, since, sms.from_, sms.channel),
             ).fetchall()
 
         rows = await self._db.run(_q)
@@ -152,7 +199,8 @@ class LocalProvider:
         """Messages stored so far, oldest first (all, or those to ``to``)."""
 
         def _q(conn: sqlite3.Connection) -> list[InboxMessage]:
-            sql = "SELECT sid, to_number, from_number, body, segments, encoding, created_at FROM inbox"
+            sql = ("SELECT sid, to_number, from_number, body, segments, encoding, created_at, channel, content_sid "
+                   "FROM inbox")
             args: tuple[str, ...] = ()
             if to is not None:
                 sql += " WHERE to_number = ?"

@@ -6,6 +6,9 @@
 * Every request has an explicit deadline (``asyncio.timeout``): the client's own
   ``timeout`` argument is ignored by the SDK.
 * ``base_url`` points the client at a loopback peer in tests.
+* WhatsApp goes through the same Messages API: ``whatsapp:+E164`` addresses, and a Content
+  template (``ContentSid`` + ``ContentVariables``, no ``Body``/``MediaUrl``) where the message
+  has one.
 """
 
 from __future__ import annotations
@@ -47,8 +50,17 @@ _PERMANENT_CODES: dict[int, str] = {
     20003: "auth_failed",
     20404: "not_found",
     30034: "sender_unregistered",
+    # WhatsApp (https://www.twilio.com/docs/whatsapp/api/error-code-mapping)
+    63016: "whatsapp_window_closed",  # free-form message outside the 24-hour session: a template is needed
+    63007: "sender_not_capable",  # the From address has no WhatsApp sender (channel) on the account
+    63002: "sender_not_capable",  # the channel could not find the From address
+    63003: "not_on_whatsapp",  # the To address is not an active WhatsApp user
+    63024: "not_on_whatsapp",  # invalid message recipient
+    63014: "blocked",  # the recipient blocked the sender
+    63005: "rejected",  # the channel did not accept the content
+    63021: "rejected",  # invalid content for the channel
 }
-_RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited"}
+_RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited", 63018: "rate_limited"}
 
 #: A lookup that has to read more messages than this without reaching the send time gives up
 #: (answer unknown, so no resend) instead of paging forever.
@@ -137,13 +149,19 @@ class TwilioProvider:
                 dropped connections after the request was written are ambiguous,
                 a refused connection is retryable.
         """
-        kwargs: dict[str, object] = {"to": sms.to, "body": sms.body}
+        kwargs: dict[str, object] = {"to": sms.to_address}
+        if sms.content_sid:  # a Content template carries the text: Twilio wants no Body/MediaUrl with it
+            kwargs["content_sid"] = sms.content_sid
+            if sms.content_variables:
+                kwargs["content_variables"] = sms.content_variables
+        else:
+            kwargs["body"] = sms.body
+            if sms.media_urls:
+                kwargs["media_url"] = list(sms.media_urls)
         if sms.messaging_service_sid:
             kwargs["messaging_service_sid"] = sms.messaging_service_sid
-        if sms.from_:
-            kwargs["from_"] = sms.from_
-        if sms.media_urls:
-            kwargs["media_url"] = list(sms.media_urls)
+        if sms.from_address:
+            kwargs["from_"] = sms.from_address
         if sms.status_callback:
             kwargs["status_callback"] = sms.status_callback
         if sms.validity_period:
@@ -171,6 +189,10 @@ class TwilioProvider:
 
         Pages through the newest messages (to this number, from this sender) until they are
         older than ``since``, so a busy number cannot push the message out of a first page.
+        WhatsApp messages are looked up by their ``whatsapp:`` addresses. A Content template
+        message's body is the template's text, which only Twilio knows: every message to and
+        from those addresses since ``since`` is a candidate (the dispatcher takes only one no
+        other outbox row has claimed).
 
         Returns:
             The candidates, oldest first.
@@ -179,9 +201,9 @@ class TwilioProvider:
             SendError: The lookup failed (ambiguous: the answer is unknown).
         """
         client = self._get_client()
-        kwargs: dict[str, object] = {"to": sms.to, "page_size": 100}
-        if sms.from_:
-            kwargs["from_"] = sms.from_
+        kwargs: dict[str, object] = {"to": sms.to_address, "page_size": 100}
+        if sms.from_address:
+            kwargs["from_"] = sms.from_address
         cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
         found: list[ProviderReceipt] = []
         try:
@@ -197,7 +219,7 @@ class TwilioProvider:
                         created = created.replace(tzinfo=dt.UTC)
                     if created is not None and created < cutoff:
                         break  # newest first: everything after this is older still
-                    if message.body == sms.body:
+                    if sms.content_sid or message.body == sms.body:
                         segments = int(message.num_segments) if message.num_segments else None
                         found.append(ProviderReceipt(
                             sid=str(message.sid), status=str(message.status), segments=segments,

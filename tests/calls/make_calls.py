@@ -137,6 +137,9 @@ def write_call(name: str, spec: dict, folder: pathlib.Path = HERE) -> None:
             "provider": spec.get("provider", {"latency": 0.4})}
     (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (folder / f"{name}.expect.yaml").write_text(yaml.safe_dump(spec["expect"], sort_keys=False), encoding="utf-8")
+    if "actions" in spec:  # the call's own action set (else the corpus' actions.yaml)
+        (folder / f"{name}.actions.yaml").write_text(yaml.safe_dump(spec["actions"], sort_keys=False),
+                                                     encoding="utf-8")
 
 
 CALLS = {
@@ -324,6 +327,53 @@ CALLS = {
                              {"kind": "failure", "action": "colleague_copy"}],
                    "lines_in_order": True,
                    "not_spoken": [{"kind": "confirmation", "action": "colleague_copy"}]},
+    },
+    "email_by_text": {
+        "description": "The caller cannot spell their email address: the agent texts, the caller replies "
+                       "(first with no address: asked again once), and the address feeds a second text.",
+        "duration": 22.0,
+        "stt": [{"t": 3.0, "text": "I'd like my receipts by email, please."},
+                {"t": 8.0, "text": "It's Siobhan, S I O B H, oh, it's hard to spell. Can I just text it to you?"}],
+        "agent": [{"t": 4.5, "text": "Sure, what's your email address?"}],
+        "inbound": [{"t": 12.0, "body": "siobhan at example dot ie"},
+                    {"t": 16.0, "body": "Sorry! It's Siobhan.OConnor@Example.ie"}],
+        "actions": {"actions": [
+            {"name": "ask_email", "condition": "if the caller wants to send their email address by text",
+             "content": {"template": "Example Clinic here. Reply to this text with your email address and we'll "
+                                     "use it for your receipts."},
+             "await_reply": {"variable": "email", "kind": "email", "timeout": 60, "mode": "blocking"},
+             "filler": None},
+            {"name": "email_receipt", "after_reply": "ask_email",
+             "content": {"template": "Thanks! Your receipts will go to {email}."}, "filler": None,
+             "confirmation": "Got it, thanks. I've texted you a confirmation as well."},
+        ]},
+        "expect": {"sms": [{"action": "ask_email", "count": 1, "to": "caller"},
+                           {"action": "ask_email-reask", "body_contains": "email address", "count": 1},
+                           {"action": "email_receipt", "body_contains": "Siobhan.OConnor@example.ie", "count": 1}],
+                   "max_sms": 3, "inbound_injected": 2,
+                   "lines": [{"kind": "waiting", "action": "ask_email"},
+                             {"kind": "confirmation", "action": "email_receipt"}],
+                   "lines_in_order": True,
+                   "not_spoken": [{"kind": "reply_timeout"}, {"kind": "failure"}]},
+    },
+    "declined_consent": {
+        "description": "The agent asks before texting; the caller says no, and a later request is not asked again.",
+        "duration": 16.0,
+        "stt": [{"t": 3.0, "text": "Is there parking near you? Could you text me the parking information?"},
+                {"t": 7.5, "text": "No, that's okay, I'll take the bus."},
+                {"t": 12.0, "text": "Hmm, actually, text me the parking information."}],
+        "agent": [{"t": 1.0, "text": "Welcome to Example Clinic, how can I help?"}],
+        "actions": {"actions": [
+            {"name": "parking_info", "condition": "if the caller asks for parking information by text",
+             "ask_consent": True,
+             "content": {"template": "Parking: garage at 5th & Mission, validated for 2 hours at the front desk."},
+             "filler": None, "confirmation": "Sent, the parking details are on your phone."},
+        ]},
+        "expect": {"max_sms": 0, "no_sms": ["parking_info"],
+                   "lines": [{"kind": "consent", "action": "parking_info", "contains": "ending in 23"},
+                             {"kind": "consent_declined", "action": "parking_info"}],
+                   "lines_in_order": True,
+                   "not_spoken": [{"kind": "confirmation"}, {"kind": "filler"}]},
     },
     "inbound_text": {
         "description": "The caller texts the agent during the call; the text reaches the conversation.",

@@ -4,6 +4,11 @@ It speaks the wire format the real ``twilio`` client expects (form-encoded POST,
 HTTP Basic auth, JSON resources and error bodies) and can be scripted to misbehave:
 errors by code, 5xx, 429, slow answers, dropped connections, and "created the
 message, then failed to answer" (the case that makes retries dangerous).
+
+WhatsApp: ``whatsapp:+E164`` addresses (From and To on the same channel, else 21910), Content
+templates (``ContentSid`` + ``ContentVariables``, rendered from ``content_templates`` into the
+stored body), and the 24-hour rule for the addresses in ``whatsapp_window_closed``: a free-form
+message to one of them is refused with 63016 and nothing is created.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import base64
 import dataclasses
 import email.utils
 import itertools
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -87,6 +93,8 @@ class TwilioPeer:
         self.list_faults: list[Fault] = []
         # per-request faults for message lookups (GET .../Messages.json), from the query; after list_faults
         self.list_fault_for: Callable[[Mapping[str, str]], Fault | None] | None = None
+        self.content_templates: dict[str, str] = {}  # ContentSid -> text with {{1}}-style placeholders
+        self.whatsapp_window_closed: set[str] = set()  # whatsapp:+E164 addresses without an open session
         self.received = asyncio.Event()
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -115,7 +123,7 @@ class TwilioPeer:
     def _resource(self, msg: PeerMessage) -> dict[str, Any]:
         from incall_sms.segments import count_segments
 
-        info = count_segments(msg.body)
+        segments = 1 if msg.to.startswith("whatsapp:") else count_segments(msg.body).segments
         return {
             "sid": msg.sid,
             "account_sid": self.account_sid,
@@ -124,7 +132,7 @@ class TwilioPeer:
             "messaging_service_sid": (msg.form.get("MessagingServiceSid") or [None])[0],
             "body": msg.body,
             "status": msg.status,
-            "num_segments": str(info.segments),
+            "num_segments": str(segments),
             "num_media": str(len(msg.form.get("MediaUrl", []))),
             "direction": "outbound-api",
             "api_version": "2010-04-01",
@@ -167,10 +175,26 @@ class TwilioPeer:
         to = (form.get("To") or [""])[0]
         if not to:
             return self._error(400, 21604, "A 'To' phone number is required.")
-        if not form.get("Body") and not form.get("MediaUrl"):
+        content_sid = (form.get("ContentSid") or [None])[0]
+        if not form.get("Body") and not form.get("MediaUrl") and not content_sid:
             return self._error(400, 21602, "Message body is required.")
         if not form.get("From") and not form.get("MessagingServiceSid"):
             return self._error(400, 21603, "A 'From' phone number is required.")
+        from_ = (form.get("From") or [""])[0]
+        if from_ and to.startswith("whatsapp:") != from_.startswith("whatsapp:"):
+            return self._error(400, 21910, "Invalid From and To pair. From and To should be of the same channel")
+        body = (form.get("Body") or [""])[0]
+        if content_sid:
+            try:
+                variables = json.loads((form.get("ContentVariables") or ["{}"])[0])
+            except ValueError:
+                return self._error(400, 21656, "The ContentVariables Parameter is invalid.")
+            body = self.content_templates.get(content_sid, f"[template {content_sid}]")
+            for name, value in variables.items():
+                body = body.replace("{{" + str(name) + "}}", str(value))
+        elif to in self.whatsapp_window_closed:
+            return self._error(400, 63016, "Failed to send freeform message because you are outside the allowed "
+                                           "window. If you are using WhatsApp, please use a Message Template.")
         fault = self.faults.pop(0) if self.faults else None
         if fault is None and self.fault_for is not None:
             fault = self.fault_for(form)
@@ -183,7 +207,7 @@ class TwilioPeer:
                 sid=f"SM{next(self._ids):032x}",
                 to=to,
                 from_=(form.get("From") or [None])[0],
-                body=(form.get("Body") or [""])[0],
+                body=body,
                 form=form,
                 created=time.time(),
             )
