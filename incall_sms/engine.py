@@ -47,6 +47,9 @@ Stage = Literal["send", "ask", "declined"]
 CONSENT_YES = "if the caller has just agreed to receive the text message the agent offered to send"
 CONSENT_NO = "if the caller has just declined or refused the text message the agent offered to send"
 
+#: Seconds a reply wait stays open beyond its timeout when no processor closes it first.
+_WAIT_SLACK = 5.0
+
 #: A re-ask text's ``turn`` is the asking send's turn plus this (its idempotency key differs).
 REASK_TURN_OFFSET = 2_000_000
 
@@ -244,8 +247,8 @@ class ActionEngine:
                 continue
             if action.once_per_call and action.name in self._active:
                 continue
-            if action.after_reply is not None or action.name in self._declined or action.name in self._asking:
-                continue  # fires on its reply / said no / answer pending
+            if action.name in self._declined or action.name in self._asking:
+                continue  # said no / answer pending
             if action.ask_consent and at == "call_end":
                 continue  # nobody is left to ask
             eligible.append(action)
@@ -254,15 +257,16 @@ class ActionEngine:
     def request(self, at: At) -> JudgeRequest:
         """The judge request for the current state (only actions that may still fire)."""
         return JudgeRequest(
-            conditions=condition_specs(self._eligible(at)),
+            conditions=condition_specs(a for a in self._eligible(at) if a.after_reply is None),  # those fire on replies
             transcript=tuple(self.transcript),
             at=at,
             variables=dict(self.variables),
         )
 
-    def _firings(self, matches: list[Match], at: At) -> list[Firing]:
+    def _firings(self, matches: list[Match], at: At, *, claimed: bool = False) -> list[Firing]:
         firings = []
-        eligible = {a.name: a for a in self._eligible(at)}
+        # an after_reply action fires on its reply (or a tool call), never on a judge's word
+        eligible = {a.name: a for a in self._eligible(at) if claimed or a.after_reply is None}
         for match in matches:
             action = eligible.get(match.id)
             if action is None:
@@ -372,8 +376,13 @@ class ActionEngine:
     # -- replies --------------------------------------------------------------------
 
     def _open_wait(self, firing: Firing, result: SendResult) -> ReplyWait:
-        wait = ReplyWait(firing=firing, result=result, done=asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        wait = ReplyWait(firing=firing, result=result, done=loop.create_future())
         self.waits.append(wait)
+        # a safety net for calls without a processor timing the wait (tool mode); the processor's own,
+        # earlier timeout says the fallback line
+        assert firing.action.await_reply is not None
+        loop.call_later(firing.action.await_reply.timeout + _WAIT_SLACK, self.close_wait, wait)
         return wait
 
     def close_wait(self, wait: ReplyWait) -> None:
@@ -407,7 +416,8 @@ class ActionEngine:
         if parsed.ok:
             self.variables.set(spec.variable, parsed.value)
             wait.done.set_result(parsed.value)
-            firings = self._after_reply(action.name)
+            # fired only where a processor runs them; without one (tool mode) the agent LLM calls them itself
+            firings = self._after_reply(action.name) if self.reply_listener is not None else []
             note = (f"[SMS system] The caller's text above is their reply with their {what}; it was read as a "
                     f"valid {spec.kind.replace('_', '/')} and saved. Thank them and carry on from where the "
                     "conversation was waiting.")
@@ -458,11 +468,18 @@ class ActionEngine:
     def claim(self, action: SmsAction, *, match: Match, at: At = "turn") -> list[Firing]:
         """Fire ``action`` because something other than the judge decided (tool mode).
 
+        The decision includes consent: a tool's description tells the agent LLM to ask first when the
+        action has ``ask_consent``, so a claim is a send, never a question.
+
         Returns:
             The firing, or an empty list when the action may not fire now (already sent
-            in this call, or not at this moment).
+            in this call, declined, or not at this moment).
         """
-        return self._firings([match], at)
+        if action.name in self._declined:
+            return []
+        if action.ask_consent:
+            self._consented.add(action.name)
+        return self._firings([match], at, claimed=True)
 
     def action_state(self, name: str) -> Literal["idle", "in_progress", "sent", "failed"]:
         """What this call's action has done so far (the truth a tool result or a UI may report).

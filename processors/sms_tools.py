@@ -56,11 +56,20 @@ class SmsToolset:
                 var: {"type": "string", "description": spec.description or var.replace("_", " ")}
                 for var, spec in action.variables.items()
             }
+            when = action.condition or f"the caller's text reply to '{action.after_reply}' has arrived"
+            description = (f"Text the caller the '{action.name}' SMS. Call it when: {when}. "
+                           "The system sends it and reports whether it was really sent; never claim it was "
+                           "sent before the result says so.")
+            if action.ask_consent:
+                description += (" Ask the caller first whether you may text their number and call this only "
+                                "after a clear yes.")
+            if action.await_reply is not None:
+                description += (f" The text asks the caller to reply by text with their "
+                                f"{action.await_reply.variable.replace('_', ' ')}; the reply reaches you as a "
+                                "message when it arrives.")
             out.append(FunctionSchema(
                 name=name,
-                description=(f"Text the caller the '{action.name}' SMS. Call it when: {action.condition}. "
-                             "The system sends it and reports whether it was really sent; never claim it was "
-                             "sent before the result says so."),
+                description=description,
                 properties=properties,
                 required=[],
             ))

@@ -460,3 +460,25 @@ def test_reader_and_parser_on_the_labelled_sets():
     # a second set, written blind by another author: the reader is conservative (unclear answers go to the judge)
     blind = score.score_consent(score._read(ROOT / "tests" / "data" / "consent_answers_blind.jsonl"))
     assert blind["n"] >= 220 and blind["wrong_yes"] <= 2 and blind["yes_recall"] >= 0.6
+
+
+async def test_tool_mode_sends_on_the_llms_decision_and_takes_the_reply(peer):
+    from incall_sms.processors.sms_tools import SmsToolset
+
+    actions = {"actions": [*EMAIL_FLOW["actions"], CONSENT["actions"][0]]}
+    engine = make_engine(peer=peer, actions=actions)
+    tools = SmsToolset(engine=engine, speak_filler=False)
+    described = {s.name: s.description for s in tools.schemas()}
+    assert any("call this only after a clear yes" in d for d in described.values())
+    assert any("reply by text with their email" in d for d in described.values())
+    assert any("reply to 'ask_email' has arrived" in d for d in described.values())
+    result = await tools.call(engine.actions.get("menu_link"), {})  # the LLM asked; the tool call is the yes
+    assert result["status"] == "sent" and engine.consent_state("menu_link") == "given"
+    result = await tools.call(engine.actions.get("ask_email"), {})
+    assert result["status"] == "sent"
+    note = engine.offer_reply(reply("ana@example.org"))
+    assert "valid email" in note and engine.variables["email"] == "ana@example.org"
+    assert engine.action_state("email_received") == "idle"  # no processor: the LLM calls it itself
+    result = await tools.call(engine.actions.get("email_received"), {})
+    assert result["status"] == "sent"
+    assert peer.messages[-1].body == "Thanks! Your receipt will go to ana@example.org."

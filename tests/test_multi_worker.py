@@ -17,7 +17,7 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from tests.conftest import ROOT
-from tests.helpers.webhooks import sms_form
+from tests.helpers.webhooks import STRANGER, sms_form
 from tests.peers.loopback import free_port, start_server_process
 from tests.peers.twilio_peer import AUTH_TOKEN
 
@@ -120,6 +120,38 @@ async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path,
         third = sms_form(body="are you still there?")
         assert await post(ports["B"], third) == 200
         assert await stored_sids(tmp_path / "b.db") == [third["MessageSid"]]
+    finally:
+        for proc in workers.values():
+            proc.terminate()
+            await asyncio.to_thread(proc.wait, 10)
+
+
+async def test_a_texted_reply_reaches_the_waiting_call_on_another_worker(redis_url, tmp_path):
+    """await_reply across workers: the reply lands on B, the Redis registry routes it to A, whose call's engine
+    takes it as the awaited email; a stranger's text is not taken as anybody's reply."""
+    out = tmp_path / "owner_received.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AWAIT_REPLY": "1"}
+    ports = {"A": free_port(), "B": free_port()}
+    workers = {}
+    try:
+        workers["A"] = await asyncio.to_thread(
+            start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["A"]),
+                                   "worker-a", str(tmp_path / "a.db"), CALLER, AGENT, str(out)],
+            ports["A"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers["B"] = await asyncio.to_thread(
+            start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["B"]),
+                                   "worker-b", str(tmp_path / "b.db")],
+            ports["B"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(0.5)
+        await wait_lines(out, 2)  # the link and the "reply with your email" text were sent by A
+        stranger = sms_form(body="mallory@evil.example", from_=STRANGER)
+        assert await post(ports["B"], stranger) == 200
+        assert await stored_sids(tmp_path / "b.db") == [stranger["MessageSid"]]  # no call: stored, nobody's reply
+        reply = sms_form(body="sure, it's Ana.Lopez@Example.org")
+        assert await post(ports["B"], reply) == 200
+        got = [r for r in await wait_lines(out, 3) if "body" in r]
+        assert got == [{"sid": reply["MessageSid"], "body": reply["Body"], "as_reply": True,
+                        "email": "Ana.Lopez@example.org", "worker": "worker-a"}]
     finally:
         for proc in workers.values():
             proc.terminate()

@@ -4,6 +4,8 @@ Usage: python -m tests.helpers.webhook_worker REDIS_URL PORT WORKER_ID STORE_DB 
 With CALLER/AGENT/OUT_FILE the worker owns that "live call" and appends every message it gets to OUT_FILE.
 With OUTBOX_DATABASE_URL in the environment the workers share a PostgreSQL outbox (else each has its own
 SQLite file next to STORE_DB); with EVENTS_OUT a worker that owns no call notes the events it raises there.
+With AWAIT_REPLY=1 the owner's call texts "reply with your email" at start (an ``await_reply`` action run by
+a real ActionEngine) and its handler offers every message to the engine first, as the inbound processor does.
 """
 
 import asyncio
@@ -15,6 +17,9 @@ import uvicorn
 
 from incall_sms.actions import parse_actions
 from incall_sms.dispatcher import CallContext, Dispatcher
+from incall_sms.engine import ActionEngine, Firing
+from incall_sms.judges.base import Match
+from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.inbound import InboundRouter
 from incall_sms.outbox import Outbox
 from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
@@ -32,8 +37,12 @@ async def main(redis_url, port, worker_id, store_db, own=None):
                            seen=RedisSeenKeys(client))
     registry.orphan = router.store_unrouted
     registry.deliver = router.hand_over
-    actions = parse_actions({"actions": [{"name": "link", "condition": "if the caller wants the link",
-                                          "content": {"template": "https://example.com"}}]})
+    actions = parse_actions({"actions": [
+        {"name": "link", "condition": "if the caller wants the link", "content": {"template": "https://example.com"}},
+        {"name": "ask_email", "condition": "if the caller wants to text their email address",
+         "content": {"template": "Reply with your email address."},
+         "await_reply": {"variable": "email", "kind": "email", "timeout": 60}},
+    ]})
     if os.environ.get("OUTBOX_DATABASE_URL"):
         from incall_sms.outbox_postgres import PostgresOutbox
 
@@ -66,14 +75,22 @@ async def main(redis_url, port, worker_id, store_db, own=None):
         if own:
             caller, agent, _ = own
 
+            call = CallContext(call_id="CAowner", caller_number=caller, agent_number=agent)
+            engine = ActionEngine(dispatcher=dispatcher, call=call, judge=EmbeddedJudge())
+
             async def handler(message):
                 if "[the caller hangs up]" in message.body:  # stands for a call that ends before the text gets in
                     raise RuntimeError("the call ended")
-                record({"sid": message.sid, "body": message.body})
+                note = engine.offer_reply(message) if os.environ.get("AWAIT_REPLY") else None
+                record({"sid": message.sid, "body": message.body, "as_reply": note is not None,
+                        "email": engine.variables.get("email")})
 
             await registry.register(caller, agent, handler)
-            await dispatcher.send("link", call=CallContext(call_id="CAowner", caller_number=caller,
-                                                           agent_number=agent), turn=1)
+            await dispatcher.send("link", call=call, turn=1)
+            if os.environ.get("AWAIT_REPLY"):
+                ask = actions.get("ask_email")
+                await engine.execute(Firing(action=ask, turn=2, at="turn", match=Match(id=ask.name, confidence=1.0,
+                                                                                       reason="test")))
         print("ready", flush=True)
 
     service = WebhookService(settings=WebhookSettings(public_url=PUBLIC, auth_token=AUTH_TOKEN), router=router,
