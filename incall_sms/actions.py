@@ -80,10 +80,20 @@ DEFAULT_FAILURE_LINES: Mapping[str, str] = {
                                "within a day of your last WhatsApp message to us. If you send us a WhatsApp "
                                "message, I can try again."),
     "not_on_whatsapp": "I couldn't send that on WhatsApp, your number doesn't seem to be on WhatsApp.",
+    "whatsapp_session_unknown": "I couldn't send that on WhatsApp just now. Let me try again in a moment.",
     # the provider may have the message: say so, never "it failed" (it is not resent either)
     "unconfirmed": ("I couldn't confirm the text went through. Please check your phone in a minute; "
                     "I won't send it twice."),
     "default": "Sorry, I wasn't able to send the text message just now.",
+}
+
+#: Default lines of ``channel: whatsapp`` actions.
+_WHATSAPP_LINES: Mapping[str, str] = {
+    "filler": "One moment, I'm sending that to your WhatsApp now.",
+    "confirmation": "Done, I've just sent it to your WhatsApp, on the number ending in {to_last2}.",
+    "consent_question": "Can I send that to your WhatsApp, on the number ending in {to_last2}?",
+    "consent_declined": "No problem, I won't message you.",
+    "failure": "Sorry, I wasn't able to send the WhatsApp message just now.",
 }
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
@@ -222,9 +232,15 @@ class ReplySpec(_Model):
             raise ValueError(f"{value!r} is a built-in variable")
         return value
 
-    def waiting_line(self) -> str:
-        """The line said once the asking text was accepted."""
-        return self.waiting or DEFAULT_WAITING_LINES[self.mode]
+    def waiting_line(self, channel: str = "sms") -> str:
+        """The line said once the asking message was accepted."""
+        if self.waiting:
+            return self.waiting
+        line = DEFAULT_WAITING_LINES[self.mode]
+        if channel == "whatsapp":
+            line = line.replace("I've just texted you", "I've just sent you a WhatsApp message").replace(
+                "Reply to that text", "Reply to it")
+        return line
 
     def fallback_line(self) -> str | None:
         """The line said when the wait times out (``None``: say nothing)."""
@@ -336,6 +352,14 @@ class SmsAction(_Model):
     consent_question: str = "Can I text that to your number ending in {to_last2}?"
     consent_declined: str = "No problem, I won't text you."
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _channel_wording(cls, data: Any) -> Any:
+        """A WhatsApp action's default lines say WhatsApp, not text (lines the file sets are kept)."""
+        if isinstance(data, Mapping) and data.get("channel") == "whatsapp":
+            data = {**{k: v for k, v in _WHATSAPP_LINES.items() if k not in data}, **data}
+        return data
+
     @pydantic.model_validator(mode="after")
     def _trigger(self) -> SmsAction:
         if self.after_reply is None and len(self.condition) < 3:
@@ -388,7 +412,8 @@ class SmsAction(_Model):
         """The line to speak for a failure ``reason``."""
         if reason in self.failure_reasons:
             return self.failure_reasons[reason]
-        if reason in DEFAULT_FAILURE_LINES and self.failure == DEFAULT_FAILURE_LINES["default"]:
+        if reason in DEFAULT_FAILURE_LINES and self.failure in (DEFAULT_FAILURE_LINES["default"],
+                                                                _WHATSAPP_LINES["failure"]):
             return DEFAULT_FAILURE_LINES[reason]
         return self.failure
 
@@ -487,6 +512,9 @@ class ActionSet(_Model):
         if action.await_reply is not None and action.sender is SenderKind.POOL:
             raise ActionConfigError("await_reply needs the agent's own number (replies to a pool number do not "
                                     "reach the call)", field=f"{where}.await_reply")
+        if action.await_reply is not None and self.destination(action).kind != "caller":
+            raise ActionConfigError("await_reply texts the caller (replies are matched to the caller's number); "
+                                    "use 'to: caller'", field=f"{where}.to")
         if action.after_reply is None:
             return
         try:
@@ -543,7 +571,7 @@ class ActionSet(_Model):
             texts += [action.consent_question, action.consent_declined]
         if action.await_reply is not None:
             reply = action.await_reply
-            texts += [reply.waiting_line(), reply.fallback_line() or "", reply.reask_text()]
+            texts += [reply.waiting_line(action.channel), reply.fallback_line() or "", reply.reask_text()]
         return texts
 
     def unknown_variables(self, action: SmsAction) -> list[str]:

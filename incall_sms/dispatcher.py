@@ -62,7 +62,14 @@ from incall_sms.errors import (
 )
 from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.optout import OptOutStore
-from incall_sms.outbox import ClaimOutcome, LeaseLostError, OutboxRecord, OutboxStore, idempotency_key
+from incall_sms.outbox import (
+    ClaimOutcome,
+    LeaseLostError,
+    OutboxRecord,
+    OutboxStore,
+    SidTakenError,
+    idempotency_key,
+)
 from incall_sms.phone import last_digits, mask, normalize_e164
 from incall_sms.providers.base import OutboundSms, ProviderReceipt, SmsProvider, content_variables_json
 from incall_sms.ratelimit import RateLimiter
@@ -107,6 +114,11 @@ DELIVERY_ERRORS: Mapping[int, str] = {
     63016: "whatsapp_window_closed",
     63003: "not_on_whatsapp",
     63024: "not_on_whatsapp",
+    63002: "sender_not_capable",
+    63005: "rejected",
+    63021: "rejected",
+    63018: "rate_limited",
+    63049: "rejected",  # Meta did not deliver a marketing template
     63014: "blocked",
     63007: "sender_not_capable",
 }
@@ -462,8 +474,10 @@ class Dispatcher:
             raise _Refused(SendOutcome.FAILED, "empty_body")
         return text
 
-    async def _window_open(self, action: SmsAction, call: CallContext, variables: Mapping[str, object]) -> bool:
-        """Whether the caller's WhatsApp session with the sender is open (``False`` when unknown)."""
+    async def _window_open(
+        self, action: SmsAction, call: CallContext, variables: Mapping[str, object]
+    ) -> bool | None:
+        """Whether the caller's WhatsApp session with the sender is open (``None``: the store did not answer)."""
         if action.channel != "whatsapp" or self.whatsapp_sessions is None:
             return False
         try:
@@ -475,10 +489,9 @@ class Dispatcher:
             return False
         try:
             return await self.whatsapp_sessions.is_open(to, from_, now=self.clock.now())
-        except Exception as exc:  # an unknown window counts as closed: a Content template still goes
-            _log.warning("WhatsApp session store unavailable (%s); treating the window as closed",
-                         exc.__class__.__name__)
-            return False
+        except Exception as exc:  # unknown: a Content template still goes; a free-form body waits (retryable)
+            _log.warning("WhatsApp session store unavailable (%s)", exc.__class__.__name__)
+            return None
 
     def _prepare_whatsapp(
         self,
@@ -489,13 +502,15 @@ class Dispatcher:
         key: str,
         to: str,
         from_: str,
-        window_open: bool,
+        window_open: bool | None,
     ) -> _Prepared:
         """A WhatsApp message: the free-form body inside the session, else the Content template, else refused."""
         content = action.content
         common = dict(to=to, from_=from_, key=key, channel="whatsapp", status_callback=self._status_callback_url,
                       validity_period=self._validity_period)
         if content.mode != "content" and (window_open or content.content_sid is None):
+            if window_open is None:  # the session store did not answer: not "closed", try again later
+                raise _Refused(SendOutcome.FAILED, "whatsapp_session_unknown", retryable=True)
             if not window_open:
                 raise _Refused(SendOutcome.FAILED, "whatsapp_window_closed")
             text = self._text(action, values, body)
@@ -519,7 +534,7 @@ class Dispatcher:
         key: str,
         body: str | None,
         *,
-        window_open: bool = False,
+        window_open: bool | None = False,
     ) -> _Prepared:
         try:
             to = self.resolve_destination(action, call, variables)
@@ -708,9 +723,11 @@ class Dispatcher:
             outcome = ClaimOutcome.CREATED
         if outcome is ClaimOutcome.DUPLICATE:  # the key stands for a real send: report that, change nothing
             return self._result(stored, SendOutcome.DUPLICATE, reason=f"already_{stored.status}")
-        await self._emit(self._event(SmsEventKind.FAILED, record, retryable=refused.outcome is SendOutcome.SKIPPED))
+        retryable = refused.outcome is SendOutcome.SKIPPED or bool(refused.extra.get("retryable"))
+        await self._emit(self._event(SmsEventKind.FAILED, record, retryable=retryable))
         missing = refused.extra.get("missing", ())
-        return self._result(record, refused.outcome, reason=refused.reason, missing=tuple(missing))  # type: ignore[arg-type]
+        return self._result(record, refused.outcome, reason=refused.reason, missing=tuple(missing),  # type: ignore[arg-type]
+                            retryable=retryable)
 
     def _result(self, record: OutboxRecord, outcome: SendOutcome, **extra: object) -> SendResult:
         fields: dict[str, object] = dict(
@@ -777,6 +794,11 @@ class Dispatcher:
                       segments=receipt.segments or record.segments)
         try:
             stored = await self.outbox.update(record.key, now=self.clock.now(), release=True, **fields)
+        except SidTakenError:
+            # a lookup of another row already took this SID for itself: which text it is cannot be told
+            _log.warning("SMS %s: SID %s already recorded for another row; unconfirmed", record.key, receipt.sid)
+            return await self._fail(record, SendError("sid_taken", kind=SendErrorKind.AMBIGUOUS),
+                                    status="unconfirmed")
         except (OutboxUnavailableError, LeaseLostError) as exc:
             # the provider accepted it: that is the truth the caller hears. The row is left as it stands;
             # recovery (this worker's once the outbox answers, or the one that took the lease) finds this
@@ -819,6 +841,11 @@ class Dispatcher:
         Raises:
             SendError: The provider could not answer.
         """
+        if sms.content_sid:
+            # Twilio's Message resource does not say which Content template made it: between the same two
+            # addresses, our template cannot be told from another message (a bot's answer, a sibling send).
+            # No lookup can confirm it, so none may resend it either: the row stays unconfirmed.
+            raise SendError("lookup_impossible", kind=SendErrorKind.RETRYABLE)
         current = await self.outbox.get(record.key) or record
         started = current.first_attempt_at if current.first_attempt_at is not None else current.created_at
         for receipt in await self.provider.find_sent(sms, since=started - self._lookup_skew):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -19,8 +20,9 @@ from incall_sms.actions import ContentSpec, SmsAction
 from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
 from incall_sms.errors import InvalidPhoneNumberError, MissingVariableError
 from incall_sms.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Match, Turn, condition_specs
+from incall_sms.optout import classify_keyword
 from incall_sms.phone import last_digits
-from incall_sms.replies import classify_yes_no, parse_reply
+from incall_sms.replies import YesNo, classify_yes_no, parse_reply
 from incall_sms.templates import Template
 from incall_sms.variables import CallVariables, VariableExtractor
 from incall_sms.writer import ContentWriter
@@ -34,7 +36,7 @@ _FINAL_REASONS = frozenset({
     "opted_out", "not_mobile", "invalid_number", "region_not_allowed", "unreachable", "sender_not_capable",
     "sender_invalid", "sender_unregistered", "auth_failed", "no_agent_number", "no_pool_sender", "too_long",
     "unconfirmed", "rejected", "empty_body", "invalid_media",
-    "whatsapp_window_closed", "not_on_whatsapp", "blocked",
+    "not_on_whatsapp", "blocked",  # (not whatsapp_window_closed: a WhatsApp message from the caller reopens it)
 })
 
 At = Literal["turn", "call_end"]
@@ -46,6 +48,10 @@ Stage = Literal["send", "ask", "declined"]
 #: The conditions an answer to a consent question is judged against when the yes/no reader cannot read it.
 CONSENT_YES = "if the caller has just agreed to receive the text message the agent offered to send"
 CONSENT_NO = "if the caller has just declined or refused the text message the agent offered to send"
+
+#: Reactions some phones send as texts ("Liked “Reply with your email”"): not replies.
+_REACTION = re.compile(r"^(?:liked|loved|disliked|laughed at|emphasi[sz]ed|questioned|reacted \S+ to)\s+[\"“„«]",
+                       re.IGNORECASE)
 
 #: Seconds a reply wait stays open beyond its timeout when no processor closes it first.
 _WAIT_SLACK = 5.0
@@ -90,7 +96,8 @@ class SmsReply:
         value: The parsed value (``""`` when not valid).
         problem: Why it did not parse (no personal data).
         sid: The inbound message SID.
-        reasked: For an invalid reply: whether a text asking again was sent (once per wait).
+        reasked: For an invalid reply: whether a text asking again is being sent (once per wait).
+        channel: ``sms`` or ``whatsapp``: how the reply came.
     """
 
     action: str
@@ -101,6 +108,7 @@ class SmsReply:
     problem: str
     sid: str
     reasked: bool = False
+    channel: str = "sms"
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -112,12 +120,16 @@ class ReplyWait:
         result: Its send result (masked destination, SID).
         done: Resolves to the value when a valid reply arrived, ``None`` when the wait was closed.
         reasked: Whether the one re-ask text was used.
+        opened_at: Event-loop time the wait (re)started: when the text was accepted, or the re-ask.
+        safety: The engine's own closing timer (only without a processor timing the wait).
     """
 
     firing: Firing
     result: SendResult
     done: asyncio.Future[str | None]
     reasked: bool = False
+    opened_at: float = 0.0
+    safety: asyncio.TimerHandle | None = None
 
     @property
     def open(self) -> bool:
@@ -198,6 +210,8 @@ class ActionEngine:
         self._consented: set[str] = set()
         self._declined: set[str] = set()
         self.waits: list[ReplyWait] = []
+        self._waits_closed = False
+        self._questions: dict[str, str] = {}  # consent question asked, by action
         #: Texts of this call the provider accepted (re-asks included).
         self.accepted_count = 0
         #: Called with each reply and the firings it triggers (``after_reply`` actions); set by the processor.
@@ -294,20 +308,29 @@ class ActionEngine:
         except InvalidPhoneNumberError:
             return ""  # no number to ask about: the send fails honestly instead
         extra = {"to_last2": last_digits(to, 2), "to_last4": last_digits(to, 4)}
-        return self._render_line(action, action.consent_question, extra)
+        question = self._render_line(action, action.consent_question, extra)
+        if question:
+            self._questions[action.name] = " ".join(question.split())
+        return question
+
+    def _answer_window(self) -> list[Turn]:
+        """The conversation up to and including the caller's latest turn (the agent may have answered it since)."""
+        last_user = max((i for i, t in enumerate(self.transcript) if t.role == "user"), default=None)
+        return [] if last_user is None else self.transcript[: last_user + 1]
 
     def _pending_answers(self) -> list[tuple[str, Firing]]:
         """Consent questions the caller's latest turn may answer (asked before that turn began)."""
-        if not self._asking or not self.transcript or self.transcript[-1].role != "user":
+        if not self._asking or not self._answer_window():
             return []
         return [(name, asked) for name, asked in self._asking.items() if self.user_turns > asked.turn]
 
     def _consent_request(self, names: list[str]) -> JudgeRequest:
         conditions = []
         for name in names:
-            conditions += [ConditionSpec(id=f"yes:{name}", condition=CONSENT_YES, when="turn"),
-                           ConditionSpec(id=f"no:{name}", condition=CONSENT_NO, when="turn")]
-        return JudgeRequest(conditions=conditions, transcript=tuple(self.transcript), at="turn",
+            about = f" ({self._questions.get(name) or name.replace('_', ' ')})"
+            conditions += [ConditionSpec(id=f"yes:{name}", condition=CONSENT_YES + about, when="turn"),
+                           ConditionSpec(id=f"no:{name}", condition=CONSENT_NO + about, when="turn")]
+        return JudgeRequest(conditions=conditions, transcript=tuple(self._answer_window()), at="turn",
                             variables=dict(self.variables))
 
     def _consent_answers(self, judged: list[Match] | None = None) -> list[Firing]:
@@ -321,7 +344,7 @@ class ActionEngine:
         answered = []
         verdicts = {m.id for m in judged or ()}
         for name, asked in self._pending_answers():
-            answer = classify_yes_no(self.transcript[-1].text)
+            answer = self._read_answer(name)
             part = "consent reader"
             if answer is None and judged is not None:
                 yes, no = f"yes:{name}" in verdicts, f"no:{name}" in verdicts
@@ -345,15 +368,22 @@ class ActionEngine:
             answered.append(Firing(action=asked.action, turn=self.user_turns, at="turn", match=match, stage=stage))
         return answered
 
+    @property
+    def awaiting_consent(self) -> bool:
+        """Whether a consent question waits for the caller's answer."""
+        return bool(self._asking)
+
     def _unclear_consents(self) -> list[str]:
-        return [name for name, _ in self._pending_answers() if classify_yes_no(self.transcript[-1].text) is None]
+        return [name for name, _ in self._pending_answers() if self._read_answer(name) is None]
 
-    def _consents_now(self) -> list[Firing]:
-        unclear = self._unclear_consents()
-        judged = self.judge.judge_now(self._consent_request(unclear)) if unclear and self.judge.instant else None
-        return self._consent_answers(judged)
+    async def answer_consents(self) -> list[Firing]:
+        """Read the caller's (whole, finished) turn as the answer to pending consent questions.
 
-    async def _consents(self) -> list[Firing]:
+        Call it once the caller's turn has ended: "yes" ... "but to my other number" is one answer.
+
+        Returns:
+            A ``send`` firing per clear yes, a ``declined`` firing per clear no.
+        """
         unclear = self._unclear_consents()
         judged = None
         if unclear:
@@ -364,6 +394,14 @@ class ActionEngine:
                 _log.warning("consent judging failed (%s); only a clear yes/no counts", exc.__class__.__name__)
                 judged = []
         return self._consent_answers(judged)
+
+    def _read_answer(self, name: str) -> YesNo | None:
+        """The reader's yes/no, only when the consent question was the last thing the agent said before it."""
+        window = self._answer_window()
+        agent = next((t.text for t in reversed(window) if t.role == "agent"), "")
+        if not agent.rstrip().endswith(self._questions.get(name, "\0")):
+            return None  # the agent said more after it (another question?): a bare "yes" is for the judge
+        return classify_yes_no(window[-1].text)
 
     def consent_state(self, name: str) -> Literal["none", "asking", "given", "declined"]:
         """Where ``name``'s consent stands in this call."""
@@ -377,44 +415,77 @@ class ActionEngine:
 
     def _open_wait(self, firing: Firing, result: SendResult) -> ReplyWait:
         loop = asyncio.get_running_loop()
-        wait = ReplyWait(firing=firing, result=result, done=loop.create_future())
+        wait = ReplyWait(firing=firing, result=result, done=loop.create_future(), opened_at=loop.time())
         self.waits.append(wait)
-        # a safety net for calls without a processor timing the wait (tool mode); the processor's own,
-        # earlier timeout says the fallback line
-        assert firing.action.await_reply is not None
-        loop.call_later(firing.action.await_reply.timeout + _WAIT_SLACK, self.close_wait, wait)
+        if self._waits_closed:  # the call is ending: nobody is left to wait for
+            wait.done.set_result(None)
+        elif self.reply_listener is None:  # no processor times the wait (tool mode): the engine closes it
+            assert firing.action.await_reply is not None
+            wait.safety = loop.call_later(firing.action.await_reply.timeout + _WAIT_SLACK, self.close_wait, wait)
         return wait
 
     def close_wait(self, wait: ReplyWait) -> None:
         """Stop waiting (timeout, call end); a later text is an ordinary inbound message."""
+        if wait.safety is not None:
+            wait.safety.cancel()
+            wait.safety = None
         if wait.open:
             wait.done.set_result(None)
 
-    def offer_reply(self, message: InboundMessage) -> str | None:
-        """Take an inbound text as the reply of the latest open wait, if any.
+    def close_all_waits(self) -> None:
+        """The call is ending: close every wait, and the waits of sends still finishing are born closed."""
+        self._waits_closed = True
+        for wait in self.waits:
+            self.close_wait(wait)
 
+    def offer_reply(self, message: InboundMessage) -> str | None:
+        """Take an inbound text as the reply of an open wait, if any.
+
+        The reply goes to the latest open wait whose kind it parses as (else the latest open wait).
         A valid reply sets the wait's variable, closes the wait and fires the ``after_reply``
-        actions; an invalid one is reported (the listener texts the re-ask once). Either way the
-        listener hears of it.
+        actions; an invalid one is reported (the listener texts the re-ask once). Not replies:
+        a picture without text, a reaction ("Liked “...”"), an opt-in keyword other than a yes. A STOP
+        closes every wait (no more texts can be sent).
 
         Returns:
-            A note for the agent LLM about what the text was taken as, or ``None`` (no open wait:
-            an ordinary inbound message).
+            A note for the agent LLM about what the text was taken as, or ``None`` (an ordinary
+            inbound message).
         """
-        wait = next((w for w in reversed(self.waits) if w.open), None)
-        if wait is None:
+        open_waits = [w for w in reversed(self.waits) if w.open]
+        if not open_waits:
             return None
+        keyword = classify_keyword(message.body) if not message.media else None
+        if keyword == "opt_out":
+            for wait in open_waits:
+                self.close_wait(wait)
+            _log.info("reply %s: STOP; waits closed", message.sid)
+            return ("[SMS system] The caller texted STOP: they opted out of texts from this number. No more texts "
+                    "will be sent to them; stop waiting for their text reply and continue by voice.")
+        body = message.body.strip()
+        if not body or _REACTION.match(body):
+            return None  # a picture alone, or a reaction to the asking text, answers nothing
+        region = self.actions.default_region
+
+        def kind(wait: ReplyWait) -> str:
+            assert wait.firing.action.await_reply is not None
+            return wait.firing.action.await_reply.kind
+
+        if keyword == "opt_in" and not any(kind(w) == "yes_no" for w in open_waits):
+            return None  # START/UNSTOP: the opt-in was recorded; it answers no question
+        wait = next((w for w in open_waits if parse_reply(kind(w), body, default_region=region).ok), open_waits[0])
         action = wait.firing.action
         spec = action.await_reply
         assert spec is not None
-        parsed = parse_reply(spec.kind, message.body, default_region=self.actions.default_region)
+        parsed = parse_reply(spec.kind, body, default_region=region)
         what = spec.variable.replace("_", " ")
         reply = SmsReply(action=action.name, variable=spec.variable, kind=spec.kind, valid=parsed.ok,
                          value=parsed.value, problem=parsed.problem, sid=message.sid,
-                         reasked=not parsed.ok and not wait.reasked)
+                         reasked=not parsed.ok and not wait.reasked, channel=getattr(message, "channel", "sms"))
         firings: list[Firing] = []
         if parsed.ok:
             self.variables.set(spec.variable, parsed.value)
+            if wait.safety is not None:
+                wait.safety.cancel()
             wait.done.set_result(parsed.value)
             # fired only where a processor runs them; without one (tool mode) the agent LLM calls them itself
             firings = self._after_reply(action.name) if self.reply_listener is not None else []
@@ -425,7 +496,8 @@ class ActionEngine:
             wait.reasked = True
             note = (f"[SMS system] The caller's text above was meant as their {what} but is not a valid "
                     f"{spec.kind.replace('_', '/')} ({parsed.problem}); the system is texting them once to ask "
-                    "again. Tell the caller briefly; do not read the text back.")
+                    "again (you will be told if that text cannot be sent). Tell the caller briefly; do not read "
+                    "the text back.")
         else:
             note = (f"[SMS system] The caller's text above is again not a valid {spec.kind.replace('_', '/')} "
                     f"({parsed.problem}). Ask the caller for their {what} by voice instead.")
@@ -447,10 +519,12 @@ class ActionEngine:
             _log.info("action %s fired by the reply to %s", action.name, name)
         return firings
 
-    async def reask(self, wait: ReplyWait, *, problem: str) -> ActionOutcome:
+    async def reask(self, wait: ReplyWait, *, problem: str, channel: str | None = None) -> ActionOutcome:
         """Text the caller once more, asking for a valid reply (same sender and destination).
 
-        The text goes out as action ``<name>-reask`` (see :func:`reask_name`), once per call.
+        The text goes out as action ``<name>-reask`` (see :func:`reask_name`), once per call, on the
+        channel the invalid reply came on (a WhatsApp reply opened the session; an SMS reply to a
+        WhatsApp template gets an SMS).
         """
         action = wait.firing.action
         assert action.await_reply is not None
@@ -458,6 +532,7 @@ class ActionEngine:
         asking = action.model_copy(update={
             "name": reask_name(action), "content": ContentSpec(template=text), "media_urls": (),
             "max_segments": None, "once_per_call": True, "await_reply": None,
+            "channel": channel if channel in ("sms", "whatsapp") else action.channel,
         })
         firing = Firing(action=asking, turn=wait.firing.turn + REASK_TURN_OFFSET, at="turn",
                         match=Match(id=asking.name, confidence=1.0, reason=f"reply to {action.name}: {problem}"))
@@ -504,21 +579,14 @@ class ActionEngine:
         return self._results.get(name)
 
     def evaluate_now(self, at: At = "turn") -> list[Firing]:
-        """Judge synchronously (instant judges only) and claim the firings (consent answers first)."""
-        answered = self._consents_now() if at == "turn" else []
+        """Judge synchronously (instant judges only) and claim the firings."""
         request = self.request(at)
         if not request.conditions or not request.transcript:
-            return answered
-        return answered + self._firings(self.judge.judge_now(request), at)
+            return []
+        return self._firings(self.judge.judge_now(request), at)
 
     async def evaluate(self, at: At = "turn") -> list[Firing]:
-        """Judge (any judge) and claim the firings (consent answers first, without waiting for the judge)."""
-        answered = await self._consents() if at == "turn" else []
-        if answered:
-            return answered + await self._evaluate(at)
-        return await self._evaluate(at)
-
-    async def _evaluate(self, at: At) -> list[Firing]:
+        """Judge (any judge) and claim the firings."""
         request = self.request(at)
         if not request.conditions or not request.transcript:
             return []
@@ -611,6 +679,8 @@ class ActionEngine:
         result = await self.dispatcher.send(action, call=self.call, turn=firing.turn, variables=variables, body=body)
         self._results[action.name] = result
         self.accepted_count += result.accepted
+        if action.ask_consent and not action.once_per_call:
+            self._consented.discard(action.name)  # a yes covers one text: the next one is asked for again
         if result.accepted and action.await_reply is not None:
             self._open_wait(firing, result)
         line = await self._outcome_line(firing, result, variables)
@@ -623,8 +693,8 @@ class ActionEngine:
         if firing.at == "call_end" or result.outcome is SendOutcome.DUPLICATE:
             return None
         extra = {"to_last2": result.to_last2 or "", "to_last4": result.to_last4 or ""}
-        if result.accepted and action.await_reply is not None:
-            return self._render_line(action, action.await_reply.waiting_line(), extra) or None
+        if result.accepted and action.await_reply is not None and not self._waits_closed:
+            return self._render_line(action, action.await_reply.waiting_line(action.channel), extra) or None
         if result.accepted:
             if action.confirmation_prompt and self.writer is not None:
                 try:

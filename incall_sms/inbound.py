@@ -57,6 +57,8 @@ _ACCOUNT = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _SERVICE = re.compile(r"^MG[0-9a-fA-F]{32}$")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9.+-]+/[a-z0-9.+-]+$")
 _CHANNEL_PREFIX = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_-]*):")
+#: The opt-out/opt-in keywords applied to WhatsApp messages (SMS carriers' wider list is not WhatsApp's).
+_WHATSAPP_KEYWORD = re.compile(r"^\W*(stop|stopall|unsubscribe|start|unstop)\W*$", re.IGNORECASE)
 MAX_MEDIA = 10
 MAX_BODY = 1600 * 2  # generous: concatenated inbound messages can exceed outbound limits
 
@@ -341,16 +343,21 @@ class InboundRouter:
             except Exception as exc:  # the message itself must still get through
                 _log.warning("inbound %s: WhatsApp session not recorded (%s)", message.sid, exc.__class__.__name__)
         keyword = classify_keyword(message.body) if not message.media else None
-        if keyword == "opt_out":
-            await self.optouts.opt_out(message.from_number, now=self._clock())
-            await self._store(message, RouteOutcome.OPT_OUT)
-            _log.info("inbound %s: opt-out recorded", message.describe())
-            return RouteOutcome.OPT_OUT
-        if keyword == "opt_in":
-            await self.optouts.opt_in(message.from_number)
-            await self._store(message, RouteOutcome.OPT_IN)
-            _log.info("inbound %s: opt-in recorded", message.describe())
-            return RouteOutcome.OPT_IN
+        if keyword is not None and message.channel == "whatsapp" and not _WHATSAPP_KEYWORD.match(message.body):
+            keyword = None  # on WhatsApp only an explicit STOP/START counts: "cancel", "yes" or "end" are words
+        if keyword in ("opt_out", "opt_in"):
+            if keyword == "opt_out":
+                await self.optouts.opt_out(message.from_number, now=self._clock())
+            else:
+                await self.optouts.opt_in(message.from_number)
+            outcome = RouteOutcome.OPT_OUT if keyword == "opt_out" else RouteOutcome.OPT_IN
+            await self._store(message, outcome)
+            _log.info("inbound %s: %s recorded", message.describe(), keyword.replace("_", "-"))
+            # a live call hears of it too: a YES may answer its question, a STOP ends its texting
+            handler = await self.registry.lookup(message.from_number, message.to_number)
+            if handler is not None:
+                await self.hand_over(message, handler)
+            return outcome
         handler = await self.registry.lookup(message.from_number, message.to_number)
         if handler is None:
             await self._store(message, RouteOutcome.STORED)

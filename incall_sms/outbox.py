@@ -259,8 +259,12 @@ class OutboxRecord:
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> OutboxRecord:
-        """A record from a database row (``media_urls`` stored newline-joined)."""
-        data: dict[str, Any] = dict(row)
+        """A record from a database row (``media_urls`` stored newline-joined).
+
+        Columns this version does not know (added by a later version in a rolling upgrade) are ignored.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        data: dict[str, Any] = {k: v for k, v in dict(row).items() if k in known}
         urls = data.pop("media_urls") or ""
         return cls(media_urls=tuple(u for u in urls.split("\n") if u), **data)
 

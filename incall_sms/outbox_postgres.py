@@ -52,8 +52,7 @@ CREATE INDEX IF NOT EXISTS incall_sms_outbox_unfinished ON incall_sms_outbox(cre
     WHERE status IN ('pending', 'sending', 'ambiguous');
 CREATE INDEX IF NOT EXISTS incall_sms_outbox_destination ON incall_sms_outbox(to_number, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS incall_sms_outbox_sid ON incall_sms_outbox(sid) WHERE sid IS NOT NULL;
-""" + "".join(f"ALTER TABLE incall_sms_outbox ADD COLUMN IF NOT EXISTS {column} {kind};\n"
-              for column, kind in WHATSAPP_COLUMNS)  # tables of earlier versions
+"""
 
 _TABLE = "incall_sms_outbox"
 # advisory lock classes (first key of pg_advisory_xact_lock(int, int))
@@ -152,8 +151,20 @@ class PostgresOutbox:
             try:
                 async with pool.acquire() as conn, conn.transaction(isolation="read_committed"):
                     # workers starting together: one creates the table, the others wait and find it
+                    await conn.execute("SET LOCAL lock_timeout = '3s'")
                     await conn.execute(f"SELECT pg_advisory_xact_lock({_LOCK_SCHEMA}, 0)")
                     await conn.execute(_SCHEMA)
+                    # columns of later versions, added to tables of earlier ones; only when missing: ALTER
+                    # TABLE takes an exclusive lock even when there is nothing to add
+                    present = {r["column_name"] for r in await conn.fetch(
+                        "SELECT column_name FROM information_schema.columns WHERE table_name = $1 "
+                        "AND table_schema = current_schema()", _TABLE)}
+                    for column, kind in WHATSAPP_COLUMNS:
+                        if column not in present:
+                            await conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                await pool.close()
+                raise OutboxUnavailableError(f"outbox table not ready ({exc.__class__.__name__})") from None
             except BaseException:
                 await pool.close()
                 raise

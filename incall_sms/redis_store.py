@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from incall_sms.clock import Clock, SystemClock
+from incall_sms.whatsapp import SAFE_WINDOW
 
 __all__ = ["RedisCallRegistry", "RedisOptOutStore", "RedisRateLimiter", "RedisSeenKeys", "RedisWhatsAppSessions",
            "connect"]
@@ -90,11 +91,11 @@ class RedisWhatsAppSessions:
 
     Args:
         client: ``redis.asyncio.Redis``.
-        window: Seconds a session stays open (24 hours).
+        window: Seconds a session counts as open (24 hours less a safety margin).
         prefix: Key prefix.
     """
 
-    def __init__(self, client: Any, *, window: float = 24 * 3600.0, prefix: str = "incall-sms") -> None:
+    def __init__(self, client: Any, *, window: float = SAFE_WINDOW, prefix: str = "incall-sms") -> None:
         if window <= 0:
             raise ValueError("window must be > 0")
         self._client = client

@@ -25,7 +25,7 @@ _EMAIL = re.compile(
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})(?![\w@-])"
 )
 _PHONE = re.compile(r"\+?\(?\d[\d\s().\-]{5,20}\d")
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)?(?![\w])")
+_NUMBER = re.compile(r"(?<![\w.,])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w,])|(?<![\w.])-?\d+(?:[.,]\d+)?(?![\w])")
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
     "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
@@ -36,24 +36,33 @@ _NUMBER_WORDS = {
 }
 
 # yes / no, English, Spanish, German; phrases are matched on whole words at the start of the answer
+#: A yes that may carry more words after it ("yes, and what time do you close?").
 _YES = (
-    "yes", "yeah", "yep", "yup", "ya", "yea", "sure", "ok", "okay", "k", "alright", "all right", "of course",
-    "certainly", "definitely", "absolutely", "no problem", "no worries", "not a problem", "please do", "go ahead",
-    "go for it", "do it", "send it", "shoot it over", "text it", "that works", "sounds good",
+    "yes", "yeah", "yep", "yup", "yea", "sure", "of course", "certainly", "definitely", "absolutely",
+    "no problem", "no worries", "not a problem", "please do", "go ahead", "go for it", "do it", "send it",
+    "shoot it over", "text it", "by all means", "you bet", "for sure", "i'd like that", "i'd appreciate",
+    "i would appreciate", "i'd love", "i would love", "works for me", "fine by me",
     *(f"{lead} {good}" for lead in ("that would be", "that'd be", "that would be really", "that'd be really")
       for good in ("great", "lovely", "helpful", "nice", "perfect", "brilliant", "handy", "amazing", "useful",
                    "wonderful", "fantastic")),
-    "that would help", "that'd help", "perfect", "great",
-    "correct", "right", "please", "by all means", "why not", "i do", "i would", "i'd like that",
-    "i'd appreciate", "i would appreciate", "i'd love", "i would love", "you bet", "for sure", "mm-hmm",
-    "mm hmm", "mhm", "uh-huh", "uh huh", "works for me",
-    "si", "sí", "claro", "vale", "por supuesto", "de acuerdo", "perfecto", "bueno", "dale", "adelante",
-    "está bien", "esta bien", "va", "sale", "cómo no", "como no", "no hay problema", "sin problema", "órale",
-    "orale", "ándale", "andale", "por favor", "mándelo", "mándemelo", "mándamelo", "envíelo",
-    "ja", "jawohl", "jo", "jap", "jep", "klar", "na klar", "sicher", "gerne", "gern", "natürlich", "naturlich",
-    "selbstverständlich", "genau", "einverstanden", "in ordnung", "mach das", "machen sie das",
-    "bitte", "kein problem", "okay gerne", "schicken sie", "schick",
+    "that would help", "that'd help",
+    "sí", "claro", "claro que sí", "por supuesto", "de acuerdo", "adelante", "cómo no", "como no",
+    "no hay problema", "sin problema", "mándelo", "mándemelo", "mándamelo", "mándalo", "envíelo", "envíemelo",
+    "ja", "jawohl", "na klar", "klar", "gerne", "gern", "natürlich", "naturlich", "selbstverständlich",
+    "einverstanden", "kein problem", "mach das", "machen sie das", "schicken sie", "schick",
 )
+#: A yes only on its own (or with thanks): "okay" is agreement, "okay, so how much is it" is not.
+_ACK = (
+    "ok", "okay", "k", "alright", "all right", "right", "great", "perfect", "correct", "fine", "please",
+    "sounds good", "that works", "why not", "i do", "mm-hmm", "mm hmm", "mhm", "uh-huh", "uh huh",
+    "si", "bueno", "vale", "va", "sale", "dale", "órale", "orale", "ándale", "andale", "está bien", "esta bien",
+    "perfecto", "ya", "por favor", "ajá", "aja",
+    "bitte", "genau", "in ordnung", "passt", "jo", "jap", "jep", "sicher", "okay gerne",
+)
+#: Words that may follow a yes-on-its-own without changing it.
+_CLOSERS = frozenset({"thanks", "thank", "you", "thx", "ty", "cheers", "mate", "then", "please", "gracias",
+                      "muchas", "danke", "schön", "schon", "vielen", "dank", "bitte", "por", "favor", "lovely",
+                      "great", "perfect", "sure", "yes", "yeah", "ok", "okay", "sí", "ja", "gerne", "claro"})
 _NO = (
     "no", "nope", "nah", "nay", "no thanks", "no thank you", "not now", "not right now", "not really",
     "not necessary", "not needed", "don't", "do not", "please don't", "i'd rather not", "i would rather not",
@@ -71,20 +80,23 @@ _HEDGES = ("maybe", "perhaps", "not sure", "i'm not sure", "i don't know", "i do
            "hm", "dunno", "i guess", "quizás", "quizas", "tal vez", "no sé", "no se", "a lo mejor", "vielleicht",
            "weiß nicht", "weiss nicht", "ich weiß nicht", "ich weiss nicht", "mal sehen")
 #: Sounds that carry no answer, dropped before reading.
-_FILLERS = frozenset({"um", "umm", "uh", "uhh", "er", "erm", "eh", "ehm", "ah", "oh", "well", "so", "pues",
-                      "este", "also", "äh", "ähm", "öhm", "na", "okay so"})
+_FILLERS = frozenset({"um", "umm", "uh", "uhh", "er", "erm", "eh", "ehm", "ah", "oh", "well", "pues", "este",
+                      "äh", "ähm", "öhm"})
 #: Starts like a no, means yes or nothing ("no problem").
 _NOT_NO = ("no problem", "no worries", "not a problem", "no doubt", "sin problema", "no hay problema",
            "kein problem", "kein thema", "nicht schlecht")
 #: After a yes, these take it back or turn it into something else: no clear yes.
-_TAKE_BACK = frozenset({"no", "not", "nope", "nah", "don't", "dont", "never", "wait", "hang", "hold", "nevermind",
-                        "nein", "nicht", "nö", "nee", "warte", "moment", "espera", "espere", "nunca"})
+_TAKE_BACK = frozenset({"no", "not", "nope", "nah", "don't", "dont", "didn't", "never", "wait", "hang", "hold",
+                        "nevermind", "repeat", "again", "what", "which", "nein", "nicht", "nö", "nee", "warte",
+                        "moment", "espera", "espere", "nunca", "qué", "que", "was", "wie"})
 #: After a yes, these send it somewhere else ("yes, but to my other number", "... to my daughter"): consent to
 #: *that* was not asked.
 _REDIRECT = frozenset({
     "different", "other", "another", "instead", "else", "email", "e-mail", "mail", "whatsapp",
     "wife", "husband", "partner", "daughter", "son", "mom", "mum", "mother", "dad", "father", "friend", "colleague",
-    "boss", "assistant",
+    "boss", "assistant", "sister", "brother", "nurse", "work", "office", "home", "landline",
+    "trabajo", "oficina", "casa", "fijo", "hermana", "hermano",
+    "arbeit", "büro", "festnetz", "schwester", "bruder",
     "otro", "otra", "correo", "hija", "hijo", "esposa", "esposo", "mujer", "marido", "mamá", "mama", "papá", "papa",
     "madre", "padre", "amigo", "amiga", "jefe", "jefa",
     "andere", "anderen", "anderer", "anders", "stattdessen", "statt", "frau", "mann", "tochter", "sohn", "mutter",
@@ -147,8 +159,19 @@ def classify_yes_no(text: str) -> YesNo | None:
     if _starts_with(answer, _NO):
         rest = words[len(_match(answer, _NO).split()):]
         return None if _CORRECTED & set(rest) else "no"
+    if "?" in text or "¿" in text:
+        return None  # a question back ("okay, so how much is it?", "bitte?") is no answer
     if not _starts_with(answer, _YES):
-        return None
+        if not _starts_with(answer, _ACK):
+            return None
+        rest = words[len(_match(answer, _ACK).split()):]
+        while _starts_with(" ".join(rest), _ACK) and not _starts_with(" ".join(rest), _YES):  # "ok, sounds good"
+            rest = rest[len(_match(" ".join(rest), _ACK).split()):]
+        if not rest or set(rest) <= _CLOSERS:
+            return "yes"
+        if not _starts_with(" ".join(rest), _YES):
+            return None  # "okay" followed by something else ("okay, so how much is it"): for the judge
+        words, answer = rest, " ".join(rest)
     rest = words[len(_match(answer, _YES).split()):]
     rest_text = " ".join(rest)
     if _TAKE_BACK & set(rest) and not any(p in rest_text for p in (*_NOT_NO, "why not")):
@@ -161,6 +184,13 @@ def classify_yes_no(text: str) -> YesNo | None:
 def _match(answer: str, phrases: tuple[str, ...]) -> str:
     """The longest of ``phrases`` that ``answer`` starts with (whole words)."""
     return max((p for p in phrases if answer == p or answer.startswith(p + " ")), key=len)
+
+
+def _number(text: str) -> str:
+    """Digits as written, with a decimal point: "1,000" and "2,500.5" lose their thousands commas, "3,5" is 3.5."""
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+        return text.replace(",", "")
+    return text.replace(",", ".")
 
 
 def parse_reply(kind: str, text: str, *, default_region: str = "US") -> ParsedReply:
@@ -197,7 +227,7 @@ def parse_reply(kind: str, text: str, *, default_region: str = "US") -> ParsedRe
         answer = classify_yes_no(body)
         return ParsedReply(True, answer) if answer else ParsedReply(False, problem="neither yes nor no")
     if kind == "number":
-        values = {m.group(0).replace(",", ".") for m in _NUMBER.finditer(body)}
+        values = {_number(m.group(0)) for m in _NUMBER.finditer(body)}
         if not values:
             values = {str(_NUMBER_WORDS[w]) for w in _fold(body).split() if w in _NUMBER_WORDS}
         if len(values) == 1:

@@ -16,10 +16,17 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["SESSION_WINDOW", "InProcessWhatsAppSessions", "WhatsAppSessions"]
+__all__ = ["SAFE_WINDOW", "SESSION_MARGIN", "SESSION_WINDOW", "InProcessWhatsAppSessions", "WhatsAppSessions"]
 
 #: Seconds a WhatsApp session stays open after the user's last inbound message.
 SESSION_WINDOW = 24 * 3600.0
+
+#: Seconds before the end of the session from which it already counts as closed here: our record is the
+#: webhook's arrival, later than WhatsApp's own, and a message may wait in Twilio's queue.
+SESSION_MARGIN = 15 * 60.0
+
+#: The window the stores apply by default.
+SAFE_WINDOW = SESSION_WINDOW - SESSION_MARGIN
 
 
 class WhatsAppSessions(Protocol):
@@ -46,7 +53,7 @@ class InProcessWhatsAppSessions:
             (a forgotten session counts as closed: the safe side).
     """
 
-    def __init__(self, *, window: float = SESSION_WINDOW, capacity: int = 100_000) -> None:
+    def __init__(self, *, window: float = SAFE_WINDOW, capacity: int = 100_000) -> None:
         if window <= 0 or capacity < 1:
             raise ValueError("window must be > 0 and capacity >= 1")
         self.window = window

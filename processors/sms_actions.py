@@ -115,6 +115,8 @@ class SmsActionProcessor(FrameProcessor):
             since this processor was created); a replay passes its recording clock.
         time_scale: Real seconds per call second for ``await_reply`` timeouts (a replay running
             ``speed`` times faster passes ``1 / speed``).
+        consent_after: With the tap in the pipeline, the consent question waits for the agent LLM's
+            answer to the caller's turn (at most this many seconds), so it is the last thing said.
     """
 
     EVENTS = (
@@ -141,6 +143,7 @@ class SmsActionProcessor(FrameProcessor):
         tell_llm: bool = True,
         clock: Callable[[], float] | None = None,
         time_scale: float = 1.0,
+        consent_after: float = 4.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -154,6 +157,11 @@ class SmsActionProcessor(FrameProcessor):
         self._speak_delivery_failures = speak_delivery_failures
         self._tell_llm = tell_llm
         self._time_scale = time_scale
+        self._consent_task: asyncio.Task[Any] | None = None
+        self._ending = False
+        self._consent_after = consent_after
+        self._agent_responses = 0
+        self._agent_spoke = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._user_quiet = asyncio.Event()
         self._user_quiet.set()
@@ -203,6 +211,8 @@ class SmsActionProcessor(FrameProcessor):
     async def on_agent_text(self, text: str) -> None:
         """Record an agent turn and judge conditions that depend on it (e.g. "a meeting was booked")."""
         self.engine.add_agent_text(text)
+        self._agent_responses += 1
+        self._agent_spoke.set()
         self._extract()
         if self.engine.judge.instant:
             self._start_all(self.engine.evaluate_now("turn"))
@@ -243,6 +253,8 @@ class SmsActionProcessor(FrameProcessor):
     async def _on_transcription(self, frame: TranscriptionFrame, direction: FrameDirection) -> None:
         self.engine.add_user_text(frame.text)
         self._extract()
+        if self.engine.awaiting_consent and (self._consent_task is None or self._consent_task.done()):
+            self._consent_task = self._spawn(self._answer_consents(), "sms-consent")
         if not self.engine.judge.instant:
             await self.push_frame(frame, direction)
             self._spawn(self._judge_and_start("turn"), "sms-judge")
@@ -292,19 +304,41 @@ class SmsActionProcessor(FrameProcessor):
                     self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
                 self._spawn(self._run(firing), f"sms-{firing.action.name}")
 
+    async def _answer_consents(self) -> None:
+        """Read the caller's answer to a consent question once their turn has ended (not per fragment)."""
+        def caller_turn() -> tuple[int, str]:
+            last = next((t.text for t in reversed(self.engine.transcript) if t.role == "user"), "")
+            return self.engine.user_turns, last
+
+        while True:
+            await self._wait_user_quiet()
+            seen = caller_turn()
+            await asyncio.sleep(self.engine.coalesce)  # a late fragment of the same turn joins the answer
+            if caller_turn() == seen and self._user_quiet.is_set():
+                break
+        firings = await self.engine.answer_consents()
+        if firings and self._tell_llm and self._live:
+            note = {"role": "developer", "content": self.engine.llm_note(firings)}
+            await self.push_frame(LLMMessagesAppendFrame([note], run_llm=False))
+        self._start_all(firings)
+
     async def _ask_consent(self, firing: Firing) -> None:
-        """Say the consent question, before the agent's own answer to the turn (like a filler)."""
+        """Say the consent question after the agent's own answer to the caller's turn.
+
+        It is then the last thing the caller heard: their "yes" answers it, not a question the agent LLM asked.
+        """
         question = self.engine.consent_question(firing.action)
         if not question or not self._live:
             return
-        tap = self._tap if self._tap is not None and self._tap.linked else None
-        if tap is None:
+        if self._tap is not None and self._tap.linked:
+            responses = self._agent_responses
+            with contextlib.suppress(TimeoutError):  # no answer from the agent LLM in time: ask anyway
+                async with asyncio.timeout(self._consent_after * self._time_scale):
+                    while self._agent_responses == responses:
+                        self._agent_spoke.clear()
+                        await self._agent_spoke.wait()
+        if self._live:
             await self._speak(question, kind="consent", action=firing.action.name, append=True)
-            return
-        frame = self._line_frame(question, kind="consent", action=firing.action.name, append=True)
-        tap.hold(frame)  # released before the LLM's answer starts, or when the threshold passes
-        await asyncio.sleep(self._filler_threshold)
-        await tap.release(frame)
 
     # -- replies --------------------------------------------------------------------
 
@@ -314,15 +348,24 @@ class SmsActionProcessor(FrameProcessor):
         if reply.reasked:
             wait = next((w for w in reversed(self.engine.waits) if w.firing.action.name == reply.action), None)
             if wait is not None:
-                self._spawn(self._reask(wait, reply.problem), f"sms-reask-{reply.action}")
+                self._spawn(self._reask(wait, reply), f"sms-reask-{reply.action}")
         self._start_all(firings)
 
-    async def _reask(self, wait: ReplyWait, problem: str) -> None:
-        outcome = await self.engine.reask(wait, problem=problem)
+    async def _reask(self, wait: ReplyWait, reply: SmsReply) -> None:
+        outcome = await self.engine.reask(wait, problem=reply.problem, channel=reply.channel)
         self.outcomes.append(outcome)
         await self._call_event_handler("on_action_completed", outcome)
-        if not outcome.result.accepted:
-            _log.info("re-ask text for %s not sent (%s)", wait.firing.action.name, outcome.result.reason)
+        if outcome.result.accepted:
+            wait.opened_at = asyncio.get_running_loop().time()  # the caller gets the whole time again
+            return
+        _log.info("re-ask text for %s not sent (%s)", wait.firing.action.name, outcome.result.reason)
+        self.engine.close_wait(wait)
+        if self._tell_llm and self._live:
+            what = wait.firing.action.await_reply.variable.replace("_", " ") if wait.firing.action.await_reply else ""
+            note = {"role": "developer", "content": (
+                f"[SMS system] The text asking again could not be sent. Stop waiting for a text and ask the "
+                f"caller for their {what} by voice instead.")}
+            await self.push_frame(LLMMessagesAppendFrame([note], run_llm=True))
 
     async def _await_reply(self, wait: ReplyWait) -> None:
         """Hold the wait open for its timeout; on timeout, say the fallback and tell the agent LLM."""
@@ -337,11 +380,16 @@ class SmsActionProcessor(FrameProcessor):
                 f"[SMS system] A text asking the caller for their {what} was sent; their text reply is awaited "
                 f"(up to {spec.timeout:.0f} s). {hold}")}
             await self.push_frame(LLMMessagesAppendFrame([note], run_llm=False))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(spec.timeout * self._time_scale):
-                await asyncio.shield(wait.done)
+        loop = asyncio.get_running_loop()
+        while wait.open:  # the deadline counts from the acceptance, restarted by an accepted re-ask
+            left = wait.opened_at + spec.timeout * self._time_scale - loop.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await asyncio.shield(wait.done)
         if not wait.open:
-            return  # a valid reply, or a second invalid one (the agent LLM was told to ask by voice), or call end
+            return  # a valid reply, a second invalid one or a STOP (the agent LLM was told), or the call's end
         self.engine.close_wait(wait)
         await self._call_event_handler("on_sms_reply_timeout", wait.firing.action.name)
         if not self._live:
@@ -374,12 +422,13 @@ class SmsActionProcessor(FrameProcessor):
         wait = next((w for w in self.engine.waits if w.firing is firing), None)
         if outcome.line and self._live:
             await self._wait_user_quiet()
-            if self._live:
+            waiting = wait is not None and outcome.result.accepted
+            if self._live and not (waiting and wait is not None and not wait.open):  # no "I'll wait" after the reply
                 kind = "failure"
                 if outcome.result.accepted:
-                    kind = "waiting" if wait is not None else "confirmation"
+                    kind = "waiting" if waiting else "confirmation"
                 await self._speak(outcome.line, kind=kind, action=firing.action.name, append=True)
-        if wait is not None and wait.open:
+        if wait is not None and wait.open and not self._ending:
             await self._await_reply(wait)
 
     async def _filler(self, firing: Firing, send: asyncio.Task[Any]) -> None:
@@ -454,8 +503,8 @@ class SmsActionProcessor(FrameProcessor):
 
     async def _finish(self, *, grace: float) -> None:
         """Judge call-end conditions, then wait (bounded) for in-flight work."""
-        for wait in self.engine.waits:
-            self.engine.close_wait(wait)  # nobody is left to wait for: replies from now on are stored
+        self._ending = True
+        self.engine.close_all_waits()  # nobody is left to wait for: replies from now on are stored
         try:
             async with asyncio.timeout(grace):
                 firings = await self.engine.evaluate("call_end")

@@ -213,14 +213,15 @@ async def test_status_callback_63016_raises_a_failed_event(peer):
 # -- ambiguity and recovery ------------------------------------------------------------------------------------
 
 
-async def test_an_ambiguous_template_send_is_found_not_resent(peer):
-    # created, then the connection dropped: the lookup (by whatsapp: addresses) finds it; no second message
+async def test_an_ambiguous_template_send_is_unconfirmed_never_resent(peer):
+    # created, then the connection dropped: no lookup can tell a template message from another one between
+    # the same two addresses, so it is told unconfirmed ("check your phone"), and never sent twice
     peer.faults.append(Fault(drop=True, commit=True))
     dispatcher, provider = make(peer.base_url, sessions=InProcessWhatsAppSessions(), ambiguity_delay=0.01)
     result = await dispatcher.send("reminder", call=CALL, turn=1, variables={"booking_time": "9 am"})
     await provider.aclose()
-    assert result.accepted and len(peer.messages) == 1 and result.sid == peer.messages[0].sid
-    assert peer.list_requests >= 1
+    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")
+    assert len(peer.messages) == 1 and peer.list_requests == 0
 
 
 async def test_recovery_resends_a_content_template_row_exactly(peer, tmp_path):

@@ -18,9 +18,9 @@ import uvicorn
 from incall_sms.actions import parse_actions
 from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine, Firing
+from incall_sms.inbound import InboundRouter
 from incall_sms.judges.base import Match
 from incall_sms.judges.embedded import EmbeddedJudge
-from incall_sms.inbound import InboundRouter
 from incall_sms.outbox import Outbox
 from incall_sms.pipeline.server import WebhookService, WebhookSettings, create_app
 from incall_sms.providers.local import LocalProvider
