@@ -78,9 +78,9 @@ DEFAULT_FAILURE_LINES: Mapping[str, str] = {
     # WhatsApp: a free-form message outside the caller's 24-hour session (and no approved template)
     "whatsapp_window_closed": ("I can't send that on WhatsApp right now: WhatsApp only lets us message you "
                                "within a day of your last WhatsApp message to us. If you send us a WhatsApp "
-                               "message, I can try again."),
+                               "message and ask me again, I can send it."),
     "not_on_whatsapp": "I couldn't send that on WhatsApp, your number doesn't seem to be on WhatsApp.",
-    "whatsapp_session_unknown": "I couldn't send that on WhatsApp just now. Let me try again in a moment.",
+    "whatsapp_session_unknown": "I couldn't send that on WhatsApp just now. Ask me again in a minute and I'll retry.",
     # the provider may have the message: say so, never "it failed" (it is not resent either)
     "unconfirmed": ("I couldn't confirm the text went through. Please check your phone in a minute; "
                     "I won't send it twice."),
@@ -379,6 +379,8 @@ class SmsAction(_Model):
     def _check_name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError("use 1-64 letters, digits, '_' or '-', starting with a letter")
+        if value.endswith("-reask"):
+            raise ValueError("names ending in '-reask' are reserved (the re-ask text of an await_reply)")
         return value
 
     @pydantic.field_validator("variables")

@@ -869,6 +869,10 @@ class Dispatcher:
                 caller is told (never resent later), ``ambiguous`` during recovery (asked again
                 by the next pass, until the recovery window closes it).
         """
+        if sms.content_sid:  # no lookup can tell a template message apart: its truth cannot be known (never resent)
+            _log.warning("SMS %s ambiguous (%s): a Content-template message cannot be looked up; unconfirmed",
+                         record.key, exc.reason)
+            return await self._fail(record, exc, status="unconfirmed")
         await self.outbox.update(record.key, now=self.clock.now(), status="ambiguous", reason=exc.reason,
                                  error_code=exc.code)
         _log.warning("SMS %s ambiguous (%s): checking with %s before any resend", record.key, exc.reason,

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 from incall_sms.actions import ContentSpec, SmsAction
 from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
 from incall_sms.errors import InvalidPhoneNumberError, MissingVariableError
+from incall_sms.inbound import message_keyword
 from incall_sms.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Match, Turn, condition_specs
-from incall_sms.optout import classify_keyword
 from incall_sms.phone import last_digits
 from incall_sms.replies import YesNo, classify_yes_no, parse_reply
 from incall_sms.templates import Template
@@ -212,6 +212,8 @@ class ActionEngine:
         self.waits: list[ReplyWait] = []
         self._waits_closed = False
         self._questions: dict[str, str] = {}  # consent question asked, by action
+        self._heard_at: dict[str, int] = {}  # caller turns heard by the time the question was said
+        self._new_turn_next = False
         #: Texts of this call the provider accepted (re-asks included).
         self.accepted_count = 0
         #: Called with each reply and the firings it triggers (``after_reply`` actions); set by the processor.
@@ -233,11 +235,12 @@ class ActionEngine:
         text = " ".join(text.split())
         if not text:
             return self.user_turns
-        if self.transcript and self.transcript[-1].role == "user":
+        if self.transcript and self.transcript[-1].role == "user" and not self._new_turn_next:
             self.transcript[-1] = Turn("user", f"{self.transcript[-1].text} {text}")
         else:
             self.user_turns += 1
             self.transcript.append(Turn("user", text))
+        self._new_turn_next = False
         return self.user_turns
 
     def add_agent_text(self, text: str) -> None:
@@ -319,10 +322,31 @@ class ActionEngine:
         return [] if last_user is None else self.transcript[: last_user + 1]
 
     def _pending_answers(self) -> list[tuple[str, Firing]]:
-        """Consent questions the caller's latest turn may answer (asked before that turn began)."""
+        """Consent questions the caller's latest turn may answer (heard before that turn began)."""
         if not self._asking or not self._answer_window():
             return []
-        return [(name, asked) for name, asked in self._asking.items() if self.user_turns > asked.turn]
+        return [(name, asked) for name, asked in self._asking.items() if name in self._heard_at
+                and self.user_turns > self._heard_at[name]]
+
+    def question_heard(self, name: str) -> None:
+        """The consent question of ``name`` has been said (again: played out): only later caller turns answer it."""
+        if name in self._asking:
+            self._heard_at[name] = self.user_turns
+            self._new_turn_next = True  # what the caller says from now on is a new turn, their answer
+
+    def drop_consent(self, name: str | None = None) -> None:
+        """Forget a pending consent question (all when ``name`` is ``None``): nothing sent, not declined."""
+        for pending in [name] if name is not None else list(self._asking):
+            if self._asking.pop(pending, None) is not None:
+                self._heard_at.pop(pending, None)
+                self._active.discard(pending)
+
+    def consent_destination(self, action: SmsAction) -> str | None:
+        """The number the consent question is about (``None`` when it cannot be resolved)."""
+        try:
+            return self.dispatcher.resolve_destination(action, self.call, self.variables)
+        except InvalidPhoneNumberError:
+            return None
 
     def _consent_request(self, names: list[str]) -> JudgeRequest:
         conditions = []
@@ -351,12 +375,12 @@ class ActionEngine:
                 answer = "yes" if yes and not no else "no" if no and not yes else None
                 part = f"consent judge ({self.judge.name})"
             if answer is None:
-                if self.user_turns - asked.turn >= 2:  # two turns without an answer: drop the question
-                    del self._asking[name]
-                    self._active.discard(name)
+                if self.user_turns - self._heard_at[name] >= 2:  # two turns without an answer: drop the question
+                    self.drop_consent(name)
                     _log.info("action %s: no clear answer to the consent question; not sent", name)
                 continue
             del self._asking[name]
+            self._heard_at.pop(name, None)
             if answer == "yes":
                 self._consented.add(name)
                 stage: Stage = "send"
@@ -454,7 +478,7 @@ class ActionEngine:
         open_waits = [w for w in reversed(self.waits) if w.open]
         if not open_waits:
             return None
-        keyword = classify_keyword(message.body) if not message.media else None
+        keyword = message_keyword(message)
         if keyword == "opt_out":
             for wait in open_waits:
                 self.close_wait(wait)
@@ -480,7 +504,8 @@ class ActionEngine:
         what = spec.variable.replace("_", " ")
         reply = SmsReply(action=action.name, variable=spec.variable, kind=spec.kind, valid=parsed.ok,
                          value=parsed.value, problem=parsed.problem, sid=message.sid,
-                         reasked=not parsed.ok and not wait.reasked, channel=getattr(message, "channel", "sms"))
+                         reasked=not parsed.ok and not wait.reasked and self.reply_listener is not None,
+                         channel=getattr(message, "channel", "sms"))
         firings: list[Firing] = []
         if parsed.ok:
             self.variables.set(spec.variable, parsed.value)
@@ -492,6 +517,10 @@ class ActionEngine:
             note = (f"[SMS system] The caller's text above is their reply with their {what}; it was read as a "
                     f"valid {spec.kind.replace('_', '/')} and saved. Thank them and carry on from where the "
                     "conversation was waiting.")
+        elif self.reply_listener is None:  # tool mode: nobody here texts a re-ask; the wait stays open
+            note = (f"[SMS system] The caller's text above was meant as their {what} but is not a valid "
+                    f"{spec.kind.replace('_', '/')} ({parsed.problem}). Ask the caller to text it again, or to "
+                    "give it by voice.")
         elif reply.reasked:
             wait.reasked = True
             note = (f"[SMS system] The caller's text above was meant as their {what} but is not a valid "

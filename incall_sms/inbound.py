@@ -47,6 +47,7 @@ __all__ = [
     "LiveCallRegistry",
     "RouteOutcome",
     "SeenKeys",
+    "message_keyword",
     "parse_inbound_form",
 ]
 
@@ -61,6 +62,20 @@ _CHANNEL_PREFIX = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_-]*):")
 _WHATSAPP_KEYWORD = re.compile(r"^\W*(stop|stopall|unsubscribe|start|unstop)\W*$", re.IGNORECASE)
 MAX_MEDIA = 10
 MAX_BODY = 1600 * 2  # generous: concatenated inbound messages can exceed outbound limits
+
+
+def message_keyword(message: InboundMessage) -> str | None:
+    """The opt-out/opt-in/help keyword an inbound message is, by channel (``None``: an ordinary message).
+
+    SMS: the carriers' list (STOP, CANCEL, END, YES, START ...). WhatsApp: only an explicit STOP/STOPALL/
+    UNSUBSCRIBE or START/UNSTOP ("cancel", "end" or "yes" are words there). A message with media is never one.
+    """
+    if message.media:
+        return None
+    keyword = classify_keyword(message.body)
+    if keyword is not None and message.channel == "whatsapp" and not _WHATSAPP_KEYWORD.match(message.body):
+        return None
+    return keyword
 
 
 class InboundError(SmsError):
@@ -342,9 +357,7 @@ class InboundRouter:
                 await self.whatsapp_sessions.opened(message.from_number, message.to_number, at=message.received_at)
             except Exception as exc:  # the message itself must still get through
                 _log.warning("inbound %s: WhatsApp session not recorded (%s)", message.sid, exc.__class__.__name__)
-        keyword = classify_keyword(message.body) if not message.media else None
-        if keyword is not None and message.channel == "whatsapp" and not _WHATSAPP_KEYWORD.match(message.body):
-            keyword = None  # on WhatsApp only an explicit STOP/START counts: "cancel", "yes" or "end" are words
+        keyword = message_keyword(message)
         if keyword in ("opt_out", "opt_in"):
             if keyword == "opt_out":
                 await self.optouts.opt_out(message.from_number, now=self._clock())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from typing import Any
 
 from incall_sms.actions import ActionSet, SmsAction, parse_leniently, read_action_file
@@ -104,6 +105,9 @@ def _flow(actions: ActionSet, action: SmsAction) -> tuple[list[str], list[str]]:
                          "gets it)")
     if action.after_reply is not None:
         notes.append(f"fires when the reply to {action.after_reply!r} arrived and parsed")
+    if action.ask_consent and re.search(r"\bmind\b|n't\b|\bnot\b", action.consent_question, re.IGNORECASE):
+        warnings.append("consent_question is phrased negatively ('do you mind...?'): a 'no' would mean yes; "
+                        "ask 'Can I text ...?' instead")
     if action.ask_consent:
         notes.append("asks first (" + action.consent_question.replace("{to_last2}", "23") + "); sends only on a "
                      "clear yes, a no is kept for the call")

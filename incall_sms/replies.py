@@ -41,7 +41,8 @@ _YES = (
     "yes", "yeah", "yep", "yup", "yea", "sure", "of course", "certainly", "definitely", "absolutely",
     "no problem", "no worries", "not a problem", "please do", "go ahead", "go for it", "do it", "send it",
     "shoot it over", "text it", "by all means", "you bet", "for sure", "i'd like that", "i'd appreciate",
-    "i would appreciate", "i'd love", "i would love", "works for me", "fine by me",
+    "i would appreciate", "i'd love", "i would love", "works for me", "fine by me", "don't see why not",
+    "i don't see why not", "don't mind", "i don't mind",
     *(f"{lead} {good}" for lead in ("that would be", "that'd be", "that would be really", "that'd be really")
       for good in ("great", "lovely", "helpful", "nice", "perfect", "brilliant", "handy", "amazing", "useful",
                    "wonderful", "fantastic")),
@@ -57,7 +58,7 @@ _ACK = (
     "sounds good", "that works", "why not", "i do", "mm-hmm", "mm hmm", "mhm", "uh-huh", "uh huh",
     "si", "bueno", "vale", "va", "sale", "dale", "órale", "orale", "ándale", "andale", "está bien", "esta bien",
     "perfecto", "ya", "por favor", "ajá", "aja",
-    "bitte", "genau", "in ordnung", "passt", "jo", "jap", "jep", "sicher", "okay gerne",
+    "bitte", "genau", "in ordnung", "jo", "jap", "jep", "sicher", "okay gerne",
 )
 #: Words that may follow a yes-on-its-own without changing it.
 _CLOSERS = frozenset({"thanks", "thank", "you", "thx", "ty", "cheers", "mate", "then", "please", "gracias",
@@ -65,7 +66,8 @@ _CLOSERS = frozenset({"thanks", "thank", "you", "thx", "ty", "cheers", "mate", "
                       "great", "perfect", "sure", "yes", "yeah", "ok", "okay", "sí", "ja", "gerne", "claro"})
 _NO = (
     "no", "nope", "nah", "nay", "no thanks", "no thank you", "not now", "not right now", "not really",
-    "not necessary", "not needed", "don't", "do not", "please don't", "i'd rather not", "i would rather not",
+    "not necessary", "not needed", "don't text", "don't send", "don't bother", "do not text", "do not send",
+    "please don't", "i'd rather not", "i would rather not",
     "rather not", "i'd prefer not", "i would prefer not", "i'd rather you didn't", "better not", "never mind",
     "nevermind", "no need", "i don't want", "i do not want", "i don't need", "i do not need", "i don't think so",
     "i do not think so", "i'm good", "im good", "i am good", "i'm all set", "i'm fine", "i'll pass", "pass",
@@ -84,7 +86,8 @@ _FILLERS = frozenset({"um", "umm", "uh", "uhh", "er", "erm", "eh", "ehm", "ah", 
                       "äh", "ähm", "öhm"})
 #: Starts like a no, means yes or nothing ("no problem").
 _NOT_NO = ("no problem", "no worries", "not a problem", "no doubt", "sin problema", "no hay problema",
-           "kein problem", "kein thema", "nicht schlecht")
+           "no hay bronca", "kein problem", "kein thema", "nicht schlecht", "i'm good with", "i'm fine with",
+           "im good with", "im fine with", "i am good with", "i am fine with")
 #: After a yes, these take it back or turn it into something else: no clear yes.
 _TAKE_BACK = frozenset({"no", "not", "nope", "nah", "don't", "dont", "didn't", "never", "wait", "hang", "hold",
                         "nevermind", "repeat", "again", "what", "which", "nein", "nicht", "nö", "nee", "warte",
@@ -102,6 +105,11 @@ _REDIRECT = frozenset({
     "andere", "anderen", "anderer", "anders", "stattdessen", "statt", "frau", "mann", "tochter", "sohn", "mutter",
     "vater", "freund", "freundin", "kollege", "kollegin", "chef", "chefin",
 })
+#: Texted answers that are no words (a reply to "reply Y or N").
+_TEXTED_YES_NO: dict[str, YesNo] = {"y": "yes", "n": "no", "confirm": "yes", "confirmed": "yes", "👍": "yes",
+                                    "👎": "no"}
+#: After a yes, a "but" qualifies it: the answer is for the judge.
+_BUT = frozenset({"but", "though", "although", "except", "pero", "aunque", "aber", "allerdings", "nur"})
 #: After a no, these turn it into a yes ("no wait, yes please", "no no, go ahead and send it"): no clear no either.
 _CORRECTED = frozenset({"yes", "yeah", "yep", "sí", "si", "ja", "doch", "go", "send", "mándelo", "mándemelo",
                         "mándamelo", "envíelo", "schicken", "schick", "schick's", "schicks"})
@@ -147,6 +155,7 @@ def classify_yes_no(text: str) -> YesNo | None:
     Returns:
         ``yes``, ``no`` or ``None`` (unclear: ask again, wait, or let a judge decide).
     """
+    text = re.sub(r"\b(uh|mm)[\s-]+(huh|hmm)\b", r"\1-\2", text, flags=re.IGNORECASE)  # one sound, not a filler
     words = _fold(re.sub(r"[,.;:!?¿¡…—–]+|\s-\s", " ", text)).split()
     while words and words[0] in _FILLERS:
         words.pop(0)
@@ -174,6 +183,8 @@ def classify_yes_no(text: str) -> YesNo | None:
         words, answer = rest, " ".join(rest)
     rest = words[len(_match(answer, _YES).split()):]
     rest_text = " ".join(rest)
+    if _BUT & set(rest):
+        return None  # "yes, but ..." qualifies the yes (another number, can't get texts, call me instead)
     if _TAKE_BACK & set(rest) and not any(p in rest_text for p in (*_NOT_NO, "why not")):
         return None
     if _REDIRECT & set(rest) or any(ch.isdigit() for ch in rest_text) or _starts_with(rest_text, _HEDGES):
@@ -224,7 +235,7 @@ def parse_reply(kind: str, text: str, *, default_region: str = "US") -> ParsedRe
             return ParsedReply(True, numbers.pop())
         return ParsedReply(False, problem="no valid phone number" if not numbers else "several phone numbers")
     if kind == "yes_no":
-        answer = classify_yes_no(body)
+        answer = _TEXTED_YES_NO.get(body.strip(" .!").lower()) or classify_yes_no(body)
         return ParsedReply(True, answer) if answer else ParsedReply(False, problem="neither yes nor no")
     if kind == "number":
         values = {_number(m.group(0)) for m in _NUMBER.finditer(body)}

@@ -22,6 +22,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
     Frame,
@@ -162,6 +164,10 @@ class SmsActionProcessor(FrameProcessor):
         self._consent_after = consent_after
         self._agent_responses = 0
         self._agent_spoke = asyncio.Event()
+        self._responses_at_turn: dict[int, int] = {}  # caller turn -> agent responses before it
+        self._questions_playing: set[str] = set()
+        self._hears_playout = False
+        self._played = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._user_quiet = asyncio.Event()
         self._user_quiet.set()
@@ -224,6 +230,13 @@ class SmsActionProcessor(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Record transcripts, judge, and pass every frame on in its direction."""
         await super().process_frame(frame, direction)
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._hears_playout = True  # an output transport reports what is played: questions wait for it
+        if isinstance(frame, BotStoppedSpeakingFrame) and self._questions_playing:
+            for name in self._questions_playing:  # played out: only turns from now on answer it
+                self.engine.question_heard(name)
+            self._questions_playing.clear()
+            self._played.set()
         if isinstance(frame, TranscriptionFrame) and direction is FrameDirection.DOWNSTREAM:
             await self._on_transcription(frame, direction)
         elif isinstance(frame, (UserStartedSpeakingFrame, VADUserStartedSpeakingFrame)):
@@ -251,7 +264,8 @@ class SmsActionProcessor(FrameProcessor):
             await self.push_frame(frame, direction)
 
     async def _on_transcription(self, frame: TranscriptionFrame, direction: FrameDirection) -> None:
-        self.engine.add_user_text(frame.text)
+        turn = self.engine.add_user_text(frame.text)
+        self._responses_at_turn.setdefault(turn, self._agent_responses)
         self._extract()
         if self.engine.awaiting_consent and (self._consent_task is None or self._consent_task.done()):
             self._consent_task = self._spawn(self._answer_consents(), "sms-consent")
@@ -311,6 +325,10 @@ class SmsActionProcessor(FrameProcessor):
             return self.engine.user_turns, last
 
         while True:
+            if self._questions_playing and self._hears_playout:  # a turn during the question did not hear it
+                self._played.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._played.wait(), 15.0)
             await self._wait_user_quiet()
             seen = caller_turn()
             await asyncio.sleep(self.engine.coalesce)  # a late fragment of the same turn joins the answer
@@ -323,22 +341,34 @@ class SmsActionProcessor(FrameProcessor):
         self._start_all(firings)
 
     async def _ask_consent(self, firing: Firing) -> None:
-        """Say the consent question after the agent's own answer to the caller's turn.
+        """Say the consent question after the agent's own answer to the caller's turn, once the caller is quiet.
 
         It is then the last thing the caller heard: their "yes" answers it, not a question the agent LLM asked.
+        Only caller turns that begin after it was played count as the answer (see ``BotStoppedSpeakingFrame``).
         """
+        name = firing.action.name
         question = self.engine.consent_question(firing.action)
-        if not question or not self._live:
+        if not question or not self._live or self._ending:
+            return
+        to = self.engine.consent_destination(firing.action)
+        if to is not None and await self.engine.dispatcher.optouts.is_opted_out(to):
+            self.engine.drop_consent(name)  # no question for a number that cannot be texted: say so instead
+            await self._speak(firing.action.failure_line("opted_out"), kind="failure", action=name, append=True)
             return
         if self._tap is not None and self._tap.linked:
-            responses = self._agent_responses
+            # the agent LLM's answer to the turn that fired this (it may already have come: a slow judge)
+            responses = self._responses_at_turn.get(firing.turn, self._agent_responses)
             with contextlib.suppress(TimeoutError):  # no answer from the agent LLM in time: ask anyway
                 async with asyncio.timeout(self._consent_after * self._time_scale):
-                    while self._agent_responses == responses:
+                    while self._agent_responses <= responses:
                         self._agent_spoke.clear()
                         await self._agent_spoke.wait()
-        if self._live:
-            await self._speak(question, kind="consent", action=firing.action.name, append=True)
+        await self._wait_user_quiet()  # never into the caller's words
+        if not self._live or self._ending:
+            return
+        await self._speak(question, kind="consent", action=name, append=True)
+        self.engine.question_heard(name)
+        self._questions_playing.add(name)
 
     # -- replies --------------------------------------------------------------------
 
@@ -505,6 +535,10 @@ class SmsActionProcessor(FrameProcessor):
         """Judge call-end conditions, then wait (bounded) for in-flight work."""
         self._ending = True
         self.engine.close_all_waits()  # nobody is left to wait for: replies from now on are stored
+        for task in list(self._tasks):  # a question nobody will answer is not a send to wait for
+            if ("sms-ask-" in task.get_name() or "sms-consent" in task.get_name()) and not task.done():
+                await self.cancel_task(task)
+        self.engine.drop_consent()
         try:
             async with asyncio.timeout(grace):
                 firings = await self.engine.evaluate("call_end")

@@ -69,6 +69,7 @@ async def test_consent_is_read_from_the_whole_turn_not_its_first_fragment(peer):
     [ask] = engine.evaluate_now()
     assert ask.stage == "ask"
     engine.add_agent_text(engine.consent_question(ask.action))
+    engine.question_heard("menu_link")
     engine.add_user_text("Yes.")
     assert engine.evaluate_now() == []  # fragments are not consent
     engine.add_user_text("But to my other number instead.")
@@ -81,9 +82,11 @@ async def test_a_yes_after_the_agent_asked_something_else_is_not_consent(peer):
     engine.add_user_text("Could you send me a link to the menu? And I want to book a table.")
     [ask] = engine.evaluate_now()
     engine.add_agent_text(engine.consent_question(ask.action) + " Sure, shall I book you a table for four?")
+    engine.question_heard("menu_link")
     engine.add_user_text("Yes.")
     assert await engine.answer_consents() == []  # for the judge, which (embedded) cannot tell: nothing sent
     engine.add_agent_text(engine.consent_question(ask.action))
+    engine.question_heard("menu_link")
     engine.add_user_text("Yes please.")
     [send] = await engine.answer_consents()
     assert send.stage == "send"

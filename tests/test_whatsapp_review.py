@@ -63,7 +63,7 @@ async def test_a_session_store_outage_is_not_told_as_a_closed_window(peer):
     await provider.aclose()
     assert (result.reason, result.retryable) == ("whatsapp_session_unknown", True) and peer.requests == []
     line = dispatcher.actions.get("menu").failure_line(result.reason)
-    assert "If you send us a WhatsApp message" not in line and "try again" in line
+    assert "If you send us a WhatsApp message" not in line and "ask me again" in line.lower()
 
 
 def test_default_spoken_lines_of_a_whatsapp_action_say_whatsapp():
@@ -121,7 +121,7 @@ async def test_after_a_closed_window_the_action_may_fire_again(peer):
     action = dispatcher.actions.get("menu")
     [firing] = engine.claim(action, match=Match(id="menu", confidence=1.0, reason="asked"))
     outcome = await engine.execute(firing)
-    assert outcome.result.reason == "whatsapp_window_closed" and "I can try again" in outcome.line
+    assert outcome.result.reason == "whatsapp_window_closed" and "ask me again" in outcome.line
     await sessions.opened(CALLER, AGENT, at=time.time())  # the caller WhatsApps us, as told
     engine.user_turns += 1
     [again] = engine.claim(action, match=Match(id="menu", confidence=1.0, reason="asked again"))

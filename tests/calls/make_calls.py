@@ -358,11 +358,12 @@ CALLS = {
     },
     "declined_consent": {
         "description": "The agent asks before texting; the caller says no, and a later request is not asked again.",
-        "duration": 16.0,
+        "duration": 21.0,
         "stt": [{"t": 3.0, "text": "Is there parking near you? Could you text me the parking information?"},
-                {"t": 7.5, "text": "No, that's okay, I'll take the bus."},
-                {"t": 12.0, "text": "Hmm, actually, text me the parking information."}],
-        "agent": [{"t": 1.0, "text": "Welcome to Example Clinic, how can I help?"}],
+                {"t": 11.5, "text": "No, that's okay, I'll take the bus."},
+                {"t": 16.0, "text": "Hmm, actually, text me the parking information."}],
+        "agent": [{"t": 1.0, "text": "Welcome to Example Clinic, how can I help?"},
+                  {"t": 4.0, "text": "Yes, there's a garage next door."}],
         "actions": {"actions": [
             {"name": "parking_info", "condition": "if the caller asks for parking information by text",
              "ask_consent": True,
