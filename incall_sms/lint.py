@@ -114,6 +114,20 @@ def _flow(actions: ActionSet, action: SmsAction) -> tuple[list[str], list[str]]:
     return warnings, notes
 
 
+def _destination(actions: ActionSet, action: SmsAction, warnings: list[str]) -> str:
+    """The action's destination, described; warns of a dynamic destination and of a missing filler."""
+    what = "message" if action.channel == "whatsapp" else "text"
+    try:
+        dest = actions.destination(action).describe()
+    except Exception:
+        dest = "invalid"
+    if dest.startswith("{{"):
+        warnings.append(f"dynamic destination: the agent may {what} a number given during the call")
+    if action.filler is None and action.filler_prompt is None and action.when != "call_end":
+        warnings.append(f"no filler: the caller hears silence while the {what} is sent")
+    return dest
+
+
 def lint_file(path: str | pathlib.Path) -> list[LintRow]:
     """Lint an action file, reporting every problem of every action.
 
@@ -179,14 +193,7 @@ def _lint_whatsapp(actions: ActionSet, action: SmsAction, errors: list[str]) -> 
             warnings.append("WhatsApp takes one media file per message: only use one media URL")
     if action.max_segments is not None:
         warnings.append("max_segments does not apply to WhatsApp (the limit is 1,600 characters)")
-    if action.filler is None and action.filler_prompt is None and action.when != "call_end":
-        warnings.append("no filler: the caller hears silence while the message is sent")
-    try:
-        dest = actions.destination(action).describe()
-    except Exception:
-        dest = "invalid"
-    if dest.startswith("{{"):
-        warnings.append("dynamic destination: the agent may message a number given during the call")
+    dest = _destination(actions, action, warnings)
     return LintRow(action=action.name, condition=action.condition, mode=content.mode, sender=action.sender.value,
                    destination=dest, encoding="WhatsApp", chars=chars, segments=1, unknown_variables=unknown,
                    errors=tuple(errors), warnings=tuple(warnings), channel="whatsapp", content_sid=sid,
@@ -239,14 +246,7 @@ def lint_actions(actions: ActionSet, *, indices: list[int] | None = None) -> lis
             warnings.append(f"UCS-2 because of {shown!r}: 70 chars per segment instead of 160")
         if action.content.mode == "prompt" and action.max_segments is None:
             warnings.append("LLM-written body: capped at 3 segments (set max_segments to change)")
-        try:
-            dest = actions.destination(action).describe()
-        except Exception:
-            dest = "invalid"
-        if dest.startswith("{{"):
-            warnings.append("dynamic destination: the agent may text a number given during the call")
-        if action.filler is None and action.filler_prompt is None and action.when != "call_end":
-            warnings.append("no filler: the caller hears silence while the text is sent")
+        dest = _destination(actions, action, warnings)
         for name, spec in action.variables.items():
             if spec.default is None and action.on_missing_variable == "default" and name in template.variables:
                 warnings.append(f"variable {name!r} has no default: the send is skipped while it is unknown")

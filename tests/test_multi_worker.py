@@ -25,6 +25,14 @@ PUBLIC = "https://agent.example.com"
 CALLER, AGENT = "+14155552671", "+14155550100"
 
 
+async def start_worker(redis_url, port, worker_id, store_db, env, *owns):
+    """A webhook worker process (tests/helpers/webhook_worker.py); ``owns``: CALLER, AGENT, OUT_FILE of its call."""
+    return await asyncio.to_thread(
+        start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(port), worker_id,
+                               str(store_db), *owns],
+        port, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def post(port, form, path="/sms/inbound"):
     signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + path, form)
     async with aiohttp.ClientSession() as session, session.post(
@@ -68,15 +76,10 @@ async def test_inbound_routed_to_the_worker_owning_the_call(redis_url, tmp_path,
     ports = {"A": free_port(), "B": free_port()}
     workers = {}
     try:
-        workers["A"] = await asyncio.to_thread(
-            start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["A"]),
-                                   "worker-a", str(tmp_path / "a.db"), CALLER, AGENT, str(out)],
-            ports["A"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        workers["B"] = await asyncio.to_thread(
-            start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["B"]),
-                                   "worker-b", str(tmp_path / "b.db")],
-            ports["B"], cwd=ROOT, env={**env, "EVENTS_OUT": str(b_events)}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+        workers["A"] = await start_worker(redis_url, ports["A"], "worker-a", tmp_path / "a.db", env,
+                                          CALLER, AGENT, str(out))
+        workers["B"] = await start_worker(redis_url, ports["B"], "worker-b", tmp_path / "b.db",
+                                          {**env, "EVENTS_OUT": str(b_events)})
         await asyncio.sleep(0.5)  # subscriptions and registrations in place after start-up
 
         [sent] = await wait_lines(out, 1)  # the owner texted the caller at start
@@ -134,14 +137,9 @@ async def test_a_texted_reply_reaches_the_waiting_call_on_another_worker(redis_u
     ports = {"A": free_port(), "B": free_port()}
     workers = {}
     try:
-        workers["A"] = await asyncio.to_thread(
-            start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["A"]),
-                                   "worker-a", str(tmp_path / "a.db"), CALLER, AGENT, str(out)],
-            ports["A"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        workers["B"] = await asyncio.to_thread(
-            start_server_process, [sys.executable, "-m", "tests.helpers.webhook_worker", redis_url, str(ports["B"]),
-                                   "worker-b", str(tmp_path / "b.db")],
-            ports["B"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers["A"] = await start_worker(redis_url, ports["A"], "worker-a", tmp_path / "a.db", env,
+                                          CALLER, AGENT, str(out))
+        workers["B"] = await start_worker(redis_url, ports["B"], "worker-b", tmp_path / "b.db", env)
         await asyncio.sleep(0.5)
         await wait_lines(out, 2)  # the link and the "reply with your email" text were sent by A
         stranger = sms_form(body="mallory@evil.example", from_=STRANGER)
