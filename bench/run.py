@@ -211,6 +211,24 @@ LOCAL_TURNS = [
      Turn("user", "yeah, the booking details, mandámelos por mensaje")],
 ]
 
+#: A whole call (7 caller turns): its caller turns are judged as the conversation grows, as in a live call.
+LOCAL_CALL = [
+    Turn("agent", "Thanks for calling Bella Vista, how can I help you today?"),
+    Turn("user", "hi, I'd like to book a table for two on Saturday evening"),
+    Turn("agent", "Sure. We have 7 pm or 8:30 pm on Saturday. Which one works for you?"),
+    Turn("user", "seven is great, the name is Dana"),
+    Turn("agent", "Done, a table for two on Saturday at 7 pm under Dana."),
+    Turn("user", "perfect. do you have parking nearby?"),
+    Turn("agent", "Yes, there is a public garage on Elm Street, two minutes away."),
+    Turn("user", "ok could you text me the address of the restaurant"),
+    Turn("agent", "Of course, I'm texting you the address now."),
+    Turn("user", "thanks. and what's on the menu for vegetarians?"),
+    Turn("agent", "We have a mushroom risotto, a vegetable lasagna and several salads."),
+    Turn("user", "sounds good, can you send me the link to the website too"),
+    Turn("agent", "Sure, the link is on its way."),
+    Turn("user", "great, that's all, thank you"),
+]
+
 
 async def local_judge(spec_name: str, runs: int) -> dict:
     """The local-model judge: one caller turn judged against 3 turn actions + 1 call-end action (skipped by rule).
@@ -234,6 +252,16 @@ async def local_judge(spec_name: str, runs: int) -> dict:
         await decide(judge, request)
         seconds.append(time.perf_counter() - wall)
         cpu.append(time.process_time() - used)
+
+    # the same conditions over a growing call: every turn goes to the judge (the agent's too, as the
+    # processor does), caller turns timed
+    call_seconds = []
+    for i, turn in enumerate(LOCAL_CALL):
+        request = JudgeRequest(conditions=LOCAL_CONDITIONS, transcript=LOCAL_CALL[: i + 1])
+        wall = time.perf_counter()
+        await decide(judge, request)
+        if turn.role == "user":
+            call_seconds.append(time.perf_counter() - wall)
 
     async def gaps(judging: bool) -> dict:
         meter = GapMeter()
@@ -266,6 +294,9 @@ async def local_judge(spec_name: str, runs: int) -> dict:
         "decision_p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
         "cpu_s_per_decision": round(statistics.median(cpu), 3),
         "runs": runs,
+        "call_turns": len(call_seconds),
+        "call_decision_p50_s": round(statistics.median(call_seconds), 3),
+        "call_decision_max_s": round(max(call_seconds), 3),
         "audio_idle": idle, "audio_judging": busy,
         "ratio_output_max_gap_judging_vs_idle": round(busy["output_max_gap_ms"] / idle["output_max_gap_ms"], 3),
     }

@@ -120,6 +120,10 @@ def test_labelled_judge_data_is_split_by_condition_and_varied():
     assert len({r["id"] for r in rows}) == len(rows)
     for cases in splits.values():  # both labels in every split
         assert {c.fires for c in cases} == {True, False}
+    # a second held-out set, written later by someone who saw neither the judge nor these files
+    unseen = load_cases(folder / "unseen.jsonl")
+    assert len(unseen) >= 200 and {c.fires for c in unseen} == {True, False}
+    assert not {c.condition for c in unseen} & (conditions["train"] | conditions["dev"] | conditions["test"])
 
 
 async def test_a_slow_judge_is_asked_once_per_caller_turn_not_per_fragment():

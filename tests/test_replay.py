@@ -165,7 +165,9 @@ async def test_barge_in_cuts_the_filler_not_the_send():
     report = await replay(_calls("barge_in_filler"), actions=load_actions(CORPUS_ACTIONS))
     filler = next(t for t in report.conversation if t.kind == "filler")
     barge = [t for t in report.conversation if t.who == "caller"][1]
-    assert filler.interrupted and filler.end is not None and abs(filler.end - barge.t) <= 0.1
+    # cut at the barge-in (within half a call-second: the replay runs 8x faster than the call, so 0.1 call-s
+    # was 12 ms of wall time and failed on a loaded machine), not played out (the line lasts ~2 s)
+    assert filler.interrupted and filler.end is not None and abs(filler.end - barge.t) <= 0.5
     assert [s.outcome for s in report.sms] == ["accepted"]
     confirmation = next(t for t in report.conversation if t.kind == "confirmation")
     assert confirmation.heard and not confirmation.interrupted

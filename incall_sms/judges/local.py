@@ -11,7 +11,9 @@ How one condition is decided, and which part decides (each is reported in a :cla
    are in one language (the conversation stays in the caller's).
 2. **Structural rules** (exact, no language involved): an ``end`` condition is never met during
    the call, and a ``caller``/``agent`` condition only right after a turn of that side and
-   never at call end. Call-end conditions are therefore never judged during turns.
+   never at call end. Call-end conditions are therefore never judged during turns. And whom the
+   text is for (:mod:`incall_sms.judges.recipients`): a caller turn that directs the text only at
+   someone the condition is not about ("text it to my sister" for a text to the caller) is a no.
 3. **The model**: P(yes) / (P(yes) + P(no)) of its first answer token for a prompt of that
    kind: instructions, invented examples from other businesses (contrastive pairs: the
    caller vs someone else, this item vs another, asked vs declined vs already received, the
@@ -35,6 +37,7 @@ from typing import Literal
 
 from incall_sms.judges.base import ConditionJudge, ConditionSpec, Decision, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.judges.recipients import condition_recipient, vetoes
 from incall_sms.local_model import LocalModel
 
 __all__ = ["DEFAULT_THRESHOLD", "LocalModelJudge"]
@@ -280,6 +283,9 @@ class LocalModelJudge:
         call_end_deadline: Seconds the model may take for a call-end condition before the
             fallback decides (it must fit the pipeline's end grace, or the text would be lost);
             ``None``: no deadline.
+        recipients: Say no without the model when the caller's turn directs the text only at someone
+            the condition is not about ("text it to my wife" for a text to the caller, or the reverse;
+            :mod:`incall_sms.judges.recipients`).
 
     Attributes:
         decisions: Model decisions made (for benchmarks).
@@ -296,11 +302,13 @@ class LocalModelJudge:
         threshold: float = DEFAULT_THRESHOLD,
         fallback: ConditionJudge | None = None,
         call_end_deadline: float | None = 8.0,
+        recipients: bool = True,
     ) -> None:
         self.model = model
         self.threshold = threshold
         self._fallback: ConditionJudge = fallback or EmbeddedJudge()
         self.call_end_deadline = call_end_deadline
+        self.recipients = recipients
         self.failures = 0
         self._kinds: dict[str, Kind] = {}
         self._english: dict[str, str] = {}
@@ -390,6 +398,9 @@ class LocalModelJudge:
             return Decision(id=spec.id, fires=False, score=None,
                             part=f"rule: {kind} condition after a turn of the other side")
         condition = await self._english_of(spec.condition)
+        if kind == "caller" and self.recipients and vetoes(condition, turns[-1][1]):
+            whom = "someone else" if condition_recipient(condition) == "caller" else "the caller"
+            return Decision(id=spec.id, fires=False, score=None, part=f"rule: the caller wants it sent to {whom}")
         score = await self.model.yes_probability(build_prompt(kind, turns, condition),
                                                  priority=0 if kind == "end" else 1)
         self.decisions += 1

@@ -1,0 +1,160 @@
+"""Who a text is for: the caller, or someone else. A rule the local judge applies before asking its model.
+
+A 1.5B model often misses the difference between "text me the details" and "text the details to
+my sister" when the condition names the other one (the class of most of its wrong texts on third
+parties). The words that direct a text are few and
+explicit, so a rule reads them: in the caller's turn (``to me``, ``my phone``, ``mándamelo``, ``an
+mich`` vs ``to my sister``, ``to her``, ``a mi hijo``, ``an meine Frau``) and in the condition
+(``to someone else, like a parent`` vs the default: the caller). The rule only vetoes: when the
+turn directs the text only at the caller and the condition is about someone else, or only at
+someone else and the condition is about the caller. A turn naming both, or neither (a bare "yes
+please" to an offer), is left to the model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+__all__ = ["Recipient", "condition_recipient", "is_delivery_condition", "turn_recipients", "vetoes"]
+
+Recipient = Literal["caller", "other"]
+
+#: Verbs that direct a text somewhere (a person counts as the recipient only next to one of them).
+_SEND = r"(?:text|send|sms|messag\w*|shoot|forward|ping|email|e-mail|whatsapp)"
+#: What is sent, between the verb and the recipient ("text *the gate code* to my son").
+_OBJECT = r"(?:(?:(?!(?:to|for|me|and|but|so|then)\b)[\w'-]+ ){1,6})"
+_DEVICE = r"(?:phone|cell|cellphone|mobile|number|whatsapp|email|e-mail|inbox|handy|celular|móvil|movil|teléfono)"
+
+#: The text directed at the caller (wide: finding the caller too only means the rule stays out).
+_TO_CALLER = re.compile(
+    rf"\b{_SEND}\w* {_OBJECT}?(?:over |across |back )?(?:to )?me\b|\bto me\b|\bme too\b"
+    rf"|\b(?:on|to) (?:my|this) (?:own |work |personal |other )?{_DEVICE}\b|\bthis (?:number|phone)\b"
+    r"|\b(?:can|could|may) i (?:get|have|receive)\b|\bi(?:'d| would) like (?:to get|to have|to receive)\b"
+    # Spanish / German
+    r"|\bme (?:lo |la |los |las )?(?:mand|envi|enví|pas|pod|pued)\w*"
+    r"|\b(?:mánd|mand|envi|enví|pás|pas)[ae](?:me|mel[oa]s?)\b"
+    r"|\b(?:mandar|enviar|pasar)me\b|\ba mí\b|\ba mi(?=\s*[.,!?]|\s*$)"
+    r"|\bmi (?:celular|celu|móvil|movil|teléfono|telefono|número|numero)\b"
+    r"|\beste (?:número|numero|teléfono)\b"
+    r"|\b(?:schick|send|schreib)\w* (?:sie |du )?(?:es |das |die \w+ |den \w+ )?mir\b|\ban mich\b|\bmir\b"
+    r"|\b(?:auf|an) (?:mein|meine) (?:handy|telefon|nummer)\b|\bdiese nummer\b",
+    re.IGNORECASE)
+
+#: People a text can be for besides the caller (a veto needs a person: "to my mortgage appointment" is none).
+_PEOPLE = (
+    r"(?:wife|husband|partner|spouse|fianc[eé]e?|girlfriend|boyfriend|friend|mom|mum|mother|dad|father|parents?|"
+    r"son|daughter|kids?|child|children|sister|brother|sibling|grandma|grandmother|grandpa|grandfather|aunt|uncle|"
+    r"cousin|niece|nephew|family|relatives?|neighbou?r|roommate|flatmate|colleague|co-?worker|boss|manager|"
+    r"assistant|secretary|sitter|babysitter|nanny|caregiver|carer|nurse|doctor|driver|tenant|landlord|team|"
+    r"student|tutor|lawyer|accountant|employer|"
+    r"esposa|esposo|marido|mujer|pareja|novi[oa]|amig[oa]|madre|mamá|padre|papá|padres|hij[oa]s?|herman[oa]s?|"
+    r"abuel[oa]|tí[oa]|prim[oa]|vecin[oa]|compañer[oa]|jef[ea]|familia|"
+    r"frau|mann|partner(?:in)?|freund(?:in)?|mutter|mama|vater|papa|eltern|sohn|tochter|kinder?|schwester|"
+    r"bruder|oma|opa|nachbar(?:in)?|kollege|kollegin|chef(?:in)?|familie)"
+)
+#: After a person: their phone is still them; their anything else ("my son's school") is not a recipient.
+_NOT_THEIR_THING = r"(?!'s (?!phone|cell|mobile|number)|-)"
+#: The text directed at someone other than the caller: a person next to a verb of sending, in that clause.
+_TO_OTHER = re.compile(
+    rf"\b{_SEND}\w* {_OBJECT}?(?:over |across )?to (?:my|our|his|her|their) (?:\w+ )?{_PEOPLE}\b{_NOT_THEIR_THING}"
+    rf"|\b{_SEND}\w* (?:my|our) {_PEOPLE}\b(?= (?:the|a|an|it|that|this|those|these|them)\b)"
+    rf"|\b{_SEND}\w* (?:him|her)(?= (?:the|a|an|it|that|this|those|these|them|a copy)\b|\s*[.,!?]|\s*$)"
+    rf"|\b{_SEND}\w* {_OBJECT}?(?:over |across )?to (?:him|her)\b"
+    rf"|\b(?:mánd|mand|envi|enví|pas|pás)\w*(?: \w+){{0,3}} a (?:mi|mis|su|sus) {_PEOPLE}\b"
+    rf"|\ble (?:mand|envi|enví|pas)\w*"
+    rf"|\b(?:schick|send|sms)\w*(?: \w+){{0,4}} an (?:meine[nmr]?|unsere[nmr]?|seine[nmr]?|ihre[nmr]?) {_PEOPLE}\b",
+    re.IGNORECASE)
+#: Right before a verb of sending: the caller does the sending ("I'm sending flowers to my mom").
+_CALLER_SENDS = re.compile(
+    r"\b(?:i|i'm|im|i am|i'll|i will|i've|i have|we|we're|we'll|we've|gonna|going to|want to|wanna)\s+$",
+    re.IGNORECASE)
+#: Words that make the recipient a matter for the model: more than one ("too", "and me"), or a negation.
+_UNCLEAR_TURN = re.compile(
+    r"\b(?:too|also|as well|both|and me|me and|and i|forward\w*|pass (?:it|that|them) on|"
+    r"not|don't|dont|never|no|instead|rather|either|"
+    r"también|tambien|y a m[ií]|ni|auch|und mir|und mich|nicht|kein\w*|statt|anstatt)\b|n't\b",
+    re.IGNORECASE)
+
+#: Words for people in a condition besides those of :data:`_PEOPLE` (roles a text may be meant for).
+_ROLES = (r"(?:person|people|caregiver|carer|guardian|grandparent|adult|contact|recipient|individual|"
+          r"member|helper|representative|persona|familiar|contacto|person(?:en)?|angehörige[nmr]?|kontakt)")
+#: Someone other than the caller as the recipient, anywhere in the condition (German puts it before the verb).
+_SOMEONE_ELSE = re.compile(
+    r"\b(?:to|like|such as|e\.g\.) (?:someone|somebody|anyone|anybody)\b|\bsomeone else\b|\bsomebody else\b"
+    r"|\b(?:to|a) (?:alguien|otra persona)\b|\ban (?:jemand\w*|eine andere person)\b|\bthird part(?:y|ies)\b",
+    re.IGNORECASE)
+#: Someone other than the caller as the recipient, after the condition's verb of sending.
+_OTHER_CONDITION = re.compile(
+    rf"\bto (?:another|other|a different|a second) (?:\w+ )?(?:{_ROLES}|{_PEOPLE}|number|phone)\b"
+    rf"|\b(?:to|like|such as|e\.g\.) (?:a|an|the|their|his|her) (?:\w+ )?(?:{_ROLES}|{_PEOPLE})\b(?!'s)",
+    re.IGNORECASE)
+#: The caller as the recipient, said outright.
+_CALLER_CONDITION = re.compile(
+    r"\bto (?:them|themselves|him|her|the caller|the customer|the client|the patient|the user)\b"
+    r"|\b(?:to|on) (?:their|his|her) (?:own )?(?:phone|cell|cellphone|mobile|number)\b",
+    re.IGNORECASE)
+#: After the verb of sending: a recipient, or a choice between recipients, the rule cannot place.
+_UNCLEAR_CONDITION = re.compile(
+    r"\b(?:to|for) (?:a|an|the|their|his|her|its)\b|\bor\b|\brather than\b|\binstead\b|\bforward\b|\bpara\b|\bfür\b",
+    re.IGNORECASE)
+
+
+#: A condition about someone being sent something: the channel or a verb of sending (en/es/de).
+_DELIVERY = re.compile(
+    r"(?<!\w)(?:text\w*|sms|messag\w*|whats ?app|send|sent|phone|mobile|cell\w*|"
+    r"mensaje\w*|envi\w*|enví\w*|mand\w*|móvil|celular|nachricht\w*|schick\w*|zugeschickt|gesendet|handy)(?!\w)",
+    re.IGNORECASE)
+
+
+def is_delivery_condition(condition: str) -> bool:
+    """Whether ``condition`` is about someone being sent something (the rule applies to no other)."""
+    return _DELIVERY.search(condition) is not None
+
+
+def condition_recipient(condition: str) -> Recipient | None:
+    """Whom a condition's text is for (``None``: unclear, the rule then stays out).
+
+    Read after the condition's verb of sending (before it is who asks: "if someone asks for ..."):
+    ``other`` when it names someone else as the recipient ("sent to another caregiver", "to someone
+    else, like a parent"); ``caller`` when it names the caller ("texted to them", "to their phone")
+    or no recipient at all ("by text"); ``None`` for anything else ("for their son's appointment",
+    "to them or a family member", a person it cannot place).
+    """
+    sending = _DELIVERY.search(condition)
+    if sending is None:
+        return None
+    tail = condition[sending.start():]
+    other = _SOMEONE_ELSE.search(condition) is not None or _OTHER_CONDITION.search(tail) is not None
+    caller = _CALLER_CONDITION.search(tail) is not None
+    if other and not caller:
+        return "other"
+    unclear = _UNCLEAR_CONDITION.search(_CALLER_CONDITION.sub(" ", tail)) is not None
+    if other or unclear:
+        return None
+    return "caller"
+
+
+def turn_recipients(text: str) -> set[Recipient] | None:
+    """Whom a caller's turn directs a text at (an empty set when it does not say).
+
+    ``None`` when the turn is not clear about it: several recipients ("too", "and me"), a
+    negation ("not to my husband"), or the caller passing it on themselves: the model decides.
+    """
+    if _UNCLEAR_TURN.search(text):
+        return None
+    found: set[Recipient] = set()
+    if _TO_CALLER.search(text):
+        found.add("caller")
+    if any(not _CALLER_SENDS.search(text, 0, match.start()) for match in _TO_OTHER.finditer(text)):
+        found.add("other")
+    return found
+
+
+def vetoes(condition: str, turn: str) -> bool:
+    """Whether the turn directs the text only at someone a delivery condition is not about."""
+    if not is_delivery_condition(condition):
+        return False
+    meant = condition_recipient(condition)
+    said = turn_recipients(turn)
+    return meant is not None and said is not None and len(said) == 1 and meant not in said
