@@ -23,10 +23,19 @@ Recipient = Literal["caller", "other"]
 #: Verbs that direct a text somewhere (a person counts as the recipient only next to one of them).
 _SEND = r"(?:text|send|sms|messag\w*|shoot|forward|ping|email|e-mail|whatsapp)"
 #: What is sent, between the verb and the recipient ("text *the gate code* to my son").
-_OBJECT = r"(?:(?:(?!(?:to|for|me|and|but|so|then)\b)[\w'-]+ ){1,6})"
+_OBJECT = (r"(?:(?:(?!(?:to|for|me|my|our|and|but|so|then|i|i'll|i'm|i'd|we|we're|we'll|you|he|she|they|"
+           r"that|which|who|cause|because|since|while)\b)[\w'-]+ ){1,4})")  # a new clause ends it ("text it i'll ...")
 _DEVICE = r"(?:phone|cell|cellphone|mobile|number|whatsapp|email|e-mail|inbox|handy|celular|móvil|movil|teléfono)"
 
-#: The text directed at the caller (wide: finding the caller too only means the rule stays out).
+#: The text directed at the caller, said outright ("text it to me", "mándamelo", "an mich").
+_SURELY_CALLER = re.compile(
+    rf"\b{_SEND}\w* {_OBJECT}?(?:over |across |back )?(?:to )?me\b|\bto me\b"
+    rf"|\b(?:on|to) (?:my|this) (?:own |work |personal |other )?{_DEVICE}\b|\bthis (?:number|phone)\b"
+    r"|\b(?:mánd|mand|envi|enví|pás|pas)[ae](?:me|mel[oa]s?)\b|\b(?:mandar|enviar|pasar)me\b|\ba mí\b"
+    r"|\b(?:schick|send|schreib)\w* (?:sie |du )?(?:es |das |die \w+ |den \w+ )?mir\b|\ban mich\b"
+    r"|\b(?:auf|an) (?:mein|meine) (?:handy|telefon|nummer)\b",
+    re.IGNORECASE)
+#: Any sign of the caller as the recipient (wide: finding the caller too only means the rule stays out).
 _TO_CALLER = re.compile(
     rf"\b{_SEND}\w* {_OBJECT}?(?:over |across |back )?(?:to )?me\b|\bto me\b|\bme too\b"
     rf"|\b(?:on|to) (?:my|this) (?:own |work |personal |other )?{_DEVICE}\b|\bthis (?:number|phone)\b"
@@ -53,8 +62,9 @@ _PEOPLE = (
     r"frau|mann|partner(?:in)?|freund(?:in)?|mutter|mama|vater|papa|eltern|sohn|tochter|kinder?|schwester|"
     r"bruder|oma|opa|nachbar(?:in)?|kollege|kollegin|chef(?:in)?|familie)"
 )
-#: After a person: their phone is still them; their anything else ("my son's school") is not a recipient.
-_NOT_THEIR_THING = r"(?!'s (?!phone|cell|mobile|number)|-)"
+#: After a person: "my son's school", "my wife's phone", "our family group chat" are no clear person.
+_NOT_THEIR_THING = (r"(?!'s\b|-|\s+(?:group|chat|account|plan|line|email|e-mail|address|number|phone|cell|inbox|"
+                    r"business|office)\b)")
 #: The text directed at someone other than the caller: a person next to a verb of sending, in that clause.
 _TO_OTHER = re.compile(
     rf"\b{_SEND}\w* {_OBJECT}?(?:over |across )?to (?:my|our|his|her|their) (?:\w+ )?{_PEOPLE}\b{_NOT_THEIR_THING}"
@@ -62,16 +72,24 @@ _TO_OTHER = re.compile(
     rf"|\b{_SEND}\w* (?:him|her)(?= (?:the|a|an|it|that|this|those|these|them|a copy)\b|\s*[.,!?]|\s*$)"
     rf"|\b{_SEND}\w* {_OBJECT}?(?:over |across )?to (?:him|her)\b"
     rf"|\b(?:mánd|mand|envi|enví|pas|pás)\w*(?: \w+){{0,3}} a (?:mi|mis|su|sus) {_PEOPLE}\b"
-    rf"|\ble (?:mand|envi|enví|pas)\w*"
     rf"|\b(?:schick|send|sms)\w*(?: \w+){{0,4}} an (?:meine[nmr]?|unsere[nmr]?|seine[nmr]?|ihre[nmr]?) {_PEOPLE}\b",
+    re.IGNORECASE)
+#: A text directed at anyone but "me": a name, a relative the lists miss ("send it to my bookkeeper").
+_DIRECTED = re.compile(
+    rf"\b(?:{_SEND}|sent)\w* {_OBJECT}?(?:over |across )?to "
+    rf"(?!me\b|my (?:own |work |personal |other )?{_DEVICE}\b|this\b)\w+"
+    r"|\b(?:mand|mánd|envi|enví|pas|pás)\w*(?: \w+){0,3} a (?!mí\b)\w+"
+    r"|\b(?:schick|send)\w*(?: \w+){0,4} an (?!mich\b|mein (?:handy|telefon)\b)\w+"
+    r"|\ban (?:meine[nmr]?|unsere[nmr]?) \w+ (?:schick|send)\w*",
     re.IGNORECASE)
 #: Right before a verb of sending: the caller does the sending ("I'm sending flowers to my mom").
 _CALLER_SENDS = re.compile(
-    r"\b(?:i|i'm|im|i am|i'll|i will|i've|i have|we|we're|we'll|we've|gonna|going to|want to|wanna)\s+$",
+    r"\b(?:i|i'm|im|i'll|i've|i'd|we|we're|we'll|we've|yo|ich|wir)(?: [\w']+){0,2}\s+$",
     re.IGNORECASE)
 #: Words that make the recipient a matter for the model: more than one ("too", "and me"), or a negation.
 _UNCLEAR_TURN = re.compile(
-    r"\b(?:too|also|as well|both|and me|me and|and i|forward\w*|pass (?:it|that|them) on|"
+    r"\b(?:too|also|as well|both|and me|me and|and i|forward\w*|pass (?:it|that|them) on|calling (?:for|about)|"
+    r"on behalf|it's for my|it is for my|llamo (?:por|de parte)|de parte de|es para mi|im namen|für meine[nmr]?|"
     r"not|don't|dont|never|no|instead|rather|either|"
     r"también|tambien|y a m[ií]|ni|auch|und mir|und mich|nicht|kein\w*|statt|anstatt)\b|n't\b",
     re.IGNORECASE)
@@ -86,8 +104,12 @@ _SOMEONE_ELSE = re.compile(
     re.IGNORECASE)
 #: Someone other than the caller as the recipient, after the condition's verb of sending.
 _OTHER_CONDITION = re.compile(
-    rf"\bto (?:another|other|a different|a second) (?:\w+ )?(?:{_ROLES}|{_PEOPLE}|number|phone)\b"
+    rf"\bto (?:another|other|a different|a second) (?:\w+ )?(?:{_ROLES}|{_PEOPLE})\b"
     rf"|\b(?:to|like|such as|e\.g\.) (?:a|an|the|their|his|her) (?:\w+ )?(?:{_ROLES}|{_PEOPLE})\b(?!'s)",
+    re.IGNORECASE)
+#: A person of the caller's, or whoever: a condition naming one may be about them (the rule stays out).
+_THEIR_PERSON = re.compile(
+    rf"\b(?:their|his|her|su|sus|seine[nmr]?|ihre[nmr]?) (?:\w+ )?{_PEOPLE}\b|\bwhoever\b|\bquien\b|\bwer\b",
     re.IGNORECASE)
 #: The caller as the recipient, said outright.
 _CALLER_CONDITION = re.compile(
@@ -96,7 +118,8 @@ _CALLER_CONDITION = re.compile(
     re.IGNORECASE)
 #: After the verb of sending: a recipient, or a choice between recipients, the rule cannot place.
 _UNCLEAR_CONDITION = re.compile(
-    r"\b(?:to|for) (?:a|an|the|their|his|her|its)\b|\bor\b|\brather than\b|\binstead\b|\bforward\b|\bpara\b|\bfür\b",
+    r"\b(?:to|for) (?:a|an|the|their|his|her|its)\b|\bor\b|\brather than\b|\binstead\b|\bforward\b|\bpara\b|\bfür\b"
+    r"|\b(?:different|other|second|another|work) (?:number|phone|cell)\b",
     re.IGNORECASE)
 
 
@@ -129,6 +152,8 @@ def condition_recipient(condition: str) -> Recipient | None:
     caller = _CALLER_CONDITION.search(tail) is not None
     if other and not caller:
         return "other"
+    if _THEIR_PERSON.search(condition):  # "text their husband the pickup time", "to whoever picks it up"
+        return None
     unclear = _UNCLEAR_CONDITION.search(_CALLER_CONDITION.sub(" ", tail)) is not None
     if other or unclear:
         return None
@@ -157,4 +182,7 @@ def vetoes(condition: str, turn: str) -> bool:
         return False
     meant = condition_recipient(condition)
     said = turn_recipients(turn)
-    return meant is not None and said is not None and len(said) == 1 and meant not in said
+    if meant is None or said is None or len(said) != 1 or meant in said:
+        return False
+    # for a text meant for someone else, only the caller said outright, and nobody else named, counts
+    return meant == "caller" or (_SURELY_CALLER.search(turn) is not None and not _DIRECTED.search(turn))
