@@ -1,14 +1,17 @@
-"""Who a text is for: the caller, or someone else. A rule the local judge applies before asking its model.
+"""Who a text is for: the caller, or someone else. A rule both judges apply before deciding.
 
 A 1.5B model often misses the difference between "text me the details" and "text the details to
-my sister" when the condition names the other one (the class of most of its wrong texts on third
-parties). The words that direct a text are few and
-explicit, so a rule reads them: in the caller's turn (``to me``, ``my phone``, ``mándamelo``, ``an
-mich`` vs ``to my sister``, ``to her``, ``a mi hijo``, ``an meine Frau``) and in the condition
-(``to someone else, like a parent`` vs the default: the caller). The rule only vetoes: when the
-turn directs the text only at the caller and the condition is about someone else, or only at
-someone else and the condition is about the caller. A turn naming both, or neither (a bare "yes
-please" to an offer), is left to the model.
+my sister" when the condition names the other one (most of its wrong texts on third parties). The
+words that direct a text are few and explicit, so a rule reads them: in the caller's turn (``to
+me``, ``to my cell``, ``mándamelo``, ``an mich`` vs ``to my sister``, ``send her the link``, ``a mi
+hijo``, ``an meine Frau``) and in the condition (``to someone else, like a parent`` vs ``texted to
+them`` or no recipient at all). It only vetoes, and only when both are clear: the turn directs the
+text at one side only and the condition is about the other. Everything else is left to the judge:
+a turn naming both or nobody (a bare "yes please"), "too", a negation, the caller passing it on
+themselves, a condition naming a recipient the rule cannot place. A wrong veto would lose a text the
+caller asked for, so the rule errs towards staying out (``tests/test_judge_rules.py`` holds the real
+requests two outside reviews wrote to trip it; ``scripts/score_recipients.py`` runs it on the
+labelled sets).
 """
 
 from __future__ import annotations
