@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from incall_sms.judges.base import ConditionSpec, JudgeRequest, Match, Turn
-from incall_sms.judges.recipients import condition_recipient, vetoes
+from incall_sms.judges.recipients import veto_reason
 
 __all__ = ["MAX_TURN_CHARS", "EmbeddedJudge", "ParsedCondition", "parse_condition"]
 
@@ -501,9 +501,9 @@ class EmbeddedJudge:
                 if turn.role == "user":
                     best = max(best, self._score_request(parsed, transcript[: index + 1]))
             return best
-        if transcript[-1].role == "user" and vetoes(spec.condition, transcript[-1].text):
-            whom = "someone else" if condition_recipient(spec.condition) == "caller" else "themselves"
-            return 0.0, f"the caller wants it sent to {whom}"
+        vetoed = veto_reason(spec.condition, transcript[-1].text) if transcript[-1].role == "user" else None
+        if vetoed:
+            return 0.0, vetoed
         return self._score_request(parsed, transcript)
 
     def _score_request(self, parsed: ParsedCondition, transcript: Sequence[Turn]) -> tuple[float, str]:

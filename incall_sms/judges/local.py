@@ -37,7 +37,7 @@ from typing import Literal
 
 from incall_sms.judges.base import ConditionJudge, ConditionSpec, Decision, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
-from incall_sms.judges.recipients import condition_recipient, vetoes
+from incall_sms.judges.recipients import veto_reason
 from incall_sms.local_model import LocalModel
 
 __all__ = ["DEFAULT_THRESHOLD", "LocalModelJudge"]
@@ -398,9 +398,9 @@ class LocalModelJudge:
             return Decision(id=spec.id, fires=False, score=None,
                             part=f"rule: {kind} condition after a turn of the other side")
         condition = await self._english_of(spec.condition)
-        if kind == "caller" and self.recipients and vetoes(condition, turns[-1][1]):
-            whom = "someone else" if condition_recipient(condition) == "caller" else "the caller"
-            return Decision(id=spec.id, fires=False, score=None, part=f"rule: the caller wants it sent to {whom}")
+        vetoed = veto_reason(condition, turns[-1][1]) if kind == "caller" and self.recipients else None
+        if vetoed:
+            return Decision(id=spec.id, fires=False, score=None, part=f"rule: {vetoed}")
         score = await self.model.yes_probability(build_prompt(kind, turns, condition),
                                                  priority=0 if kind == "end" else 1)
         self.decisions += 1

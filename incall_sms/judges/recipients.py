@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-__all__ = ["Recipient", "condition_recipient", "is_delivery_condition", "turn_recipients", "vetoes"]
+__all__ = ["Recipient", "condition_recipient", "is_delivery_condition", "turn_recipients", "veto_reason", "vetoes"]
 
 Recipient = Literal["caller", "other"]
 
@@ -31,26 +31,21 @@ _OBJECT = (r"(?:(?:(?!(?:to|for|me|my|our|and|but|so|then|i|i'll|i'm|i'd|we|we'r
 _DEVICE = r"(?:phone|cell|cellphone|mobile|number|whatsapp|email|e-mail|inbox|handy|celular|móvil|movil|teléfono)"
 
 #: The text directed at the caller, said outright ("text it to me", "mándamelo", "an mich").
-_SURELY_CALLER = re.compile(
+_SURELY_CALLER_WORDS = (
     rf"\b{_SEND}\w* {_OBJECT}?(?:over |across |back )?(?:to )?me\b|\bto me\b"
     rf"|\b(?:on|to) (?:my|this) (?:own |work |personal |other )?{_DEVICE}\b|\bthis (?:number|phone)\b"
     r"|\b(?:mánd|mand|envi|enví|pás|pas)[ae](?:me|mel[oa]s?)\b|\b(?:mandar|enviar|pasar)me\b|\ba mí\b"
     r"|\b(?:schick|send|schreib)\w* (?:sie |du )?(?:es |das |die \w+ |den \w+ )?mir\b|\ban mich\b"
-    r"|\b(?:auf|an) (?:mein|meine) (?:handy|telefon|nummer)\b",
-    re.IGNORECASE)
+    r"|\b(?:auf|an) (?:mein|meine) (?:handy|telefon|nummer)\b"
+)
+_SURELY_CALLER = re.compile(_SURELY_CALLER_WORDS, re.IGNORECASE)
 #: Any sign of the caller as the recipient (wide: finding the caller too only means the rule stays out).
 _TO_CALLER = re.compile(
-    rf"\b{_SEND}\w* {_OBJECT}?(?:over |across |back )?(?:to )?me\b|\bto me\b|\bme too\b"
-    rf"|\b(?:on|to) (?:my|this) (?:own |work |personal |other )?{_DEVICE}\b|\bthis (?:number|phone)\b"
+    rf"{_SURELY_CALLER_WORDS}|\bme too\b"
     r"|\b(?:can|could|may) i (?:get|have|receive)\b|\bi(?:'d| would) like (?:to get|to have|to receive)\b"
-    # Spanish / German
-    r"|\bme (?:lo |la |los |las )?(?:mand|envi|enví|pas|pod|pued)\w*"
-    r"|\b(?:mánd|mand|envi|enví|pás|pas)[ae](?:me|mel[oa]s?)\b"
-    r"|\b(?:mandar|enviar|pasar)me\b|\ba mí\b|\ba mi(?=\s*[.,!?]|\s*$)"
-    r"|\bmi (?:celular|celu|móvil|movil|teléfono|telefono|número|numero)\b"
-    r"|\beste (?:número|numero|teléfono)\b"
-    r"|\b(?:schick|send|schreib)\w* (?:sie |du )?(?:es |das |die \w+ |den \w+ )?mir\b|\ban mich\b|\bmir\b"
-    r"|\b(?:auf|an) (?:mein|meine) (?:handy|telefon|nummer)\b|\bdiese nummer\b",
+    r"|\bme (?:lo |la |los |las )?(?:mand|envi|enví|pas|pod|pued)\w*|\ba mi(?=\s*[.,!?]|\s*$)"
+    r"|\bmi (?:celular|celu|móvil|movil|teléfono|telefono|número|numero)\b|\beste (?:número|numero|teléfono)\b"
+    r"|\bmir\b|\bdiese nummer\b",
     re.IGNORECASE)
 
 #: People a text can be for besides the caller (a veto needs a person: "to my mortgage appointment" is none).
@@ -98,8 +93,8 @@ _UNCLEAR_TURN = re.compile(
     re.IGNORECASE)
 
 #: Words for people in a condition besides those of :data:`_PEOPLE` (roles a text may be meant for).
-_ROLES = (r"(?:person|people|caregiver|carer|guardian|grandparent|adult|contact|recipient|individual|"
-          r"member|helper|representative|persona|familiar|contacto|person(?:en)?|angehörige[nmr]?|kontakt)")
+_ROLES = (r"(?:person(?:en)?|people|guardian|grandparent|adult|contact|recipient|individual|member|helper|"
+          r"representative|persona|familiar|contacto|angehörige[nmr]?|kontakt)")
 #: Someone other than the caller as the recipient, anywhere in the condition (German puts it before the verb).
 _SOMEONE_ELSE = re.compile(
     r"\b(?:to|like|such as|e\.g\.) (?:someone|somebody|anyone|anybody)\b|\bsomeone else\b|\bsomebody else\b"
@@ -177,6 +172,14 @@ def turn_recipients(text: str) -> set[Recipient] | None:
     if any(not _CALLER_SENDS.search(text, 0, match.start()) for match in _TO_OTHER.finditer(text)):
         found.add("other")
     return found
+
+
+def veto_reason(condition: str, turn: str) -> str | None:
+    """Why :func:`vetoes` says no ("the caller wants it sent to someone else" / "... to themselves"), else ``None``."""
+    if not vetoes(condition, turn):
+        return None
+    whom = "someone else" if condition_recipient(condition) == "caller" else "themselves"
+    return f"the caller wants it sent to {whom}"
 
 
 def vetoes(condition: str, turn: str) -> bool:
