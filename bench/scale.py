@@ -130,8 +130,10 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, 
             await worker.queue_frame(InputAudioRawFrame(audio=SILENCE, sample_rate=16000, num_channels=1))
             await worker.queue_frame(OutputAudioRawFrame(audio=SILENCE, sample_rate=16000, num_channels=1))
             if n == 25:
-                await worker.queue_frame(TranscriptionFrame(text="Can you text me the link?", user_id="",
-                                                            timestamp=""))
+                # a different sentence per call: the judge's per-turn caches must not make calls look alike
+                await worker.queue_frame(TranscriptionFrame(
+                    text=f"Can you text me the link? I'm caller number {first_caller + workers.index(worker)}.",
+                    user_id="", timestamp=""))
             if inbound and variant == "sms" and n == 50:
                 index = texts_for + workers.index(worker)
                 await router.route(InboundMessage(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 from incall_sms.errors import InvalidPhoneNumberError
@@ -44,17 +46,26 @@ def normalize_e164(
         raise InvalidPhoneNumberError("too long", field=field)
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         raise InvalidPhoneNumberError("control characters", field=field)
+    number, problem = _parse(text, default_region, allow_premium)
+    if problem is not None:
+        raise InvalidPhoneNumberError(problem, field=field)
+    return number
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str, default_region: str | None, allow_premium: bool) -> tuple[str, str | None]:
+    """``(E.164, None)`` or ``("", why not)``; cached: every send parses the same few numbers (~0.1 ms each)."""
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException:
-        raise InvalidPhoneNumberError("unparseable", field=field) from None
+        return "", "unparseable"
     if parsed.extension:
-        raise InvalidPhoneNumberError("extensions cannot receive SMS", field=field)
+        return "", "extensions cannot receive SMS"
     if not phonenumbers.is_valid_number(parsed):
-        raise InvalidPhoneNumberError("not a valid number", field=field)
+        return "", "not a valid number"
     if not allow_premium and phonenumbers.number_type(parsed) in _PREMIUM_TYPES:
-        raise InvalidPhoneNumberError("premium-rate numbers are refused", field=field)
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return "", "premium-rate numbers are refused"
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None
 
 
 def is_e164(value: str) -> bool:
@@ -81,12 +92,17 @@ def mask(number: str | None) -> str:
         return "*" * len(digits)
     prefix = ""
     if number.startswith("+"):
-        try:
-            prefix = f"+{phonenumbers.parse(number, None).country_code}"
-        except phonenumbers.NumberParseException:
-            prefix = "+"
+        prefix = _country_prefix(number)
     hidden = len(digits) - 4 - max(len(prefix) - 1, 0)
     return f"{prefix}{'*' * max(hidden, 2)}{digits[-4:]}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _country_prefix(number: str) -> str:
+    try:
+        return f"+{phonenumbers.parse(number, None).country_code}"
+    except phonenumbers.NumberParseException:
+        return "+"
 
 
 def last_digits(number: str, count: int = 2) -> str:

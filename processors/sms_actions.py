@@ -301,22 +301,38 @@ class SmsActionProcessor(FrameProcessor):
         self._start_all(firings)
 
     def _start_all(self, firings: list[Firing]) -> None:
+        """Start what fired: the first at once, the rest one per turn of the event loop.
+
+        Many conditions can fire on one turn (50 in the benchmark); starting them all in one go would
+        hold the event loop, and the audio with it, for milliseconds.
+        """
+        if firings:
+            self._start(firings[0])
+        if len(firings) > 1:
+            self._spawn(self._start_rest(firings[1:]), "sms-start")
+
+    async def _start_rest(self, firings: list[Firing]) -> None:
         for firing in firings:
-            if firing.stage == "ask":
-                self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
-                self._spawn(self._ask_consent(firing), f"sms-ask-{firing.action.name}")
-            elif firing.stage == "declined":
-                self._spawn(self._call_event_handler("on_consent", firing.action.name, "no"), "sms-event")
-                line = self.engine._render_line(firing.action, firing.action.consent_declined, {})
-                if line and self._live:
-                    self._spawn(self._speak(line, kind="consent_declined", action=firing.action.name, append=True),
-                                "sms-say")
+            await asyncio.sleep(0)
+            self._start(firing)
+
+    def _start(self, firing: Firing) -> None:
+        """Start one firing: its event, then its consent question, declined line or send."""
+        if firing.stage == "ask":
+            self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
+            self._spawn(self._ask_consent(firing), f"sms-ask-{firing.action.name}")
+        elif firing.stage == "declined":
+            self._spawn(self._call_event_handler("on_consent", firing.action.name, "no"), "sms-event")
+            line = self.engine._render_line(firing.action, firing.action.consent_declined, {})
+            if line and self._live:
+                self._spawn(self._speak(line, kind="consent_declined", action=firing.action.name, append=True),
+                            "sms-say")
+        else:
+            if firing.action.ask_consent and firing.match.reason.startswith("consent:"):
+                self._spawn(self._call_event_handler("on_consent", firing.action.name, "yes"), "sms-event")
             else:
-                if firing.action.ask_consent and firing.match.reason.startswith("consent:"):
-                    self._spawn(self._call_event_handler("on_consent", firing.action.name, "yes"), "sms-event")
-                else:
-                    self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
-                self._spawn(self._run(firing), f"sms-{firing.action.name}")
+                self._spawn(self._call_event_handler("on_condition_matched", firing), "sms-event")
+            self._spawn(self._run(firing), f"sms-{firing.action.name}")
 
     async def _answer_consents(self) -> None:
         """Read the caller's answer to a consent question once their turn has ended (not per fragment)."""

@@ -276,3 +276,24 @@ FALSE_VETOES_2 = [
 @pytest.mark.parametrize("condition, turn", FALSE_VETOES + FALSE_VETOES_2)
 def test_the_rule_stays_out_of_real_requests(condition, turn):
     assert not vetoes(condition, turn)
+
+
+def test_the_embedded_judge_reads_a_caller_turn_once_for_all_its_conditions():
+    # judging runs inline with the transcript: N conditions must not analyse the same turn N times
+    from incall_sms.judges import ConditionSpec, EmbeddedJudge, JudgeRequest, Turn, embedded
+
+    turn = "Could you text me the parking info and the wifi code, for room 4312 please?"
+    conditions = [ConditionSpec(id=f"c{i}", condition=c) for i, c in enumerate(
+        ["if the caller wants the parking info texted to them", "if the guest asks for the wifi code by text",
+         "if the caller asks for the menu", "whenever the caller says to send a text"] * 5)]
+    request = JudgeRequest(conditions=conditions, transcript=(Turn("agent", "Welcome to the hotel."),
+                                                              Turn("user", turn)), at="turn", variables={})
+    before = embedded._turn_clauses.cache_info()
+    fired = {m.id for m in EmbeddedJudge().judge_now(request)}
+    after = embedded._turn_clauses.cache_info()
+    assert after.misses - before.misses == 1 and after.hits - before.hits >= len(conditions) - 1
+    # same decisions as judging each condition alone, on a turn the caches have not seen
+    for spec in conditions:
+        alone = JudgeRequest(conditions=[spec], transcript=(Turn("agent", "Welcome to the hotel."),
+                                                           Turn("user", turn + " Thanks!")), at="turn", variables={})
+        assert bool(EmbeddedJudge().judge_now(alone)) == (spec.id in fired)

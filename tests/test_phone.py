@@ -53,3 +53,20 @@ def test_never_crashes_with_anything_but_invalid_number(text):
     except InvalidPhoneNumberError:
         return
     assert out.startswith("+") and out[1:].isdigit()
+
+
+def test_a_cached_refusal_still_names_each_field_and_premium_rules_stay_per_call():
+    # parsing is cached (every send parses the same few numbers): errors and options must not leak between calls
+    for field in ("to", "from", "to"):
+        with pytest.raises(InvalidPhoneNumberError) as info:
+            normalize_e164("+1555", field=field)
+        assert field in str(info.value)
+    premium = "+19005550123"
+    with pytest.raises(InvalidPhoneNumberError):
+        normalize_e164(premium)
+    assert normalize_e164(premium, allow_premium=True) == premium
+    with pytest.raises(InvalidPhoneNumberError):
+        normalize_e164(premium)
+    assert normalize_e164("4155552671") == "+14155552671"
+    with pytest.raises(InvalidPhoneNumberError):
+        normalize_e164("4155552671", default_region=None)

@@ -230,3 +230,21 @@ async def test_delivery_failure_callback_is_spoken(peer):
     await task
     assert kinds(sms)[-1] == ("delivery_failure", "website_link")
     assert "didn't go through" in sms.spoken[-1].text
+
+
+async def test_many_actions_firing_on_one_turn_all_start_in_order_and_send_once(peer):
+    # the first firing starts with the transcript, the others one per turn of the event loop (so a burst of
+    # firings never holds the audio): none may be lost, doubled or reordered
+    actions = {
+        "max_sends_per_call": 20, "max_sends_per_destination": 100,
+        "actions": [{"name": f"a{i}", "condition": "whenever the caller says to send a text",
+                     "content": {"template": f"Text number {i}"}} for i in range(12)],
+    }
+    engine = make_engine(peer=peer, extractor=False, actions=actions)
+    sms = SmsActionProcessor(engine=engine)
+    matched = []
+    sms.add_event_handler("on_condition_matched", lambda proc, firing: matched.append(firing.action.name))
+    await run_test(sms, frames_to_send=[said("Please send me a text with all of it."), SleepFrame(1.0)])
+    assert matched == [f"a{i}" for i in range(12)]
+    assert sorted(m.body for m in peer.messages) == sorted(f"Text number {i}" for i in range(12))
+    assert sorted(o.firing.action.name for o in sms.outcomes) == sorted(matched)

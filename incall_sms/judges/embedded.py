@@ -149,6 +149,7 @@ _EVENT_ALIASES = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def _normalize(text: str) -> str:
     text = text.lower().replace("\u2019", "'").replace("\u2018", "'")
     for pattern, repl in _CONTRACTIONS:
@@ -189,6 +190,16 @@ def _expand(words: Iterable[str]) -> set[str]:
     for word in words:
         out |= _expand_word(word)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _agent_words(agent_text: str) -> tuple[str, ...]:
+    return tuple(_words(_normalize(agent_text)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _expanded(terms: frozenset[str]) -> frozenset[str]:
+    return frozenset(_expand(terms))
 
 
 def _clauses(text: str) -> list[str]:
@@ -298,6 +309,7 @@ class _Clause:
     want: bool  # "I need / I want / can I get" without a send verb
 
 
+@functools.lru_cache(maxsize=4096)
 def _analyse(clause: str) -> _Clause:
     words = tuple(_words(clause))
     wordset = set(words)
@@ -350,10 +362,16 @@ def _analyse(clause: str) -> _Clause:
     return _Clause(clause, words, send, question, wh, negated, received, content_question, other_channel, want)
 
 
+@functools.lru_cache(maxsize=1024)
+def _turn_clauses(normalized_turn: str) -> tuple[_Clause, ...]:
+    """A caller turn's clauses, analysed once per turn (every condition of a request reads the same turn)."""
+    return tuple(_analyse(c) for c in _clauses(normalized_turn))
+
+
 def _topic_hit(words: Iterable[str], terms: frozenset[str]) -> bool:
     if not terms:
         return False
-    expanded_terms = _expand(terms)
+    expanded_terms = _expanded(terms)
     stems = {_stem(w) for w in words} | set(words)
     return bool(stems & expanded_terms)
 
@@ -393,7 +411,8 @@ _PERSONS = frozenset({
 _THIRD_PARTY = re.compile(r"\b(to|for) (my|our|his|her|their|the) ([a-z-]+)\b|\b(to|for) (him|her|them)\b")
 
 
-def _recipients(phrase: str, *, pronouns: bool = True) -> set[str]:
+@functools.lru_cache(maxsize=1024)
+def _recipients(phrase: str, *, pronouns: bool = True) -> frozenset[str]:
     """Third parties a phrase directs a text to ("to my colleague" -> {"colleague"}).
 
     In a condition "to them" means the caller, so conditions pass ``pronouns=False``.
@@ -404,7 +423,7 @@ def _recipients(phrase: str, *, pronouns: bool = True) -> set[str]:
             found.add(match.group(3))
         elif match.group(5) and pronouns:
             found.add("them")
-    return found
+    return frozenset(found)
 
 
 _GENERIC_HEADS = frozenset({"details", "detail", "info", "information", "summary", "recap", "everything"})
@@ -425,6 +444,7 @@ def _describes_something(agent_text: str) -> bool:
     return len(_words(text)) >= 4 and not text.endswith("?")
 
 
+@functools.lru_cache(maxsize=1024)
 def _agent_offer(agent_text: str) -> tuple[bool, tuple[str, ...]]:
     text = _normalize(agent_text)
     for clause in _clauses(text):
@@ -434,6 +454,7 @@ def _agent_offer(agent_text: str) -> tuple[bool, tuple[str, ...]]:
     return False, ()
 
 
+@functools.lru_cache(maxsize=4096)
 def _topic_words(clause: _Clause) -> tuple[str, ...]:
     """Words that can name what is asked for: phrase synonyms added, destinations ("to my address") removed."""
     phrase = " ".join(clause.words)
@@ -514,9 +535,9 @@ class EmbeddedJudge:
         user = _normalize(transcript[last_user_index].text[-MAX_TURN_CHARS:])
         agent = next((t.text for t in reversed(transcript[:last_user_index]) if t.role == "agent"), "")
         agent = agent[-MAX_TURN_CHARS:]
-        agent_words = tuple(_words(_normalize(agent)))
+        agent_words = _agent_words(agent)
         terms = parsed.head | parsed.modifiers
-        clauses = [_analyse(c) for c in _clauses(user)]
+        clauses = _turn_clauses(user)
         if not clauses:
             return 0.0, "empty turn"
 

@@ -16,6 +16,7 @@ labelled sets).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Literal
 
@@ -133,6 +134,7 @@ def is_delivery_condition(condition: str) -> bool:
     return _DELIVERY.search(condition) is not None
 
 
+@functools.lru_cache(maxsize=1024)
 def condition_recipient(condition: str) -> Recipient | None:
     """Whom a condition's text is for (``None``: unclear, the rule then stays out).
 
@@ -158,7 +160,8 @@ def condition_recipient(condition: str) -> Recipient | None:
     return "caller"
 
 
-def turn_recipients(text: str) -> set[Recipient] | None:
+@functools.lru_cache(maxsize=1024)
+def turn_recipients(text: str) -> frozenset[Recipient] | None:
     """Whom a caller's turn directs a text at (an empty set when it does not say).
 
     ``None`` when the turn is not clear about it: several recipients ("too", "and me"), a
@@ -171,9 +174,10 @@ def turn_recipients(text: str) -> set[Recipient] | None:
         found.add("caller")
     if any(not _CALLER_SENDS.search(text, 0, match.start()) for match in _TO_OTHER.finditer(text)):
         found.add("other")
-    return found
+    return frozenset(found)
 
 
+@functools.lru_cache(maxsize=4096)
 def veto_reason(condition: str, turn: str) -> str | None:
     """Why :func:`vetoes` says no ("the caller wants it sent to someone else" / "... to themselves"), else ``None``."""
     if not vetoes(condition, turn):
