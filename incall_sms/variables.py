@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from incall_sms.judges.base import Turn
+from incall_sms.pattern_extractor import PatternExtractor
 from incall_sms.templates import clean_value
 
 __all__ = ["CallVariables", "LLMVariableExtractor", "PatternExtractor", "VariableExtractor"]
@@ -64,60 +65,6 @@ class VariableExtractor(Protocol):
     async def extract(self, transcript: Sequence[Turn], wanted: Mapping[str, str]) -> dict[str, str]:
         """Return values found for the ``wanted`` names (name -> description)."""
         ...
-
-
-_DAY = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|tomorrow|today|tonight)"
-_TIME = r"(?:\d{1,2}(?::\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)?|noon|midnight)"
-_PATTERNS: dict[str, re.Pattern[str]] = {
-    "name": re.compile(r"\b(?:my name is|this is|i am|i'm|it's)\s+([A-Z][a-z]+(?:\s[A-Z][a-z]+)?)"),
-    "time": re.compile(rf"\b({_DAY}(?:\s+(?:at|from)\s+{_TIME})?|(?:at\s+)?{_TIME}\s+(?:on\s+)?{_DAY})\b",
-                       re.IGNORECASE),
-    "email": re.compile(r"\b([A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})\b"),
-    "phone": re.compile(r"(\+?\d[\d\s().-]{8,}\d)"),
-}
-
-
-class PatternExtractor:
-    """A small deterministic extractor for the simulation and tests.
-
-    Maps each wanted variable to a pattern by its name or description: names
-    (``caller_name``), dates/times (``booking_time``), e-mails and phone numbers.
-    Agent turns are searched for times (the agent states the booking), caller
-    turns for everything.
-    """
-
-    async def extract(self, transcript: Sequence[Turn], wanted: Mapping[str, str]) -> dict[str, str]:
-        """Scan the conversation, newest turn first."""
-        return self.extract_now(transcript, wanted)
-
-    def extract_now(self, transcript: Sequence[Turn], wanted: Mapping[str, str]) -> dict[str, str]:
-        """Synchronous version of :meth:`extract`."""
-        found: dict[str, str] = {}
-        for name, description in wanted.items():
-            kind = self._kind(name, description)
-            if kind is None:
-                continue
-            for turn in reversed(transcript):
-                if kind == "name" and turn.role != "user":
-                    continue
-                match = _PATTERNS[kind].search(turn.text)
-                if match:
-                    found[name] = match.group(1).strip()
-                    break
-        return found
-
-    @staticmethod
-    def _kind(name: str, description: str) -> str | None:
-        text = f"{name} {description}".lower()
-        if "name" in text:
-            return "name"
-        if "email" in text or "e-mail" in text:
-            return "email"
-        if "phone" in text or ("number" in text and "mobile" in text):
-            return "phone"
-        if any(w in text for w in ("time", "date", "when", "day", "slot")):
-            return "time"
-        return None
 
 
 _EXTRACT_SYSTEM = (

@@ -1,0 +1,167 @@
+"""The no-key variable extractor (`PatternExtractor`): values come from where they are stated, not other words.
+
+Written before the fix (issue 11: "a time word in a request for a different text becomes the booking time").
+"""
+
+import json
+import pathlib
+
+import pytest
+
+from incall_sms.judges.base import Turn
+from incall_sms.variables import PatternExtractor
+
+DATA = pathlib.Path(__file__).parent / "data" / "extract"
+BOOKING = {"booking_time": "date and time of the booking"}
+NAME = {"caller_name": "the caller's first name"}
+
+
+def a(text):
+    return Turn("agent", text)
+
+
+def u(text):
+    return Turn("user", text)
+
+
+def extract(turns, wanted=BOOKING):
+    return PatternExtractor().extract_now(turns, wanted)
+
+
+@pytest.mark.parametrize(("turns", "expected"), [
+    # the agent's confirmation states it
+    ([u("a table for four on friday please"), a("Your table for four is booked for Friday at 7 pm.")],
+     "Friday at 7 pm"),
+    # a time word in the caller's request for another text is not the booking time
+    ([a("Your table is booked for Friday at 7 pm."), u("great and can you text me the parking info for tomorrow")],
+     "Friday at 7 pm"),
+    ([a("You're all set for Tuesday at 3 pm."), u("thanks, can you also send me the hours for saturday")],
+     "Tuesday at 3 pm"),
+    # a rebooking: the latest settled time wins
+    ([a("Booked for Friday at 7 pm."), u("actually can we do saturday at 8 instead"),
+      a("Sure, I've moved your booking to Saturday at 8 pm.")], "Saturday at 8 pm"),
+    # a confirmation without a time confirms the time the caller just asked for
+    ([a("I have Friday at 6 or Saturday at 8. Which one?"), u("saturday at 8 please"), a("Done, you're booked.")],
+     "saturday at 8"),
+    # a statement after the confirmation in the same turn
+    ([a("Your visit is scheduled for Monday at 10 am. Is there anything else I can help with?"),
+      u("no that's all")], "Monday at 10 am"),
+    # a time with am/pm and no day
+    ([a("Great, you're booked for 7:30 pm tonight.")], "7:30 pm tonight"),
+])
+def test_booking_time_comes_from_where_the_booking_is_settled(turns, expected):
+    assert extract(turns) == {"booking_time": expected}
+
+
+@pytest.mark.parametrize("turns", [
+    # offers and questions settle nothing
+    [u("do you have anything this weekend"), a("I have Friday at 6 or Saturday at 8. Which one works?")],
+    [a("Shall I book you for Thursday at 5 pm?")],
+    # only the caller mentioned a time, for something else
+    [u("i'm free tomorrow, but can you text me your menu")],
+    [a("Our hours are on the website."), u("can you text me the directions, i'm coming monday")],
+    # the booking was cancelled afterwards
+    [a("You're booked for Friday at 7 pm."), u("actually please cancel it"), a("Okay, I've cancelled your booking.")],
+])
+def test_no_booking_time_when_none_was_settled(turns):
+    assert extract(turns) == {}
+
+
+def test_the_caller_stating_the_booking_counts_when_no_agent_turn_is_known():
+    # e.g. a recording or a bot that does not feed the agent's words back: the caller's own booking request
+    assert extract([u("hi, please book me a table for friday at 7 pm")]) == {"booking_time": "friday at 7 pm"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Hi, this is Dana Smith.", "Dana Smith"),
+    ("Hello, my name is Ana.", "Ana"),
+    ("Hi, it's Marcus, I booked yesterday.", "Marcus"),
+    ("I'm Dana, calling about my order.", "Dana"),
+    ("Hi, I am Priya Patel.", "Priya Patel"),
+    ("It's Omar here.", "Omar"),
+])
+def test_names(text, expected):
+    assert extract([u(text)], NAME) == {"caller_name": expected}
+
+
+@pytest.mark.parametrize("text", [
+    "It's Friday, right?", "This is Great, thanks.", "I'm Sorry, what was that?", "It's Tuesday at 3 pm I think.",
+    "I'm Calling about my booking.", "I'm Not sure.", "It's March already?",
+])
+def test_words_after_its_or_im_that_are_not_names(text):
+    assert extract([u(text)], NAME) == {}
+
+
+def test_other_descriptions_still_read_the_callers_words():
+    wanted = {"callback_time": "when the caller wants to be called back"}
+    turns = [u("could someone call me back tomorrow at 3 pm"), a("Sure, someone will call you back then.")]
+    assert extract(turns, wanted) == {"callback_time": "tomorrow at 3 pm"}
+
+
+@pytest.mark.parametrize(("turns", "expected"), [
+    ([u("my email is dana@example.com")], {"email": "dana@example.com"}),
+    ([u("it's dana at example dot com"), a("Thanks, I have your email as dana@example.com.")],
+     {"email": "dana@example.com"}),
+    # the business's own address is not the caller's
+    ([u("how do i reach you"), a("You can email us at info@clinic.example or call 415 555 0100.")], {}),
+])
+def test_contact_details_are_the_callers(turns, expected):
+    assert extract(turns, {"email": "the caller's e-mail address"}) == expected
+
+
+def test_a_promotion_with_a_time_is_no_booking():
+    turns = [u("do you have specials"), a("Our happy hour is on Friday at 5 pm, and your table can be ready by 6.")]
+    assert extract(turns) == {}
+    assert extract([a("Your appointment is on Monday at 10 am.")]) == {"booking_time": "Monday at 10 am"}
+
+
+@pytest.mark.parametrize("turns", [
+    # our own confirmation line after a request for another text is no booking
+    [u("can you text me the directions for tomorrow"), a("Done, I've texted it to your number ending in 71.")],
+    # a note about the caller's booking (the simulation's agent after an inbound text) settles no time
+    [u("we arrive at 6 pm with a high chair"), a("Thanks, I got your text and I've added it to your booking notes.")],
+    # a confirmation of something the caller did not choose a time for
+    [u("can you send me the menu for friday"), a("You're all set.")],
+])
+def test_no_time_from_a_confirmation_of_something_else(turns):
+    assert extract(turns) == {}
+
+
+def test_a_confirmation_after_the_callers_booking_request():
+    turns = [u("can you book me in for thursday at 4"), a("You're booked, see you then.")]
+    assert extract(turns) == {"booking_time": "thursday at 4"}
+
+
+def _score(path):
+    right = wrong = missed = 0
+    for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
+        case = json.loads(line)
+        got = extract([Turn(t["role"], t["text"]) for t in case["transcript"]], case["wanted"])
+        for name in case["wanted"]:
+            expected, value = case["expected"].get(name), got.get(name)
+            if value is None:
+                missed += expected is not None
+                right += expected is None
+            elif expected is not None and (expected.lower() in value.lower() or value.lower() in expected.lower()):
+                right += 1
+            else:
+                wrong += 1
+    return right, wrong, missed
+
+
+@pytest.mark.parametrize(("name", "most_missed"), [("dev.jsonl", 3), ("second.jsonl", 0)])
+def test_labelled_conversations(name, most_missed):
+    # Conversations written by helpers who had not seen the extractor; the extractor was then fixed by class on
+    # them, so both are development sets now (first looks: dev 49 right / 20 wrong / 13 missed before the
+    # rework; second, written after it: 44/13/13 with the old extractor, 56/1/13 with the rework at first sight).
+    right, wrong, missed = _score(DATA / name)
+    assert wrong == 0 and missed <= most_missed, (right, wrong, missed)
+
+
+@pytest.mark.parametrize(("turns", "expected"), [
+    ([a("So that's Friday at 9 am for the cleaning."), u("can you text me a summary")],
+     {"booking_time": "Friday at 9 am"}),
+    ([a("That's our happy hour, Friday at 5 pm."), u("nice")], {}),
+])
+def test_the_agent_summing_up_settles_it(turns, expected):
+    assert extract(turns) == expected
