@@ -32,27 +32,56 @@ __all__ = ["PatternExtractor"]
 _WEEKDAY = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|tomorrow|today|tonight)"
 _MONTH = r"(?:january|february|march|april|may|june|july|august|september|october|november|december)"
 _ORDINAL = r"\d{1,2}(?:st|nd|rd|th)"
-#: A day: "Friday", "Friday the 8th", "Thursday, May 9th", "March 14th", "the 10th of June".
-_DATE = (rf"(?:{_WEEKDAY}(?:,?\s+(?:the\s+{_ORDINAL}|{_MONTH}\s+{_ORDINAL}|{_ORDINAL}))?|{_MONTH}\s+{_ORDINAL}"
-         rf"|(?:the\s+)?{_ORDINAL}\s+of\s+{_MONTH})")
+#: A weekday as said: "Friday", "next Monday", "this Saturday", "Tuesday morning"; not "the Friday after" (which one?).
+_DAY_NAME = (rf"(?<!the )(?:(?:next|this|coming)\s+)?{_WEEKDAY}(?!\s+after\b(?!\s+\d))"
+             r"(?:\s+(?:morning|afternoon|evening|night))?")
+#: A day: "Friday", "Friday the 8th", "Thursday, May 9th", "March 14th", "the 10th of June", "the 10th".
+_DATE = (rf"(?:{_DAY_NAME}(?:,?\s+(?:the\s+{_ORDINAL}|{_MONTH}\s+{_ORDINAL}|{_ORDINAL}))?|{_MONTH}\s+{_ORDINAL}"
+         rf"|(?:the\s+)?{_ORDINAL}\s+of\s+{_MONTH}"
+         rf"|the\s+{_ORDINAL}(?!\s+(?:floor|time|street|st|avenue|ave|row|grade|person|one|place|birthday|anniversary)\b))")
 _NUMBER_WORDS = r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)"
 _TIME = (rf"(?:(?:half past|quarter past|quarter to)\s+(?:{_NUMBER_WORDS}|\d{{1,2}})"
-         r"|\d{1,2}(?::\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)?|noon|midnight)")
-#: A clock time that cannot be a count ("7 pm", "7:30"; not the "4" of "a table for 4").
-_CLOCK = r"(?:\d{1,2}(?::\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)|\d{1,2}:\d{2}|noon|midnight)"
+         r"|\d{1,2}(?:[:.]\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)|\d{1,2}(?::\d{2})?|noon|midnight)")
+#: A clock time that cannot be a count ("7 pm", "7:30", "7.30pm"; not the "4" of "a table for 4").
+_CLOCK = r"(?:\d{1,2}(?:[:.]\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)|\d{1,2}:\d{2}|noon|midnight)"
+#: A window after a day: "between 8 and 12", "from 10 to 12", "9 to 11", "after 5 pm".
+_WINDOW = rf"(?:between\s+{_TIME}\s+and\s+{_TIME}|from\s+{_TIME}\s+(?:to|until|till)\s+{_TIME}|{_TIME}\s+to\s+{_TIME})"
 _TIME_VALUE = re.compile(
-    rf"\b({_DATE}(?:,?\s+(?:at|from)\s+{_TIME})?|(?:at\s+{_TIME}|{_CLOCK})\s+(?:on\s+)?{_DATE}|{_CLOCK})",
+    rf"\b({_DATE}(?:,?\s+(?:at\s+{_TIME}|{_WINDOW}|after\s+{_CLOCK}))?|(?:at\s+{_TIME}|{_CLOCK})\s+(?:on\s+)?{_DATE}"
+    rf"|{_CLOCK})",
     re.IGNORECASE)
 _EMAIL = re.compile(r"\b([A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
 _PHONE = re.compile(r"(\+?\d[\d\s().-]{8,}\d)")
 
 #: An agent's clause that settles something (a booking's time is read there, not from other words).
 _SETTLED = re.compile(
-    r"\b(?:booked|confirmed|reserved|scheduled|rescheduled|moved|changed|switched|set for|all set|see you|"
-    r"put you (?:down|in)|you're in|you are in|signed (?:you )?up|registered|penciled|pencilled|locked in|"
-    r"booked you|all yours|is yours|(?:got|have) you (?:down|in)|you're down|you are down|all done|that's done)\b"
+    r"\b(?:booked|confirmed|reserved|scheduled|rescheduled|moved|changed|switched|set for|all set|"
+    r"put you (?:down|in)|you're in(?! luck)|you are in(?! luck)|signed (?:you )?up|registered|penciled|pencilled|"
+    r"locked in|booked you|all yours|is yours|(?:got|have) you (?:down|in)|you're down|you are down|all done|"
+    r"that's done|see you then)\b"
     r"|\byour (?:booking|reservation|appointment|table|visit|meeting|session|class|lesson|slot|"
     r"delivery|pickup|pick-up|installation|viewing|tour|consultation)\b", re.IGNORECASE)
+#: It did not happen, or not for the caller, or not now: "I couldn't get you booked", "is already booked",
+#: "Friday at 7 is now taken", "the Jones party is booked", "your sister's booked", "you were last booked".
+_FAILED = re.compile(
+    r"\b(?:not|never|couldn't|could not|can't|cannot|unable|isn't|aren't|wasn't|weren't|won't|didn't|don't|"
+    r"doesn't|someone else|by another|nothing left|none left|no (?:tables?|rooms?|spots?|spaces?) left|"
+    r"unfortunately|already|taken|(?:we're|we are|is|are) full|sold out|unavailable|no longer|"
+    r"no (?:space|room|slots?|availability)|"
+    r"let me (?:check|see|look)|i'll (?:check|see|look)|if (?:it's|that's|we|i|there)|"
+    r"(?:was|were) (?:last )?(?:booked|in|seen)|last (?:time|visit|booked|appointment)|previous(?:ly)?|"
+    r"your (?:sister|brother|husband|wife|partner|mom|mum|mother|dad|father|son|daughter|friend|colleague|boss|"
+    r"kids?|children|child|parents?)|the \w+ (?:party|family|group)|"
+    r"choice is yours|in luck)\b|[A-Z][a-z]+'s (?:appointment|booking|reservation|table|class|lesson|session)\b",
+    re.IGNORECASE)
+#: A bare hour after a settling verb ("for 9"), not a count ("for 4 people").
+_BARE_TIME = re.compile(r"\b(?:for|at)\s+\d{1,2}\b(?!\s*(?:people|persons|guests|of us|adults|kids|children|"
+                        r"minutes|mins|hours|days|nights|weeks|months|dollars|pounds|euros|%|percent))", re.IGNORECASE)
+#: A day or a number after a settling verb that no time pattern read: the value would be a guess.
+_UNREAD = re.compile(rf"\b(?:{_WEEKDAY}|{_MONTH})\b|\b\d{{1,2}}(?:[:.]\d{{2}})?\s*(?:am|pm)\b", re.IGNORECASE)
+#: Words before a time that make it something else than the booking's: "held until 7:15", "due by 5 pm".
+_NOT_THE_TIME = re.compile(r"(?:until|till|til|by|after|before|expires?(?: on)?|due|from|between|around|"
+                           r"closes?(?: at)?|opens?(?: at)?)\s*$", re.IGNORECASE)
 #: Weaker: a time the agent states the thing is ready or now is ("ready Thursday at noon", "is now Thursday at 11").
 _WEAK_SETTLED = re.compile(r"\b(?:is now|are now|now on|now at)\b", re.IGNORECASE)
 #: Only for variables about an order or a pickup, not a booking: "your order will be ready at 6:30".
@@ -62,13 +91,29 @@ _PROPOSAL = re.compile(r"\b(?:can|could|i have|we have|there's|there is|availabl
                        r"do you want|is that|works?|suits?)\b|,\s*(?:correct|right|okay|ok)\s*\?", re.IGNORECASE)
 #: A caller taking it ("that works for us", "monday's fine", "yes sign me up"); not with a no or another wish.
 _AGREE = re.compile(r"\b(?:yes|yeah|yep|yup|sure|ok|okay|perfect|great|lovely|fine|works|sounds good|sign me up|"
-                    r"see you then|that's right|correct|book it|go ahead|let's do)\b", re.IGNORECASE)
+                    r"see you then|that's right|correct|book it|go ahead|go on|let's do)\b", re.IGNORECASE)
 _DISAGREE = re.compile(r"\b(?:no|not|nope|nah|can't|cannot|doesn't|don't|won't|rather|instead|other|else|"
-                       r"neither|later|earlier)\b|n't\b", re.IGNORECASE)
+                       r"neither|later|earlier|except|check|think|ask|maybe|perhaps|hold off|get back|call you back|"
+                       r"let you know|i said|wrong)\b|n't\b", re.IGNORECASE)
+#: A question of the agent's that a "yes" can take a time by ("does that work?", "shall I book it?").
+_TIME_QUESTION = re.compile(r"\b(?:work|works|suit|suits|book|would you like|shall i|do you want|okay|ok|right|which|"
+                            r"correct|sound good|sounds good|good for you|that one|fine|want it|take it|spot)\b",
+                            re.IGNORECASE)
+#: Confirmations that name a booking (a caller's time just before them is the booked one).
+_BOOKING_VERB = re.compile(r"booked|reserved|scheduled|put you|got you|have you|signed|registered|pencil",
+                           re.IGNORECASE)
+#: A caller correcting themselves: the part with it holds the time they want.
+_CORRECTION = re.compile(r"\b(?:actually|make it|instead|change (?:it|that) to|i mean)\b", re.IGNORECASE)
+#: Someone else's time in a caller's words ("my husband has an appointment monday").
+_THIRD = re.compile(r"\b(?:my|his|her|our) (?:husband|wife|partner|mum|mom|mother|dad|father|son|daughter|boss|"
+                    r"friend|sister|brother|kids?|child|colleague|neighbou?r)\b|\b(?:him|her|them)\b", re.IGNORECASE)
+_FIRST = re.compile(r"\bthe (?:first|earlier|earliest|morning) one\b", re.IGNORECASE)
+_SECOND = re.compile(r"\bthe (?:second|later|latest|last|afternoon|evening) one\b", re.IGNORECASE)
 #: No booking: "fully booked", a waitlist, a cancellation.
 _NOT_SETTLED = re.compile(r"\b(?:fully|all|completely) booked\b|\bbooked (?:up|solid|out)\b|\bwait(?:ing)? ?list\b",
                           re.IGNORECASE)
-_CANCELLED = re.compile(r"\bcancel(?:l?ed|ling)?\b|\bcalled off\b", re.IGNORECASE)
+_CANCELLED = re.compile(r"\bcancel(?:l?ed|ling)?\b|\bcalled off\b|\bremoved\b|\b(?:taken|took) you off\b|"
+                        r"\bdeleted\b", re.IGNORECASE)
 #: A caller's clause asking for something to be booked or changed ("book me for Friday at 7").
 _BOOK_REQUEST = re.compile(
     r"\b(?:book|reserve|schedule|reschedule|move|change|switch|make it|put me (?:down|in)|sign me up|"
@@ -79,7 +124,8 @@ _SEND_REQUEST = re.compile(r"\b(?:text|send|message|sms|e-?mail|remind)\b", re.I
 _RECAP = re.compile(r"\W*(?:(?:so|okay|ok|great|perfect|alright|right),?\s+)?that(?:'s| is)\b", re.IGNORECASE)
 #: Opening hours and the like: times the agent states that nobody books.
 _HOURS = re.compile(r"\b(?:open|opens|close|closes|closed|closing|opening|hours?|happy hour|special|"
-                    r"deal|offer|promotion|discount|sale)\b", re.IGNORECASE)
+                    r"deal|offer|promotion|discount|sale|run|runs|every|event|policy|deposit|parking|expires?|"
+                    r"reminder|\w+days? to \w+days?)\b", re.IGNORECASE)
 _ACCEPT = re.compile(
     r"^\W*(?:yes|yeah|yep|yup|sure|ok|okay|perfect|great|lovely|fine|sounds good|that works|works for me|"
     r"go (?:on|ahead)|please|correct|absolutely|definitely|do it|book it|let's do (?:it|that))\b", re.IGNORECASE)
@@ -93,8 +139,9 @@ _STOP = frozenset({
     "agent", "their", "they", "it", "its", "that", "this", "wants", "want",
 })
 
-_INTRO = re.compile(r"\b(my name is|name's|this is|i am|i'm|it's)\s+([a-z][a-z'-]*)(?:\s+([a-z][a-z'-]*))?",
-                    re.IGNORECASE)
+_INTRO = re.compile(
+    r"\b(my name is|my name's|the name's|this is|i am|i'm|it's)\s+([a-z][a-z'-]*)(?:\s+([a-z][a-z'-]*))?",
+    re.IGNORECASE)
 #: Words after "it's" / "I'm" / "this is" that are no name.
 _NOT_NAMES = frozenset({
     "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "today", "tomorrow",
@@ -106,11 +153,22 @@ _NOT_NAMES = frozenset({
     "me", "my", "for", "from", "with", "at", "on", "in", "a", "an", "to", "going", "having", "getting",
     "booking", "phoning", "ringing", "hoping", "after", "afraid", "busy", "late", "early", "free",
     "available", "open", "closed", "right", "wrong", "well", "urgent", "important", "correct", "it", "is",
-    "was", "be", "been", "his", "her", "our", "their", "texting", "asking", "checking",
+    "was", "be", "been", "his", "her", "our", "their", "texting", "asking", "checking", "alright", "under",
+    "pardon", "dr", "mr", "mrs", "ms", "miss", "doctor", "prof", "mother", "father", "mothers", "fathers",
+    "ridiculous", "crazy", "insane", "terrible", "awful", "annoying", "frustrating", "unacceptable", "weird",
+    "strange", "amazing", "perfect", "serious", "silly", "helpful", "quick", "easy", "hard", "difficult",
+    "impossible", "vegan", "outside", "inside", "pregnant", "running", "booked", "curious", "allergic",
+    "stuck", "lost", "confused", "waiting", "driving", "moving", "travelling", "traveling", "staying", "coming",
+    "leaving", "almost", "nearly", "probably", "definitely", "worried", "concerned", "upset", "tired", "sick",
+    "ill", "fed", "through", "out", "off", "up", "down", "over", "again", "even",
 })
-#: What follows a name at the start of a call ("this is greg i'm booking", "this is mark o'brien from flat 4").
-_INTRO_END = re.compile(r"(?:[a-z'-]+\s+)?(?:i'm|i am|i|calling|from|speaking|here|and i|with)\b|$|[,.!]")
-_ASKS_NAME = re.compile(r"\b(?:your name|who am i speaking|who's calling|who is calling|name for the)\b", re.IGNORECASE)
+#: After a name: "this is lucy i'm calling about ...", "this is mark o'brien from flat 4", "... this is rachel".
+_INTRO_END = re.compile(r"(?:[a-z'-]+\s+)?(?:i'm|i am|calling|from|speaking|here)\b|$", re.IGNORECASE)
+_ASKS_NAME = re.compile(r"\b(?:your name|who am i speaking|who's calling|who is calling|name for the|"
+                        r"what name|name should i|name is (?:it|the booking) under)\b", re.IGNORECASE)
+#: Someone else the caller speaks for: a name after it is theirs ("for my mother ... it's linda").
+_SOMEONE_ELSE = re.compile(r"\b(?:behalf of|for my|my (?:mum|mom|mother|dad|father|wife|husband|partner|son|"
+                           r"daughter|boss|friend|sister|brother|kid|child|colleague))\b", re.IGNORECASE)
 
 
 def _clauses(text: str) -> list[str]:
@@ -118,10 +176,12 @@ def _clauses(text: str) -> list[str]:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", _PICKUP.sub("pickup", text.lower().replace("_", " ")))
+    text = _CALLBACK.sub(" callback ", _PICKUP.sub(" pickup ", text.lower().replace("_", " ")))
+    return re.findall(r"[a-z]+", text)
 
 
 _PICKUP = re.compile(r"\bpick(?:ed|ing)?[\s-]?up\b")
+_CALLBACK = re.compile(r"\bcall(?:ed|ing)?[\s-]?(?:(?:you|me|him|her|them)\s+)?back\b|\b(?:will|'ll) call you\b")
 
 
 def _topic(name: str, description: str) -> tuple[str, ...]:
@@ -144,47 +204,61 @@ def _one_time(text: str) -> str | None:
     return found[0] if len({t.lower() for t in found}) == 1 else None
 
 
-def _agreed_time(transcript: Sequence[Turn], index: int) -> str | None:
-    """The time just agreed before the agent's confirmation at ``index`` (which states none).
+def _parts(clause: str) -> list[str]:
+    """A clause cut at commas and "and"/"but" (negations and asides are read per part)."""
+    return [p for p in re.split(r",|;|\band\b(?!\s+\d)|\bbut\b|\bso\b", clause) if p.strip()]
 
-    Walking back at most four turns: the caller's own choice ("saturday at 8 please", not a time in a
-    request for a text), or, when the caller only accepted ("perfect", "go on then"), the single time
-    the agent proposed.
-    """
-    accepted = False
-    for back in range(index - 1, max(-1, index - 5), -1):
-        turn = transcript[back]
-        if turn.role == "user":
-            clauses = [c for c in re.split(r"[,.;!?]|\bbut\b|\band\b", turn.text) if _TIME_VALUE.search(c)]
-            chosen = next((c for c in clauses if not _SEND_REQUEST.search(c)), None)
-            if chosen is not None:
-                return _times(chosen)[0]
-            accepted = accepted or bool(_ACCEPT.search(turn.text))
-        elif accepted:
-            return _one_time(turn.text)
-        elif _times(turn.text):
-            return None  # the agent proposed something the caller did not take up
+
+def _time_in(clause: str, marker: re.Match[str] | None) -> str | None:
+    """The booking's time in a settling clause: after the marker, not "until 7:15" or "by 5 pm"; a move's new time."""
+    def usable(start: int, end: int) -> list[str]:
+        return [m.group(1).strip() for m in _TIME_VALUE.finditer(clause, start, end)
+                if not _NOT_THE_TIME.search(clause[max(0, m.start() - 14):m.start()])]
+
+    begin = marker.start() if marker else 0
+    after = usable(begin, len(clause))
+    if after:
+        moving = marker is not None and re.match(r"(?:re)?(?:moved|changed|switched|scheduled)", marker.group(),
+                                                 re.IGNORECASE)
+        return after[-1] if moving and re.search(r"\bto\b", clause[marker.end():]) else after[0]
+    if marker is not None and not marker.group().lower().startswith("your"):
+        before = usable(0, begin)  # "Friday at 7 is all yours"
+        return before[-1] if before else None
     return None
 
 
 def _taken_proposal(transcript: Sequence[Turn], index: int) -> str | None:
     """The time of the agent's proposal the caller at ``index`` took ("we can do Thursday at 10" - "perfect").
 
-    The caller either agrees without naming another time, or picks one of the offered times by its
-    day or hour ("the wednesday one please"); a no, or a wish for another time, takes nothing.
+    The caller agrees without naming another time, or picks one of the offered times by its day or
+    hour ("the wednesday one please", "the later one"). Nothing is taken by a no, a deferral ("i'll
+    check with my boss"), a question, a "yes" to another question of the agent's, or an offer the
+    agent has not made yet ("let me check if Friday at 7 is available").
     """
     if index < 1 or transcript[index - 1].role != "agent":
         return None
     caller, agent = transcript[index].text, transcript[index - 1].text
-    if _HOURS.search(agent) or _NOT_SETTLED.search(agent) or _CANCELLED.search(agent) or not _PROPOSAL.search(agent):
+    pick = _FIRST.search(caller) or _SECOND.search(caller)
+    rest = caller.replace(pick.group(), " ") if pick else caller
+    proposing = " ".join(c for c in _clauses(agent) if not (
+        _HOURS.search(c) or _NOT_SETTLED.search(c) or _CANCELLED.search(c) or _FAILED.search(c)))
+    if not _PROPOSAL.search(proposing) or caller.rstrip().endswith("?") or _DISAGREE.search(rest) \
+            or _SEND_REQUEST.search(caller):
         return None
-    offered = list(dict.fromkeys(_times(agent)))
-    if not offered or _DISAGREE.search(caller) or _SEND_REQUEST.search(caller):
+    asked = [c for c in _clauses(agent) if c.rstrip().endswith("?")]
+    if asked and not (_times(asked[-1]) or _TIME_QUESTION.search(asked[-1])):
+        return None  # "Is it for a birthday?" - "yes it's our anniversary"
+    offered = list(dict.fromkeys(_times(proposing)))
+    if not offered:
         return None
+    if len(offered) == 2 and _FIRST.search(caller):  # "the earlier one"
+        return offered[0]
+    if len(offered) == 2 and _SECOND.search(caller):  # "the later one"
+        return offered[1]
     own = _times(caller)
     if own:  # the caller names it: one of the offers ("the 9:15 one"), else their own time is no acceptance
         picked = [t for t in offered if any(o.lower() in t.lower() or t.lower() in o.lower() for o in own)]
-        return picked[0] if len(picked) == 1 else None
+        return picked[0] if len(picked) == 1 and len(own) == 1 else None
     named = [t for t in offered if set(_words(t)) & set(_words(caller)) - {"at", "on", "the", "am", "pm"}]
     if len(named) == 1:
         return named[0]
@@ -193,45 +267,132 @@ def _taken_proposal(transcript: Sequence[Turn], index: int) -> str | None:
     return None
 
 
+def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str | None:
+    """The time just agreed before the agent's confirmation at ``index`` (which states none).
+
+    Walking back at most four turns: a proposal of the agent's the caller took (after "you're
+    booked" an "ok that works" takes the agent's single time); or the caller's own choice ("table for
+    2 saturday at 8 please") when it is no request for a text, refuses nothing and says no other time
+    in the same breath, and either a booking verb confirms it or it asked to book or answered the
+    agent's question (a bare "you're all set" confirms no time the caller mentioned in passing).
+    """
+    for back in range(index - 1, max(-1, index - 5), -1):
+        turn = transcript[back]
+        if turn.role == "agent":
+            if _times(turn.text):
+                return None  # the agent proposed something the caller did not take up
+            continue
+        taken = _taken_proposal(transcript, back)
+        if taken:
+            return taken
+        if booked and back > 0 and transcript[back - 1].role == "agent" and _AGREE.search(turn.text) \
+                and not _DISAGREE.search(turn.text) and not _times(turn.text):
+            single = _one_time(transcript[back - 1].text)  # "We'll have your car in Tuesday at 8." - "ok that works"
+            if single and not _FAILED.search(transcript[back - 1].text):
+                return single
+        asked = back > 0 and transcript[back - 1].role == "agent" and (
+            "?" in transcript[back - 1].text or _PROPOSAL.search(transcript[back - 1].text) is not None)
+        parts = [p for p in _parts(turn.text) if _TIME_VALUE.search(p)]
+        chosen = [p for p in parts if not _SEND_REQUEST.search(p) and not _DISAGREE.search(p)
+                  and not _THIRD.search(p)]
+        if len(chosen) == 1 and (booked or asked or _BOOK_REQUEST.search(turn.text)) and not (
+                back > 0 and _ACCEPT.search(turn.text) and _times(transcript[back - 1].text)):
+            return _times(chosen[0])[0]
+        if parts:
+            return None  # several times, or one the caller refused: unclear
+    return None
+
+
 def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking: bool) -> str | None:
-    """The time of the newest thing the agent settled; ``None`` when none was, or it was cancelled since."""
+    """The time of the newest thing settled; ``None`` when none was, or it was cancelled or disputed since.
+
+    Per agent turn (newest first), the first part that settles it with the strongest cue: a verb
+    ("booked", "moved", "all yours"), then a recap ("so that's ..."), then "your booking ...", "is
+    now", "ready" (pickups) or the variable's own words (not for bookings); parts that failed, are
+    someone else's, past, or about hours, policies and reminders settle nothing.
+    """
+    refused = False  # the agent said no after what comes before ("sorry, there's nothing left at 1")
     for index in range(len(transcript) - 1, -1, -1):
         turn = transcript[index]
         if turn.role != "agent":
+            if _DISAGREE.search(turn.text) and _times(turn.text) and index > 0:
+                return None  # "no no i said saturday, not friday": the settled time is disputed
             taken = _taken_proposal(transcript, index)
             if taken:
-                return taken
+                return None if refused else taken
             continue
-        for clause in reversed(_clauses(turn.text)):
-            if clause.rstrip().endswith("?") or _NOT_SETTLED.search(clause):
+        best: tuple[int, str, re.Match[str] | None] | None = None
+        for clause in _clauses(turn.text):
+            if clause.rstrip().endswith("?"):
                 continue
-            if _CANCELLED.search(clause):
+            for part in _parts(clause) if _FAILED.search(clause) or not _SETTLED.search(clause) else [clause]:
+                found = _strength(part, topic, booking=booking)
+                if found is not None and (best is None or found[0] > best[0]):
+                    best = found
+        cancelled = [c for c in _clauses(turn.text) if _CANCELLED.search(c)]
+        if best is None:
+            if cancelled:
                 return None
-            settles = _SETTLED.search(clause)
-            if settles is None and not _HOURS.search(clause):
-                # "So that's Friday at 9 am for the cleaning.", "It'll be ready Thursday at noon."
-                settles = _RECAP.match(clause) or _WEAK_SETTLED.search(clause) or \
-                    (None if booking else _READY.search(clause))
-            if not settles and not _mentions(clause, topic):
-                continue
-            match = _TIME_VALUE.search(clause, settles.start() if settles else 0)
-            if match is None and settles and not settles.group().lower().startswith("your"):
-                match = _TIME_VALUE.search(clause)  # "Friday at 7 is all yours"
-            if match:
-                return match.group(1).strip()
-            if settles and not settles.group().lower().startswith("your"):
-                agreed = _agreed_time(transcript, index)
-                if agreed:
-                    return agreed
+            refused = refused or any(_FAILED.search(p) for c in _clauses(turn.text) for p in _parts(c))
+            continue
+        strength, part, marker = best
+        value = _time_in(part, marker)
+        if value:
+            return value
+        if marker is not None and (_BARE_TIME.search(part, marker.end()) or _UNREAD.search(part, marker.end())):
+            return None  # "put you down for 9 instead", "for the Friday after": a time we cannot read fully
+        if strength == 4:  # "Yes, I can do Thursday at 6:30 pm for two. I've reserved that for you."
+            same_turn = " ".join(c for c in _clauses(turn.text) if not (_FAILED.search(c) or _HOURS.search(c)))
+            single = _one_time(same_turn)
+            if single:
+                return single
+        if strength == 4 and marker is not None and not marker.group().lower().startswith("your"):
+            return _agreed_time(transcript, index, booked=_BOOKING_VERB.search(marker.group()) is not None)
+        if cancelled:
+            return None
+    return None
+
+
+def _strength(part: str, topic: tuple[str, ...], *, booking: bool) -> tuple[int, str, re.Match[str] | None] | None:
+    """How strongly ``part`` settles something (4 verb, 3 recap, 2 "your booking"/"is now"/"ready", 1 topic)."""
+    if _NOT_SETTLED.search(part) or _FAILED.search(part):
+        return None
+    if _CANCELLED.search(part):
+        after = _SETTLED.search(part, _CANCELLED.search(part).end())  # "cancelled Friday and booked you for ..."
+        return (4, part[after.start():], None) if after and not after.group().lower().startswith("your") else None
+    verb = _SETTLED.search(part)
+    if verb and re.match(r"\s+(?:Dr|Mr|Mrs|Ms|[A-Z][a-z]+ (?:is|are|will|has))\b", part[verb.end():]) and \
+            not re.match(rf"\s+{_WEEKDAY}|\s+{_MONTH}", part[verb.end():], re.IGNORECASE):
+        return None
+    if verb and not verb.group().lower().startswith("your"):
+        own = next((p for p in _parts(part) if _SETTLED.search(p)), part)
+        return (4, part, verb) if not _HOURS.search(own) else None
+    if _HOURS.search(part):
+        return None
+    if _RECAP.match(part):
+        return (3, part, _RECAP.match(part))
+    weak = verb or _WEAK_SETTLED.search(part) or (None if booking else _READY.search(part))
+    if weak:
+        return (2, part, weak)
+    if not booking and _mentions(part, topic):
+        return (1, part, None)
     return None
 
 
 def _stated_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking: bool) -> str | None:
-    """The newest caller clause that asks for it ("book me for Friday at 7", "call me back tomorrow at 3")."""
-    for turn in reversed(transcript):
+    """The newest caller clause that asks for it ("book me for Friday at 7", "call me back tomorrow at 3").
+
+    A self-correction counts ("thursday at 2, actually no make it friday at 2"); a wish the agent then
+    turned down ("we don't deliver on Sundays") does not.
+    """
+    for index in range(len(transcript) - 1, -1, -1):
+        turn = transcript[index]
         if turn.role != "user":
             continue
-        for clause in reversed(_clauses(turn.text)):
+        if any(t.role == "agent" and _FAILED.search(t.text) for t in transcript[index + 1:]):
+            return None
+        parts = [p for c in _clauses(turn.text) for p in _parts(c)]
+        for clause in reversed([p for p in parts if not _DISAGREE.search(p) or _CORRECTION.search(p)]):
             if _SEND_REQUEST.search(clause) and not _mentions(clause, topic):
                 continue
             if _BOOK_REQUEST.search(clause) or (not booking and _mentions(clause, topic)):
@@ -247,7 +408,8 @@ def _name(transcript: Sequence[Turn]) -> str | None:
         turn = transcript[index]
         if turn.role != "user":
             continue
-        after = transcript[index + 1].text if index + 1 < len(transcript) else ""
+        after = transcript[index + 1].text if index + 1 < len(transcript) and \
+            transcript[index + 1].role == "agent" else ""
         asked = index > 0 and transcript[index - 1].role == "agent" and bool(_ASKS_NAME.search(
             transcript[index - 1].text))
         words = turn.text.split()
@@ -255,46 +417,103 @@ def _name(transcript: Sequence[Turn]) -> str | None:
             bare = words[0].strip(".,!")
             if bare.lower() not in _NOT_NAMES:
                 return bare
+        letters = re.search(r"(?<![\w'])((?:[a-z]\s+){2,}[a-z])\b\W*$", turn.text, re.IGNORECASE)
+        if asked and letters:  # "it's k a t j a" - "Thank you, Katja."
+            spelled = letters.group(1).replace(" ", "")
+            back = re.search(rf"\b({re.escape(spelled)})\b", after, re.IGNORECASE)
+            if back:
+                return back.group(1)
         for match in _INTRO.finditer(turn.text):
             cue, first, second = match.group(1).lower(), match.group(2), match.group(3)
-            if first.lower() in _NOT_NAMES:
+            following = turn.text[match.end(2):].lstrip().lower()
+            if first.lower() in _NOT_NAMES or first.lower().endswith("'s") or following.startswith(("'s", "who ",
+                                                                                                    "that ")):
+                continue  # "it's mia's lesson", "this is Emma's dad", "it's sarah who usually does my colour"
+            if cue in ("it's", "this is") and _SOMEONE_ELSE.search(turn.text[:match.start()]):
+                continue  # "calling on behalf of my mum, it's linda"
+            said_back = re.search(rf"\b{re.escape(first.capitalize())}\b", after) is not None
+            introduced = cue in ("this is", "my name is") and _INTRO_END.match(following) is not None
+            strong = cue in ("my name is", "my name's", "the name's") or following.startswith("here") or said_back \
+                or introduced \
+                or (asked and re.match(r"(?:[a-z'-]+)?\s*(?:[,.!]|$)", following) is not None)
+            if not (strong or first[0].isupper()):
                 continue
-            capitalised = first[0].isupper()
-            rest = turn.text[match.end(2):].lstrip().lower()
-            opening = len(turn.text[:match.start()].split()) <= 3  # "hi sam this is lucy i'm calling about ..."
-            strong = cue in ("my name is", "name's") or asked or rest.startswith("here") or \
-                (opening and _INTRO_END.match(rest) is not None) or \
-                (re.search(rf"\b{re.escape(first)}\b", after, re.IGNORECASE) is not None and \
-                re.search(rf"\b{re.escape(first.capitalize())}\b", after) is not None)
-            if not (capitalised or strong):
-                continue
-            if capitalised and second and second[0].isupper() and second.lower() not in _NOT_NAMES:
+            if first[0].isupper() and second and second[0].isupper() and second.lower() not in _NOT_NAMES:
                 return f"{first} {second}"
             return first
     return None
 
 
 def _letters(text: str) -> str:
-    spoken = re.sub(r"\b(?:at|dot|underscore|dash|hyphen)\b", " ", text.lower())
-    return re.sub(r"[^a-z0-9]", "", spoken)
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+#: A spoken e-mail: "kate w at fastmail dot com" (the words before "at" are the local part).
+_SPOKEN_EMAIL = re.compile(r"((?:[a-z0-9._-]+\s+){0,14}?[a-z0-9._-]+)\s+at\s+([a-z0-9-]+)(?:\s+dot\s+[a-z]{2,})*",
+                           re.IGNORECASE)
+#: A caller's part that gives an old or wrong value, or another kind of number.
+_NOT_MINE = re.compile(r"\b(?:old|don't use|do not use|not|wrong|no longer|used to|instead of|order|card|account|"
+                       r"reference|confirmation|booking|policy|invoice|tracking|member(?:ship)?|case|ticket|your|"
+                       r"office|clinic|fax|calling|called|tried|dialed|dialled|rang)\b", re.IGNORECASE)
+_OTHER_NUMBER = re.compile(r"\b(?:order|account|reference|confirmation|booking|policy|invoice|tracking|"
+                           r"member(?:ship)?|case|ticket|card) (?:number|no)\b", re.IGNORECASE)
+
+
+def _spoken_keys(text: str) -> set[str]:
+    """Letters of the e-mails a caller spelled ("kate w at fastmail dot com" -> "katewfastmailcom")."""
+    keys = set()
+    for match in _SPOKEN_EMAIL.finditer(text):
+        local = re.sub(r"\b(?:underscore|dash|hyphen|dot)\b", "", match.group(1).lower())
+        for start in range(len(local.split())):  # "it's kate w": the local part is a tail of the words
+            keys.add((_letters(" ".join(local.split()[start:])), match.group(2).lower()))
+    return keys
 
 
 def _contact(transcript: Sequence[Turn], pattern: re.Pattern[str]) -> str | None:
-    """The caller's e-mail or number: their own words, or the agent reading back what they just spelled."""
+    """The caller's e-mail or number, from their own words or the agent's read-back.
+
+    The caller's: the last one they gave, not an old or wrong one, nor an order or card number.
+    The agent's: only a read-back of exactly what the caller just spelled.
+    """
     for index in range(len(transcript) - 1, -1, -1):
         turn = transcript[index]
         if turn.role == "user":
-            match = pattern.search(turn.text)
-            if match:
-                return match.group(1).strip()
+            if pattern is _PHONE and index > 0 and _OTHER_NUMBER.search(transcript[index - 1].text):
+                continue  # "Do you have your order number?" - "yeah it's 100 245 7783"
+            for part in reversed(_parts(turn.text)):
+                for match in reversed(list(pattern.finditer(part))):
+                    value = match.group(1).strip()
+                    if _NOT_MINE.search(part[:match.start()]) or (pattern is _PHONE and not _is_phone(value)):
+                        continue
+                    return value
             continue
-        spelled = _letters(" ".join(t.text for t in transcript[max(0, index - 4):index] if t.role == "user"))
+        recent = " ".join(t.text for t in transcript[max(0, index - 4):index] if t.role == "user")
         for match in pattern.finditer(turn.text):
             value = match.group(1).strip()
-            key = _letters(value.split("@")[0]) if "@" in value else re.sub(r"\D", "", value)
-            if key and key in spelled:
+            local, _, domain = value.lower().partition("@")
+            mentioned = re.findall(r"[a-z0-9-]+", recent.lower())
+            if "@" in value and any(_letters(local) == key and (label == domain.split(".")[0] or
+                                                                 domain.split(".")[0] in mentioned)
+                                    for key, label in _spoken_keys(recent)):
+                return value  # read back: "kate w at fastmail dot com" - "Got it: katew@fastmail.com"
+            digits = re.sub(r"\D", "", value)
+            if "@" not in value and len(digits) >= 7 and digits == re.sub(r"\D", "", _spoken_digits(recent))[-len(
+                    digits):]:
                 return value
     return None
+
+
+_DIGIT_WORDS = {"zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                "seven": "7", "eight": "8", "nine": "9"}
+
+
+def _spoken_digits(text: str) -> str:
+    return " ".join(_DIGIT_WORDS.get(w, w) for w in text.lower().split())
+
+
+def _is_phone(value: str) -> bool:
+    digits = re.sub(r"\D", "", value)
+    return 7 <= len(digits) <= 15 and not re.fullmatch(r"(\d)\1+", digits)
 
 
 class PatternExtractor:
@@ -333,13 +552,21 @@ class PatternExtractor:
 
     @staticmethod
     def _kind(name: str, description: str) -> str | None:
-        text = f"{name} {description}".lower()
-        if "name" in text:
+        """``name``, ``email``, ``phone`` or ``time`` by whole words of the variable (``birthday`` is no day)."""
+        words = set(re.findall(r"[a-z]+", f"{name} {description}".lower().replace("_", " ")))
+        if "name" in words and not words & _OTHER_NAMES and (words & _CALLER_WORDS or name.lower() == "name"):
             return "name"
-        if "email" in text or "e-mail" in text:
+        if words & {"email", "mail"} or "e-mail" in description.lower():
             return "email"
-        if "phone" in text or ("number" in text and "mobile" in text):
+        if words & {"phone", "mobile", "cell"} or ("number" in words and words & {"contact", "callback", "call"}):
             return "phone"
-        if any(w in text for w in ("time", "date", "when", "day", "slot")):
+        if words & {"time", "date", "when", "day", "slot", "datetime", "hour"}:
             return "time"
         return None
+
+
+_CALLER_WORDS = frozenset({"caller", "customer", "client", "guest", "patient", "first", "full", "last", "your",
+                           "their", "his", "her", "person", "contact", "member", "student", "owner"})
+_OTHER_NAMES = frozenset({"service", "stylist", "staff", "doctor", "agent", "pet", "dog", "cat", "product",
+                          "company", "business", "event", "street", "item", "plan", "package", "venue", "store",
+                          "brand", "model", "file", "team", "therapist", "trainer", "tutor", "teacher", "room"})

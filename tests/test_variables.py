@@ -5,6 +5,7 @@ Written before the fix (issue 11: "a time word in a request for a different text
 
 import json
 import pathlib
+import re
 
 import pytest
 
@@ -42,7 +43,12 @@ def extract(turns, wanted=BOOKING):
       a("Sure, I've moved your booking to Saturday at 8 pm.")], "Saturday at 8 pm"),
     # a confirmation without a time confirms the time the caller just asked for
     ([a("I have Friday at 6 or Saturday at 8. Which one?"), u("saturday at 8 please"), a("Done, you're booked.")],
-     "saturday at 8"),
+     "Saturday at 8"),
+    ([a("I have Tuesday at 10 am or Tuesday at 2 pm."), u("the later one"), a("Perfect, I'll get that booked.")],
+     "Tuesday at 2 pm"),
+    # a proposal the caller took, with no confirmation after it (yet)
+    ([u("hi we'd like to see the venue"), a("Our coordinator can meet you Saturday at 11 am."), u("that works for us")],
+     "Saturday at 11 am"),
     # a statement after the confirmation in the same turn
     ([a("Your visit is scheduled for Monday at 10 am. Is there anything else I can help with?"),
       u("no that's all")], "Monday at 10 am"),
@@ -54,6 +60,11 @@ def test_booking_time_comes_from_where_the_booking_is_settled(turns, expected):
 
 
 @pytest.mark.parametrize("turns", [
+    # class times and opening hours: "bookings" named, nothing booked
+    [u("what times do your classes run"), a("Classes run on Saturdays from 10 to 1, and we take bookings Monday "
+                                            "to Friday 9 to 5."), u("ok i'll ring back tomorrow")],
+    # a proposal the caller turned down
+    [a("We can do Thursday at 10 am."), u("no thursday doesn't work for me")],
     # offers and questions settle nothing
     [u("do you have anything this weekend"), a("I have Friday at 6 or Saturday at 8. Which one works?")],
     [a("Shall I book you for Thursday at 5 pm?")],
@@ -82,6 +93,12 @@ def test_the_caller_stating_the_booking_counts_when_no_agent_turn_is_known():
 ])
 def test_names(text, expected):
     assert extract([u(text)], NAME) == {"caller_name": expected}
+
+
+def test_someone_elses_name_is_not_the_callers():
+    turns = [u("hi this is for my mother"), a("What's her name, and yours?"), u("her name's linda and i'm tom"),
+             a("Thanks, Tom.")]
+    assert extract(turns, NAME) == {"caller_name": "tom"}
 
 
 @pytest.mark.parametrize("text", [
@@ -132,6 +149,13 @@ def test_a_confirmation_after_the_callers_booking_request():
     assert extract(turns) == {"booking_time": "thursday at 4"}
 
 
+def _same(expected, value):
+    """The same value, or one holding the other as whole words ("Saturday at 10 AM" / "saturday at 10")."""
+    def norm(text):
+        return " " + re.sub(r"^(?:at|on|for) ", "", " ".join(text.lower().replace(",", " ").split())) + " "
+    return norm(value) in norm(expected) or norm(expected) in norm(value)
+
+
 def _score(path):
     right = wrong = missed = 0
     for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
@@ -142,18 +166,24 @@ def _score(path):
             if value is None:
                 missed += expected is not None
                 right += expected is None
-            elif expected is not None and (expected.lower() in value.lower() or value.lower() in expected.lower()):
+            elif expected is not None and _same(expected, value):
                 right += 1
             else:
                 wrong += 1
     return right, wrong, missed
 
 
-@pytest.mark.parametrize(("name", "most_missed"), [("dev.jsonl", 3), ("second.jsonl", 0)])
+@pytest.mark.parametrize(("name", "most_missed"), [
+    ("dev.jsonl", 3), ("second.jsonl", 0), ("third.jsonl", 6), ("attack.jsonl", 22)])
 def test_labelled_conversations(name, most_missed):
     # Conversations written by helpers who had not seen the extractor; the extractor was then fixed by class on
     # them, so both are development sets now (first looks: dev 49 right / 20 wrong / 13 missed before the
-    # rework; second, written after it: 44/13/13 with the old extractor, 56/1/13 with the rework at first sight).
+    # rework; second, written after it: 44/13/13 with the old extractor, 56/1/13 with the rework at first sight;
+    # third: 38/3/19 old, 48/2/10 at first sight). attack.jsonl: 97 conversations an attacker (a helper with the
+    # code) wrote against the first rework, 82 of them wrong values; the misses left there are the price of
+    # refusing what cannot be read for sure (a wrong time texted is worse than none). Misses left in third:
+    # relative times ("in two hours"), a confirmation of a visit the caller asked for ("we can do your first
+    # visit on the 5th").
     right, wrong, missed = _score(DATA / name)
     assert wrong == 0 and missed <= most_missed, (right, wrong, missed)
 
