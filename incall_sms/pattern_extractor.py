@@ -1,23 +1,32 @@
 """The no-key variable extractor: values are read where they are stated, never from unrelated words.
 
 A wrong value is worse than none (a missing variable waits, falls back to its default or skips the
-text; a wrong one texts the caller a wrong time), so each kind of value has a place it may come from:
+text; a wrong one texts the caller a wrong time), so each kind of value has a place it may come from,
+and anything unclear leaves it unset:
 
-- **Times** (``booking_time``, ``meeting_date`` ...): where something was *settled*: the agent's
-  newest statement that books, confirms or moves something ("booked for Friday at 7 pm", "Friday at
-  7 is all yours"); a confirmation without a time confirms the time just agreed: the caller's choice
-  ("Saturday at 8 please" - "you're booked"), or the agent's own proposal the caller accepted ("I can
-  do 6:15 on Wednesday" - "perfect" - "great, you're booked in"). A cancellation since, an offer, a
-  question, a waitlist, or a time the caller mentions for anything else ("text me the parking info
-  for tomorrow") never fill it. Without any agent turn (a bot that does not feed its words back), the
-  caller's own request to book ("book me for Friday at 7") counts; for variables about something
+- **Times** (``booking_time``, ``pickup_time`` ...; not ``wait_time`` or ``date_of_birth``): where
+  something was *settled*: the agent's newest statement that books, confirms or moves something
+  ("booked for Friday at 7 pm", "I've moved it to Saturday at 8 instead of Friday", "Friday at 7 is
+  all yours", "So that's Friday at 9 am", "Saturday at 7 pm it is"); a confirmation without a time
+  confirms the time just agreed: the agent's proposal the caller took ("I can do 6:15 on Wednesday"
+  - "perfect"), or the caller's own choice ("Saturday at 8 please" - "you're booked"). Nothing is
+  settled by offers ("I can get you booked for ..."), questions, opening hours, policies, deadlines
+  ("held until 7:15", "arrive by 2:45"), waitlists, someone else's or past bookings, a refusal or a
+  self-correction of the agent's, a caller who withdraws or disputes it, a time it cannot read fully
+  ("for 9 instead", "the Friday after"), or a time the caller mentions for anything else ("text me
+  the parking info for tomorrow"). Without any agent turn (a bot that does not feed its words back),
+  the caller's own request to book ("book me for Friday at 7") counts; for variables about something
   else than a booking, a caller clause naming its subject ("call me back tomorrow at 3").
-- **Names**: the caller introducing themselves ("this is Dana Smith", "I'm Carlos", "it's Megan
-  here", "my name is john"); a lower-case word from speech-to-text counts only with a strong cue
-  ("my name is", "... here", an answer to the agent asking for the name) or when the agent's next
-  turn says it back ("Hi Carlos"). Never the agent's own name, never "I'm sorry" / "it's Friday".
-- **E-mails and numbers**: the caller's words; the agent's only when it reads back what the caller
-  just spelled ("kate w at fastmail dot com" - "Got it: katew@fastmail.com"), never the business's.
+- **Names** (``caller_name``; not ``stylist_name`` or ``student_name``): the caller introducing
+  themselves with a cue ("my name is john", "this is Dana Smith", "this is lucy i'm calling ...",
+  "it's Omar here", an answer to the agent asking for their name, a name the agent then greets them
+  by: "Hi Carlos"); never the agent's name, someone else's ("her name's linda", "it's mia's lesson",
+  an answer to "what's your dog's name?"), or a word that is no name ("I'm vegan", "it's Christmas
+  Eve", "this is Glow Salon?").
+- **E-mails and numbers**: the last one the caller gave, not one taken back, an old one, someone
+  else's, the business's repeated back, or an order, card, reference or birth-date number; the
+  agent's only as a read-back of exactly what the caller spelled ("kate w at fastmail dot com" -
+  "Got it: katew@fastmail.com").
 """
 
 from __future__ import annotations
@@ -38,10 +47,12 @@ _DAY_NAME = (rf"(?<!the )(?:(?:next|this|coming)\s+)?{_WEEKDAY}(?!\s+after\b(?!\
 #: A day: "Friday", "Friday the 8th", "Thursday, May 9th", "March 14th", "the 10th of June", "the 10th".
 _DATE = (rf"(?:{_DAY_NAME}(?:,?\s+(?:the\s+{_ORDINAL}|{_MONTH}\s+{_ORDINAL}|{_ORDINAL}))?|{_MONTH}\s+{_ORDINAL}"
          rf"|(?:the\s+)?{_ORDINAL}\s+of\s+{_MONTH}"
-         rf"|the\s+{_ORDINAL}(?!\s+(?:floor|time|street|st|avenue|ave|row|grade|person|one|place|birthday|anniversary)\b))")
+         rf"|the\s+{_ORDINAL}(?!\s+(?:floor|time|street|st|avenue|ave|row|grade|person|one|place|birthday|anniversary|"
+         rf"session|sitting|lesson|class|course|week|visit|appointment|round|seat|table|item|stop|level)\b))")
 _NUMBER_WORDS = r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)"
 _TIME = (rf"(?:(?:half past|quarter past|quarter to)\s+(?:{_NUMBER_WORDS}|\d{{1,2}})"
-         r"|\d{1,2}(?:[:.]\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)|\d{1,2}(?::\d{2})?|noon|midnight)")
+         r"|\d{1,2}(?:[:.]\d{2}|\s+[0-5]\d)?\s*(?:am|pm|a\.m\.|p\.m\.)|\d{1,2}(?::\d{2}|\s+[0-5]\d)?\b"
+         r"(?!\s*(?:past|to)\b)|noon|midnight)")
 #: A clock time that cannot be a count ("7 pm", "7:30", "7.30pm"; not the "4" of "a table for 4").
 _CLOCK = r"(?:\d{1,2}(?:[:.]\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.)|\d{1,2}:\d{2}|noon|midnight)"
 #: A window after a day: "between 8 and 12", "from 10 to 12", "9 to 11", "after 5 pm".
@@ -55,7 +66,8 @@ _PHONE = re.compile(r"(\+?\d[\d\s().-]{8,}\d)")
 
 #: An agent's clause that settles something (a booking's time is read there, not from other words).
 _SETTLED = re.compile(
-    r"\b(?:booked|confirmed|reserved|scheduled|rescheduled|moved|changed|switched|set for|all set|"
+    r"\b(?:booked|confirmed|reserved|scheduled|rescheduled|moved|changed|switched|pushed|bumped|shifted|"
+    r"brought (?:it |that )?forward|set for|all set|"
     r"put you (?:down|in)|you're in(?! luck)|you are in(?! luck)|signed (?:you )?up|registered|penciled|pencilled|"
     r"locked in|booked you|all yours|is yours|(?:got|have) you (?:down|in)|you're down|you are down|all done|"
     r"that's done|see you then)\b"
@@ -65,13 +77,16 @@ _SETTLED = re.compile(
 #: "Friday at 7 is now taken", "the Jones party is booked", "your sister's booked", "you were last booked".
 _FAILED = re.compile(
     r"\b(?:not|never|couldn't|could not|can't|cannot|unable|isn't|aren't|wasn't|weren't|won't|didn't|don't|"
-    r"doesn't|someone else|by another|nothing left|none left|no (?:tables?|rooms?|spots?|spaces?) left|"
+    r"doesn't|hasn't|haven't|wouldn't|rebook|rearrange|have to (?:move|change)|off sick|someone else|by another|"
+    r"nothing left|none left|"
+    r"no (?:tables?|rooms?|spots?|spaces?) left|came in|you came|were here|"
+    r"last (?:cleaning|check-?up|service|was)|mentioned|"
     r"unfortunately|already|taken|(?:we're|we are|is|are) full|sold out|unavailable|no longer|"
     r"no (?:space|room|slots?|availability)|"
     r"let me (?:check|see|look)|i'll (?:check|see|look)|if (?:it's|that's|we|i|there)|"
     r"(?:was|were) (?:last )?(?:booked|in|seen)|last (?:time|visit|booked|appointment)|previous(?:ly)?|"
-    r"your (?:sister|brother|husband|wife|partner|mom|mum|mother|dad|father|son|daughter|friend|colleague|boss|"
-    r"kids?|children|child|parents?)|the \w+ (?:party|family|group)|"
+    r"your (?:sister|brother|husband|wife|partner|mom|mum|mother|dad|father|son|daughter|friends?|colleague|boss|"
+    r"kids?|children|child|parents?)|the \w+ (?:party|family|group)|we've booked a|"
     r"choice is yours|in luck)\b|[A-Z][a-z]+'s (?:appointment|booking|reservation|table|class|lesson|session)\b",
     re.IGNORECASE)
 #: A bare hour after a settling verb ("for 9"), not a count ("for 4 people").
@@ -79,9 +94,21 @@ _BARE_TIME = re.compile(r"\b(?:for|at)\s+\d{1,2}\b(?!\s*(?:people|persons|guests
                         r"minutes|mins|hours|days|nights|weeks|months|dollars|pounds|euros|%|percent))", re.IGNORECASE)
 #: A day or a number after a settling verb that no time pattern read: the value would be a guess.
 _UNREAD = re.compile(rf"\b(?:{_WEEKDAY}|{_MONTH})\b|\b\d{{1,2}}(?:[:.]\d{{2}})?\s*(?:am|pm)\b", re.IGNORECASE)
+#: An offer, not a booking yet: "I can get you booked in for Friday", "you'd be booked", "is yours if you want it".
+_OFFERED = re.compile(r"\b(?:can (?:get|have|put|book|pencil|fit|do)|could|would|you'd|i'd|if you (?:want|like|wish)|"
+                      r"happy to|want me to|shall i|should i)\b", re.IGNORECASE)
+#: The agent correcting itself: the turn says two things.
+_SELF_CORRECTION = re.compile(r"\b(?:i mean|i meant|i misspoke|correction|let me correct|sorry,? (?:no|i mean))\b",
+                              re.IGNORECASE)
+#: What a refusal is about when it names no time ("that table is already reserved").
+_BOOKED_THING = re.compile(r"\b(?:table|booking|reservation|appointment|slot|time|spot|room|session|class|seat)s?\b"
+                           r"|\bleft\b|\bavailab", re.IGNORECASE)
 #: Words before a time that make it something else than the booking's: "held until 7:15", "due by 5 pm".
-_NOT_THE_TIME = re.compile(r"(?:until|till|til|by|after|before|expires?(?: on)?|due|from|between|around|"
-                           r"closes?(?: at)?|opens?(?: at)?)\s*$", re.IGNORECASE)
+_NOT_THE_TIME = re.compile(r"(?:until|till|til|by|after|before|expires?(?: on)?|due|from|between|"
+                           r"arriv\w*(?:\s+\w+)?(?:\s+(?:at|around|by))?|"
+                           r"closes?(?: at)?|opens?(?: at)?|left (?:\w+ )*at|placed at|\d\s*(?:am|pm)?\s*(?:to|-|and)|"
+                           r"(?:got|have|'ve got|has) (?:the |a |an |my )?\w+ (?:\w+ )?at)\s*$",
+                           re.IGNORECASE)
 #: Weaker: a time the agent states the thing is ready or now is ("ready Thursday at noon", "is now Thursday at 11").
 _WEAK_SETTLED = re.compile(r"\b(?:is now|are now|now on|now at)\b", re.IGNORECASE)
 #: Only for variables about an order or a pickup, not a booking: "your order will be ready at 6:30".
@@ -110,10 +137,11 @@ _THIRD = re.compile(r"\b(?:my|his|her|our) (?:husband|wife|partner|mum|mom|mothe
 _FIRST = re.compile(r"\bthe (?:first|earlier|earliest|morning) one\b", re.IGNORECASE)
 _SECOND = re.compile(r"\bthe (?:second|later|latest|last|afternoon|evening) one\b", re.IGNORECASE)
 #: No booking: "fully booked", a waitlist, a cancellation.
-_NOT_SETTLED = re.compile(r"\b(?:fully|all|completely) booked\b|\bbooked (?:up|solid|out)\b|\bwait(?:ing)? ?list\b",
-                          re.IGNORECASE)
+_NOT_SETTLED = re.compile(r"\b(?:fully|all|completely|pretty|quite|very|really|heavily) booked\b|"
+                          r"\bbooked (?:up|solid|out|until|till|all)\b|\bwait(?:ing)? ?list\b", re.IGNORECASE)
 _CANCELLED = re.compile(r"\bcancel(?:l?ed|ling)?\b|\bcalled off\b|\bremoved\b|\b(?:taken|took) you off\b|"
-                        r"\bdeleted\b", re.IGNORECASE)
+                        r"\bdeleted\b|\breleased\b|\blet (?:it|the \w+) go\b|\bscratch that\b|\bnot book it\b|"
+                        r"\bcome another time\b", re.IGNORECASE)
 #: A caller's clause asking for something to be booked or changed ("book me for Friday at 7").
 _BOOK_REQUEST = re.compile(
     r"\b(?:book|reserve|schedule|reschedule|move|change|switch|make it|put me (?:down|in)|sign me up|"
@@ -121,7 +149,8 @@ _BOOK_REQUEST = re.compile(
 #: A caller's clause asking for a text or an e-mail: its time is about that, not a booking.
 _SEND_REQUEST = re.compile(r"\b(?:text|send|message|sms|e-?mail|remind)\b", re.IGNORECASE)
 #: The agent summing up what was agreed: "So that's Friday at 9 am for the cleaning."
-_RECAP = re.compile(r"\W*(?:(?:so|okay|ok|great|perfect|alright|right),?\s+)?that(?:'s| is)\b", re.IGNORECASE)
+_RECAP = re.compile(r"\W*(?:(?:so|okay|ok|great|perfect|alright|right),?\s+)?that(?:'s| is)\b|.*\bit is\W*$",
+                    re.IGNORECASE)
 #: Opening hours and the like: times the agent states that nobody books.
 _HOURS = re.compile(r"\b(?:open|opens|close|closes|closed|closing|opening|hours?|happy hour|special|"
                     r"deal|offer|promotion|discount|sale|run|runs|every|event|policy|deposit|parking|expires?|"
@@ -160,10 +189,24 @@ _NOT_NAMES = frozenset({
     "impossible", "vegan", "outside", "inside", "pregnant", "running", "booked", "curious", "allergic",
     "stuck", "lost", "confused", "waiting", "driving", "moving", "travelling", "traveling", "staying", "coming",
     "leaving", "almost", "nearly", "probably", "definitely", "worried", "concerned", "upset", "tired", "sick",
-    "ill", "fed", "through", "out", "off", "up", "down", "over", "again", "even",
+    "ill", "fed", "through", "out", "off", "up", "down", "over", "again", "even", "quite", "awkward",
+    "spelled", "spelt", "sitting", "standing", "vegetarian", "delivery", "pickup", "um", "uh", "er", "erm",
+    "hmm", "mm", "yep", "yeah", "ya", "yup", "nope", "mister", "missus", "sir", "madam", "ten", "two", "three",
+    "four", "five", "six", "seven", "eight", "nine", "eleven", "twelve", "twenty", "christmas", "easter",
+    "thanksgiving", "halloween", "muslim", "christian", "jewish", "hindu", "catholic", "american", "british",
+    "english", "french", "german", "spanish", "italian", "indian", "chinese", "mexican", "canadian",
+    "australian", "irish", "scottish", "diabetic", "gluten", "celiac", "coeliac",
 })
 #: After a name: "this is lucy i'm calling about ...", "this is mark o'brien from flat 4", "... this is rachel".
-_INTRO_END = re.compile(r"(?:[a-z'-]+\s+)?(?:i'm|i am|calling|from|speaking|here)\b|$", re.IGNORECASE)
+_INTRO_END = {  # what may follow the name, per cue
+    "this is": re.compile(r",?\s*(?:i'm|i am|i|calling|speaking|here)\b|(?:[a-z'-]+\s+)?from\b|(?:[a-z'-]+)?\W*$"),
+    "it's": re.compile(r",?\s*(?:i'm|i am|i|calling|speaking|here)\b"),
+    "i'm": re.compile(r",?\s*(?:calling|speaking|here|from)\b"),
+}
+#: The agent asking for someone else's name ("What's your dog's name?", "the name of the student").
+_ASKS_OTHER_NAME = re.compile(r"\b(?:your|the|their|his|her) \w+'s name\b|\bname of (?:the|your)\b|"
+                              r"\b(?:who|the person) (?:is|are|you're) (?:it |the booking )?for\b|"
+                              r"\bbooking for\?", re.IGNORECASE)
 _ASKS_NAME = re.compile(r"\b(?:your name|who am i speaking|who's calling|who is calling|name for the|"
                         r"what name|name should i|name is (?:it|the booking) under)\b", re.IGNORECASE)
 #: Someone else the caller speaks for: a name after it is theirs ("for my mother ... it's linda").
@@ -195,7 +238,9 @@ def _mentions(clause: str, topic: tuple[str, ...]) -> bool:
 
 
 def _times(text: str) -> list[str]:
-    return [m.group(1).strip() for m in _TIME_VALUE.finditer(text)]
+    """Times in ``text`` that can be a thing's own: not "until 7:15", "by 5 pm", "after 2", a range's end."""
+    return [m.group(1).strip() for m in _TIME_VALUE.finditer(text)
+            if not _NOT_THE_TIME.search(text[max(0, m.start() - 30):m.start()])]
 
 
 def _one_time(text: str) -> str | None:
@@ -213,14 +258,18 @@ def _time_in(clause: str, marker: re.Match[str] | None) -> str | None:
     """The booking's time in a settling clause: after the marker, not "until 7:15" or "by 5 pm"; a move's new time."""
     def usable(start: int, end: int) -> list[str]:
         return [m.group(1).strip() for m in _TIME_VALUE.finditer(clause, start, end)
-                if not _NOT_THE_TIME.search(clause[max(0, m.start() - 14):m.start()])]
+                if not _NOT_THE_TIME.search(clause[max(0, m.start() - 30):m.start()])]
 
     begin = marker.start() if marker else 0
     after = usable(begin, len(clause))
     if after:
-        moving = marker is not None and re.match(r"(?:re)?(?:moved|changed|switched|scheduled)", marker.group(),
-                                                 re.IGNORECASE)
-        return after[-1] if moving and re.search(r"\bto\b", clause[marker.end():]) else after[0]
+        moving = marker is not None and re.match(
+            r"(?:re)?(?:moved|changed|switched|scheduled)|pushed|bumped|shifted", marker.group(), re.IGNORECASE)
+        target = re.search(r"\bto\b", clause[marker.end():]) if moving and marker is not None else None
+        if target is not None and marker is not None:  # "from Tuesday at 3 to Thursday at 10", "to X instead of Y"
+            moved = usable(marker.end() + target.end(), len(clause))
+            return moved[0] if moved else None
+        return after[0]
     if marker is not None and not marker.group().lower().startswith("your"):
         before = usable(0, begin)  # "Friday at 7 is all yours"
         return before[-1] if before else None
@@ -248,6 +297,8 @@ def _taken_proposal(transcript: Sequence[Turn], index: int) -> str | None:
     asked = [c for c in _clauses(agent) if c.rstrip().endswith("?")]
     if asked and not (_times(asked[-1]) or _TIME_QUESTION.search(asked[-1])):
         return None  # "Is it for a birthday?" - "yes it's our anniversary"
+    if asked and asked[-1] not in proposing:
+        return None  # "Would you like me to put you on the waitlist for Thursday?" - "yes please"
     offered = list(dict.fromkeys(_times(proposing)))
     if not offered:
         return None
@@ -292,7 +343,7 @@ def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str
                 return single
         asked = back > 0 and transcript[back - 1].role == "agent" and (
             "?" in transcript[back - 1].text or _PROPOSAL.search(transcript[back - 1].text) is not None)
-        parts = [p for p in _parts(turn.text) if _TIME_VALUE.search(p)]
+        parts = [p for p in _parts(turn.text) if _times(p)]
         chosen = [p for p in parts if not _SEND_REQUEST.search(p) and not _DISAGREE.search(p)
                   and not _THIRD.search(p)]
         if len(chosen) == 1 and (booked or asked or _BOOK_REQUEST.search(turn.text)) and not (
@@ -315,26 +366,37 @@ def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking
     for index in range(len(transcript) - 1, -1, -1):
         turn = transcript[index]
         if turn.role != "agent":
-            if _DISAGREE.search(turn.text) and _times(turn.text) and index > 0:
-                return None  # "no no i said saturday, not friday": the settled time is disputed
+            if (_DISAGREE.search(turn.text) and _times(turn.text) and index > 0) or _CANCELLED.search(turn.text):
+                return None  # "no no i said saturday, not friday", "scratch that": disputed or withdrawn
             taken = _taken_proposal(transcript, index)
             if taken:
                 return None if refused else taken
             continue
+        if _SELF_CORRECTION.search(turn.text):
+            return None  # "I've booked you for Friday at 7 pm. Sorry, I mean Saturday": which one?
+        asks = "?" in turn.text
         best: tuple[int, str, re.Match[str] | None] | None = None
         for clause in _clauses(turn.text):
             if clause.rstrip().endswith("?"):
                 continue
-            for part in _parts(clause) if _FAILED.search(clause) or not _SETTLED.search(clause) else [clause]:
+            parts = _parts(clause) if _FAILED.search(clause) or not _SETTLED.search(clause) else [clause]
+            for position, part in enumerate(parts):
                 found = _strength(part, topic, booking=booking)
-                if found is not None and (best is None or found[0] > best[0]):
+                if found is None or (found[0] == 3 and asks):
+                    continue  # "That's Friday at 7 pm for four. Shall I book it?" is a question, not a booking
+                if any(_FAILED.search(later) or _CANCELLED.search(later) for later in parts[position + 1:]):
+                    continue  # "... is scheduled for Monday, but the part hasn't arrived, so we'll rebook it"
+                if best is None or found[0] > best[0]:
                     best = found
         cancelled = [c for c in _clauses(turn.text) if _CANCELLED.search(c)]
         if best is None:
             if cancelled:
                 return None
-            refused = refused or any(_FAILED.search(p) for c in _clauses(turn.text) for p in _parts(c))
+            refused = refused or any(_FAILED.search(p) and (_times(p) or _BOOKED_THING.search(p))
+                                     for c in _clauses(turn.text) for p in _parts(c))
             continue
+        if refused:
+            return None  # "You're booked for Friday at 7 pm." ... "Sorry, that table is already reserved."
         strength, part, marker = best
         value = _time_in(part, marker)
         if value:
@@ -342,7 +404,8 @@ def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking
         if marker is not None and (_BARE_TIME.search(part, marker.end()) or _UNREAD.search(part, marker.end())):
             return None  # "put you down for 9 instead", "for the Friday after": a time we cannot read fully
         if strength == 4:  # "Yes, I can do Thursday at 6:30 pm for two. I've reserved that for you."
-            same_turn = " ".join(c for c in _clauses(turn.text) if not (_FAILED.search(c) or _HOURS.search(c)))
+            same_turn = " ".join(c for c in _clauses(turn.text) if _PROPOSAL.search(c) and not (
+                _FAILED.search(c) or _HOURS.search(c) or _NOT_SETTLED.search(c)))
             single = _one_time(same_turn)
             if single:
                 return single
@@ -355,7 +418,7 @@ def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking
 
 def _strength(part: str, topic: tuple[str, ...], *, booking: bool) -> tuple[int, str, re.Match[str] | None] | None:
     """How strongly ``part`` settles something (4 verb, 3 recap, 2 "your booking"/"is now"/"ready", 1 topic)."""
-    if _NOT_SETTLED.search(part) or _FAILED.search(part):
+    if _NOT_SETTLED.search(part) or _FAILED.search(part) or _OFFERED.search(part):
         return None
     if _CANCELLED.search(part):
         after = _SETTLED.search(part, _CANCELLED.search(part).end())  # "cancelled Friday and booked you for ..."
@@ -410,8 +473,10 @@ def _name(transcript: Sequence[Turn]) -> str | None:
             continue
         after = transcript[index + 1].text if index + 1 < len(transcript) and \
             transcript[index + 1].role == "agent" else ""
-        asked = index > 0 and transcript[index - 1].role == "agent" and bool(_ASKS_NAME.search(
-            transcript[index - 1].text))
+        before = transcript[index - 1].text if index > 0 and transcript[index - 1].role == "agent" else ""
+        if _ASKS_OTHER_NAME.search(before):
+            continue  # "What's your dog's name?" - "it's bella"
+        asked = bool(_ASKS_NAME.search(before)) and before.count("?") <= 1 and " and " not in before.split("?")[0][-40:]
         words = turn.text.split()
         if asked and len(words) == 1 and words[0].strip(".,!").isalpha():  # "And your name?" - "helen"
             bare = words[0].strip(".,!")
@@ -423,20 +488,28 @@ def _name(transcript: Sequence[Turn]) -> str | None:
             back = re.search(rf"\b({re.escape(spelled)})\b", after, re.IGNORECASE)
             if back:
                 return back.group(1)
+        question = turn.text.rstrip().endswith("?")
         for match in _INTRO.finditer(turn.text):
             cue, first, second = match.group(1).lower(), match.group(2), match.group(3)
             following = turn.text[match.end(2):].lstrip().lower()
             if first.lower() in _NOT_NAMES or first.lower().endswith("'s") or following.startswith(("'s", "who ",
                                                                                                     "that ")):
                 continue  # "it's mia's lesson", "this is Emma's dad", "it's sarah who usually does my colour"
-            if cue in ("it's", "this is") and _SOMEONE_ELSE.search(turn.text[:match.start()]):
-                continue  # "calling on behalf of my mum, it's linda"
-            said_back = re.search(rf"\b{re.escape(first.capitalize())}\b", after) is not None
-            introduced = cue in ("this is", "my name is") and _INTRO_END.match(following) is not None
-            strong = cue in ("my name is", "my name's", "the name's") or following.startswith("here") or said_back \
-                or introduced \
+            if cue in ("it's", "this is") and (question or _SOMEONE_ELSE.search(turn.text[:match.start()])):
+                continue  # "this is Glow Salon?", "calling on behalf of my mum, it's linda"
+            # the agent greets them by it ("Hi Carlos", "Thanks, Tom"), not just says the word ("Vegetarian options...")
+            said_back = re.search(rf"\b(?:hi|hello|hey|thanks|thank you|sure|great|sorry|welcome|nice to meet you|"
+                                  rf"okay|ok|lovely|perfect|got it),?\s+{re.escape(first.capitalize())}\b", after,
+                                  re.IGNORECASE) is not None and re.search(rf"\b{re.escape(first.capitalize())}\b",
+                                                                            after) is not None
+            end = _INTRO_END.get({"my name is": "this is", "i am": "i'm"}.get(cue, cue))
+            full = bool(second) and first[0].isupper() and second[0].isupper() and \
+                re.fullmatch(r"\W*", following[len(second or ""):]) is not None  # "I am Priya Patel."
+            introduced = (end is not None and end.match(following) is not None) or (cue in ("i'm", "i am") and full)
+            strong = cue in ("my name is", "my name's", "the name's") or said_back or introduced \
+                or (cue in ("it's", "this is") and re.match(r"here\b", following) is not None) \
                 or (asked and re.match(r"(?:[a-z'-]+)?\s*(?:[,.!]|$)", following) is not None)
-            if not (strong or first[0].isupper()):
+            if not strong:
                 continue
             if first[0].isupper() and second and second[0].isupper() and second.lower() not in _NOT_NAMES:
                 return f"{first} {second}"
@@ -454,9 +527,17 @@ _SPOKEN_EMAIL = re.compile(r"((?:[a-z0-9._-]+\s+){0,14}?[a-z0-9._-]+)\s+at\s+([a
 #: A caller's part that gives an old or wrong value, or another kind of number.
 _NOT_MINE = re.compile(r"\b(?:old|don't use|do not use|not|wrong|no longer|used to|instead of|order|card|account|"
                        r"reference|confirmation|booking|policy|invoice|tracking|member(?:ship)?|case|ticket|your|"
-                       r"office|clinic|fax|calling|called|tried|dialed|dialled|rang)\b", re.IGNORECASE)
+                       r"office|clinic|fax|calling|called|tried|dialed|dialled|rang|from|missed|this number|"
+                       r"got (?:an?|this)|google|"
+                       r"website|wife|husband|partner|assistant|colleague|boss|son|daughter|mum|mom|dad|cc|copy|"
+                       r"birth|dob|born|nhs|ref|id|licen[cs]e|passport|postcode|zip)\b", re.IGNORECASE)
+#: Said after a value: it was the wrong one ("dana@gmail.com. oh wait no that's my old one").
+_RETRACTED = re.compile(r"\b(?:old one|wrong one|not that one|no wait|oh wait|scratch that|that's my old|actually no|"
+                        r"that's my work|not my (?:mobile|cell|number|email)|"
+                        r"not (?:that|this) (?:one|number|email|address))\b", re.IGNORECASE)
 _OTHER_NUMBER = re.compile(r"\b(?:order|account|reference|confirmation|booking|policy|invoice|tracking|"
-                           r"member(?:ship)?|case|ticket|card) (?:number|no)\b", re.IGNORECASE)
+                           r"member(?:ship)?|case|ticket|card) (?:number|no)\b|\bdate of birth\b|\bbirthday\b|"
+                           r"\bdob\b|\bpost ?code\b|\bzip\b", re.IGNORECASE)
 
 
 def _spoken_keys(text: str) -> set[str]:
@@ -480,11 +561,17 @@ def _contact(transcript: Sequence[Turn], pattern: re.Pattern[str]) -> str | None
         if turn.role == "user":
             if pattern is _PHONE and index > 0 and _OTHER_NUMBER.search(transcript[index - 1].text):
                 continue  # "Do you have your order number?" - "yeah it's 100 245 7783"
+            later = " ".join(t.text for t in transcript[index + 1:] if t.role == "user")
+            told = transcript[index - 1].text if index > 0 and transcript[index - 1].role == "agent" else ""
             for part in reversed(_parts(turn.text)):
                 for match in reversed(list(pattern.finditer(part))):
                     value = match.group(1).strip()
                     if _NOT_MINE.search(part[:match.start()]) or (pattern is _PHONE and not _is_phone(value)):
                         continue
+                    if _RETRACTED.search(turn.text[turn.text.find(value) + len(value):]) or _RETRACTED.search(later):
+                        continue  # taken back in the same breath or later
+                    if re.sub(r"\W", "", value.lower()) in re.sub(r"\W", "", told.lower()):
+                        continue  # the caller repeating what the agent just said ("quotes@roofing.com, got it")
                     return value
             continue
         recent = " ".join(t.text for t in transcript[max(0, index - 4):index] if t.role == "user")
@@ -560,13 +647,17 @@ class PatternExtractor:
             return "email"
         if words & {"phone", "mobile", "cell"} or ("number" in words and words & {"contact", "callback", "call"}):
             return "phone"
-        if words & {"time", "date", "when", "day", "slot", "datetime", "hour"}:
+        if words & {"time", "date", "when", "day", "slot", "datetime", "hour"} and not words & _NOT_TIMES:
             return "time"
         return None
 
 
-_CALLER_WORDS = frozenset({"caller", "customer", "client", "guest", "patient", "first", "full", "last", "your",
-                           "their", "his", "her", "person", "contact", "member", "student", "owner"})
+_CALLER_WORDS = frozenset({"caller", "customer", "client", "guest", "first", "full", "last", "your", "their",
+                           "contact"})
+#: Variables with "time" or "date" in them that are no moment of a booking ("wait_time", "date_of_birth").
+_NOT_TIMES = frozenset({"wait", "waiting", "birth", "born", "zone", "timezone", "duration", "length", "long", "age",
+                        "expiry", "expiration", "expires", "travel", "delay", "minutes", "hours"})
 _OTHER_NAMES = frozenset({"service", "stylist", "staff", "doctor", "agent", "pet", "dog", "cat", "product",
                           "company", "business", "event", "street", "item", "plan", "package", "venue", "store",
-                          "brand", "model", "file", "team", "therapist", "trainer", "tutor", "teacher", "room"})
+                          "brand", "model", "file", "team", "therapist", "trainer", "tutor", "teacher", "room",
+                          "student", "patient", "child", "kid", "son", "daughter", "member", "owner", "guardian"})

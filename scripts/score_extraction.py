@@ -1,0 +1,68 @@
+"""How the no-key variable extractor does on labelled conversations: right, wrong and missed values per file.
+
+A wrong value is a text with a wrong time, name or address; a missed one only waits or falls back to a default.
+Each line of a file: ``{"wanted": {name: description}, "transcript": [{"role", "text"}], "expected": {name: value}}``
+(a variable left out of ``expected`` has no correct value yet). A value counts as right when it is the expected
+one, or holds it or is held by it as whole words ("Saturday at 10 AM" / "saturday at 10"), case ignored
+("7 30" as said equals "7:30").
+
+Usage: python scripts/score_extraction.py [-v] [FILE.jsonl ...]   (default: every file in tests/data/extract/)
+Prints one JSON line per file, then the total; exit 1 when any value is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from incall_sms.judges.base import Turn  # noqa: E402
+from incall_sms.pattern_extractor import PatternExtractor  # noqa: E402
+
+
+def same(expected: str, value: str) -> bool:
+    """The same value, or one holding the other as whole words (leading "at"/"on"/"for" ignored)."""
+    def norm(text: str) -> str:
+        flat = " ".join(text.lower().replace(",", " ").split())
+        return " " + re.sub(r"\b(\d{1,2}) ([0-5]\d)\b", r"\1:\2", re.sub(r"^(?:at|on|for) ", "", flat)) + " "
+    return norm(value) in norm(expected) or norm(expected) in norm(value)
+
+
+def score(path: pathlib.Path, *, verbose: bool = False) -> dict[str, int]:
+    """Counts for one file (``verbose`` prints every wrong and missed value)."""
+    counts = {"right": 0, "wrong": 0, "missed": 0}
+    extractor = PatternExtractor()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        case = json.loads(line)
+        got = extractor.extract_now([Turn(t["role"], t["text"]) for t in case["transcript"]], case["wanted"])
+        for name in case["wanted"]:
+            expected, value = case["expected"].get(name), got.get(name)
+            kind = ("right" if expected is None else "missed") if value is None else \
+                "right" if expected is not None and same(expected, value) else "wrong"
+            counts[kind] += 1
+            if verbose and kind != "right":
+                print(f"{kind.upper():6} {case.get('id', '?')} {name}: expected {expected!r}, got {value!r}")
+    return counts
+
+
+def main(args: list[str]) -> int:
+    """Score each file; exit 1 when a value is wrong."""
+    verbose = "-v" in args
+    default = sorted((ROOT / "tests" / "data" / "extract").glob("*.jsonl"))
+    paths = [pathlib.Path(a) for a in args if a != "-v"] or default
+    total = {"right": 0, "wrong": 0, "missed": 0}
+    for path in paths:
+        counts = score(path, verbose=verbose)
+        print(json.dumps({"file": path.name, **counts}))
+        for key, value in counts.items():
+            total[key] += value
+    print(json.dumps({"file": "total", **total}))
+    return 1 if total["wrong"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
