@@ -224,7 +224,7 @@ def _words(text: str) -> list[str]:
 
 
 _PICKUP = re.compile(r"\bpick(?:ed|ing)?[\s-]?up\b")
-_CALLBACK = re.compile(r"\bcall(?:ed|ing)?[\s-]?(?:(?:you|me|him|her|them)\s+)?back\b|\b(?:will|'ll) call you\b")
+_CALLBACK = re.compile(r"\bcall(?:ed|ing)?[\s-]?(?:(?:you|me|him|her|them)\s+)?back\b|\b(?:will|'ll|to) call you\b")
 
 
 def _topic(name: str, description: str) -> tuple[str, ...]:
@@ -477,10 +477,13 @@ def _name(transcript: Sequence[Turn]) -> str | None:
         if _ASKS_OTHER_NAME.search(before):
             continue  # "What's your dog's name?" - "it's bella"
         asked = bool(_ASKS_NAME.search(before)) and before.count("?") <= 1 and " and " not in before.split("?")[0][-40:]
-        words = turn.text.split()
-        if asked and len(words) == 1 and words[0].strip(".,!").isalpha():  # "And your name?" - "helen"
+        words = re.sub(r"^\W*(?:(?:it's|its|it is|under|the name's|name's|put it under)\s+)+", "", turn.text,
+                       flags=re.IGNORECASE).split()
+        if asked and 1 <= len(words) <= 2 and all(w.strip(".,!").isalpha() for w in words):  # "sarah mitchell"
             bare = words[0].strip(".,!")
-            if bare.lower() not in _NOT_NAMES:
+            greeted = re.search(rf"\b(?:thanks|thank you|got it|great|lovely|perfect|hi|ok|okay),?\s+"
+                                rf"{re.escape(bare.capitalize())}\b", after, re.IGNORECASE) is not None
+            if bare.lower() not in _NOT_NAMES and (len(words) == 1 or greeted):
                 return bare
         letters = re.search(r"(?<![\w'])((?:[a-z]\s+){2,}[a-z])\b\W*$", turn.text, re.IGNORECASE)
         if asked and letters:  # "it's k a t j a" - "Thank you, Katja."
@@ -533,6 +536,7 @@ _NOT_MINE = re.compile(r"\b(?:old|don't use|do not use|not|wrong|no longer|used 
                        r"birth|dob|born|nhs|ref|id|licen[cs]e|passport|postcode|zip)\b", re.IGNORECASE)
 #: Said after a value: it was the wrong one ("dana@gmail.com. oh wait no that's my old one").
 _RETRACTED = re.compile(r"\b(?:old one|wrong one|not that one|no wait|oh wait|scratch that|that's my old|actually no|"
+                        r"sorry no|no it's|no that's|"
                         r"that's my work|not my (?:mobile|cell|number|email)|"
                         r"not (?:that|this) (?:one|number|email|address))\b", re.IGNORECASE)
 _OTHER_NUMBER = re.compile(r"\b(?:order|account|reference|confirmation|booking|policy|invoice|tracking|"
@@ -575,6 +579,10 @@ def _contact(transcript: Sequence[Turn], pattern: re.Pattern[str]) -> str | None
                     return value
             continue
         recent = " ".join(t.text for t in transcript[max(0, index - 4):index] if t.role == "user")
+        denied = index + 1 < len(transcript) and transcript[index + 1].role == "user" and \
+            _DISAGREE.search(transcript[index + 1].text) is not None
+        if denied:
+            continue  # "Was that 07700 900 123?" - "sorry no, 900 132 at the end"
         for match in pattern.finditer(turn.text):
             value = match.group(1).strip()
             local, _, domain = value.lower().partition("@")
@@ -583,11 +591,23 @@ def _contact(transcript: Sequence[Turn], pattern: re.Pattern[str]) -> str | None
                                                                  domain.split(".")[0] in mentioned)
                                     for key, label in _spoken_keys(recent)):
                 return value  # read back: "kate w at fastmail dot com" - "Got it: katew@fastmail.com"
-            digits = re.sub(r"\D", "", value)
-            if "@" not in value and len(digits) >= 7 and digits == re.sub(r"\D", "", _spoken_digits(recent))[-len(
-                    digits):]:
+            if "@" not in value and _read_back_number(value, transcript[max(0, index - 4):index]):
                 return value
     return None
+
+
+def _read_back_number(value: str, before: Sequence[Turn]) -> bool:
+    """Whether the agent's number is one the caller just gave as theirs, or its correction ("... 132 at the end")."""
+    digits = re.sub(r"\D", "", value)
+    said = [t.text for t in before if t.role == "user"]
+    if len(digits) < 7 or not said:
+        return False
+    own = [re.sub(r"\D", "", m.group(1)) for text in said for part in _parts(_spoken_digits(text))
+           for m in _PHONE.finditer(part) if not _NOT_MINE.search(part[:m.start()])]
+    if digits in own:
+        return True
+    tail = re.sub(r"\D", "", _spoken_digits(said[-1]))  # a correction of the end: "no, 900 132 at the end"
+    return 3 <= len(tail) < len(digits) and digits.endswith(tail) and any(o[:5] == digits[:5] for o in own)
 
 
 _DIGIT_WORDS = {"zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",

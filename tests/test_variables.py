@@ -161,12 +161,13 @@ def _score(path):
 
 @pytest.mark.parametrize(("name", "most_wrong", "most_missed"), [
     ("dev.jsonl", 0, 3), ("second.jsonl", 0, 0), ("third.jsonl", 0, 6), ("attack.jsonl", 0, 25),
-    ("attack2.jsonl", 2, 13)])
+    ("attack2.jsonl", 2, 13), ("fourth.jsonl", 0, 7)])
 def test_labelled_conversations(name, most_wrong, most_missed):
     # Conversations written by helpers who had not seen the extractor; the extractor was then fixed by class on
     # them, so all are development sets now (first looks: dev 49 right / 20 wrong / 13 missed before the
     # rework; second, written after it: 44/13/13 with the old extractor, 56/1/13 with the rework at first sight;
-    # third: 38/3/19 old, 48/2/10 at first sight). attack.jsonl (97) and attack2.jsonl (90): conversations
+    # third: 38/3/19 old, 48/2/10 at first sight; fourth, ordinary calls written after both attacks: 44/3/21 old,
+    # 58/2/8 at first sight). attack.jsonl (97) and attack2.jsonl (90): conversations
     # attackers (helpers reading the code) wrote to make it fail: 82 and 77 wrong values at first. The misses
     # left are the price of refusing what cannot be read for sure (a wrong time texted is worse than none).
     # attack2's two "wrong" are label calls we do not share: b2-24 'tonight' for a walk-in seated tonight and
