@@ -549,9 +549,11 @@ class SmsService:
         if stream.caller:
             return stream.caller
         try:
-            client = self.provider._get_client()
-            async with asyncio.timeout(5):
-                call = await client.calls(stream.call_sid).fetch_async()
+            async def fetch(client: Any) -> Any:
+                async with asyncio.timeout(5):
+                    return await client.calls(stream.call_sid).fetch_async()
+
+            call = await self.provider.run_with_client(fetch)
             raw = getattr(call, "_from", None)  # E.164 (from_formatted is for display)
         except Exception as exc:
             _log.warning("caller number lookup failed (%s)", exc.__class__.__name__)

@@ -116,24 +116,25 @@ async def test_list_matches_spec(prism):
 async def test_spec_violation_is_rejected(prism):
     # A ValidityPeriod that is not an integer violates the spec: prism must refuse it (the check is real)
     provider = TwilioProvider(account_sid=ACCOUNT, auth_token="token", base_url=prism)
-    client = provider._get_client()
     from twilio.base.exceptions import TwilioRestException
 
     with pytest.raises(TwilioRestException) as info:
-        await asyncio.wait_for(
+        await provider.run_with_client(lambda client: asyncio.wait_for(
             client.messages.create_async(to="+14155552671", from_="+14155550100", body="x", validity_period="soon"),
             10,
-        )
+        ))
     await provider.aclose()
     assert info.value.status in (400, 422)
 
 
 async def test_missing_auth_is_classified(prism):
     provider = TwilioProvider(account_sid=ACCOUNT, auth_token="token", base_url=prism)
-    client = provider._get_client()
-    client.password = None  # no credentials at all: prism enforces the spec's basic-auth scheme
-    client.username = None
-    client.auth = (None, None)
+    async def strip_credentials(client):  # no credentials at all: prism enforces the spec's basic-auth scheme
+        client.password = None
+        client.username = None
+        client.auth = (None, None)
+
+    await provider.run_with_client(strip_credentials)
     try:
         with pytest.raises(SendError) as info:
             await provider.send(_sms())
