@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from incall_sms.judges.base import Turn
+from incall_sms.lexicon import PEOPLE_EN, alternation
 
 __all__ = ["PatternExtractor"]
 
@@ -73,6 +74,8 @@ _SETTLED = re.compile(
     r"that's done|see you then)\b"
     r"|\byour (?:booking|reservation|appointment|table|visit|meeting|session|class|lesson|slot|"
     r"delivery|pickup|pick-up|installation|viewing|tour|consultation)\b", re.IGNORECASE)
+#: A person of the caller's (:mod:`incall_sms.lexicon`): "your sister", "my colleague".
+_PERSON = alternation(PEOPLE_EN)
 #: It did not happen, or not for the caller, or not now: "I couldn't get you booked", "is already booked",
 #: "Friday at 7 is now taken", "the Jones party is booked", "your sister's booked", "you were last booked".
 _FAILED = re.compile(
@@ -85,8 +88,7 @@ _FAILED = re.compile(
     r"no (?:space|room|slots?|availability)|"
     r"let me (?:check|see|look)|i'll (?:check|see|look)|if (?:it's|that's|we|i|there)|"
     r"(?:was|were) (?:last )?(?:booked|in|seen)|last (?:time|visit|booked|appointment)|previous(?:ly)?|"
-    r"your (?:sister|brother|husband|wife|partner|mom|mum|mother|dad|father|son|daughter|friends?|colleague|boss|"
-    r"kids?|children|child|parents?)|the \w+ (?:party|family|group)|we've booked a|"
+    rf"your {_PERSON}|the \w+ (?:party|family|group)|we've booked a|"
     r"choice is yours|in luck)\b|[A-Z][a-z]+'s (?:appointment|booking|reservation|table|class|lesson|session)\b",
     re.IGNORECASE)
 #: A bare hour after a settling verb ("for 9"), not a count ("for 4 people").
@@ -132,8 +134,7 @@ _BOOKING_VERB = re.compile(r"booked|reserved|scheduled|put you|got you|have you|
 #: A caller correcting themselves: the part with it holds the time they want.
 _CORRECTION = re.compile(r"\b(?:actually|make it|instead|change (?:it|that) to|i mean)\b", re.IGNORECASE)
 #: Someone else's time in a caller's words ("my husband has an appointment monday").
-_THIRD = re.compile(r"\b(?:my|his|her|our) (?:husband|wife|partner|mum|mom|mother|dad|father|son|daughter|boss|"
-                    r"friend|sister|brother|kids?|child|colleague|neighbou?r)\b|\b(?:him|her|them)\b", re.IGNORECASE)
+_THIRD = re.compile(rf"\b(?:my|his|her|our) {_PERSON}\b|\b(?:him|her|them)\b", re.IGNORECASE)
 _FIRST = re.compile(r"\bthe (?:first|earlier|earliest|morning) one\b", re.IGNORECASE)
 _SECOND = re.compile(r"\bthe (?:second|later|latest|last|afternoon|evening) one\b", re.IGNORECASE)
 #: No booking: "fully booked", a waitlist, a cancellation.
@@ -210,8 +211,7 @@ _ASKS_OTHER_NAME = re.compile(r"\b(?:your|the|their|his|her) \w+'s name\b|\bname
 _ASKS_NAME = re.compile(r"\b(?:your name|who am i speaking|who's calling|who is calling|name for the|"
                         r"what name|name should i|name is (?:it|the booking) under)\b", re.IGNORECASE)
 #: Someone else the caller speaks for: a name after it is theirs ("for my mother ... it's linda").
-_SOMEONE_ELSE = re.compile(r"\b(?:behalf of|for my|my (?:mum|mom|mother|dad|father|wife|husband|partner|son|"
-                           r"daughter|boss|friend|sister|brother|kid|child|colleague))\b", re.IGNORECASE)
+_SOMEONE_ELSE = re.compile(rf"\b(?:behalf of|for my|my {_PERSON})\b", re.IGNORECASE)
 
 
 def _clauses(text: str) -> list[str]:

@@ -13,6 +13,7 @@ import unicodedata
 from typing import Literal
 
 from incall_sms.errors import InvalidPhoneNumberError
+from incall_sms.lexicon import PEOPLE
 from incall_sms.phone import normalize_e164
 
 __all__ = ["ParsedReply", "YesNo", "classify_yes_no", "parse_reply"]
@@ -94,16 +95,10 @@ _TAKE_BACK = frozenset({"no", "not", "nope", "nah", "don't", "dont", "didn't", "
                         "moment", "espera", "espere", "nunca", "qué", "que", "was", "wie"})
 #: After a yes, these send it somewhere else ("yes, but to my other number", "... to my daughter"): consent to
 #: *that* was not asked.
-_REDIRECT = frozenset({
+_REDIRECT = PEOPLE | frozenset({
     "different", "other", "another", "instead", "else", "email", "e-mail", "mail", "whatsapp",
-    "wife", "husband", "partner", "daughter", "son", "mom", "mum", "mother", "dad", "father", "friend", "colleague",
-    "boss", "assistant", "sister", "brother", "nurse", "work", "office", "home", "landline",
-    "trabajo", "oficina", "casa", "fijo", "hermana", "hermano",
-    "arbeit", "büro", "festnetz", "schwester", "bruder",
-    "otro", "otra", "correo", "hija", "hijo", "esposa", "esposo", "mujer", "marido", "mamá", "mama", "papá", "papa",
-    "madre", "padre", "amigo", "amiga", "jefe", "jefa",
-    "andere", "anderen", "anderer", "anders", "stattdessen", "statt", "frau", "mann", "tochter", "sohn", "mutter",
-    "vater", "freund", "freundin", "kollege", "kollegin", "chef", "chefin",
+    "work", "office", "home", "landline", "trabajo", "oficina", "casa", "fijo", "arbeit", "büro", "festnetz",
+    "otro", "otra", "correo", "andere", "anderen", "anderer", "anders", "stattdessen", "statt",
 })
 #: Texted answers that are no words (a reply to "reply Y or N").
 _TEXTED_YES_NO: dict[str, YesNo] = {"y": "yes", "n": "no", "confirm": "yes", "confirmed": "yes", "👍": "yes",

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 
 from incall_sms.judges.base import ConditionSpec, JudgeRequest, Match, Turn
 from incall_sms.judges.recipients import veto_reason
+from incall_sms.lexicon import PEOPLE_EN
 
 __all__ = ["MAX_TURN_CHARS", "EmbeddedJudge", "ParsedCondition", "parse_condition"]
 
@@ -402,12 +403,8 @@ _PAST_QUESTION = re.compile(
     r"^(did|have|has|do|does|is|was|were|are) (you|i|it|they|we|there)\b(?!.*\b(please|can you|could you)\b)"
 )
 _DESTINATION = re.compile(r"\b(to|at) (my|our|your|his|her|their|the) (\w+)")
-#: People a text can be meant for, other than the caller.
-_PERSONS = frozenset({
-    "colleague", "coworker", "co-worker", "wife", "husband", "partner", "friend", "boss", "assistant", "manager",
-    "team", "family", "mother", "mom", "mum", "father", "dad", "son", "daughter", "sister", "brother", "spouse",
-    "secretary", "office", "caregiver", "nurse", "doctor", "client", "customer", "landlord", "tenant",
-})
+#: A person a text can be sent to besides the caller (and the office, a client: not the caller either).
+_PERSONS = PEOPLE_EN | {"office", "client", "customer"}
 _THIRD_PARTY = re.compile(r"\b(to|for) (my|our|his|her|their|the) ([a-z-]+)\b|\b(to|for) (him|her|them)\b")
 
 

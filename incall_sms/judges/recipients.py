@@ -20,6 +20,8 @@ import functools
 import re
 from typing import Literal
 
+from incall_sms.lexicon import PEOPLE, alternation
+
 __all__ = ["Recipient", "condition_recipient", "is_delivery_condition", "turn_recipients", "veto_reason", "vetoes"]
 
 Recipient = Literal["caller", "other"]
@@ -50,17 +52,7 @@ _TO_CALLER = re.compile(
     re.IGNORECASE)
 
 #: People a text can be for besides the caller (a veto needs a person: "to my mortgage appointment" is none).
-_PEOPLE = (
-    r"(?:wife|husband|partner|spouse|fianc[eé]e?|girlfriend|boyfriend|friend|mom|mum|mother|dad|father|parents?|"
-    r"son|daughter|kids?|child|children|sister|brother|sibling|grandma|grandmother|grandpa|grandfather|aunt|uncle|"
-    r"cousin|niece|nephew|family|relatives?|neighbou?r|roommate|flatmate|colleague|co-?worker|boss|manager|"
-    r"assistant|secretary|sitter|babysitter|nanny|caregiver|carer|nurse|doctor|driver|tenant|landlord|team|"
-    r"student|tutor|lawyer|accountant|employer|"
-    r"esposa|esposo|marido|mujer|pareja|novi[oa]|amig[oa]|madre|mamá|padre|papá|padres|hij[oa]s?|herman[oa]s?|"
-    r"abuel[oa]|tí[oa]|prim[oa]|vecin[oa]|compañer[oa]|jef[ea]|familia|"
-    r"frau|mann|partner(?:in)?|freund(?:in)?|mutter|mama|vater|papa|eltern|sohn|tochter|kinder?|schwester|"
-    r"bruder|oma|opa|nachbar(?:in)?|kollege|kollegin|chef(?:in)?|familie)"
-)
+_PEOPLE = alternation(PEOPLE)
 #: After a person: "my son's school", "my wife's phone", "our family group chat" are no clear person.
 _NOT_THEIR_THING = (r"(?!'s\b|-|\s+(?:group|chat|account|plan|line|email|e-mail|address|number|phone|cell|inbox|"
                     r"business|office)\b)")
