@@ -31,6 +31,7 @@ and anything unclear leaves it unset:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -214,8 +215,9 @@ _ASKS_NAME = re.compile(r"\b(?:your name|who am i speaking|who's calling|who is 
 _SOMEONE_ELSE = re.compile(rf"\b(?:behalf of|for my|my {_PERSON})\b", re.IGNORECASE)
 
 
-def _clauses(text: str) -> list[str]:
-    return [c for c in _CLAUSE.split(text) if c.strip()]
+@functools.lru_cache(maxsize=4096)
+def _clauses(text: str) -> tuple[str, ...]:
+    return tuple(c for c in _CLAUSE.split(text) if c.strip())
 
 
 def _words(text: str) -> list[str]:
@@ -237,21 +239,26 @@ def _mentions(clause: str, topic: tuple[str, ...]) -> bool:
     return any(w[:5] in topic for w in _words(clause) if len(w) > 2)
 
 
-def _times(text: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _times(text: str) -> tuple[str, ...]:
     """Times in ``text`` that can be a thing's own: not "until 7:15", "by 5 pm", "after 2", a range's end."""
-    return [m.group(1).strip() for m in _TIME_VALUE.finditer(text)
-            if not _NOT_THE_TIME.search(text[max(0, m.start() - 30):m.start()])]
+    return tuple(m.group(1).strip() for m in _TIME_VALUE.finditer(text)
+                 if not _NOT_THE_TIME.search(text[max(0, m.start() - 30):m.start()]))
 
 
 def _one_time(text: str) -> str | None:
     """The time ``text`` proposes, when it proposes exactly one (an offer of two is no choice)."""
-    found = [] if _HOURS.search(text) else _times(text)
+    found: tuple[str, ...] = () if _HOURS.search(text) else _times(text)
     return found[0] if len({t.lower() for t in found}) == 1 else None
 
 
-def _parts(clause: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _parts(clause: str) -> tuple[str, ...]:
     """A clause cut at commas and "and"/"but" (negations and asides are read per part)."""
-    return [p for p in re.split(r",|;|\band\b(?!\s+\d)|\bbut\b|\bso\b", clause) if p.strip()]
+    return tuple(p for p in _PART.split(clause) if p.strip())
+
+
+_PART = re.compile(r",|;|\band\b(?!\s+\d)|\bbut\b|\bso\b")
 
 
 def _time_in(clause: str, marker: re.Match[str] | None) -> str | None:
@@ -563,11 +570,14 @@ def _contact(transcript: Sequence[Turn], pattern: re.Pattern[str]) -> str | None
     for index in range(len(transcript) - 1, -1, -1):
         turn = transcript[index]
         if turn.role == "user":
+            parts = _parts(turn.text)
+            if not any(pattern.search(part) for part in parts):
+                continue  # most turns hold no address or number: nothing more to read in them
             if pattern is _PHONE and index > 0 and _OTHER_NUMBER.search(transcript[index - 1].text):
                 continue  # "Do you have your order number?" - "yeah it's 100 245 7783"
             later = " ".join(t.text for t in transcript[index + 1:] if t.role == "user")
             told = transcript[index - 1].text if index > 0 and transcript[index - 1].role == "agent" else ""
-            for part in reversed(_parts(turn.text)):
+            for part in reversed(parts):
                 for match in reversed(list(pattern.finditer(part))):
                     value = match.group(1).strip()
                     if _NOT_MINE.search(part[:match.start()]) or (pattern is _PHONE and not _is_phone(value)):
@@ -577,6 +587,8 @@ def _contact(transcript: Sequence[Turn], pattern: re.Pattern[str]) -> str | None
                     if re.sub(r"\W", "", value.lower()) in re.sub(r"\W", "", told.lower()):
                         continue  # the caller repeating what the agent just said ("quotes@roofing.com, got it")
                     return value
+            continue
+        if not pattern.search(turn.text):
             continue
         recent = " ".join(t.text for t in transcript[max(0, index - 4):index] if t.role == "user")
         denied = index + 1 < len(transcript) and transcript[index + 1].role == "user" and \
