@@ -422,24 +422,29 @@ async def main(quick: bool) -> dict:
         out["local_judge"][name] = await local_judge(name, 5 if quick else 20) if reason is None else {
             "skipped": reason}
     out["inbound_latency"] = await inbound_latency(3 if quick else 10)
-    from bench.scale import cpu_share, plot, scale_curve
+    from bench.scale import cpu_share, paired_scale, plot
 
-    levels = (10, 50, 100) if quick else (10, 25, 50, 100, 150, 200, 300, 400)
-    seconds = 3.0 if quick else 4.0
-    refine = 0 if quick else 3
-    baseline = await scale_curve(levels, seconds=seconds, variant="passthrough", refine=refine)
-    curve = await scale_curve(levels, seconds=seconds, variant="sms", refine=refine)
+    paired = await paired_scale(seconds=3.0 if quick else 4.0, trials=1 if quick else 3, levels=3 if quick else 4,
+                                refine=0 if quick else 3)
+    baseline, curve = paired["passthrough"], paired["sms"]
     plot(curve, ROOT / "bench" / "scale.png", baseline=baseline)
-    share = await cpu_share(max(10, curve["sustained_calls"] // 2), seconds)
+    share = await cpu_share(max(10, curve["sustained_calls"] // 2), 4.0)
     out["scale"] = curve | {
         "plot": "bench/scale.png",
+        "method": "paired: both variants at each level, alternating, median p99 lag of the trials; "
+                  "sustained = where the median curve crosses the limit (interpolated)",
         "sustained_calls_passthrough": baseline["sustained_calls"],
         "sustained_calls_sms": curve["sustained_calls"],
-        "ratio": round(curve["sustained_calls"] / baseline["sustained_calls"], 3) if baseline["sustained_calls"]
-        else None,
+        "crossing_passthrough": baseline["crossing"],
+        "crossing_sms": curve["crossing"],
+        "ratio": round(curve["crossing"] / baseline["crossing"], 3) if baseline["crossing"] else None,
+        "cpu_ms_per_call_second_passthrough": baseline["cpu_ms_per_call_second"],
+        "cpu_ms_per_call_second_sms": curve["cpu_ms_per_call_second"],
+        "cpu_ratio": round(baseline["cpu_ms_per_call_second"] / curve["cpu_ms_per_call_second"], 3),
         "sms_cpu_share": share["share"],
         "cpu_profile": share,
         "curve_passthrough": baseline["curve"],
+        "coarse_passthrough": paired["coarse"],
     }
     from bench.scale import run_calls
 
