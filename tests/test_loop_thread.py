@@ -102,3 +102,28 @@ async def test_the_twilio_client_works_off_the_calling_loop():
             assert await provider.run_with_client(here) is asyncio.get_running_loop()
         finally:
             await provider.aclose()
+
+
+async def test_a_stuck_http_thread_is_a_timeout_not_a_hang():
+    """The request's deadline runs on the HTTP thread; if that thread is stuck, the caller's backstop ends the wait."""
+    import time
+
+    from incall_sms.errors import SendError
+
+    async with TwilioPeer() as peer:
+        provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=0.2)
+        await provider.warm_up()
+
+        async def stuck():
+            time.sleep(6.0)  # blocks the HTTP thread's loop: no deadline can fire there
+
+        blocker = asyncio.ensure_future(provider.run_with_client(lambda client: stuck()))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(SendError) as info:
+            await provider.send(OutboundSms(key="k2", to="+14155552671", from_="+14155550100", body="hi"))
+        waited = time.monotonic() - started
+        await blocker
+        await provider.aclose()
+    assert info.value.reason == "timeout" and info.value.retryable is False
+    assert waited < 5.0  # the backstop (deadline + 2 s), not the 6 s the thread was stuck

@@ -73,6 +73,8 @@ _RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited", 63018: "rate_l
 #: A lookup that has to read more messages than this without reaching the send time gives up
 #: (answer unknown, so no resend) instead of paging forever.
 _MAX_LOOKUP_MESSAGES = 2000
+#: Seconds past a request's own deadline after which the awaiting side gives up on the HTTP thread.
+_BACKSTOP_S = 2.0
 
 
 def classify_twilio_error(status: int | None, code: int | None) -> SendError:
@@ -201,7 +203,9 @@ class TwilioProvider:
         if sms.validity_period:
             kwargs["validity_period"] = sms.validity_period
         try:
-            return await self.run_with_client(lambda client: self._create(client, kwargs))
+            # the deadline runs where the request runs; this outer one only backs it up (a stuck HTTP thread)
+            async with asyncio.timeout(self._timeout + _BACKSTOP_S):
+                return await self.run_with_client(lambda client: self._create(client, kwargs))
         except TwilioRestException as exc:
             raise classify_twilio_error(exc.status, exc.code) from None
         except TwilioException:
@@ -231,7 +235,8 @@ class TwilioProvider:
             SendError: The lookup failed (ambiguous: the answer is unknown).
         """
         try:
-            found = await self.run_with_client(lambda client: self._lookup(client, sms, since))
+            async with asyncio.timeout(self._timeout * 3 + _BACKSTOP_S):
+                found = await self.run_with_client(lambda client: self._lookup(client, sms, since))
         except SendError:
             raise
         except TwilioRestException as exc:
