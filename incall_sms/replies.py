@@ -93,9 +93,12 @@ _NOT_NO = ("no problem", "no worries", "not a problem", "no doubt", "sin problem
 _TAKE_BACK = frozenset({"no", "not", "nope", "nah", "don't", "dont", "didn't", "never", "wait", "hang", "hold",
                         "nevermind", "repeat", "again", "what", "which", "nein", "nicht", "nö", "nee", "warte",
                         "moment", "espera", "espere", "nunca", "qué", "que", "was", "wie"})
+#: Person words that a plain yes often carries ("that's very kind", "thanks team", "my doctor asked me to"):
+#: German "Kind" reads as English "kind"; a team or a doctor is rarely where a yes redirects a text.
+_SAID_IN_A_PLAIN_YES = frozenset({"kind", "team", "doctor"})
 #: After a yes, these send it somewhere else ("yes, but to my other number", "... to my daughter"): consent to
 #: *that* was not asked.
-_REDIRECT = PEOPLE | frozenset({
+_REDIRECT = (PEOPLE - _SAID_IN_A_PLAIN_YES) | frozenset({
     "different", "other", "another", "instead", "else", "email", "e-mail", "mail", "whatsapp",
     "work", "office", "home", "landline", "trabajo", "oficina", "casa", "fijo", "arbeit", "büro", "festnetz",
     "otro", "otra", "correo", "andere", "anderen", "anderer", "anders", "stattdessen", "statt",

@@ -42,3 +42,9 @@ def test_embedded_judge_reads_every_person_like_a_wife(person):
 
     assert fired("can you text me the opening hours") == ["hours"]
     assert fired(f"text the opening hours for my {person}") == fired("text the opening hours for my wife") == []
+
+
+@pytest.mark.parametrize("answer", ["yes please, that is very kind of you", "sure, thanks team",
+                                    "yes, my doctor asked me to"])
+def test_a_plain_yes_mentioning_a_person_word_is_still_a_yes(answer):
+    assert classify_yes_no(answer) == "yes"
