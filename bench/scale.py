@@ -185,7 +185,6 @@ async def run_calls(calls: int, seconds: float = 4.0, *, inbound: bool = False, 
 
 def _crossing(points: list[dict], limit: float) -> float:
     """Calls at which a curve of (calls, median p99 lag) first rises over ``limit`` (linear between levels)."""
-    below = 0.0
     for low, high in zip([None, *points], points, strict=False):
         if high["loop_lag_p99_ms"] > limit:
             if low is None:
@@ -193,8 +192,7 @@ def _crossing(points: list[dict], limit: float) -> float:
             span = high["loop_lag_p99_ms"] - low["loop_lag_p99_ms"]
             share = (limit - low["loop_lag_p99_ms"]) / span if span > 0 else 0.0
             return low["calls"] + share * (high["calls"] - low["calls"])
-        below = high["calls"]
-    return below  # never over: at least the last level
+    return float(points[-1]["calls"]) if points else 0.0  # never over: at least the last level
 
 
 async def paired_scale(*, start: int = 8, seconds: float = 4.0, trials: int = 3, lag_limit_ms: float = 20.0,
@@ -270,11 +268,10 @@ async def paired_scale(*, start: int = 8, seconds: float = 4.0, trials: int = 3,
     for variant in runs:
         points = curve(variant)
         crossing = _crossing(points, lag_limit_ms)
+        # CPU per call-second over every paired run: capacity without the lag's noise
+        cpu = statistics.median(r["cpu_ms_per_call_second"] for level in runs[variant].values() for r in level)
         result[variant] = {"lag_limit_ms": lag_limit_ms, "sustained_calls": int(crossing),
-                           "crossing": round(crossing, 2), "curve": points}
-    for variant in runs:  # CPU per call-second over every paired run: capacity without the lag's noise
-        result[variant]["cpu_ms_per_call_second"] = round(statistics.median(
-            r["cpu_ms_per_call_second"] for level in runs[variant].values() for r in level), 2)
+                           "crossing": round(crossing, 2), "curve": points, "cpu_ms_per_call_second": round(cpu, 2)}
     result["coarse"] = coarse
     return result
 

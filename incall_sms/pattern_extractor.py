@@ -252,13 +252,13 @@ def _one_time(text: str) -> str | None:
     return found[0] if len({t.lower() for t in found}) == 1 else None
 
 
+_PART = re.compile(r",|;|\band\b(?!\s+\d)|\bbut\b|\bso\b")
+
+
 @functools.lru_cache(maxsize=4096)
 def _parts(clause: str) -> tuple[str, ...]:
     """A clause cut at commas and "and"/"but" (negations and asides are read per part)."""
     return tuple(p for p in _PART.split(clause) if p.strip())
-
-
-_PART = re.compile(r",|;|\band\b(?!\s+\d)|\bbut\b|\bso\b")
 
 
 def _time_in(clause: str, marker: re.Match[str] | None) -> str | None:
