@@ -56,6 +56,10 @@ _REACTION = re.compile(r"^(?:liked|loved|disliked|laughed at|emphasi[sz]ed|quest
 #: Seconds a reply wait stays open beyond its timeout when no processor closes it first.
 _WAIT_SLACK = 5.0
 
+#: Seconds a caller's text is held at most while an asking text is still being sent (see
+#: :meth:`ActionEngine.ready_for`): about one slow request; a held text is not seen by the agent meanwhile.
+EARLY_REPLY_HOLD = 8.0
+
 #: A re-ask text's ``turn`` is the asking send's turn plus this (its idempotency key differs).
 REASK_TURN_OFFSET = 2_000_000
 
@@ -173,6 +177,8 @@ class ActionEngine:
         coalesce: Seconds a slow (non-instant) judge waits after a caller fragment: when another
             fragment of the same turn arrives meanwhile, only the later (whole) turn is judged,
             so a model is not asked once per STT fragment.
+        early_reply_hold: Longest a caller's text is held (see :meth:`ready_for`) while a text asking
+            for a reply is being sent and its wait is not open yet.
     """
 
     def __init__(
@@ -186,6 +192,7 @@ class ActionEngine:
         writer: ContentWriter | None = None,
         extraction_wait: float = 2.0,
         coalesce: float = 0.3,
+        early_reply_hold: float = EARLY_REPLY_HOLD,
     ) -> None:
         self.dispatcher = dispatcher
         self.actions = dispatcher.actions
@@ -199,6 +206,9 @@ class ActionEngine:
         self.writer = writer
         self.extraction_wait = extraction_wait
         self.coalesce = coalesce
+        self.early_reply_hold = early_reply_hold
+        self._asks_out = 0  # sends of texts asking for a reply, between their firing and their wait
+        self._asks_settled: list[asyncio.Future[None]] = []  # texts held until no ask is out
         self._latest_caller_request: object | None = None
         self.transcript: list[Turn] = []
         self.user_turns = 0
@@ -461,6 +471,45 @@ class ActionEngine:
         self._waits_closed = True
         for wait in self.waits:
             self.close_wait(wait)
+        self._release_held()
+
+    def _ask_settled(self) -> None:
+        self._asks_out -= 1
+        if not self._asks_out:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._asks_settled = self._asks_settled, []
+        for settled in held:
+            if not settled.done():
+                settled.set_result(None)
+
+    async def ready_for(self, message: InboundMessage) -> None:
+        """Return when ``message`` can be offered (:meth:`offer_reply`): hold a text while an ask is out.
+
+        A text asking for a reply has fired and its send has not settled (written, accepted, the
+        wait opened): a caller's text now may be that reply, ahead of Twilio's answer to our request
+        (a slow answer, a timeout and a lookup, a caller who texts while the agent says it is texting
+        them). It is held until every such send settled, at most :attr:`early_reply_hold` seconds;
+        then it is the wait's reply if the ask was accepted, else an ordinary text. A message that
+        cannot be a reply (a picture alone, a reaction) and every message while no ask is out pass
+        at once.
+        """
+        body = message.body.strip()
+        if not self._asks_out or self._waits_closed or not body or _REACTION.match(body):
+            return
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._asks_settled.append(settled)
+        _log.info("inbound %s held until the asking text being sent settles", message.sid)
+        try:
+            async with asyncio.timeout(self.early_reply_hold):
+                await settled
+        except TimeoutError:
+            _log.info("inbound %s: the asking text is still out after %.1f s; taken as an ordinary text",
+                      message.sid, self.early_reply_hold)
+        finally:
+            if settled in self._asks_settled:
+                self._asks_settled.remove(settled)
 
     def offer_reply(self, message: InboundMessage) -> str | None:
         """Take an inbound text as the reply of an open wait, if any.
@@ -692,6 +741,23 @@ class ActionEngine:
             self._running[action.name] -= 1
 
     async def _execute(self, firing: Firing) -> ActionOutcome:
+        if firing.action.await_reply is None:
+            return await self._execute_send(firing, settled=lambda: None)
+        self._asks_out += 1  # a text the caller sends from now on may be its reply (see ready_for)
+        out = True
+
+        def settled() -> None:  # once: when the wait opened (or will not), or when the send ended anyhow
+            nonlocal out
+            if out:
+                out = False
+                self._ask_settled()
+
+        try:
+            return await self._execute_send(firing, settled=settled)
+        finally:
+            settled()
+
+    async def _execute_send(self, firing: Firing, *, settled: Callable[[], None]) -> ActionOutcome:
         action = firing.action
         await self._settle_extraction()
         variables = dict(self.variables)
@@ -712,6 +778,7 @@ class ActionEngine:
             self._consented.discard(action.name)  # a yes covers one text: the next one is asked for again
         if result.accepted and action.await_reply is not None:
             self._open_wait(firing, result)
+        settled()  # a text held for this ask's wait may be offered now
         line = await self._outcome_line(firing, result, variables)
         if result.outcome in (SendOutcome.FAILED, SendOutcome.SKIPPED) and result.reason not in _FINAL_REASONS:
             self._active.discard(action.name)  # may fire again later (e.g. once the variable is known)

@@ -51,6 +51,10 @@ _log = logging.getLogger(__name__)
 class ReplySink(Protocol):
     """Takes an inbound text as an awaited reply (see :meth:`~incall_sms.engine.ActionEngine.offer_reply`)."""
 
+    async def ready_for(self, message: InboundMessage) -> None:
+        """Return when ``message`` can be offered (a text may be held while a text asking for a reply is out)."""
+        ...
+
     def offer_reply(self, message: InboundMessage) -> str | None:
         """A note for the agent LLM when the text was taken as a reply, else ``None``."""
         ...
@@ -122,7 +126,10 @@ class InboundMessageProcessor(FrameProcessor):
 
     async def _inject(self, message: InboundMessage, done: asyncio.Future[None]) -> None:
         try:
-            note = self._replies.offer_reply(message) if self._replies is not None else None
+            note = None
+            if self._replies is not None:
+                await self._replies.ready_for(message)  # it may be the reply to a text still being sent
+                note = self._replies.offer_reply(message)
             llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
             if self._ended:
                 raise CallEndedError("the call ended while the message was being prepared")
