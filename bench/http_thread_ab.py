@@ -21,26 +21,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import run as bench
-from incall_sms.providers.twilio import TwilioProvider
 
 
 async def main(sends: list[int], pairs: int) -> dict:
-    defaults = TwilioProvider.__init__.__kwdefaults__
-    original = defaults["http_thread"]
     out: dict = {}
-    try:
-        for n in sends:
-            added: dict[str, list[float]] = {"loop": [], "thread": []}
-            for _ in range(pairs):
-                for mode in ("loop", "thread"):
-                    defaults["http_thread"] = mode == "thread"
-                    base = await bench.audio_path(n, "baseline")
-                    sms = await bench.audio_path(n, "sms")
-                    added[mode].append(round(sms["output_max_gap_ms"] - base["output_max_gap_ms"], 2))
-            out[f"sends_{n}"] = {mode: {"added_max_gap_ms_median": statistics.median(v), "runs": sorted(v)}
-                                 for mode, v in added.items()}
-    finally:
-        defaults["http_thread"] = original
+    for n in sends:
+        added: dict[str, list[float]] = {"loop": [], "thread": []}
+        for _ in range(pairs):
+            for mode in ("loop", "thread"):
+                base = await bench.audio_path(n, "baseline", http_thread=mode == "thread")
+                sms = await bench.audio_path(n, "sms", http_thread=mode == "thread")
+                added[mode].append(round(sms["output_max_gap_ms"] - base["output_max_gap_ms"], 2))
+        out[f"sends_{n}"] = {mode: {"added_max_gap_ms_median": statistics.median(v), "runs": sorted(v)}
+                             for mode, v in added.items()}
     return out
 
 

@@ -81,13 +81,14 @@ class PassThrough(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-async def audio_path(sends: int, variant: str) -> dict:
+async def audio_path(sends: int, variant: str, *, http_thread: bool = True) -> dict:
     """Audio gaps while `sends` SMS are in flight against a peer answering after 2 s.
 
     The peer runs in its own process: the event loop measured carries our work (and pipecat's) only.
+    ``http_thread=False`` runs the Twilio client on the pipeline's loop (``bench/http_thread_ab.py``).
     """
     async with PeerProcess(delay=PROVIDER_DELAY) as peer:
-        engine = make_engine(peer=peer, extractor=False, actions=many_actions(sends))
+        engine = make_engine(peer=peer, extractor=False, actions=many_actions(sends), http_thread=http_thread)
         await engine.dispatcher.provider.warm_up()
         if variant == "sms":
             first: FrameProcessor = SmsActionProcessor(engine=engine)
