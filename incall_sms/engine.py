@@ -124,7 +124,8 @@ class ReplyWait:
         result: Its send result (masked destination, SID).
         done: Resolves to the value when a valid reply arrived, ``None`` when the wait was closed.
         reasked: Whether the one re-ask text was used.
-        opened_at: Event-loop time the wait (re)started: when the text was accepted, or the re-ask.
+        opened_at: Event-loop time the wait (re)started: when the text was accepted, when a re-ask
+            started on its way and when it was accepted.
         safety: The engine's own closing timer (only without a processor timing the wait).
     """
 
@@ -492,12 +493,15 @@ class ActionEngine:
         (a slow answer, a timeout and a lookup, a caller who texts while the agent says it is texting
         them). It is held until every such send settled, at most :attr:`early_reply_hold` seconds;
         then it is the wait's reply if the ask was accepted, else an ordinary text. A message that
-        cannot be a reply (a picture alone, a reaction) and every message while no ask is out pass
-        at once.
+        cannot be a reply (a picture alone, a reaction) or that answers a wait already open, and
+        every message while no ask is out, pass at once, unless an earlier text is held (they keep
+        their order).
         """
-        body = message.body.strip()
-        if not self._asks_out or self._waits_closed or not body or _REACTION.match(body):
+        if not self._asks_out or self._waits_closed:
             return
+        body = message.body.strip()
+        if not self._asks_settled and (not body or _REACTION.match(body) or self._open_wait_takes(body)):
+            return  # no reply, or the reply of a wait already open (texts held before it keep their order)
         settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._asks_settled.append(settled)
         _log.info("inbound %s held until the asking text being sent settles", message.sid)
@@ -510,6 +514,12 @@ class ActionEngine:
         finally:
             if settled in self._asks_settled:
                 self._asks_settled.remove(settled)
+
+    def _open_wait_takes(self, body: str) -> bool:
+        region = self.actions.default_region
+        return any(w.open and w.firing.action.await_reply is not None
+                   and parse_reply(w.firing.action.await_reply.kind, body, default_region=region).ok
+                   for w in self.waits)
 
     def offer_reply(self, message: InboundMessage) -> str | None:
         """Take an inbound text as the reply of an open wait, if any.

@@ -41,7 +41,7 @@ from pipecat.workers.runner import WorkerRunner
 from incall_sms.actions import ActionSet
 from incall_sms.clock import ScaledClock
 from incall_sms.dispatcher import CallContext, Dispatcher
-from incall_sms.engine import CALL_END_TURN_OFFSET, ActionEngine, ActionOutcome, reask_name
+from incall_sms.engine import CALL_END_TURN_OFFSET, EARLY_REPLY_HOLD, ActionEngine, ActionOutcome, reask_name
 from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InProcessCallRegistry, RouteOutcome
 from incall_sms.judges.base import ConditionJudge, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
@@ -229,7 +229,8 @@ async def replay(
         call = CallContext(call_id=meta.call_sid, caller_number=meta.caller, agent_number=meta.agent_number)
         near_misses: list[ReportDecision] = []
         explained = ExplainingJudge(judge or EmbeddedJudge(), near_misses, clock.now)
-        engine = ActionEngine(dispatcher=dispatcher, call=call, judge=explained, extractor=PatternExtractor())
+        engine = ActionEngine(dispatcher=dispatcher, call=call, judge=explained, extractor=PatternExtractor(),
+                              early_reply_hold=EARLY_REPLY_HOLD / speed)
         engine.variables.update(meta.variables)
         sms = SmsActionProcessor(engine=engine, filler_threshold=0.25 / speed, end_grace=10.0, clock=clock.now,
                                  time_scale=1.0 / speed)

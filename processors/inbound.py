@@ -128,7 +128,9 @@ class InboundMessageProcessor(FrameProcessor):
         try:
             note = None
             if self._replies is not None:
-                await self._replies.ready_for(message)  # it may be the reply to a text still being sent
+                ready = getattr(self._replies, "ready_for", None)  # a sink written before ready_for existed
+                if ready is not None:
+                    await ready(message)  # it may be the reply to a text still being sent
                 note = self._replies.offer_reply(message)
             llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
             if self._ended:

@@ -398,6 +398,7 @@ class SmsActionProcessor(FrameProcessor):
         self._start_all(firings)
 
     async def _reask(self, wait: ReplyWait, reply: SmsReply) -> None:
+        wait.opened_at = asyncio.get_running_loop().time()  # no timeout while the re-ask is on its way
         outcome = await self.engine.reask(wait, problem=reply.problem, channel=reply.channel)
         self.outcomes.append(outcome)
         await self._call_event_handler("on_action_completed", outcome)
