@@ -9,9 +9,13 @@ and anything unclear leaves it unset:
   ("booked for Friday at 7 pm", "I've moved it to Saturday at 8 instead of Friday", "Friday at 7 is
   all yours", "So that's Friday at 9 am", "Saturday at 7 pm it is"); a confirmation without a time
   confirms the time just agreed: the agent's proposal the caller took ("I can do 6:15 on Wednesday"
-  - "perfect"), or the caller's own choice ("Saturday at 8 please" - "you're booked"). Nothing is
+  - "perfect"), the caller's own choice ("Saturday at 8 please" - "you're booked"), or the caller's
+  time the agent took up before asking a name ("friday at 4" - "Friday at 4 pm works. Name?" - "leo" -
+  "Done."). A booking the caller makes for someone else ("book my son in", "get my daughter a lesson",
+  "Oscar's in for Saturday at 10") is the caller's booking. Nothing is
   settled by offers ("I can get you booked for ..."), questions, opening hours, policies, deadlines
-  ("held until 7:15", "arrive by 2:45"), waitlists, someone else's or past bookings, a refusal or a
+  ("held until 7:15", "arrive by 2:45"), waitlists, someone else's or past bookings (an answer to a
+  caller checking one: "Ben is still booked for Thursday"), several booked at once, a refusal or a
   self-correction of the agent's, a caller who withdraws or disputes it, a time it cannot read fully
   ("for 9 instead", "the Friday after"), or a time the caller mentions for anything else ("text me
   the parking info for tomorrow"). Without any agent turn (a bot that does not feed its words back),
@@ -73,6 +77,8 @@ _SETTLED = re.compile(
     r"put you (?:down|in)|you're in(?! luck)|you are in(?! luck)|signed (?:you )?up|registered|penciled|pencilled|"
     r"locked in|booked you|all yours|is yours|(?:got|have) you (?:down|in)|you're down|you are down|all done|"
     r"that's done|see you then)\b"
+    r"|(?<![\w'])(?:done|that's in|booked in)(?=\s*(?:[.!,]|$))"  # a terse "Done." / "Sure, that's in."
+    r"|\b(?:he|she|(?-i:[A-Z][a-z]+))'s (?:in|down|booked in) (?:for|at|on)\b|\bthey're (?:in|down) (?:for|at|on)\b"
     r"|\byour (?:booking|reservation|appointment|table|visit|meeting|session|class|lesson|slot|"
     r"delivery|pickup|pick-up|installation|viewing|tour|consultation)\b", re.IGNORECASE)
 #: A person of the caller's (:mod:`incall_sms.lexicon`): "your sister", "my colleague".
@@ -136,18 +142,36 @@ _BOOKING_VERB = re.compile(r"booked|reserved|scheduled|put you|got you|have you|
 _CORRECTION = re.compile(r"\b(?:actually|make it|instead|change (?:it|that) to|i mean)\b", re.IGNORECASE)
 #: Someone else's time in a caller's words ("my husband has an appointment monday").
 _THIRD = re.compile(rf"\b(?:my|his|her|our) {_PERSON}\b|\b(?:him|her|them)\b", re.IGNORECASE)
+#: ...unless the caller is booking for them ("book my son in", "get my daughter a lesson", "a slot for my mum").
+_FOR_THIRD = re.compile(rf"\b(?:book|get|put|squeeze|fit|sign|bring|pencil|schedule) (?:my|our) {_PERSON}\b|"
+                        rf"\bfor (?:my|our) {_PERSON}\b", re.IGNORECASE)
 _FIRST = re.compile(r"\bthe (?:first|earlier|earliest|morning) one\b", re.IGNORECASE)
 _SECOND = re.compile(r"\bthe (?:second|later|latest|last|afternoon|evening) one\b", re.IGNORECASE)
 #: No booking: "fully booked", a waitlist, a cancellation.
 _NOT_SETTLED = re.compile(r"\b(?:fully|all|completely|pretty|quite|very|really|heavily) booked\b|"
-                          r"\bbooked (?:up|solid|out|until|till|all)\b|\bwait(?:ing)? ?list\b", re.IGNORECASE)
+                          r"\bbooked (?:up|solid|out|until|till|all)\b|\bwait(?:ing)? ?list\b|"
+                          r"\bstill (?:booked|scheduled|confirmed|down|on|in)\b", re.IGNORECASE)  # one that existed
+#: Several bookings settled at once ("Both booked: Ella at 3:30, Sam at 4"): which one a text means is unclear.
+_SEVERAL = re.compile(r"\b(?:both|each of them|all three|the two of them)\b[^.!?]*\b(?:booked|in|down|set)\b|"
+                      r"\b(?:booked|put) (?:them|you) both\b", re.IGNORECASE)
+#: A settling statement about a named person ("Ben Ford is booked for Thursday"): when the caller only asked
+#: about a booking (:data:`_CHECKING`) and asked for none, it answers that question: nothing was booked.
+_CHECKING = re.compile(r"\b(?:still|(?:can|could|would) you (?:check|confirm|tell me)|"
+                       r"check (?:if|when|whether|what|on)|make sure|remind me|remember|forgot|what time is|"
+                       r"when is|lost)\b", re.IGNORECASE)
+_NAMED_BOOKED = re.compile(r"(?!(?:That|This|It|He|She|They|You|We|Everything|Which|What)\b)"
+                           r"(?-i:[A-Z][a-z]+)(?: (?-i:[A-Z][a-z]+))?(?:'s| is| are) (?:now |all )?"
+                           r"(?:booked|scheduled|confirmed|down|in)\b", re.IGNORECASE)
 _CANCELLED = re.compile(r"\bcancel(?:l?ed|ling)?\b|\bcalled off\b|\bremoved\b|\b(?:taken|took) you off\b|"
                         r"\bdeleted\b|\breleased\b|\blet (?:it|the \w+) go\b|\bscratch that\b|\bnot book it\b|"
                         r"\bcome another time\b", re.IGNORECASE)
 #: A caller's clause asking for something to be booked or changed ("book me for Friday at 7").
 _BOOK_REQUEST = re.compile(
     r"\b(?:book|reserve|schedule|reschedule|move|change|switch|make it|put me (?:down|in)|sign me up|"
-    r"can you do|could you do|do you have|is there|i'd like|i would like|i want)\b", re.IGNORECASE)
+    r"can you do|could you do|do you have|is there|i'd like|i would like|i want|"
+    r"(?:get|squeeze|fit) (?:me|us|him|her|them|my|our)|needs? (?:a|an)|can we do|could we do|"
+    r"can (?:i|we|he|she|they) have)\b",
+    re.IGNORECASE)
 #: A caller's clause asking for a text or an e-mail: its time is about that, not a booking.
 _SEND_REQUEST = re.compile(r"\b(?:text|send|message|sms|e-?mail|remind)\b", re.IGNORECASE)
 #: The agent summing up what was agreed: "So that's Friday at 9 am for the cleaning."
@@ -325,6 +349,40 @@ def _taken_proposal(transcript: Sequence[Turn], index: int) -> str | None:
     return None
 
 
+def _echo(clause: str) -> bool:
+    """A statement that only names a time ("Sunday at 10 then.", "Great, Friday at 4 pm it is.")."""
+    if clause.rstrip().endswith("?") or len(_times(clause)) != 1:
+        return False
+    rest = clause.replace(_times(clause)[0], " ")
+    return len(re.findall(r"[^\W\d_]+", rest)) <= 3
+
+
+def _same_time(a: str, b: str) -> bool:
+    """The same time said twice ("friday at 4" / "Friday at 4 pm"): one holds the other as whole words."""
+    x, y = (" " + " ".join(re.sub(r"\b(?:at|on)\b", " ", t.lower()).split()) + " " for t in (a, b))
+    return x in y or y in x
+
+
+def _echoed_time(transcript: Sequence[Turn], index: int) -> str | None:
+    """The agent's single time at ``index`` when it takes up the time the caller just asked for, else ``None``.
+
+    Only the agent's statements count (not its questions), and none of them may refuse, cancel or
+    offer; the caller's turn before must hold that same time as its only one, in no refusal.
+    """
+    statements = [c for c in _clauses(transcript[index].text) if not c.rstrip().endswith("?")]
+    timed = [c for c in statements if _times(c)]
+    if not timed or any(_FAILED.search(c) or _CANCELLED.search(c) or _OFFERED.search(c) or _HOURS.search(c)
+                        for c in timed):
+        return None
+    agent = _one_time(" ".join(timed))
+    caller = next((t for t in reversed(transcript[:index]) if t.role != "agent"), None)
+    if agent is None or caller is None or _SEND_REQUEST.search(caller.text) or any(
+            _DISAGREE.search(p) for p in _parts(caller.text) if _times(p)):
+        return None
+    said = _one_time(caller.text)
+    return agent if said and _same_time(said, agent) else None
+
+
 def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str | None:
     """The time just agreed before the agent's confirmation at ``index`` (which states none).
 
@@ -338,7 +396,8 @@ def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str
         turn = transcript[back]
         if turn.role == "agent":
             if _times(turn.text):
-                return None  # the agent proposed something the caller did not take up
+                # "Friday at 4 pm works. Name?" after the caller asked for Friday at 4: the agent took it
+                return _echoed_time(transcript, back)  # else it proposed something the caller did not take up
             continue
         taken = _taken_proposal(transcript, back)
         if taken:
@@ -352,7 +411,7 @@ def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str
             "?" in transcript[back - 1].text or _PROPOSAL.search(transcript[back - 1].text) is not None)
         parts = [p for p in _parts(turn.text) if _times(p)]
         chosen = [p for p in parts if not _SEND_REQUEST.search(p) and not _DISAGREE.search(p)
-                  and not _THIRD.search(p)]
+                  and (not _THIRD.search(p) or _FOR_THIRD.search(turn.text))]
         if len(chosen) == 1 and (booked or asked or _BOOK_REQUEST.search(turn.text)) and not (
                 back > 0 and _ACCEPT.search(turn.text) and _times(transcript[back - 1].text)):
             return _times(chosen[0])[0]
@@ -370,6 +429,9 @@ def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking
     someone else's, past, or about hours, policies and reminders settle nothing.
     """
     refused = False  # the agent said no after what comes before ("sorry, there's nothing left at 1")
+    callers = [t.text for t in transcript if t.role != "agent"]
+    checking = any(_CHECKING.search(c) for c in callers) and not any(
+        _BOOK_REQUEST.search(c) or _FOR_THIRD.search(c) for c in callers)
     for index in range(len(transcript) - 1, -1, -1):
         turn = transcript[index]
         if turn.role != "agent":
@@ -405,17 +467,19 @@ def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking
         if refused:
             return None  # "You're booked for Friday at 7 pm." ... "Sorry, that table is already reserved."
         strength, part, marker = best
+        if _SEVERAL.search(turn.text) or (checking and _NAMED_BOOKED.search(part)):
+            return None  # two bookings at once, or the answer to a question about an existing booking
         value = _time_in(part, marker)
         if value:
             return value
         if marker is not None and (_BARE_TIME.search(part, marker.end()) or _UNREAD.search(part, marker.end())):
             return None  # "put you down for 9 instead", "for the Friday after": a time we cannot read fully
         if strength == 4:  # "Yes, I can do Thursday at 6:30 pm for two. I've reserved that for you."
-            same_turn = " ".join(c for c in _clauses(turn.text) if _PROPOSAL.search(c) and not (
+            same_turn = " ".join(c for c in _clauses(turn.text) if (_PROPOSAL.search(c) or _echo(c)) and not (
                 _FAILED.search(c) or _HOURS.search(c) or _NOT_SETTLED.search(c)))
             single = _one_time(same_turn)
             if single:
-                return single
+                return single  # also "Sunday at 10 then. That's booked."
         if strength == 4 and marker is not None and not marker.group().lower().startswith("your"):
             return _agreed_time(transcript, index, booked=_BOOKING_VERB.search(marker.group()) is not None)
         if cancelled:

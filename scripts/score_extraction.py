@@ -25,11 +25,18 @@ from incall_sms.pattern_extractor import PatternExtractor  # noqa: E402
 
 
 def same(expected: str, value: str) -> bool:
-    """The same value, or one holding the other as whole words (leading "at"/"on"/"for" ignored)."""
+    """The same value: equal, holding the other as whole words, or the same words in another order.
+
+    Leading "at"/"on"/"for" are ignored ("10:30 tomorrow" equals "tomorrow at 10:30").
+    """
+
     def norm(text: str) -> str:
         flat = " ".join(text.lower().replace(",", " ").split())
         return " " + re.sub(r"\b(\d{1,2}) ([0-5]\d)\b", r"\1:\2", re.sub(r"^(?:at|on|for) ", "", flat)) + " "
-    return norm(value) in norm(expected) or norm(expected) in norm(value)
+
+    def words(text: str) -> list[str]:
+        return sorted(w for w in norm(text).split() if w not in ("at", "on", "for"))
+    return norm(value) in norm(expected) or norm(expected) in norm(value) or words(value) == words(expected)
 
 
 def score(path: pathlib.Path, *, verbose: bool = False) -> dict[str, int]:

@@ -161,7 +161,8 @@ def _score(path):
 
 @pytest.mark.parametrize(("name", "most_wrong", "most_missed"), [
     ("dev.jsonl", 0, 3), ("second.jsonl", 0, 0), ("third.jsonl", 0, 6), ("attack.jsonl", 0, 25),
-    ("attack2.jsonl", 2, 13), ("fourth.jsonl", 0, 7)])
+    ("attack2.jsonl", 2, 13), ("fourth.jsonl", 0, 7), ("others.jsonl", 0, 17),
+    ("others2.jsonl", 2, 12)])
 def test_labelled_conversations(name, most_wrong, most_missed):
     # Conversations written by helpers who had not seen the extractor; the extractor was then fixed by class on
     # them, so all are development sets now (first looks: dev 49 right / 20 wrong / 13 missed before the
@@ -172,6 +173,14 @@ def test_labelled_conversations(name, most_wrong, most_missed):
     # left are the price of refusing what cannot be read for sure (a wrong time texted is worse than none).
     # attack2's two "wrong" are label calls we do not share: b2-24 'tonight' for a walk-in seated tonight and
     # b2-29 'saturday' for a Saturday booking whose hour was left open (the helper wanted no value).
+    # others.jsonl (60, blind, stop 27): bookings made for someone else vs other people's existing bookings:
+    # 33/3/24 at first sight, then fixed by class (a terse "Done."/"that's in", the agent taking up the
+    # caller's time before asking a name, a booking for "my son", a check of an existing booking, two at once).
+    # others2.jsonl (50, blind, written while others.jsonl was being fixed): 26/5/19 with the old extractor,
+    # 32/5/13 at first sight of the fixed one (two of its five "wrong" were right values in another word order,
+    # which the scorer now accepts), 36/2/12 after. Its two wrong are other people's existing bookings in forms
+    # not read as such: h-016 "I have a table for six, Saturday at 8 under Jones", h-032 "Tilly has a stitch
+    # removal booked for the 12th at 11".
     right, wrong, missed = _score(DATA / name)
     assert wrong <= most_wrong and missed <= most_missed, (right, wrong, missed)
 
@@ -182,4 +191,32 @@ def test_labelled_conversations(name, most_wrong, most_missed):
     ([a("That's our happy hour, Friday at 5 pm."), u("nice")], {}),
 ])
 def test_the_agent_summing_up_settles_it(turns, expected):
+    assert extract(turns) == expected
+
+
+@pytest.mark.parametrize(("turns", "expected"), [
+    # the agent takes up the caller's time, asks a name, then confirms without repeating the time
+    ([u("could i book a haircut for thursday at 11"), a("Thursday at 11 am is fine. And your name?"), u("sam"),
+      a("Perfect, you're booked.")], {"booking_time": "Thursday at 11 am"}),
+    ([u("could i book a haircut for thursday at 11"), a("Thursday at 11 am is fine. And your name?"), u("sam"),
+      a("Done!")], {"booking_time": "Thursday at 11 am"}),
+    # ...but not a time the agent offers instead
+    ([u("could i book a haircut for thursday at 11"), a("We have Thursday at 12 instead. Your name?"), u("sam"),
+      a("Done!")], {}),
+    # booking for someone else is still the caller's booking
+    ([u("can you fit my dad in on monday at 10 for his bloods"), a("Sure, that's in.")],
+     {"booking_time": "monday at 10"}),
+    ([u("i'd like a lesson for my niece, sunday at 2"), a("Great, Maya's in for Sunday at 2 pm.")],
+     {"booking_time": "Sunday at 2 pm"}),
+    # an existing booking checked, not made
+    ([u("hi, can you check when my wife's scan is? i think tuesday at 3"), a("Rosa Diaz is booked for Tuesday at "
+      "3:20 pm.")], {}),
+    ([u("is my mum's appointment still on for monday at 9?"), a("Yes, she's still booked for Monday at 9 am.")], {}),
+    # two bookings at once: which one a text means is unclear
+    ([u("can both my boys come in saturday, one at 10 and one at 11"), a("Both booked: 10 and 11 on Saturday.")],
+     {}),
+    # "done" inside a sentence confirms nothing
+    ([u("can i book for friday at 4"), a("Have you done a session with us before?")], {}),
+])
+def test_terse_confirmations_and_bookings_for_others(turns, expected):
     assert extract(turns) == expected
