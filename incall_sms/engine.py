@@ -209,7 +209,7 @@ class ActionEngine:
         self.coalesce = coalesce
         self.early_reply_hold = early_reply_hold
         self._asks_out = 0  # sends of texts asking for a reply, between their firing and their wait
-        self._asks_settled: list[asyncio.Future[None]] = []  # texts held until no ask is out
+        self._held_texts: list[asyncio.Future[None]] = []  # texts held until no ask is out
         self._latest_caller_request: object | None = None
         self.transcript: list[Turn] = []
         self.user_turns = 0
@@ -480,7 +480,7 @@ class ActionEngine:
             self._release_held()
 
     def _release_held(self) -> None:
-        held, self._asks_settled = self._asks_settled, []
+        held, self._held_texts = self._held_texts, []
         for settled in held:
             if not settled.done():
                 settled.set_result(None)
@@ -500,10 +500,10 @@ class ActionEngine:
         if not self._asks_out or self._waits_closed:
             return
         body = message.body.strip()
-        if not self._asks_settled and (not body or _REACTION.match(body) or self._open_wait_takes(body)):
+        if not self._held_texts and (not body or _REACTION.match(body) or self._open_wait_takes(body)):
             return  # no reply, or the reply of a wait already open (texts held before it keep their order)
         settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._asks_settled.append(settled)
+        self._held_texts.append(settled)
         _log.info("inbound %s held until the asking text being sent settles", message.sid)
         try:
             async with asyncio.timeout(self.early_reply_hold):
@@ -512,8 +512,8 @@ class ActionEngine:
             _log.info("inbound %s: the asking text is still out after %.1f s; taken as an ordinary text",
                       message.sid, self.early_reply_hold)
         finally:
-            if settled in self._asks_settled:
-                self._asks_settled.remove(settled)
+            if settled in self._held_texts:
+                self._held_texts.remove(settled)
 
     def _open_wait_takes(self, body: str) -> bool:
         region = self.actions.default_region

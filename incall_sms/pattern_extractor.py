@@ -154,11 +154,12 @@ _NOT_SETTLED = re.compile(r"\b(?:fully|all|completely|pretty|quite|very|really|h
 #: Several bookings settled at once ("Both booked: Ella at 3:30, Sam at 4"): which one a text means is unclear.
 _SEVERAL = re.compile(r"\b(?:both|each of them|all three|the two of them)\b[^.!?]*\b(?:booked|in|down|set)\b|"
                       r"\b(?:booked|put) (?:them|you) both\b", re.IGNORECASE)
-#: A settling statement about a named person ("Ben Ford is booked for Thursday"): when the caller only asked
-#: about a booking (:data:`_CHECKING`) and asked for none, it answers that question: nothing was booked.
+#: A caller asking about a booking that exists ("is it still on?", "can you check when it is?").
 _CHECKING = re.compile(r"\b(?:still|(?:can|could|would) you (?:check|confirm|tell me)|"
                        r"check (?:if|when|whether|what|on)|make sure|remind me|remember|forgot|what time is|"
                        r"when is|lost)\b", re.IGNORECASE)
+#: A settling statement about a named person ("Ben Ford is booked for Thursday"): when the caller only asked
+#: about a booking (:data:`_CHECKING`) and asked for none, it answers that question: nothing was booked.
 _NAMED_BOOKED = re.compile(r"(?!(?:That|This|It|He|She|They|You|We|Everything|Which|What)\b)"
                            r"(?-i:[A-Z][a-z]+)(?: (?-i:[A-Z][a-z]+))?(?:'s| is| are) (?:now |all )?"
                            r"(?:booked|scheduled|confirmed|down|in)\b", re.IGNORECASE)

@@ -398,7 +398,8 @@ class SmsActionProcessor(FrameProcessor):
         self._start_all(firings)
 
     async def _reask(self, wait: ReplyWait, reply: SmsReply) -> None:
-        wait.opened_at = asyncio.get_running_loop().time()  # no timeout while the re-ask is on its way
+        # the wait's time restarts as the re-ask goes out: a slow re-ask must not time the wait out
+        wait.opened_at = asyncio.get_running_loop().time()
         outcome = await self.engine.reask(wait, problem=reply.problem, channel=reply.channel)
         self.outcomes.append(outcome)
         await self._call_event_handler("on_action_completed", outcome)
