@@ -11,11 +11,13 @@ and anything unclear leaves it unset:
   confirms the time just agreed: the agent's proposal the caller took ("I can do 6:15 on Wednesday"
   - "perfect"), the caller's own choice ("Saturday at 8 please" - "you're booked"), or the caller's
   time the agent took up before asking a name ("friday at 4" - "Friday at 4 pm works. Name?" - "leo" -
-  "Done."). A booking the caller makes for someone else ("book my son in", "get my daughter a lesson",
-  "Oscar's in for Saturday at 10") is the caller's booking. Nothing is
+  "You're booked"), unless the caller moved it since. A booking the caller makes for someone else ("book
+  my son in", "get my daughter a lesson") is the caller's booking. A bare "Done." confirms nothing (it may
+  be a note or a receipt). Nothing is
   settled by offers ("I can get you booked for ..."), questions, opening hours, policies, deadlines
-  ("held until 7:15", "arrive by 2:45"), waitlists, someone else's or past bookings (an answer to a
-  caller checking one: "Ben is still booked for Thursday"), several booked at once, a refusal or a
+  ("held until 7:15", "arrive by 2:45"), waitlists, someone else's or past bookings (nothing at all in a
+  call where the caller only asked about a booking that exists: "can you check when my son's appointment
+  is?"), several booked at once ("Ada at 2 and Lev at 3"), a refusal or a
   self-correction of the agent's, a caller who withdraws or disputes it, a time it cannot read fully
   ("for 9 instead", "the Friday after"), or a time the caller mentions for anything else ("text me
   the parking info for tomorrow"). Without any agent turn (a bot that does not feed its words back),
@@ -77,8 +79,6 @@ _SETTLED = re.compile(
     r"put you (?:down|in)|you're in(?! luck)|you are in(?! luck)|signed (?:you )?up|registered|penciled|pencilled|"
     r"locked in|booked you|all yours|is yours|(?:got|have) you (?:down|in)|you're down|you are down|all done|"
     r"that's done|see you then)\b"
-    r"|(?<![\w'])(?:done|that's in|booked in)(?=\s*(?:[.!,]|$))"  # a terse "Done." / "Sure, that's in."
-    r"|\b(?:he|she|(?-i:[A-Z][a-z]+))'s (?:in|down|booked in) (?:for|at|on)\b|\bthey're (?:in|down) (?:for|at|on)\b"
     r"|\byour (?:booking|reservation|appointment|table|visit|meeting|session|class|lesson|slot|"
     r"delivery|pickup|pick-up|installation|viewing|tour|consultation)\b", re.IGNORECASE)
 #: A person of the caller's (:mod:`incall_sms.lexicon`): "your sister", "my colleague".
@@ -153,16 +153,32 @@ _NOT_SETTLED = re.compile(r"\b(?:fully|all|completely|pretty|quite|very|really|h
                           r"\bstill (?:booked|scheduled|confirmed|down|on|in)\b", re.IGNORECASE)  # one that existed
 #: Several bookings settled at once ("Both booked: Ella at 3:30, Sam at 4"): which one a text means is unclear.
 _SEVERAL = re.compile(r"\b(?:both|each of them|all three|the two of them)\b[^.!?]*\b(?:booked|in|down|set)\b|"
-                      r"\b(?:booked|put) (?:them|you) both\b", re.IGNORECASE)
-#: A caller asking about a booking that exists ("is it still on?", "can you check when it is?").
-_CHECKING = re.compile(r"\b(?:still|(?:can|could|would) you (?:check|confirm|tell me)|"
-                       r"check (?:if|when|whether|what|on)|make sure|remind me|remember|forgot|what time is|"
-                       r"when is|lost)\b", re.IGNORECASE)
-#: A settling statement about a named person ("Ben Ford is booked for Thursday"): when the caller only asked
-#: about a booking (:data:`_CHECKING`) and asked for none, it answers that question: nothing was booked.
-_NAMED_BOOKED = re.compile(r"(?!(?:That|This|It|He|She|They|You|We|Everything|Which|What)\b)"
-                           r"(?-i:[A-Z][a-z]+)(?: (?-i:[A-Z][a-z]+))?(?:'s| is| are) (?:now |all )?"
-                           r"(?:booked|scheduled|confirmed|down|in)\b", re.IGNORECASE)
+                      r"\b(?:booked|put) (?:them|you) both\b|"
+                      r"(?-i:[A-Z][a-z]+) (?:at|for|on) [^.!?]*\band (?-i:[A-Z][a-z]+) (?:at|for|on)\b", re.IGNORECASE)
+#: A caller moving or dropping a time just agreed ("half an hour later", "make it earlier", "forget friday").
+_SHIFT = re.compile(r"\b(?:later|earlier|half|quarter|instead|actually|rather|move|change|forget|cancel|list|"
+                    r"push|bring)\b", re.IGNORECASE)
+#: A caller asking about a booking that exists ("is it still on?", "can you check when it is?", "what time's
+#: my appointment?", "do you have my son down for thursday?").
+_CHECKING = re.compile(r"\b(?:still|(?:can|could|would) you (?:check|confirm|tell me)|(?:like|want) to check|"
+                       r"check (?:if|when|whether|what|on|the time)|make sure|remind me|remember|forgot|"
+                       r"(?:what time|when)(?:'s| is| are)|lost|can't find|is (?:that|it|this) (?:all )?booked|"
+                       r"do you have (?:me|us|him|her|them|my|our) (?:\w+ )?down)\b", re.IGNORECASE)
+#: A booking that exists: named by its owner ("my son's appointment", "bella's jab", "my next session", "the
+#: appointment for my mum"), had or made by someone ("my wife has an appointment", "my friend booked a table"),
+#: or someone the business has down ("do you have my son down").
+_BOOKED_NOUN = (r"(?:appointment|booking|reservation|lesson|session|class|jab|mot|visit|check-?up|cleaning|table|"
+                r"slot|consultation|treatment|groom|service|scan|test|exam|x-ray|operation|procedure|fitting|"
+                r"viewing|repair|delivery|pickup|installation)")
+_EXISTING = re.compile(rf"\b(?:my|our|his|her|their|[a-z]+'s) (?:next |existing |current |usual )?{_BOOKED_NOUN}\b|"
+                       rf"\b(?:has|have|had|got|booked|made) (?:an?|the|one) (?:\w+ )?{_BOOKED_NOUN}\b|"
+                       r"\b(?:have|got) (?:me|us|him|her|them|my \w+|our \w+) (?:down|in|booked)\b|"
+                       rf"\bthe {_BOOKED_NOUN} for (?:my|our|his|her|their)\b", re.IGNORECASE)
+#: A caller asking for a booking to be made or changed (narrower than :data:`_BOOK_REQUEST`).
+_MAKE = re.compile(r"\b(?:book|reserve|schedule|reschedule|move|change|squeeze|fit|"
+                   r"sign (?:me|us|him|her|them) up|put (?:me|us|him|her|them) (?:down|in)|"
+                   r"get (?:me|us|him|her|them|my|our) (?:in|a|an)|make (?:an|a) (?:appointment|booking|reservation)|"
+                   r"needs? (?:a|an) (?:\w+ )?(?:appointment|booking|slot|table|lesson|session))\b", re.IGNORECASE)
 _CANCELLED = re.compile(r"\bcancel(?:l?ed|ling)?\b|\bcalled off\b|\bremoved\b|\b(?:taken|took) you off\b|"
                         r"\bdeleted\b|\breleased\b|\blet (?:it|the \w+) go\b|\bscratch that\b|\bnot book it\b|"
                         r"\bcome another time\b", re.IGNORECASE)
@@ -350,12 +366,17 @@ def _taken_proposal(transcript: Sequence[Turn], index: int) -> str | None:
     return None
 
 
+#: Words around a time that make a clause a mere echo of it ("Sunday at 10 then.", "Great, Friday at 4 it is.").
+_ASSENT = frozenset({"then", "it", "is", "great", "perfect", "ok", "okay", "lovely", "so", "that's", "right", "sure",
+                     "yes", "fine", "brilliant", "excellent", "wonderful"})
+
+
 def _echo(clause: str) -> bool:
-    """A statement that only names a time ("Sunday at 10 then.", "Great, Friday at 4 pm it is.")."""
+    """A statement that only names a time, with words of assent at most ("Sunday at 10 then.")."""
     if clause.rstrip().endswith("?") or len(_times(clause)) != 1:
         return False
     rest = clause.replace(_times(clause)[0], " ")
-    return len(re.findall(r"[^\W\d_]+", rest)) <= 3
+    return set(re.findall(r"[^\W\d_]+(?:'[a-z]+)?", rest.lower())) <= _ASSENT
 
 
 def _same_time(a: str, b: str) -> bool:
@@ -393,13 +414,16 @@ def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str
     in the same breath, and either a booking verb confirms it or it asked to book or answered the
     agent's question (a bare "you're all set" confirms no time the caller mentioned in passing).
     """
+    shifted = False  # a caller turn since then moved or dropped a time ("half an hour later", "forget friday")
     for back in range(index - 1, max(-1, index - 5), -1):
         turn = transcript[back]
         if turn.role == "agent":
             if _times(turn.text):
                 # "Friday at 4 pm works. Name?" after the caller asked for Friday at 4: the agent took it
-                return _echoed_time(transcript, back)  # else it proposed something the caller did not take up
+                # (else it proposed something the caller did not take up)
+                return None if shifted else _echoed_time(transcript, back)
             continue
+        shifted = shifted or bool(_SHIFT.search(turn.text) or _DISAGREE.search(turn.text))
         taken = _taken_proposal(transcript, back)
         if taken:
             return taken
@@ -412,7 +436,7 @@ def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str
             "?" in transcript[back - 1].text or _PROPOSAL.search(transcript[back - 1].text) is not None)
         parts = [p for p in _parts(turn.text) if _times(p)]
         chosen = [p for p in parts if not _SEND_REQUEST.search(p) and not _DISAGREE.search(p)
-                  and (not _THIRD.search(p) or _FOR_THIRD.search(turn.text))]
+                  and (not _THIRD.search(p) or _FOR_THIRD.search(p))]
         if len(chosen) == 1 and (booked or asked or _BOOK_REQUEST.search(turn.text)) and not (
                 back > 0 and _ACCEPT.search(turn.text) and _times(transcript[back - 1].text)):
             return _times(chosen[0])[0]
@@ -431,8 +455,8 @@ def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking
     """
     refused = False  # the agent said no after what comes before ("sorry, there's nothing left at 1")
     callers = [t.text for t in transcript if t.role != "agent"]
-    checking = any(_CHECKING.search(c) for c in callers) and not any(
-        _BOOK_REQUEST.search(c) or _FOR_THIRD.search(c) for c in callers)
+    if any(_CHECKING.search(c) and _EXISTING.search(c) for c in callers) and not any(_MAKE.search(c) for c in callers):
+        return None  # the caller only asked about a booking that exists: nothing was booked in this call
     for index in range(len(transcript) - 1, -1, -1):
         turn = transcript[index]
         if turn.role != "agent":
@@ -468,8 +492,8 @@ def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking
         if refused:
             return None  # "You're booked for Friday at 7 pm." ... "Sorry, that table is already reserved."
         strength, part, marker = best
-        if _SEVERAL.search(turn.text) or (checking and _NAMED_BOOKED.search(part)):
-            return None  # two bookings at once, or the answer to a question about an existing booking
+        if _SEVERAL.search(turn.text):
+            return None  # several booked at once: which one a text means is unclear
         value = _time_in(part, marker)
         if value:
             return value

@@ -161,8 +161,8 @@ def _score(path):
 
 @pytest.mark.parametrize(("name", "most_wrong", "most_missed"), [
     ("dev.jsonl", 0, 3), ("second.jsonl", 0, 0), ("third.jsonl", 0, 6), ("attack.jsonl", 0, 25),
-    ("attack2.jsonl", 2, 13), ("fourth.jsonl", 0, 7), ("others.jsonl", 0, 17),
-    ("others2.jsonl", 2, 12)])
+    ("attack2.jsonl", 2, 13), ("fourth.jsonl", 0, 7), ("others.jsonl", 0, 22),
+    ("others2.jsonl", 1, 16), ("attack3.jsonl", 1, 8)])
 def test_labelled_conversations(name, most_wrong, most_missed):
     # Conversations written by helpers who had not seen the extractor; the extractor was then fixed by class on
     # them, so all are development sets now (first looks: dev 49 right / 20 wrong / 13 missed before the
@@ -174,13 +174,17 @@ def test_labelled_conversations(name, most_wrong, most_missed):
     # attack2's two "wrong" are label calls we do not share: b2-24 'tonight' for a walk-in seated tonight and
     # b2-29 'saturday' for a Saturday booking whose hour was left open (the helper wanted no value).
     # others.jsonl (60, blind, stop 27): bookings made for someone else vs other people's existing bookings:
-    # 33/3/24 at first sight, then fixed by class (a terse "Done."/"that's in", the agent taking up the
-    # caller's time before asking a name, a booking for "my son", a check of an existing booking, two at once).
-    # others2.jsonl (50, blind, written while others.jsonl was being fixed): 26/5/19 with the old extractor,
-    # 32/5/13 at first sight of the fixed one (two of its five "wrong" were right values in another word order,
-    # which the scorer now accepts), 36/2/12 after. Its two wrong are other people's existing bookings in forms
-    # not read as such: h-016 "I have a table for six, Saturday at 8 under Jones", h-032 "Tilly has a stitch
-    # removal booked for the 12th at 11".
+    # 33/3/24 with the extractor before; fixed by class on it. others2.jsonl (50, blind, written meanwhile):
+    # 26/5/19 before, 32/5/13 at first sight of the fix (two of the five "wrong" were right values in another
+    # word order, which the scorer now accepts). attack3.jsonl (40, an attacker reading that fix): 0/40/0 when
+    # written (11 were wrong before the fix too): a bare "Done."/"that's in" confirms anything (a note, a
+    # receipt), "Jen's in at 10" is a shift, an echoed time the caller then moves. Those readings were taken
+    # out; what stays: the agent taking up the caller's time before a name ("Friday at 4 pm works. Name?"),
+    # bookings for "my son" read in the part that books them, no value when the caller only asked about a
+    # booking that exists (a checking cue and an existing booking, no request to book), several at once.
+    # Now others 38/0/22, others2 33/1/16 (h-032 "Tilly has a stitch removal booked for the 12th at 11", a
+    # check whose booking is named "the stitches appointment"), attack3 31/1/8 (x-008: "Sure, that's done"
+    # for a receipt for the session on the 3rd, wrong before too).
     right, wrong, missed = _score(DATA / name)
     assert wrong <= most_wrong and missed <= most_missed, (right, wrong, missed)
 
@@ -198,16 +202,22 @@ def test_the_agent_summing_up_settles_it(turns, expected):
     # the agent takes up the caller's time, asks a name, then confirms without repeating the time
     ([u("could i book a haircut for thursday at 11"), a("Thursday at 11 am is fine. And your name?"), u("sam"),
       a("Perfect, you're booked.")], {"booking_time": "Thursday at 11 am"}),
+    # a bare "Done" may confirm anything (a note, a receipt): not a time
     ([u("could i book a haircut for thursday at 11"), a("Thursday at 11 am is fine. And your name?"), u("sam"),
-      a("Done!")], {"booking_time": "Thursday at 11 am"}),
+      a("Done!")], {}),
+    # the caller moves the time after the agent took it up
+    ([u("could i book a haircut for thursday at 11"), a("Thursday at 11 am is fine. And your name?"),
+      u("sam, actually could we make it half an hour later"), a("You're booked.")], {}),
     # ...but not a time the agent offers instead
     ([u("could i book a haircut for thursday at 11"), a("We have Thursday at 12 instead. Your name?"), u("sam"),
       a("Done!")], {}),
     # booking for someone else is still the caller's booking
-    ([u("can you fit my dad in on monday at 10 for his bloods"), a("Sure, that's in.")],
+    ([u("can you fit my dad in on monday at 10 for his bloods"), a("Sure, he's booked.")],
      {"booking_time": "monday at 10"}),
-    ([u("i'd like a lesson for my niece, sunday at 2"), a("Great, Maya's in for Sunday at 2 pm.")],
+    ([u("i'd like a lesson for my niece, sunday at 2"), a("Great, Maya is booked for Sunday at 2 pm.")],
      {"booking_time": "Sunday at 2 pm"}),
+    # "Jen's in at 10" is when someone works, not a booking
+    ([u("can i see jen for a cut"), a("Jen's in at 10 tomorrow.")], {}),
     # an existing booking checked, not made
     ([u("hi, can you check when my wife's scan is? i think tuesday at 3"), a("Rosa Diaz is booked for Tuesday at "
       "3:20 pm.")], {}),
@@ -215,6 +225,7 @@ def test_the_agent_summing_up_settles_it(turns, expected):
     # two bookings at once: which one a text means is unclear
     ([u("can both my boys come in saturday, one at 10 and one at 11"), a("Both booked: 10 and 11 on Saturday.")],
      {}),
+    ([u("can you fit my two in on friday"), a("I've booked Ada at 2 pm and Lev at 3 pm on Friday.")], {}),
     # "done" inside a sentence confirms nothing
     ([u("can i book for friday at 4"), a("Have you done a session with us before?")], {}),
 ])
