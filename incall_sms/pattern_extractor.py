@@ -11,7 +11,8 @@ and anything unclear leaves it unset:
   confirms the time just agreed: the agent's proposal the caller took ("I can do 6:15 on Wednesday"
   - "perfect"), the caller's own choice ("Saturday at 8 please" - "you're booked"), or the caller's
   time the agent took up before asking a name ("friday at 4" - "Friday at 4 pm works. Name?" - "leo" -
-  "You're booked"), unless the caller moved it since. A booking the caller makes for someone else ("book
+  "You're booked"), unless the caller moved it since or a time in words we cannot read came up ("Nine it
+  is", "could it be half six"). A booking the caller makes for someone else ("book
   my son in", "get my daughter a lesson") is the caller's booking. A bare "Done." confirms nothing (it may
   be a note or a receipt). Nothing is
   settled by offers ("I can get you booked for ..."), questions, opening hours, policies, deadlines
@@ -155,6 +156,22 @@ _NOT_SETTLED = re.compile(r"\b(?:fully|all|completely|pretty|quite|very|really|h
 _SEVERAL = re.compile(r"\b(?:both|each of them|all three|the two of them)\b[^.!?]*\b(?:booked|in|down|set)\b|"
                       r"\b(?:booked|put) (?:them|you) both\b|"
                       r"(?-i:[A-Z][a-z]+) (?:at|for|on) [^.!?]*\band (?-i:[A-Z][a-z]+) (?:at|for|on)\b", re.IGNORECASE)
+#: A time in words ("half three", "eleven that morning", "the four o'clock").
+_HOUR_WORDS = re.compile(r"\b(?:half|quarter|o'clock|noon|midday|two|three|four|five|six|seven|eight|nine|ten|"
+                         r"eleven|twelve)\b", re.IGNORECASE)
+
+_COUNTED = re.compile(r"\b(?:for|of|party of|table for|just|all) (?:two|three|four|five|six|seven|eight|nine|ten|"
+                      r"eleven|twelve)\b|\b(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve) "
+                      r"(?:people|persons|guests|adults|kids|children|of (?:us|you|them)|minutes|hours|days|weeks|"
+                      r"sessions|lessons|dogs|cats|cars)\b", re.IGNORECASE)
+
+
+def _unread_hours(text: str) -> bool:
+    """Whether ``text`` names a time in words besides the times read ("Nine it is", "right after at five")."""
+    for found in _times(text):
+        text = text.replace(found, " ")
+    text = _COUNTED.sub(" ", text)  # "a table for two", "two people", "the two of you"
+    return _HOUR_WORDS.search(text) is not None
 #: A caller moving or dropping a time just agreed ("half an hour later", "make it earlier", "forget friday").
 _SHIFT = re.compile(r"\b(?:later|earlier|half|quarter|instead|actually|rather|move|change|forget|cancel|list|"
                     r"push|bring)\b", re.IGNORECASE)
@@ -186,8 +203,7 @@ _CANCELLED = re.compile(r"\bcancel(?:l?ed|ling)?\b|\bcalled off\b|\bremoved\b|\b
 _BOOK_REQUEST = re.compile(
     r"\b(?:book|reserve|schedule|reschedule|move|change|switch|make it|put me (?:down|in)|sign me up|"
     r"can you do|could you do|do you have|is there|i'd like|i would like|i want|"
-    r"(?:get|squeeze|fit) (?:me|us|him|her|them|my|our)|needs? (?:a|an)|can we do|could we do|"
-    r"can (?:i|we|he|she|they) have)\b",
+    r"(?:get|squeeze|fit) (?:me|us|him|her|them|my|our))\b",
     re.IGNORECASE)
 #: A caller's clause asking for a text or an e-mail: its time is about that, not a booking.
 _SEND_REQUEST = re.compile(r"\b(?:text|send|message|sms|e-?mail|remind)\b", re.IGNORECASE)
@@ -391,18 +407,20 @@ def _echoed_time(transcript: Sequence[Turn], index: int) -> str | None:
     Only the agent's statements count (not its questions), and none of them may refuse, cancel or
     offer; the caller's turn before must hold that same time as its only one, in no refusal.
     """
+    if _unread_hours(transcript[index].text):
+        return None  # "Friday at 4 is Maria's, and Tom is free right after at five": another time, unread
     statements = [c for c in _clauses(transcript[index].text) if not c.rstrip().endswith("?")]
     timed = [c for c in statements if _times(c)]
     if not timed or any(_FAILED.search(c) or _CANCELLED.search(c) or _OFFERED.search(c) or _HOURS.search(c)
-                        for c in timed):
+                        or _NOT_SETTLED.search(c) for c in timed):
         return None
     agent = _one_time(" ".join(timed))
     caller = next((t for t in reversed(transcript[:index]) if t.role != "agent"), None)
     if agent is None or caller is None or _SEND_REQUEST.search(caller.text) or any(
             _DISAGREE.search(p) for p in _parts(caller.text) if _times(p)):
         return None
-    said = _one_time(caller.text)
-    return agent if said and _same_time(said, agent) else None
+    said = _one_time(caller.text)  # a day alone is no time the agent could take up ("thursday" - "9 am is first")
+    return agent if said and re.search(r"\d", said) and _same_time(said, agent) else None
 
 
 def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str | None:
@@ -422,8 +440,11 @@ def _agreed_time(transcript: Sequence[Turn], index: int, *, booked: bool) -> str
                 # "Friday at 4 pm works. Name?" after the caller asked for Friday at 4: the agent took it
                 # (else it proposed something the caller did not take up)
                 return None if shifted else _echoed_time(transcript, back)
+            if _HOUR_WORDS.search(turn.text) and (_PROPOSAL.search(turn.text) or _SHIFT.search(turn.text)):
+                return None  # "I can do half past four instead": a time we cannot read was offered since
+            shifted = shifted or bool(_SHIFT.search(turn.text))
             continue
-        shifted = shifted or bool(_SHIFT.search(turn.text) or _DISAGREE.search(turn.text))
+        shifted = shifted or bool(_SHIFT.search(turn.text) or _DISAGREE.search(turn.text) or _unread_hours(turn.text))
         taken = _taken_proposal(transcript, back)
         if taken:
             return taken
@@ -499,9 +520,12 @@ def _settled_time(transcript: Sequence[Turn], topic: tuple[str, ...], *, booking
             return value
         if marker is not None and (_BARE_TIME.search(part, marker.end()) or _UNREAD.search(part, marker.end())):
             return None  # "put you down for 9 instead", "for the Friday after": a time we cannot read fully
+        if strength == 4 and _unread_hours(turn.text):
+            return None  # "Nine it is. You're booked in.": the time it confirms is one we cannot read
         if strength == 4:  # "Yes, I can do Thursday at 6:30 pm for two. I've reserved that for you."
-            same_turn = " ".join(c for c in _clauses(turn.text) if (_PROPOSAL.search(c) or _echo(c)) and not (
-                _FAILED.search(c) or _HOURS.search(c) or _NOT_SETTLED.search(c)))
+            echoes = _one_time(turn.text) is not None  # "Sunday at 10 then. That's booked."
+            same_turn = " ".join(c for c in _clauses(turn.text) if (_PROPOSAL.search(c) or (echoes and _echo(c)))
+                                 and not (_FAILED.search(c) or _HOURS.search(c) or _NOT_SETTLED.search(c)))
             single = _one_time(same_turn)
             if single:
                 return single  # also "Sunday at 10 then. That's booked."
