@@ -159,7 +159,7 @@ _SEVERAL = re.compile(r"\b(?:both|each of them|all three|the two of them)\b[^.!?
 #: A time in words ("half three", "eleven that morning", "the four o'clock").
 _HOUR_WORDS = re.compile(r"\b(?:half|quarter|o'clock|noon|midday|two|three|four|five|six|seven|eight|nine|ten|"
                          r"eleven|twelve)\b", re.IGNORECASE)
-
+#: Numbers in words that count something ("a table for two", "two people"): no time.
 _COUNTED = re.compile(r"\b(?:for|of|party of|table for|just|all) (?:two|three|four|five|six|seven|eight|nine|ten|"
                       r"eleven|twelve)\b|\b(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve) "
                       r"(?:people|persons|guests|adults|kids|children|of (?:us|you|them)|minutes|hours|days|weeks|"
@@ -172,7 +172,7 @@ def _unread_hours(text: str) -> bool:
         text = text.replace(found, " ")
     text = _COUNTED.sub(" ", text)  # "a table for two", "two people", "the two of you"
     return _HOUR_WORDS.search(text) is not None
-#: A caller moving or dropping a time just agreed ("half an hour later", "make it earlier", "forget friday").
+#: A turn moving or dropping a time just agreed ("half an hour later", "make it earlier", "forget friday").
 _SHIFT = re.compile(r"\b(?:later|earlier|half|quarter|instead|actually|rather|move|change|forget|cancel|list|"
                     r"push|bring)\b", re.IGNORECASE)
 #: A caller asking about a booking that exists ("is it still on?", "can you check when it is?", "what time's
@@ -404,8 +404,9 @@ def _same_time(a: str, b: str) -> bool:
 def _echoed_time(transcript: Sequence[Turn], index: int) -> str | None:
     """The agent's single time at ``index`` when it takes up the time the caller just asked for, else ``None``.
 
-    Only the agent's statements count (not its questions), and none of them may refuse, cancel or
-    offer; the caller's turn before must hold that same time as its only one, in no refusal.
+    Only the agent's statements count (not its questions), none of them may refuse, cancel or offer,
+    and the turn may name no other time in words; the caller's turn before must hold that same time,
+    with an hour, as its only one, in no refusal.
     """
     if _unread_hours(transcript[index].text):
         return None  # "Friday at 4 is Maria's, and Tom is free right after at five": another time, unread
