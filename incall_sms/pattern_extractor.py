@@ -157,21 +157,11 @@ _SEVERAL = re.compile(r"\b(?:both|each of them|all three|the two of them)\b[^.!?
                       r"\b(?:booked|put) (?:them|you) both\b|"
                       r"(?-i:[A-Z][a-z]+) (?:at|for|on) [^.!?]*\band (?-i:[A-Z][a-z]+) (?:at|for|on)\b", re.IGNORECASE)
 #: A time in words ("half three", "eleven that morning", "the four o'clock").
-_HOUR_WORDS = re.compile(r"\b(?:half|quarter|o'clock|noon|midday|two|three|four|five|six|seven|eight|nine|ten|"
-                         r"eleven|twelve)\b", re.IGNORECASE)
+_HOUR_WORDS = re.compile(rf"\b(?:half|quarter|o'clock|noon|midday|(?!one\b){_NUMBER_WORDS})\b", re.IGNORECASE)
 #: Numbers in words that count something ("a table for two", "two people"): no time.
-_COUNTED = re.compile(r"\b(?:for|of|party of|table for|just|all) (?:two|three|four|five|six|seven|eight|nine|ten|"
-                      r"eleven|twelve)\b|\b(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve) "
+_COUNTED = re.compile(rf"\b(?:for|of|party of|table for|just|all) {_NUMBER_WORDS}\b|\b{_NUMBER_WORDS} "
                       r"(?:people|persons|guests|adults|kids|children|of (?:us|you|them)|minutes|hours|days|weeks|"
                       r"sessions|lessons|dogs|cats|cars)\b", re.IGNORECASE)
-
-
-def _unread_hours(text: str) -> bool:
-    """Whether ``text`` names a time in words besides the times read ("Nine it is", "right after at five")."""
-    for found in _times(text):
-        text = text.replace(found, " ")
-    text = _COUNTED.sub(" ", text)  # "a table for two", "two people", "the two of you"
-    return _HOUR_WORDS.search(text) is not None
 #: A turn moving or dropping a time just agreed ("half an hour later", "make it earlier", "forget friday").
 _SHIFT = re.compile(r"\b(?:later|earlier|half|quarter|instead|actually|rather|move|change|forget|cancel|list|"
                     r"push|bring)\b", re.IGNORECASE)
@@ -393,6 +383,14 @@ def _echo(clause: str) -> bool:
         return False
     rest = clause.replace(_times(clause)[0], " ")
     return set(re.findall(r"[^\W\d_]+(?:'[a-z]+)?", rest.lower())) <= _ASSENT
+
+
+def _unread_hours(text: str) -> bool:
+    """Whether ``text`` names a time in words besides the times read ("Nine it is", "right after at five")."""
+    for found in _times(text):
+        text = text.replace(found, " ")
+    text = _COUNTED.sub(" ", text)  # "a table for two", "two people", "the two of you"
+    return _HOUR_WORDS.search(text) is not None
 
 
 def _same_time(a: str, b: str) -> bool:

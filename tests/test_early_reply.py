@@ -156,23 +156,24 @@ async def test_nothing_is_held_while_no_ask_is_out(peer):
     await send
 
 
-async def test_a_cancelled_ask_releases_the_held_text(peer):
-    peer.faults = [Fault(delay=5.0)]
+async def _ask_out_with_a_held_text(peer, *, answer_after: float):
+    """An asking text sent (its answer late by ``answer_after``) and a caller's text held meanwhile."""
+    peer.faults = [Fault(delay=answer_after)]
     engine = make_engine(peer=peer, actions=EMAIL_FLOW)
     send = asyncio.get_running_loop().create_task(engine.execute(_firing(engine)))
     await until(lambda: len(peer.requests) == 1)
-    held = await _held(engine, reply("ana@example.org"))
+    return engine, send, await _held(engine, reply("ana@example.org"))
+
+
+async def test_a_cancelled_ask_releases_the_held_text(peer):
+    engine, send, held = await _ask_out_with_a_held_text(peer, answer_after=5.0)
     send.cancel()
     await asyncio.wait_for(held, 1.0)
     assert engine.offer_reply(reply("ana@example.org")) is None  # no wait: an ordinary text
 
 
 async def test_the_call_end_releases_the_held_text(peer):
-    peer.faults = [Fault(delay=3.0)]
-    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
-    send = asyncio.get_running_loop().create_task(engine.execute(_firing(engine)))
-    await until(lambda: len(peer.requests) == 1)
-    held = await _held(engine, reply("ana@example.org"))
+    engine, send, held = await _ask_out_with_a_held_text(peer, answer_after=3.0)
     engine.close_all_waits()
     await asyncio.wait_for(held, 0.5)
     outcome = await send
