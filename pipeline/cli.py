@@ -58,7 +58,7 @@ Expectations (--expect call.expect.yaml):
   lines:                           # the agent says these (kind: reply | filler | confirmation | failure)
   - {kind: filler, action: booking_confirmation}
   - {kind: confirmation, contains: ending in 23, interrupted: false, heard: true}
-  lines_in_order: true
+  lines_in_order: true             # or per_action: in order among each action's lines
   not_spoken:
   - {kind: failure}
 

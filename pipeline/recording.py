@@ -457,14 +457,16 @@ class Expectations(_Model):
     ``sms``: texts that must be there; ``no_sms``: actions that must not send (no accepted
     text; a refused or failed attempt is allowed: expect it under ``sms``); ``max_sms``:
     at most this many accepted texts. ``lines``: lines the agent must say (in this order when
-    ``lines_in_order``); ``not_spoken``: lines it must never say. ``inbound_*``: what inbound
+    ``lines_in_order`` is true; with ``per_action``, in this order among each action's lines only,
+    since lines of actions fired close together may interleave differently from run to run);
+    ``not_spoken``: lines it must never say. ``inbound_*``: what inbound
     texts must bring into the conversation. ``max_audio_delay_ms``: the audio-path bound.
     """
 
     sms: list[SmsExpectation] = []
     no_sms: list[str] = []
     lines: list[LineExpectation] = []
-    lines_in_order: bool = False
+    lines_in_order: bool | Literal["per_action"] = False
     not_spoken: list[LineExpectation] = []
     max_sms: int | None = None
     max_audio_delay_ms: float | None = None
@@ -496,15 +498,14 @@ class Expectations(_Model):
             if any(s.action == action and s.outcome in ("accepted", "duplicate") for s in report.sms):
                 failures.append(f"SMS {action} was sent but must not be")
         said = [turn for turn in report.conversation if turn.who == "agent"]
-        position = 0
-        for want_line in self.lines:
-            pool = said[position:] if self.lines_in_order else said
-            hit = next((i for i, turn in enumerate(pool) if want_line.matches(turn)), None)
-            if hit is None:
-                where = " after the previous expected line" if self.lines_in_order and position else ""
-                failures.append(f"expected line {want_line.describe()} not spoken{where}")
-            elif self.lines_in_order:
-                position += hit + 1
+        if self.lines_in_order == "per_action":
+            by_action: dict[str | None, list[LineExpectation]] = {}
+            for want_line in self.lines:
+                by_action.setdefault(want_line.action, []).append(want_line)
+            for wanted in by_action.values():
+                failures += _missing_lines(wanted, said, in_order=True)
+        else:
+            failures += _missing_lines(self.lines, said, in_order=self.lines_in_order)
         for banned in self.not_spoken:
             for turn in said:
                 if banned.matches(turn):
@@ -533,7 +534,9 @@ class Expectations(_Model):
 
         Each action's texts become one expectation per outcome and destination (with ``count``,
         ``at``, the triggering turn when there is one, and ``to``); actions never tried become
-        ``no_sms``; the SMS lines become ``lines`` in order; failure lines that were not
+        ``no_sms``; the SMS lines become ``lines``, ordered per action (``lines_in_order:
+        per_action``: which of two actions' lines came first can change with the host's load);
+        failure lines that were not
         said become ``not_spoken``; inbound texts become ``inbound_injected``/``inbound_images``.
         Wording checks (``body_contains``, ``contains``, ``trigger_contains``) are left for you
         to add: they are what the test is about.
@@ -560,8 +563,26 @@ class Expectations(_Model):
             no_sms=[name for name in actions if name not in tried],
             max_sms=sum(1 for row in report.sms if row.outcome == "accepted"),
             lines=[LineExpectation(kind=turn.kind, action=turn.action) for turn in said],
-            lines_in_order=bool(said),
+            lines_in_order="per_action" if said else False,
             not_spoken=not_spoken,
             inbound_injected=len(report.inbound),
             inbound_images=sum(item.images for item in report.inbound) or None,
         )
+
+
+def _missing_lines(wanted: list[LineExpectation], said: list[ReportTurn], *, in_order: bool) -> list[str]:
+    """The ``wanted`` lines not found among the agent's ``said`` lines, as sentences.
+
+    With ``in_order``, each line is looked for after the previous one's match.
+    """
+    failures = []
+    position = 0
+    for want_line in wanted:
+        pool = said[position:] if in_order else said
+        hit = next((i for i, turn in enumerate(pool) if want_line.matches(turn)), None)
+        if hit is None:
+            where = " after the previous expected line" if in_order and position else ""
+            failures.append(f"expected line {want_line.describe()} not spoken{where}")
+        elif in_order:
+            position += hit + 1
+    return failures

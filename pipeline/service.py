@@ -665,6 +665,8 @@ class CallSms:
     async def __aexit__(self, *exc: object) -> None:
         if self._unregister is not None:
             await self._unregister()
+        if self.engine is not None:  # tool mode has no processor to end the waits: nobody is left to answer
+            self.engine.close_all_waits()
         if self._processor is not None:
             self._processor.release()  # also done by its cleanup; here for a processor never run
         self._service.calls.pop(self.stream.call_sid, None)

@@ -63,3 +63,32 @@ async def test_tool_failure_is_reported_as_failure():
     tool_messages = [m for r in llm.requests for m in r["messages"] if m["role"] == "tool"]
     assert '"status": "failed"' in tool_messages[-1]["content"]
     assert "not_mobile" in tool_messages[-1]["content"]
+
+
+async def test_the_end_of_a_tool_mode_call_closes_its_waits(tmp_path):
+    """No processor times a tool-mode wait: leaving the call closes it (no timer outlives the call)."""
+    import yaml
+
+    from incall_sms.pipeline.service import SmsService, SmsSettings, TwilioStream
+    from tests.helpers.sms import AGENT
+    from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
+    from tests.test_await_reply import EMAIL_FLOW
+
+    actions = tmp_path / "actions.yaml"
+    actions.write_text(yaml.safe_dump(EMAIL_FLOW))
+    async with TwilioPeer() as peer:
+        service = SmsService(SmsSettings.from_env({
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "PUBLIC_URL": "https://a.example.com",
+            "TWILIO_API_BASE_URL": peer.base_url, "SMS_STATE_DIR": str(tmp_path), "SMS_ACTIONS_FILE": str(actions)}))
+        await service.start()
+        try:
+            stream = TwilioStream(call_sid="CA" + "7" * 32, stream_sid="MZ" + "7" * 32, caller=CALLER,
+                                  agent_number=AGENT)
+            async with service.call(stream) as call:
+                assert (await call.send("ask_email"))["status"] == "sent"
+                (wait,) = call.engine.waits
+                assert wait.open and wait.safety is not None  # the engine's own timer stands in for a processor
+            assert not wait.open and wait.safety is None
+            assert [m.to for m in peer.messages] == [CALLER]
+        finally:
+            await service.aclose()
