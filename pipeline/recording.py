@@ -458,7 +458,8 @@ class Expectations(_Model):
     text; a refused or failed attempt is allowed: expect it under ``sms``); ``max_sms``:
     at most this many accepted texts. ``lines``: lines the agent must say (in this order when
     ``lines_in_order`` is true; with ``per_action``, in this order among each action's lines only,
-    since lines of actions fired close together may interleave differently from run to run);
+    since lines of actions fired close together may interleave differently from run to run; a
+    line naming no action is then ordered against each action's lines);
     ``not_spoken``: lines it must never say. ``inbound_*``: what inbound
     texts must bring into the conversation. ``max_audio_delay_ms``: the audio-path bound.
     """
@@ -498,12 +499,13 @@ class Expectations(_Model):
             if any(s.action == action and s.outcome in ("accepted", "duplicate") for s in report.sms):
                 failures.append(f"SMS {action} was sent but must not be")
         said = [turn for turn in report.conversation if turn.who == "agent"]
-        if self.lines_in_order == "per_action":
-            by_action: dict[str | None, list[LineExpectation]] = {}
-            for want_line in self.lines:
-                by_action.setdefault(want_line.action, []).append(want_line)
-            for wanted in by_action.values():
-                failures += _missing_lines(wanted, said, in_order=True)
+        named = list(dict.fromkeys(line.action for line in self.lines if line.action is not None))
+        if self.lines_in_order == "per_action" and named:
+            for action in named:  # a line naming no action is ordered against every action's lines
+                wanted = [line for line in self.lines if line.action in (action, None)]
+                failures += _missing_lines(wanted, said, in_order=True, of=f" of {action}")
+        elif self.lines_in_order == "per_action":
+            failures += _missing_lines(self.lines, said, in_order=True)
         else:
             failures += _missing_lines(self.lines, said, in_order=self.lines_in_order)
         for banned in self.not_spoken:
@@ -570,10 +572,12 @@ class Expectations(_Model):
         )
 
 
-def _missing_lines(wanted: list[LineExpectation], said: list[ReportTurn], *, in_order: bool) -> list[str]:
+def _missing_lines(wanted: list[LineExpectation], said: list[ReportTurn], *, in_order: bool,
+                   of: str = "") -> list[str]:
     """The ``wanted`` lines not found among the agent's ``said`` lines, as sentences.
 
-    With ``in_order``, each line is looked for after the previous one's match.
+    With ``in_order``, each line is looked for after the previous one's match; ``of`` names
+    the group the previous line belongs to in the message (`` of booking_confirmation``).
     """
     failures = []
     position = 0
@@ -581,7 +585,7 @@ def _missing_lines(wanted: list[LineExpectation], said: list[ReportTurn], *, in_
         pool = said[position:] if in_order else said
         hit = next((i for i, turn in enumerate(pool) if want_line.matches(turn)), None)
         if hit is None:
-            where = " after the previous expected line" if in_order and position else ""
+            where = f" after the previous expected line{of}" if in_order and position else ""
             failures.append(f"expected line {want_line.describe()} not spoken{where}")
         elif in_order:
             position += hit + 1

@@ -663,10 +663,10 @@ class CallSms:
         return await self.toolset().call(self._engine().actions.get(action), dict(variables))
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.engine is not None:  # nobody is left to answer (tool mode has no processor to close the waits)
+            self.engine.close_all_waits()
         if self._unregister is not None:
             await self._unregister()
-        if self.engine is not None:  # tool mode has no processor to end the waits: nobody is left to answer
-            self.engine.close_all_waits()
         if self._processor is not None:
             self._processor.release()  # also done by its cleanup; here for a processor never run
         self._service.calls.pop(self.stream.call_sid, None)

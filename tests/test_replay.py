@@ -256,7 +256,12 @@ async def test_write_expect_snapshot_round_trips():
     assert failures(colleague + booking, "per_action") == []  # the other action's lines first: still in order
     assert failures(colleague + booking, True)  # one order over all lines
     (reversed_line,) = failures(colleague + booking[::-1], "per_action")
-    assert "filler" in reversed_line and "after the previous expected line" in reversed_line
+    assert "filler" in reversed_line and "after the previous expected line of booking_confirmation" in reversed_line
+    unnamed_first = [{"kind": "confirmation", "contains": "ending in 23"}, booking[0]]  # names no action
+    assert failures(unnamed_first, "per_action")  # still ordered against the booking's filler
+    assert failures([booking[0], {"kind": "confirmation", "contains": "ending in 23"}], "per_action") == []
+    assert failures([{"kind": "filler"}, {"kind": "failure"}], "per_action") == []  # no names: one order
+    assert failures([{"kind": "failure"}, {"kind": "filler"}], "per_action")
 
 
 # -- what a recording can set up ---------------------------------------------------------------------------------
