@@ -1,9 +1,9 @@
 """Recorded-call replays: every call in tests/calls meets its expectations."""
 
 import json
+import logging
 import subprocess
 import sys
-import warnings
 
 import pytest
 import yaml
@@ -32,9 +32,11 @@ async def test_replay_meets_expectations(recording):
         # 8x puts a call second into 125 ms of wall time: on a loaded host a few tens of ms of scheduling
         # reorder events a second apart in the call (seen once in a full run: a photo's reply line). A case
         # that fails is replayed once at 2x, where the same load weighs four times less in call time; a real
-        # regression fails there too. The 8x failure stays visible as a warning.
-        warnings.warn(f"{recording.stem} at 8x: {report.expectations.failures}, max audio delay "
-                      f"{report.audio.max_delay_ms} ms; replayed at 2x", stacklevel=1)
+        # regression fails there too. The 8x failure stays visible in the log (not as a warning: the
+        # suite turns warnings into errors, which made this retry an error of its own on a busy host).
+        logging.getLogger(__name__).warning("%s at 8x: %s, max audio delay %.1f ms; replayed at 2x",
+                                            recording.stem, report.expectations.failures,
+                                            report.audio.max_delay_ms)
         report = await replay(recording, actions=actions, speed=2.0, expectations=expect)
     assert report.expectations.passed, report.expectations.failures
     assert report.audio.input_frames > 50  # the 8->16 kHz resampler emits in batches
