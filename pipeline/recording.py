@@ -504,10 +504,8 @@ class Expectations(_Model):
             for action in named:  # a line naming no action is ordered against every action's lines
                 wanted = [line for line in self.lines if line.action in (action, None)]
                 failures += _missing_lines(wanted, said, in_order=True, of=f" of {action}")
-        elif self.lines_in_order == "per_action":
-            failures += _missing_lines(self.lines, said, in_order=True)
-        else:
-            failures += _missing_lines(self.lines, said, in_order=self.lines_in_order)
+        else:  # per_action naming no action: one order over all lines
+            failures += _missing_lines(self.lines, said, in_order=bool(self.lines_in_order))
         for banned in self.not_spoken:
             for turn in said:
                 if banned.matches(turn):
@@ -538,8 +536,8 @@ class Expectations(_Model):
         ``at``, the triggering turn when there is one, and ``to``); actions never tried become
         ``no_sms``; the SMS lines become ``lines``, ordered per action (``lines_in_order:
         per_action``: which of two actions' lines came first can change with the host's load);
-        failure lines that were not
-        said become ``not_spoken``; inbound texts become ``inbound_injected``/``inbound_images``.
+        failure lines that were not said become ``not_spoken``; inbound texts become
+        ``inbound_injected``/``inbound_images``.
         Wording checks (``body_contains``, ``contains``, ``trigger_contains``) are left for you
         to add: they are what the test is about.
         """
