@@ -249,23 +249,29 @@ async def local_judge(spec_name: str, runs: int) -> dict:
     start = time.perf_counter()
     await judge.warm(LOCAL_CONDITIONS)
     warm_s = time.perf_counter() - start
-    seconds, cpu = [], []
+    seconds, cpu, evaluated, cached = [], [], [], []
+    prompts_before = judge.model.stats
     for i in range(runs):
         request = JudgeRequest(conditions=LOCAL_CONDITIONS, transcript=LOCAL_TURNS[i % len(LOCAL_TURNS)])
-        wall, used = time.perf_counter(), time.process_time()
+        wall, used, stats = time.perf_counter(), time.process_time(), judge.model.stats
         await decide(judge, request)
         seconds.append(time.perf_counter() - wall)
         cpu.append(time.process_time() - used)
+        spent = judge.model.stats - stats
+        evaluated.append(spent.evaluated_tokens)
+        cached.append(spent.cached_tokens)
+    prompts = judge.model.stats - prompts_before
 
     # the same conditions over a growing call: every turn goes to the judge (the agent's too, as the
     # processor does), caller turns timed
-    call_seconds = []
+    call_seconds, call_evaluated = [], []
     for i, turn in enumerate(LOCAL_CALL):
         request = JudgeRequest(conditions=LOCAL_CONDITIONS, transcript=LOCAL_CALL[: i + 1])
-        wall = time.perf_counter()
+        wall, stats = time.perf_counter(), judge.model.stats
         await decide(judge, request)
         if turn.role == "user":
             call_seconds.append(time.perf_counter() - wall)
+            call_evaluated.append((judge.model.stats - stats).evaluated_tokens)
 
     async def gaps(judging: bool) -> dict:
         meter = GapMeter()
@@ -297,10 +303,14 @@ async def local_judge(spec_name: str, runs: int) -> dict:
         "decision_p50_s": round(statistics.median(ordered), 3),
         "decision_p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
         "cpu_s_per_decision": round(statistics.median(cpu), 3),
+        "prompt_tokens_evaluated_per_decision_p50": statistics.median(evaluated),
+        "prompt_tokens_cached_per_decision_p50": statistics.median(cached),
+        "prompt_ms_per_token": round(prompts.ms_per_token or 0.0, 1),
         "runs": runs,
         "call_turns": len(call_seconds),
         "call_decision_p50_s": round(statistics.median(call_seconds), 3),
         "call_decision_max_s": round(max(call_seconds), 3),
+        "call_prompt_tokens_evaluated_per_turn_p50": statistics.median(call_evaluated),
         "audio_idle": idle, "audio_judging": busy,
         "ratio_output_max_gap_judging_vs_idle": round(busy["output_max_gap_ms"] / idle["output_max_gap_ms"], 3),
     }
