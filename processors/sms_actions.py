@@ -175,6 +175,7 @@ class SmsActionProcessor(FrameProcessor):
         self._live = True
         self._own_frames: set[int] = set()
         self._sent_keys: set[str] = set()
+        self._undelivered: set[str] = set()  # sends a status callback reported as failed
         t0 = time.monotonic()
         self._clock: Callable[[], float] = clock or (lambda: time.monotonic() - t0)
         self._tap: AgentTranscriptTap | None = None
@@ -471,7 +472,9 @@ class SmsActionProcessor(FrameProcessor):
         if outcome.line and self._live:
             await self._wait_user_quiet()
             waiting = wait is not None and outcome.result.accepted
-            if self._live and not (waiting and wait is not None and not wait.open):  # no "I'll wait" after the reply
+            # no "I'll wait" after the reply, and no "I've texted it" once the text is known not to have arrived
+            undelivered = outcome.result.accepted and outcome.result.key in self._undelivered
+            if self._live and not undelivered and not (waiting and wait is not None and not wait.open):
                 kind = "failure"
                 if outcome.result.accepted:
                     kind = "waiting" if waiting else "confirmation"
@@ -544,6 +547,8 @@ class SmsActionProcessor(FrameProcessor):
             self._sent_keys.add(event.key)
         await self._call_event_handler(_EVENT_NAMES[event.kind], event)
         delivery_failed = event.kind is SmsEventKind.FAILED and event.key in self._sent_keys
+        if delivery_failed:
+            self._undelivered.add(event.key)
         if delivery_failed and self._speak_delivery_failures and self._live:
             last2 = event.to_masked[-2:] if event.to_masked else ""
             line = f"I'm sorry, it looks like the text to your number ending in {last2} didn't go through."

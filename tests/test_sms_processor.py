@@ -232,6 +232,29 @@ async def test_delivery_failure_callback_is_spoken(peer):
     assert "didn't go through" in sms.spoken[-1].text
 
 
+async def test_no_confirmation_after_the_caller_was_told_the_text_did_not_arrive(peer):
+    # the confirmation waits for the caller to finish speaking; a delivery failure is said at once. When the
+    # failure comes first, "I've texted it to you" would contradict what the caller was just told
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's on our website.")
+    sms = SmsActionProcessor(engine=engine, user_quiet_wait=5.0)
+
+    async def callback_while_the_caller_speaks():
+        while not peer.messages:
+            await asyncio.sleep(0.02)
+        while not sms.outcomes:  # accepted: its confirmation now waits for the caller to be quiet
+            await asyncio.sleep(0.02)
+        await engine.dispatcher.handle_status(peer.messages[0].sid, "undelivered", 30003)
+
+    task = asyncio.get_running_loop().create_task(callback_while_the_caller_speaks())
+    await run_test(sms, frames_to_send=[said("Text me the link."), UserStartedSpeakingFrame(), SleepFrame(1.0),
+                                        UserStoppedSpeakingFrame(), SleepFrame(0.5)])
+    await task
+    assert ("delivery_failure", "website_link") in kinds(sms)
+    assert ("confirmation", "website_link") not in kinds(sms)
+    assert engine.dispatcher is not None and len(peer.messages) == 1
+
+
 async def test_many_actions_firing_on_one_turn_all_start_in_order_and_send_once(peer):
     # the first firing starts with the transcript, the others one per turn of the event loop (so a burst of
     # firings never holds the audio): none may be lost, doubled or reordered
