@@ -81,13 +81,14 @@ QWEN_CODER_0_5B = ModelSpec(
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (QWEN_CODER_1_5B, QWEN_CODER_0_5B)}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class PromptStats:
     """What the model's prompt evaluation cost so far (totals since the model was created).
 
     Prompt evaluation is what a judge decision costs: one answer token is generated, while every prompt
-    token not already in a slot's cache is evaluated (on 2 cores ~60 ms per token for the 1.5B, ~15-25 ms
-    for the 0.5B). These figures show whether the prompt cache works and where latency comes from.
+    token not already in a slot's cache is evaluated (on this project's 2-core machine ~45-60 ms per token
+    for the 1.5B and ~25 ms for the 0.5B in batches of ~50 tokens; larger batches cost less per token).
+    These figures show whether the prompt cache works and where latency comes from.
 
     Attributes:
         requests: Completions answered.
@@ -106,10 +107,31 @@ class PromptStats:
         """Average evaluation time of one prompt token, or ``None`` before any."""
         return self.evaluated_seconds * 1000 / self.evaluated_tokens if self.evaluated_tokens else None
 
-    def __sub__(self, earlier: PromptStats) -> PromptStats:
-        return PromptStats(self.requests - earlier.requests, self.evaluated_tokens - earlier.evaluated_tokens,
-                           self.cached_tokens - earlier.cached_tokens,
-                           self.evaluated_seconds - earlier.evaluated_seconds)
+    def __add__(self, other: object) -> PromptStats:
+        if not isinstance(other, PromptStats):
+            return NotImplemented
+        return PromptStats(requests=self.requests + other.requests,
+                           evaluated_tokens=self.evaluated_tokens + other.evaluated_tokens,
+                           cached_tokens=self.cached_tokens + other.cached_tokens,
+                           evaluated_seconds=self.evaluated_seconds + other.evaluated_seconds)
+
+    def __sub__(self, other: object) -> PromptStats:
+        if not isinstance(other, PromptStats):
+            return NotImplemented
+        return PromptStats(requests=self.requests - other.requests,
+                           evaluated_tokens=self.evaluated_tokens - other.evaluated_tokens,
+                           cached_tokens=self.cached_tokens - other.cached_tokens,
+                           evaluated_seconds=self.evaluated_seconds - other.evaluated_seconds)
+
+    @classmethod
+    def of(cls, result: Any) -> PromptStats:
+        """One request's figures, from the ``timings`` llama.cpp adds to a completion (zero without them)."""
+        timings = result.get("timings") if isinstance(result, dict) else None
+        if not isinstance(timings, dict):
+            return cls()
+        return cls(requests=1, evaluated_tokens=max(0, int(timings.get("prompt_n") or 0)),
+                   cached_tokens=max(0, int(timings.get("cache_n") or 0)),
+                   evaluated_seconds=max(0.0, float(timings.get("prompt_ms") or 0.0)) / 1000)
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -235,7 +257,10 @@ class LocalModel:
 
     @property
     def stats(self) -> PromptStats:
-        """Prompt evaluation totals of the requests made through this object (not those over HTTP)."""
+        """Prompt evaluation totals of the requests made through this object (not those over ``http_port``).
+
+        Counted on the worker thread as each request finishes, also when its caller stopped waiting.
+        """
         return self._stats
 
     @property
@@ -337,19 +362,15 @@ class LocalModel:
             server = self._server
             if server is None:
                 raise ModelUnavailableError(f"the {self.spec.name} model was closed")
-            return getattr(server, method)(body)
+            result = getattr(server, method)(body)
+            self._stats = self._stats + PromptStats.of(result)  # the one worker thread is the only writer
+            return result
 
         result = await asyncio.wrap_future(self._submit(call, priority=priority))
         if not isinstance(result, dict) or "error" in result:
             error = result.get("error") if isinstance(result, dict) else None
             kind = error.get("type") if isinstance(error, dict) else type(result).__name__
             raise RuntimeError(f"local model {method} failed ({kind})")
-        timings = result.get("timings")
-        if isinstance(timings, dict):
-            self._stats = PromptStats(
-                self._stats.requests + 1, self._stats.evaluated_tokens + int(timings.get("prompt_n") or 0),
-                self._stats.cached_tokens + int(timings.get("cache_n") or 0),
-                self._stats.evaluated_seconds + float(timings.get("prompt_ms") or 0.0) / 1000)
         return result
 
     async def _first_token(self, prompt: str, *, priority: int = 1) -> list[dict[str, Any]]:

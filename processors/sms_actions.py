@@ -175,7 +175,10 @@ class SmsActionProcessor(FrameProcessor):
         self._live = True
         self._own_frames: set[int] = set()
         self._sent_keys: set[str] = set()
-        self._undelivered: set[str] = set()  # sends a status callback reported as failed
+        self._undelivered: dict[str, SmsEvent] = {}  # sends a status callback reported as not delivered
+        self._line_pending: set[str] = set()  # sends whose confirmation waits for the caller to be quiet
+        self._failure_said: set[str] = set()
+        self._wait_by_key: dict[str, ReplyWait] = {}  # an ask (or its re-ask) -> the wait for its reply
         t0 = time.monotonic()
         self._clock: Callable[[], float] = clock or (lambda: time.monotonic() - t0)
         self._tap: AgentTranscriptTap | None = None
@@ -406,6 +409,7 @@ class SmsActionProcessor(FrameProcessor):
         await self._call_event_handler("on_action_completed", outcome)
         if outcome.result.accepted:
             wait.opened_at = asyncio.get_running_loop().time()  # the caller gets the whole time again
+            self._wait_by_key[outcome.result.key] = wait
             return
         _log.info("re-ask text for %s not sent (%s)", wait.firing.action.name, outcome.result.reason)
         self.engine.close_wait(wait)
@@ -469,12 +473,25 @@ class SmsActionProcessor(FrameProcessor):
         self.outcomes.append(outcome)
         await self._call_event_handler("on_action_completed", outcome)
         wait = next((w for w in self.engine.waits if w.firing is firing), None)
+        key = outcome.result.key if outcome.result.accepted else None
+        if key is not None and wait is not None:
+            self._wait_by_key[key] = wait
+            if key in self._undelivered:  # reported undelivered before the outcome reached us
+                self._give_up_wait(wait)
         if outcome.line and self._live:
-            await self._wait_user_quiet()
+            if key is not None:
+                self._line_pending.add(key)  # a failure report now is said instead of this line
+            try:
+                await self._wait_user_quiet()
+            finally:
+                if key is not None:
+                    self._line_pending.discard(key)
             waiting = wait is not None and outcome.result.accepted
-            # no "I'll wait" after the reply, and no "I've texted it" once the text is known not to have arrived
-            undelivered = outcome.result.accepted and outcome.result.key in self._undelivered
-            if self._live and not undelivered and not (waiting and wait is not None and not wait.open):
+            if key is not None and key in self._undelivered:
+                # never "I've texted it" (or "I'll wait for your reply") once it is known not to have arrived
+                if key not in self._failure_said:
+                    await self._say_delivery_failure(self._undelivered[key])
+            elif self._live and not (waiting and wait is not None and not wait.open):  # no "I'll wait" after the reply
                 kind = "failure"
                 if outcome.result.accepted:
                     kind = "waiting" if waiting else "confirmation"
@@ -546,13 +563,34 @@ class SmsActionProcessor(FrameProcessor):
         if event.kind is SmsEventKind.SENT:
             self._sent_keys.add(event.key)
         await self._call_event_handler(_EVENT_NAMES[event.kind], event)
-        delivery_failed = event.kind is SmsEventKind.FAILED and event.key in self._sent_keys
-        if delivery_failed:
-            self._undelivered.add(event.key)
-        if delivery_failed and self._speak_delivery_failures and self._live:
-            last2 = event.to_masked[-2:] if event.to_masked else ""
-            line = f"I'm sorry, it looks like the text to your number ending in {last2} didn't go through."
-            self._spawn(self._speak(line, kind="delivery_failure", action=event.action, append=True), "sms-say")
+        if event.kind is not SmsEventKind.FAILED or event.key not in self._sent_keys or event.key in self._undelivered:
+            return
+        self._undelivered[event.key] = event
+        wait = self._wait_by_key.get(event.key)
+        if wait is not None and wait.open:
+            self._give_up_wait(wait)
+        if event.key not in self._line_pending:  # else said in place of its confirmation, once the caller is quiet
+            self._spawn(self._say_delivery_failure(event), "sms-say")
+
+    async def _say_delivery_failure(self, event: SmsEvent) -> None:
+        """Tell the caller a text did not arrive (once per text; ``speak_delivery_failures``)."""
+        if not self._speak_delivery_failures or not self._live or event.key in self._failure_said:
+            return
+        self._failure_said.add(event.key)
+        last2 = event.to_masked[-2:] if event.to_masked else ""
+        line = f"I'm sorry, it looks like the text to your number ending in {last2} didn't go through."
+        await self._speak(line, kind="delivery_failure", action=event.action, append=True)
+
+    def _give_up_wait(self, wait: ReplyWait) -> None:
+        """The text asking for a reply did not arrive: stop waiting and have the agent ask by voice."""
+        self.engine.close_wait(wait)
+        spec = wait.firing.action.await_reply
+        if self._tell_llm and self._live and spec is not None:
+            what = spec.variable.replace("_", " ")
+            note = {"role": "developer", "content": (
+                f"[SMS system] The text asking the caller for their {what} did not reach their phone. Stop waiting "
+                f"for a text and ask the caller for their {what} by voice instead.")}
+            self._spawn(self.push_frame(LLMMessagesAppendFrame([note], run_llm=False)), "sms-note")
 
     async def _finish(self, *, grace: float) -> None:
         """Judge call-end conditions, then wait (bounded) for in-flight work."""

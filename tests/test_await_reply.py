@@ -13,6 +13,7 @@ from pipecat.services.openai.llm import OpenAILLMService
 
 from incall_sms.actions import parse_actions
 from incall_sms.errors import ActionConfigError
+from incall_sms.events import SmsEventKind
 from incall_sms.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.processors.inbound import InboundMessageProcessor
@@ -161,6 +162,32 @@ async def test_email_by_text_reask_once_then_the_value_feeds_the_next_action(pee
     assert any("not a valid email" in n and "to ask again" in n for n in notes.notes)
     assert any("read as a valid email and saved" in n for n in notes.notes)
     assert not any("John.Smith" in n for n in notes.notes)  # the value stays out of the notes
+
+
+async def test_an_ask_reported_undelivered_stops_the_wait_and_hands_over_to_voice(peer):
+    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    inbound = InboundMessageProcessor(replies=engine)
+    notes = Notes()
+    timeouts = []
+    sms.add_event_handler("on_sms_reply_timeout", lambda proc, name: timeouts.append(name))
+
+    async def undelivered(event):  # Twilio's status callback: the asking text never reached the phone
+        if event.kind is SmsEventKind.SENT:
+            await engine.dispatcher.handle_status(event.sid, "undelivered", 30003)
+
+    engine.dispatcher.subscribe(undelivered, call_id=engine.call.call_id)
+
+    async def script(worker):
+        await worker.queue_frame(said("Can I just text you my email address instead?"))
+        await until(lambda: ("delivery_failure", "ask_email") in lines(sms))
+        await asyncio.sleep(0.3)
+
+    await run_pipeline([sms, notes, inbound], script)
+    assert lines(sms) == [("delivery_failure", "ask_email")]  # no "I've texted you, reply to it"
+    assert all(not w.open for w in engine.waits) and timeouts == []
+    assert any("did not reach their phone" in n and "by voice instead" in n for n in notes.notes)
+    assert not any("their text reply is awaited" in n for n in notes.notes)
 
 
 async def test_second_invalid_reply_hands_over_to_voice_without_a_third_text(peer):

@@ -18,6 +18,7 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame, run_test
 
 from incall_sms.dispatcher import SendOutcome
+from incall_sms.events import SmsEventKind
 from incall_sms.judges.llm import LLMJudge
 from incall_sms.outbox import Outbox
 from incall_sms.processors.sms_actions import SmsActionProcessor
@@ -232,27 +233,47 @@ async def test_delivery_failure_callback_is_spoken(peer):
     assert "didn't go through" in sms.spoken[-1].text
 
 
-async def test_no_confirmation_after_the_caller_was_told_the_text_did_not_arrive(peer):
-    # the confirmation waits for the caller to finish speaking; a delivery failure is said at once. When the
-    # failure comes first, "I've texted it to you" would contradict what the caller was just told
+def undeliver(engine, *, after=None):
+    """Report every text of the call undelivered (30003) as soon as it is sent, or once ``after()`` holds."""
+    async def report(sid):
+        while after is not None and not after():
+            await asyncio.sleep(0.01)
+        await engine.dispatcher.handle_status(sid, "undelivered", 30003)
+
+    async def on_event(event):
+        if event.kind is SmsEventKind.SENT:
+            if after is None:
+                await report(event.sid)  # before the send's outcome reaches the processor
+            else:
+                reports.append(asyncio.get_running_loop().create_task(report(event.sid)))
+
+    reports = []
+    engine.dispatcher.subscribe(on_event, call_id=engine.call.call_id)  # after the processor's own subscription
+    return reports
+
+
+@pytest.mark.parametrize("when", ["before the outcome", "while the confirmation waits"])
+async def test_no_confirmation_after_the_caller_was_told_the_text_did_not_arrive(peer, when):
+    # the confirmation waits for the caller to finish speaking; a delivery failure may come before or during
+    # that wait: the caller then hears the failure once, after they finish, and never "I've texted it"
     engine = make_engine(peer=peer)
     engine.add_agent_text("It's on our website.")
     sms = SmsActionProcessor(engine=engine, user_quiet_wait=5.0)
-
-    async def callback_while_the_caller_speaks():
-        while not peer.messages:
-            await asyncio.sleep(0.02)
-        while not sms.outcomes:  # accepted: its confirmation now waits for the caller to be quiet
-            await asyncio.sleep(0.02)
-        await engine.dispatcher.handle_status(peer.messages[0].sid, "undelivered", 30003)
-
-    task = asyncio.get_running_loop().create_task(callback_while_the_caller_speaks())
-    await run_test(sms, frames_to_send=[said("Text me the link."), UserStartedSpeakingFrame(), SleepFrame(1.0),
+    reports = undeliver(engine, after=None if when == "before the outcome" else lambda: bool(sms.outcomes))
+    await run_test(sms, frames_to_send=[said("Text me the link."), UserStartedSpeakingFrame(), SleepFrame(2.0),
                                         UserStoppedSpeakingFrame(), SleepFrame(0.5)])
-    await task
-    assert ("delivery_failure", "website_link") in kinds(sms)
-    assert ("confirmation", "website_link") not in kinds(sms)
-    assert engine.dispatcher is not None and len(peer.messages) == 1
+    await asyncio.gather(*reports)
+    assert [k for k in kinds(sms) if k[0] != "filler"] == [("delivery_failure", "website_link")]
+    assert "didn't go through" in sms.spoken[-1].text and len(peer.messages) == 1
+
+
+async def test_a_text_reported_undelivered_is_never_confirmed_even_when_failures_are_not_spoken(peer):
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's on our website.")
+    sms = SmsActionProcessor(engine=engine, speak_delivery_failures=False)
+    undeliver(engine)
+    await run_test(sms, frames_to_send=[said("Text me the link."), SleepFrame(0.5)])
+    assert [k for k in kinds(sms) if k[0] != "filler"] == []
 
 
 async def test_many_actions_firing_on_one_turn_all_start_in_order_and_send_once(peer):
