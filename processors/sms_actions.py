@@ -489,8 +489,7 @@ class SmsActionProcessor(FrameProcessor):
             waiting = wait is not None and outcome.result.accepted
             if key is not None and key in self._undelivered:
                 # never "I've texted it" (or "I'll wait for your reply") once it is known not to have arrived
-                if key not in self._failure_said:
-                    await self._say_delivery_failure(self._undelivered[key])
+                await self._say_delivery_failure(self._undelivered[key])
             elif self._live and not (waiting and wait is not None and not wait.open):  # no "I'll wait" after the reply
                 kind = "failure"
                 if outcome.result.accepted:

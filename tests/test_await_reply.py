@@ -13,13 +13,12 @@ from pipecat.services.openai.llm import OpenAILLMService
 
 from incall_sms.actions import parse_actions
 from incall_sms.errors import ActionConfigError
-from incall_sms.events import SmsEventKind
 from incall_sms.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.processors.inbound import InboundMessageProcessor
 from incall_sms.processors.sms_actions import SmsActionProcessor
 from tests.helpers.pipeline import run_pipeline
-from tests.helpers.sms import AGENT, CALLER, make_engine
+from tests.helpers.sms import AGENT, CALLER, make_engine, undeliver
 from tests.helpers.webhooks import App, sms_form
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import ACCOUNT_SID, TwilioPeer
@@ -172,11 +171,7 @@ async def test_an_ask_reported_undelivered_stops_the_wait_and_hands_over_to_voic
     timeouts = []
     sms.add_event_handler("on_sms_reply_timeout", lambda proc, name: timeouts.append(name))
 
-    async def undelivered(event):  # Twilio's status callback: the asking text never reached the phone
-        if event.kind is SmsEventKind.SENT:
-            await engine.dispatcher.handle_status(event.sid, "undelivered", 30003)
-
-    engine.dispatcher.subscribe(undelivered, call_id=engine.call.call_id)
+    undeliver(engine)  # Twilio's status callback: the asking text never reached the phone
 
     async def script(worker):
         await worker.queue_frame(said("Can I just text you my email address instead?"))

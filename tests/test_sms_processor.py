@@ -18,11 +18,10 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame, run_test
 
 from incall_sms.dispatcher import SendOutcome
-from incall_sms.events import SmsEventKind
 from incall_sms.judges.llm import LLMJudge
 from incall_sms.outbox import Outbox
 from incall_sms.processors.sms_actions import SmsActionProcessor
-from tests.helpers.sms import CALLER, make_engine
+from tests.helpers.sms import CALLER, make_engine, undeliver
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import Fault, TwilioPeer
 
@@ -231,25 +230,6 @@ async def test_delivery_failure_callback_is_spoken(peer):
     await task
     assert kinds(sms)[-1] == ("delivery_failure", "website_link")
     assert "didn't go through" in sms.spoken[-1].text
-
-
-def undeliver(engine, *, after=None):
-    """Report every text of the call undelivered (30003) as soon as it is sent, or once ``after()`` holds."""
-    async def report(sid):
-        while after is not None and not after():
-            await asyncio.sleep(0.01)
-        await engine.dispatcher.handle_status(sid, "undelivered", 30003)
-
-    async def on_event(event):
-        if event.kind is SmsEventKind.SENT:
-            if after is None:
-                await report(event.sid)  # before the send's outcome reaches the processor
-            else:
-                reports.append(asyncio.get_running_loop().create_task(report(event.sid)))
-
-    reports = []
-    engine.dispatcher.subscribe(on_event, call_id=engine.call.call_id)  # after the processor's own subscription
-    return reports
 
 
 @pytest.mark.parametrize("when", ["before the outcome", "while the confirmation waits"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from incall_sms.actions import parse_actions
 from incall_sms.clock import ManualClock
 from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine
+from incall_sms.events import SmsEventKind
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.outbox import Outbox
@@ -69,3 +71,26 @@ def make_engine(*, provider=None, peer=None, timeout=5.0, outbox=None, call_id="
     call = CallContext(call_id=call_id, caller_number=CALLER, agent_number=AGENT)
     return ActionEngine(dispatcher=dispatcher, call=call, judge=judge or EmbeddedJudge(),
                         extractor=PatternExtractor() if extractor else None)
+
+
+def undeliver(engine, *, after=None):
+    """Report every text of the call undelivered (Twilio 30003) as soon as it is sent, or once ``after()`` holds.
+
+    Subscribe after the call's processor (its own subscription comes first, so it has seen the send). Returns
+    the list of report tasks started when ``after`` is given (await them before asserting).
+    """
+    async def report(sid):
+        while after is not None and not after():
+            await asyncio.sleep(0.01)
+        await engine.dispatcher.handle_status(sid, "undelivered", 30003)
+
+    async def on_event(event):
+        if event.kind is SmsEventKind.SENT:
+            if after is None:
+                await report(event.sid)  # before the send's outcome reaches the processor
+            else:
+                reports.append(asyncio.get_running_loop().create_task(report(event.sid)))
+
+    reports = []
+    engine.dispatcher.subscribe(on_event, call_id=engine.call.call_id)
+    return reports
