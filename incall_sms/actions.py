@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_FAILURE_LINES",
     "DEFAULT_REASK",
     "DEFAULT_WAITING_LINES",
+    "DELIVERY_FAILURE_LINE",
     "ActionSet",
     "ContentSpec",
     "Destination",
@@ -86,6 +87,9 @@ DEFAULT_FAILURE_LINES: Mapping[str, str] = {
                     "I won't send it twice."),
     "default": "Sorry, I wasn't able to send the text message just now.",
 }
+
+#: Spoken when a status callback reports a text the provider had accepted as not delivered (``{to_last2}``).
+DELIVERY_FAILURE_LINE = "I'm sorry, it looks like the text to your number ending in {to_last2} didn't go through."
 
 #: Default lines of ``channel: whatsapp`` actions.
 _WHATSAPP_LINES: Mapping[str, str] = {

@@ -658,7 +658,8 @@ class CallSms:
 
         Returns:
             What really happened, as a tool result: ``{"status": "sent" | "already_sent" |
-            "in_progress" | "skipped" | "failed" | "not_now", ...}`` (see :meth:`SmsToolset.call`).
+            "undelivered" | "in_progress" | "skipped" | "failed" | "not_now", ...}`` (see
+            :meth:`SmsToolset.call`).
         """
         return await self.toolset().call(self._engine().actions.get(action), dict(variables))
 
@@ -669,5 +670,7 @@ class CallSms:
             await self._unregister()
         if self._processor is not None:
             self._processor.release()  # also done by its cleanup; here for a processor never run
+        if self._toolset is not None:
+            self._toolset.close()
         self._service.calls.pop(self.stream.call_sid, None)
         _log.info("call %s ended", self.stream.call_sid)

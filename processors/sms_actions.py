@@ -41,6 +41,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from incall_sms.actions import DELIVERY_FAILURE_LINE
 from incall_sms.engine import ActionEngine, ActionOutcome, Firing, ReplyWait, SmsReply
 from incall_sms.events import SmsEvent, SmsEventKind
 
@@ -576,8 +577,7 @@ class SmsActionProcessor(FrameProcessor):
         if not self._speak_delivery_failures or not self._live or event.key in self._failure_said:
             return
         self._failure_said.add(event.key)
-        last2 = event.to_masked[-2:] if event.to_masked else ""
-        line = f"I'm sorry, it looks like the text to your number ending in {last2} didn't go through."
+        line = DELIVERY_FAILURE_LINE.format(to_last2=event.to_masked[-2:] if event.to_masked else "")
         await self._speak(line, kind="delivery_failure", action=event.action, append=True)
 
     def _give_up_wait(self, wait: ReplyWait) -> None:

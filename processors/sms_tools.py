@@ -4,7 +4,10 @@ Functions are registered with ``cancel_on_interruption=False``: a barge-in never
 cancels a send (pipecat then treats them as asynchronous tools: the LLM keeps
 talking and receives the result later). The result the LLM gets is the truth:
 ``{"status": "sent", ...}`` only when the provider accepted the message,
-otherwise ``{"status": "failed", "reason": ..., "say": <honest line>}``.
+otherwise ``{"status": "failed", "reason": ..., "say": <honest line>}``. A text the
+carrier later reports undelivered (status callback) is never reported sent again:
+the LLM is told at once (a developer note that runs it once the caller and the
+bot are quiet), and a later call of the function answers ``undelivered``.
 
 The destination is never a function argument unless the action explicitly has a
 dynamic destination: the LLM cannot be talked into texting an arbitrary number.
@@ -14,16 +17,18 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import LLMMessagesAppendFrame, TTSSpeakFrame
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 
-from incall_sms.actions import SmsAction
-from incall_sms.dispatcher import SendOutcome
-from incall_sms.engine import ActionEngine
+from incall_sms.actions import DELIVERY_FAILURE_LINE, SmsAction
+from incall_sms.dispatcher import SendOutcome, SendResult
+from incall_sms.engine import ActionEngine, ReplyWait
+from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.judges.base import Match
 
 __all__ = ["SmsToolset"]
@@ -38,15 +43,36 @@ def _function_name(action: SmsAction) -> str:
 class SmsToolset:
     """Exposes a call's SMS actions as LLM functions.
 
+    It listens to the call's SMS events from construction on: call :meth:`close` when the
+    call ends (``CallSms`` does).
+
     Args:
         engine: The call's action engine.
         speak_filler: Push the action's filler when the LLM calls the function.
+        tell_delivery_failures: When a text the LLM was told was sent is reported undelivered,
+            append a developer note to the LLM's context that runs it (once the caller and the
+            bot are quiet), so the agent tells the caller. Needs :meth:`register`.
     """
 
-    def __init__(self, *, engine: ActionEngine, speak_filler: bool = True) -> None:
+    def __init__(self, *, engine: ActionEngine, speak_filler: bool = True,
+                 tell_delivery_failures: bool = True) -> None:
         self.engine = engine
         self._speak_filler = speak_filler
+        self._tell_delivery_failures = tell_delivery_failures
         self._by_function = {_function_name(a): a for a in engine.actions.actions}
+        self._llm: LLMService | None = None
+        self._sent_keys: set[str] = set()  # texts of this call the provider accepted
+        self._undelivered: dict[str, SmsEvent] = {}  # of those, the ones a status callback reported not delivered
+        self._reported_sent: set[str] = set()  # texts a tool result reported sent (a failure is then a note)
+        self._wait_by_key: dict[str, ReplyWait] = {}  # an ask -> the wait for its reply
+        self._unsubscribe: Callable[[], None] | None = engine.dispatcher.subscribe(
+            self._on_sms_event, call_id=engine.call.call_id)
+
+    def close(self) -> None:
+        """Stop listening to the call's SMS events (idempotent)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
     def schemas(self) -> list[FunctionSchema]:
         """One function schema per action (declared variables are optional string arguments)."""
@@ -81,6 +107,7 @@ class SmsToolset:
 
     def register(self, llm: LLMService) -> None:
         """Register every action's handler on ``llm`` (and the filler on call start)."""
+        self._llm = llm
         for name in self._by_function:
             llm.register_function(name, self._handle, cancel_on_interruption=False)
         if self._speak_filler:
@@ -100,10 +127,11 @@ class SmsToolset:
         """Run one tool call for ``action`` and return what really happened (the tool result).
 
         Statuses: ``sent`` (accepted by the provider now), ``already_sent`` (accepted earlier in
-        this call; nothing new was sent), ``in_progress`` (a send of this action is running; its
-        result will be spoken), ``skipped`` (not sent: e.g. ``missing`` lists the variables the
-        LLM should ask the caller for, then call again), ``failed`` (with the honest line to say),
-        ``not_now`` (this action only fires at call end).
+        this call; nothing new was sent), ``undelivered`` (accepted, then reported not delivered by
+        the carrier; with the honest line to say; nothing new was sent), ``in_progress`` (a send of
+        this action is running; its result will be spoken), ``skipped`` (not sent: e.g. ``missing``
+        lists the variables the LLM should ask the caller for, then call again), ``failed`` (with
+        the honest line to say), ``not_now`` (this action only fires at call end).
         """
         state = self.engine.action_state(action.name)
         if state == "in_progress":
@@ -111,6 +139,8 @@ class SmsToolset:
                     "note": "This text is being sent right now; the system tells the caller when it is done."}
         if state == "sent" and action.once_per_call:
             last = self.engine.last_result(action.name)
+            if last is not None and last.key in self._undelivered:
+                return self._undelivered_result(self._undelivered[last.key])
             return {"status": "already_sent", "to": f"number ending in {last.to_last2}" if last else None,
                     "note": "It was already sent earlier in this call; nothing new was sent."}
         for var in action.variables:
@@ -128,9 +158,11 @@ class SmsToolset:
         outcome = await self.engine.execute(firings[0])
         result = outcome.result
         if result.accepted:
-            return {"status": "sent", "to": f"number ending in {result.to_last2}", "segments": result.segments,
-                    "say": outcome.line}
+            return self._accepted_result(result, outcome.line, wait=next(
+                (w for w in self.engine.waits if w.firing is firings[0]), None))
         if result.outcome is SendOutcome.DUPLICATE:  # the key already stands for a send of another path
+            if result.key in self._undelivered:
+                return self._undelivered_result(self._undelivered[result.key])
             stored = (result.reason or "").removeprefix("already_")
             status = {"accepted": "already_sent", "unconfirmed": "unconfirmed"}.get(stored, "in_progress")
             return {"status": status, "note": "Nothing new was sent."}
@@ -141,3 +173,45 @@ class SmsToolset:
         else:
             payload["say"] = outcome.line
         return payload
+
+    def _accepted_result(self, result: SendResult, line: str | None, *, wait: ReplyWait | None) -> dict[str, Any]:
+        """The result of a send the provider accepted (no await: a status callback cannot slip in between)."""
+        if wait is not None:
+            self._wait_by_key[result.key] = wait
+        if result.key in self._undelivered:  # reported undelivered before the send's outcome reached us
+            if wait is not None:
+                self.engine.close_wait(wait)
+            return self._undelivered_result(self._undelivered[result.key])
+        self._reported_sent.add(result.key)
+        return {"status": "sent", "to": f"number ending in {result.to_last2}", "segments": result.segments,
+                "say": line}
+
+    @staticmethod
+    def _undelivered_result(event: SmsEvent) -> dict[str, Any]:
+        return {"status": "undelivered", "reason": event.reason, "error_code": event.error_code,
+                "say": DELIVERY_FAILURE_LINE.format(to_last2=event.to_masked[-2:] if event.to_masked else ""),
+                "note": ("The provider accepted the text but the carrier reported it did not reach the caller's "
+                         "phone; nothing new was sent. Tell the caller, and offer to give the details by voice.")}
+
+    async def _on_sms_event(self, event: SmsEvent) -> None:
+        if event.kind is SmsEventKind.SENT:
+            self._sent_keys.add(event.key)
+            return
+        if event.kind is not SmsEventKind.FAILED or event.key not in self._sent_keys or event.key in self._undelivered:
+            return
+        self._undelivered[event.key] = event
+        wait = self._wait_by_key.get(event.key)
+        if wait is not None and wait.open:
+            self.engine.close_wait(wait)
+        if event.key not in self._reported_sent:  # the send's tool result, still to come, says it
+            return
+        _log.info("text for %s to %s reported undelivered (%s)", event.action, event.to_masked, event.reason)
+        if not self._tell_delivery_failures or self._llm is None:
+            return
+        content = (f"[SMS system] The '{event.action}' text you were told was sent did not reach the caller's phone "
+                   "(the carrier reported it undelivered). Tell the caller honestly, and offer to give the details "
+                   "by voice.")
+        if wait is not None and event.action == wait.firing.action.name and wait.firing.action.await_reply:
+            what = wait.firing.action.await_reply.variable.replace("_", " ")
+            content += f" Stop waiting for a text and ask the caller for their {what} by voice instead."
+        await self._llm.push_frame(LLMMessagesAppendFrame([{"role": "developer", "content": content}], run_llm=True))

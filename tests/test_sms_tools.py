@@ -10,7 +10,7 @@ from pipecat.services.openai.llm import OpenAILLMService
 from incall_sms.pipeline.local_services import ToneTTSService
 from incall_sms.processors.sms_tools import SmsToolset
 from tests.helpers.pipeline import SpokenText, run_pipeline
-from tests.helpers.sms import CALLER, make_engine
+from tests.helpers.sms import CALLER, make_engine, undeliver
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import Fault, TwilioPeer
 
@@ -25,11 +25,15 @@ def tool_llm(body):
     return {"tool_call": {"name": "send_sms_website_link", "arguments": {}}}
 
 
-async def run_tool_call(peer):
+async def run_tool_call(peer, *, on_engine=None, on_llm=None):
     engine = make_engine(peer=peer)
     await engine.dispatcher.provider.warm_up()
     toolset = SmsToolset(engine=engine)
+    if on_engine is not None:
+        on_engine(engine)
     async with LLMPeer(tool_llm, latency=0.1) as llm:
+        if on_llm is not None:
+            on_llm(llm)
         service = OpenAILLMService(api_key="none", base_url=llm.base_url,
                                    settings=OpenAILLMService.Settings(model="agent"))
         toolset.register(service)
@@ -42,6 +46,7 @@ async def run_tool_call(peer):
 
         await run_pipeline([pair.user(), service, ToneTTSService(), spoken, pair.assistant()], script)
         await service._client.close()
+    toolset.close()
     return spoken, llm
 
 
@@ -92,3 +97,72 @@ async def test_the_end_of_a_tool_mode_call_closes_its_waits(tmp_path):
             assert [m.to for m in peer.messages] == [CALLER]
         finally:
             await service.aclose()
+
+
+# -- a text the provider accepted and the carrier then reported undelivered (status callback) -----------------
+
+
+def delivery_notes(llm):
+    """The SMS system's notes about a text that did not arrive, as the agent LLM received them (deduplicated)."""
+    seen = []
+    for request in llm.requests:
+        for m in request["messages"]:
+            content = m.get("content")
+            if m["role"] in ("developer", "system", "user") and "did not reach" in str(content) and content not in seen:
+                seen.append(content)
+    return seen
+
+
+async def test_a_tool_text_reported_undelivered_after_its_result_is_told_to_the_llm():
+    """The LLM heard "sent"; the carrier's later "undelivered" reaches it as a note, and the LLM runs on it."""
+    async with TwilioPeer() as peer:
+        told_sent = lambda: any('"status": "sent"' in str(m.get("content"))  # noqa: E731
+                                for r in llm_box[0].requests for m in r["messages"] if m["role"] == "tool")
+        llm_box = []
+        _spoken, llm = await run_tool_call(peer, on_engine=lambda engine: undeliver(engine, after=told_sent),
+                                           on_llm=llm_box.append)
+    notes = delivery_notes(llm)
+    assert len(notes) == 1 and "website_link" in notes[0] and "by voice" in notes[0]
+    last = llm.requests[-1]["messages"]
+    assert any("did not reach" in str(m.get("content")) for m in last)  # the LLM was run with the note in context
+
+
+async def test_a_tool_text_reported_undelivered_before_its_result_is_never_reported_sent():
+    async with TwilioPeer() as peer:
+        _spoken, llm = await run_tool_call(peer, on_engine=lambda engine: undeliver(engine))
+        assert [m.to for m in peer.messages] == [CALLER]  # it was sent once, and is not sent again
+    tool_messages = [m for r in llm.requests for m in r["messages"] if m["role"] == "tool"]
+    assert '"status": "undelivered"' in tool_messages[-1]["content"]
+    assert '"status": "sent"' not in tool_messages[-1]["content"]
+    assert "30003" in tool_messages[-1]["content"] or "unreachable" in tool_messages[-1]["content"]
+    assert delivery_notes(llm) == []  # the tool result says it: no second note
+
+
+async def test_calling_the_tool_again_after_an_undelivered_report_says_undelivered_not_already_sent():
+    engine = make_engine()
+    toolset = SmsToolset(engine=engine)
+    reports = undeliver(engine, after=lambda: True)
+    link = engine.actions.get("website_link")
+    first = await toolset.call(link, {})
+    assert first["status"] == "sent"
+    await asyncio.gather(*reports)
+    again = await toolset.call(link, {})
+    assert again["status"] == "undelivered"
+    assert "didn't go through" in again["say"] and CALLER[-2:] in again["say"] and CALLER not in again["say"]
+    assert engine.dispatcher.provider.requests == 1  # nothing new was sent
+    toolset.close()
+
+
+async def test_a_tool_mode_ask_reported_undelivered_closes_its_wait():
+    from tests.test_await_reply import EMAIL_FLOW
+
+    engine = make_engine(actions=EMAIL_FLOW)
+    toolset = SmsToolset(engine=engine)
+    reports = undeliver(engine, after=lambda: True)
+    result = await toolset.call(engine.actions.get("ask_email"), {})
+    assert result["status"] == "sent"
+    (wait,) = engine.waits
+    assert wait.open
+    await asyncio.gather(*reports)
+    assert not wait.open  # no reply can come to a text that did not arrive
+    toolset.close()
