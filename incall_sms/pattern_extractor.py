@@ -12,9 +12,10 @@ and anything unclear leaves it unset:
   - "perfect"), the caller's own choice ("Saturday at 8 please" - "you're booked"), or the caller's
   time the agent took up before asking a name ("friday at 4" - "Friday at 4 pm works. Name?" - "leo" -
   "You're booked"), unless the caller moved it since or a time in words we cannot read came up ("Nine it
-  is", "could it be half six"). A booking the caller makes for someone else ("book
-  my son in", "get my daughter a lesson") is the caller's booking. A bare "Done." confirms nothing (it may
-  be a note or a receipt). Nothing is
+  is": a bare hour word may be a count). Clock times said in words are read as digits first ("half six",
+  "a quarter to five", "eleven fifteen", "three o'clock": :mod:`incall_sms.spoken_times`). A booking the
+  caller makes for someone else ("book my son in", "get my daughter a lesson") is the caller's booking.
+  A bare "Done." confirms nothing (it may be a note or a receipt). Nothing is
   settled by offers ("I can get you booked for ..."), questions, opening hours, policies, deadlines
   ("held until 7:15", "arrive by 2:45"), waitlists, someone else's or past bookings (nothing at all in a
   call where the caller only asked about a booking that exists: "can you check when my son's appointment
@@ -44,6 +45,7 @@ from collections.abc import Mapping, Sequence
 
 from incall_sms.judges.base import Turn
 from incall_sms.lexicon import PEOPLE_EN, alternation
+from incall_sms.spoken_times import digits_for_spoken_times
 
 __all__ = ["PatternExtractor"]
 
@@ -363,7 +365,10 @@ def _taken_proposal(transcript: Sequence[Turn], index: int) -> str | None:
     own = _times(caller)
     if own:  # the caller names it: one of the offers ("the 9:15 one"), else their own time is no acceptance
         picked = [t for t in offered if any(o.lower() in t.lower() or t.lower() in o.lower() for o in own)]
-        return picked[0] if len(picked) == 1 and len(own) == 1 else None
+        if len(picked) != 1:
+            return None
+        # one time named ("the 9:15 one"), or its day and hour in passing ("monday 8:30's good")
+        return picked[0] if len(own) == 1 or all(o.lower() in picked[0].lower() for o in own) else None
     named = [t for t in offered if set(_words(t)) & set(_words(caller)) - {"at", "on", "the", "am", "pm"}]
     if len(named) == 1:
         return named[0]
@@ -772,11 +777,12 @@ class PatternExtractor:
             elif kind == "phone":
                 value = _contact(transcript, _PHONE)
             elif kind == "time":
+                said = [Turn(t.role, digits_for_spoken_times(t.text)) for t in transcript]  # "half eight": 8:30
                 topic = _topic(name, description)
                 booking = any(w in topic for w in _BOOKING_WORDS)
-                value = _settled_time(transcript, topic, booking=booking)
-                if value is None and (not booking or not any(t.role == "agent" for t in transcript)):
-                    value = _stated_time(transcript, topic, booking=booking)
+                value = _settled_time(said, topic, booking=booking)
+                if value is None and (not booking or not any(t.role == "agent" for t in said)):
+                    value = _stated_time(said, topic, booking=booking)
             if value:
                 found[name] = value
         return found

@@ -23,15 +23,25 @@ sys.path.insert(0, str(ROOT))
 from incall_sms.judges.base import Turn  # noqa: E402
 from incall_sms.pattern_extractor import PatternExtractor  # noqa: E402
 
+_HOURS = {w: str(i) for i, w in enumerate(
+    ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"), start=1)}
+
 
 def same(expected: str, value: str) -> bool:
     """The same value: equal, holding the other as whole words, or the same words in another order.
 
-    Leading "at"/"on"/"for" are ignored ("10:30 tomorrow" equals "tomorrow at 10:30").
+    Leading "at"/"on"/"for" are ignored ("10:30 tomorrow" equals "tomorrow at 10:30"), a label's
+    "half past nine" is 9:30 and "three o'clock" is 3 (this table is the scorer's own, not the
+    extractor's), and a whole hour's ":00" is dropped ("3:00" equals "3").
     """
 
     def norm(text: str) -> str:
         flat = " ".join(text.lower().replace(",", " ").split())
+        flat = re.sub(r"\b(half past|quarter past) (\w+)\b",
+                      lambda m: f"{_HOURS.get(m.group(2), m.group(2))}:{'30' if m.group(1) == 'half past' else '15'}",
+                      flat)
+        flat = re.sub(r"\b(\w+) o'clock\b", lambda m: str(_HOURS.get(m.group(1), m.group(1))), flat)
+        flat = re.sub(r"\b(\d{1,2}):00\b", r"\1", flat)
         return " " + re.sub(r"\b(\d{1,2}) ([0-5]\d)\b", r"\1:\2", re.sub(r"^(?:at|on|for) ", "", flat)) + " "
 
     def words(text: str) -> list[str]:

@@ -223,9 +223,10 @@ def test_the_agent_summing_up_settles_it(turns, expected):
      {"booking_time": "monday at 10"}),
     ([u("i'd like a lesson for my niece, sunday at 2"), a("Great, Maya is booked for Sunday at 2 pm.")],
      {"booking_time": "Sunday at 2 pm"}),
-    # a time in words since the echo, or in the confirmation, is one we cannot read: no value
+    # a clock time in words since the echo is read as one ("half six" is 6:30, as "6:30" would be)...
     ([u("could i book a massage for wednesday at 5"), a("Wednesday at 5 pm is free. Your name?"),
-      u("lee, or could it be half six"), a("Sure, you're booked.")], {}),
+      u("lee, or could it be half six"), a("Sure, you're booked.")], {"booking_time": "6:30"}),
+    # ...a bare hour word in the confirmation is one we cannot read (a count?): no value, never the old time
     ([u("could i book a massage for wednesday at 5"), a("Wednesday at 5 pm is free. Your name?"), u("lee"),
       a("Seven it is then, Lee, you're booked.")], {}),
     # "fully booked" is no echo
