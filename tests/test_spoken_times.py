@@ -20,6 +20,11 @@ BOOKING = {"booking_time": "date and time of the booking"}
     ("booked in for eleven fifteen", "booked in for 11:15"),
     ("two forty-five works", "2:45 works"),
     ("nine oh five", "9:05"),
+    ("ten past three", "3:10"),
+    ("twenty-five to eleven in the morning", "10:35 am"),
+    ("five past six in the evening", "6:05 pm"),
+    ("twenty to one", "12:40"),
+    ("see you at ten to twelve", "see you at 11:50"),
     ("seven pm on Friday", "7 pm on Friday"),
     ("seven p.m. on Friday", "7 pm on Friday"),
     ("nine thirty in the morning", "9:30 am"),
@@ -41,6 +46,9 @@ def test_clock_times_in_words_are_written_as_digits(said, written):
     "I'll be there at seven",  # a bare hour: could be a count, left alone
     "the nine tenants upstairs",
     "seven amazing dishes",
+    "ten to twenty minutes",  # a duration: "twenty" is no hour
+    "we're open five to ten most days",  # a range of hours: no minutes said
+    "ten till three",  # 2:50, or from ten until three: left alone without "at"
 ])
 def test_counts_prices_durations_and_bare_hours_stay_as_said(said):
     assert digits_for_spoken_times(said) == said
