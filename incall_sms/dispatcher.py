@@ -1033,12 +1033,13 @@ class Dispatcher:
         if record is None or not changed:
             return None
         if status in ("delivered", "read"):
-            event = self._event(SmsEventKind.DELIVERED, record)
+            event = self._event(SmsEventKind.DELIVERED, record, delivery_report=True)
         elif status in ("undelivered", "failed"):
             reason = DELIVERY_ERRORS.get(error_code or 0, "undelivered")
             if reason == "opted_out" and record.to_number:
                 await self.optouts.opt_out(record.to_number, now=self.clock.now())
-            event = dataclasses.replace(self._event(SmsEventKind.FAILED, record), reason=reason, error_code=error_code)
+            event = dataclasses.replace(self._event(SmsEventKind.FAILED, record, delivery_report=True), reason=reason,
+                                        error_code=error_code)
         else:
             return None
         await self._emit(event)

@@ -40,6 +40,8 @@ class SmsEvent:
         error_code: Provider error code, when known.
         retryable: For failures: whether trying again later could succeed.
         at: Event time, epoch seconds.
+        delivery_report: Raised by a provider status callback (``DELIVERED``, or ``FAILED``:
+            the carrier did not deliver a text the provider had accepted), not by a send.
     """
 
     kind: SmsEventKind
@@ -54,6 +56,7 @@ class SmsEvent:
     error_code: int | None = None
     retryable: bool = False
     at: float = 0.0
+    delivery_report: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-ready values (to route it to another worker)."""

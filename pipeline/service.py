@@ -647,10 +647,15 @@ class CallSms:
         """The processor's tap: right after the LLM (before the TTS)."""
         return self.processor.agent_tap()
 
-    def toolset(self) -> SmsToolset:
-        """Tool mode: ``toolset.register(llm)`` and ``LLMContext(tools=toolset.tools())``."""
+    def toolset(self, **options: Any) -> SmsToolset:
+        """Tool mode: ``toolset.register(llm)`` and ``LLMContext(tools=toolset.tools())``.
+
+        Args:
+            **options: :class:`SmsToolset` options (``speak_filler``, ``tell_delivery_failures``,
+                ``on_undelivered``), taken when the call's toolset is first made.
+        """
         if self._toolset is None:
-            self._toolset = SmsToolset(engine=self._engine())
+            self._toolset = SmsToolset(engine=self._engine(), **options)
         return self._toolset
 
     async def send(self, action: str, **variables: str) -> dict[str, Any]:
@@ -666,11 +671,13 @@ class CallSms:
     async def __aexit__(self, *exc: object) -> None:
         if self.engine is not None:  # nobody is left to answer (tool mode has no processor to close the waits)
             self.engine.close_all_waits()
-        if self._unregister is not None:
-            await self._unregister()
         if self._processor is not None:
             self._processor.release()  # also done by its cleanup; here for a processor never run
         if self._toolset is not None:
             self._toolset.close()
-        self._service.calls.pop(self.stream.call_sid, None)
-        _log.info("call %s ended", self.stream.call_sid)
+        try:
+            if self._unregister is not None:
+                await self._unregister()  # a shared registry (Redis) may fail: the call still ends here
+        finally:
+            self._service.calls.pop(self.stream.call_sid, None)
+            _log.info("call %s ended", self.stream.call_sid)

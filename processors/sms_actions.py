@@ -563,7 +563,8 @@ class SmsActionProcessor(FrameProcessor):
         if event.kind is SmsEventKind.SENT:
             self._sent_keys.add(event.key)
         await self._call_event_handler(_EVENT_NAMES[event.kind], event)
-        if event.kind is not SmsEventKind.FAILED or event.key not in self._sent_keys or event.key in self._undelivered:
+        if event.kind is not SmsEventKind.FAILED or not event.delivery_report or event.key not in self._sent_keys \
+                or event.key in self._undelivered:  # only a status callback says an accepted text did not arrive
             return
         self._undelivered[event.key] = event
         wait = self._wait_by_key.get(event.key)

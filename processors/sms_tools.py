@@ -15,9 +15,10 @@ dynamic destination: the LLM cannot be talked into texting an arbitrary number.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
@@ -43,33 +44,42 @@ def _function_name(action: SmsAction) -> str:
 class SmsToolset:
     """Exposes a call's SMS actions as LLM functions.
 
-    It listens to the call's SMS events from construction on: call :meth:`close` when the
-    call ends (``CallSms`` does).
+    From :meth:`register` or the first :meth:`call` on, it listens to the call's SMS events (for
+    status callbacks): call :meth:`close` when the call ends (``CallSms`` does).
 
     Args:
         engine: The call's action engine.
         speak_filler: Push the action's filler when the LLM calls the function.
-        tell_delivery_failures: When a text the LLM was told was sent is reported undelivered,
-            append a developer note to the LLM's context that runs it (once the caller and the
-            bot are quiet), so the agent tells the caller. Needs :meth:`register`.
+        tell_delivery_failures: When a status callback reports a text the LLM was told was sent
+            as undelivered, append a developer note to the LLM's context that runs it (pipecat's
+            assistant aggregator holds it while the bot speaks and until the caller's turn ends),
+            so the agent tells the caller. Needs :meth:`register`.
+        on_undelivered: Called with the status callback's event for each text of this call
+            accepted through the toolset and then reported undelivered (for code that sends with
+            :meth:`call`, e.g. a pipecat-flows node, and has no LLM registered).
     """
 
-    def __init__(self, *, engine: ActionEngine, speak_filler: bool = True,
-                 tell_delivery_failures: bool = True) -> None:
+    def __init__(self, *, engine: ActionEngine, speak_filler: bool = True, tell_delivery_failures: bool = True,
+                 on_undelivered: Callable[[SmsEvent], Awaitable[None] | None] | None = None) -> None:
         self.engine = engine
         self._speak_filler = speak_filler
         self._tell_delivery_failures = tell_delivery_failures
+        self._on_undelivered = on_undelivered
         self._by_function = {_function_name(a): a for a in engine.actions.actions}
         self._llm: LLMService | None = None
-        self._sent_keys: set[str] = set()  # texts of this call the provider accepted
-        self._undelivered: dict[str, SmsEvent] = {}  # of those, the ones a status callback reported not delivered
+        self._undelivered: dict[str, SmsEvent] = {}  # accepted texts a status callback reported not delivered
         self._reported_sent: set[str] = set()  # texts a tool result reported sent (a failure is then a note)
         self._wait_by_key: dict[str, ReplyWait] = {}  # an ask -> the wait for its reply
-        self._unsubscribe: Callable[[], None] | None = engine.dispatcher.subscribe(
-            self._on_sms_event, call_id=engine.call.call_id)
+        self._unsubscribe: Callable[[], None] | None = None
+        self._closed = False
+
+    def _listen(self) -> None:
+        if self._unsubscribe is None and not self._closed:
+            self._unsubscribe = self.engine.dispatcher.subscribe(self._on_sms_event, call_id=self.engine.call.call_id)
 
     def close(self) -> None:
-        """Stop listening to the call's SMS events (idempotent)."""
+        """Stop listening to the call's SMS events (idempotent; the toolset does not listen again)."""
+        self._closed = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -108,6 +118,7 @@ class SmsToolset:
     def register(self, llm: LLMService) -> None:
         """Register every action's handler on ``llm`` (and the filler on call start)."""
         self._llm = llm
+        self._listen()
         for name in self._by_function:
             llm.register_function(name, self._handle, cancel_on_interruption=False)
         if self._speak_filler:
@@ -133,6 +144,7 @@ class SmsToolset:
         lists the variables the LLM should ask the caller for, then call again), ``failed`` (with
         the honest line to say), ``not_now`` (this action only fires at call end).
         """
+        self._listen()
         state = self.engine.action_state(action.name)
         if state == "in_progress":
             return {"status": "in_progress",
@@ -140,7 +152,7 @@ class SmsToolset:
         if state == "sent" and action.once_per_call:
             last = self.engine.last_result(action.name)
             if last is not None and last.key in self._undelivered:
-                return self._undelivered_result(self._undelivered[last.key])
+                return self._undelivered_result(self._undelivered[last.key], action)
             return {"status": "already_sent", "to": f"number ending in {last.to_last2}" if last else None,
                     "note": "It was already sent earlier in this call; nothing new was sent."}
         for var in action.variables:
@@ -162,7 +174,7 @@ class SmsToolset:
                 (w for w in self.engine.waits if w.firing is firings[0]), None))
         if result.outcome is SendOutcome.DUPLICATE:  # the key already stands for a send of another path
             if result.key in self._undelivered:
-                return self._undelivered_result(self._undelivered[result.key])
+                return self._undelivered_result(self._undelivered[result.key], action)
             stored = (result.reason or "").removeprefix("already_")
             status = {"accepted": "already_sent", "unconfirmed": "unconfirmed"}.get(stored, "in_progress")
             return {"status": status, "note": "Nothing new was sent."}
@@ -181,37 +193,48 @@ class SmsToolset:
         if result.key in self._undelivered:  # reported undelivered before the send's outcome reached us
             if wait is not None:
                 self.engine.close_wait(wait)
-            return self._undelivered_result(self._undelivered[result.key])
+            return self._undelivered_result(self._undelivered[result.key], wait.firing.action if wait else None)
         self._reported_sent.add(result.key)
         return {"status": "sent", "to": f"number ending in {result.to_last2}", "segments": result.segments,
                 "say": line}
 
     @staticmethod
-    def _undelivered_result(event: SmsEvent) -> dict[str, Any]:
+    def _undelivered_result(event: SmsEvent, action: SmsAction | None) -> dict[str, Any]:
+        spec = action.await_reply if action is not None else None
+        then = (f"ask the caller for their {spec.variable.replace('_', ' ')} by voice instead" if spec is not None
+                else "offer to give the details by voice")
         return {"status": "undelivered", "reason": event.reason, "error_code": event.error_code,
                 "say": DELIVERY_FAILURE_LINE.format(to_last2=event.to_masked[-2:] if event.to_masked else ""),
                 "note": ("The provider accepted the text but the carrier reported it did not reach the caller's "
-                         "phone; nothing new was sent. Tell the caller, and offer to give the details by voice.")}
+                         f"phone; nothing new was sent. Tell the caller, and {then}.")}
 
     async def _on_sms_event(self, event: SmsEvent) -> None:
-        if event.kind is SmsEventKind.SENT:
-            self._sent_keys.add(event.key)
-            return
-        if event.kind is not SmsEventKind.FAILED or event.key not in self._sent_keys or event.key in self._undelivered:
+        # only a status callback says an accepted text did not arrive (a send's own failures are tool results)
+        if event.kind is not SmsEventKind.FAILED or not event.delivery_report or event.key in self._undelivered:
             return
         self._undelivered[event.key] = event
         wait = self._wait_by_key.get(event.key)
-        if wait is not None and wait.open:
+        was_open = wait is not None and wait.open
+        if wait is not None and was_open:
             self.engine.close_wait(wait)
         if event.key not in self._reported_sent:  # the send's tool result, still to come, says it
             return
         _log.info("text for %s to %s reported undelivered (%s)", event.action, event.to_masked, event.reason)
+        if self._on_undelivered is not None:
+            outcome = self._on_undelivered(event)
+            if inspect.isawaitable(outcome):
+                await outcome
+        if wait is not None and not was_open and not wait.done.cancelled() and wait.done.result() is not None:
+            return  # the caller already replied to it: the text did arrive (a late or wrong report)
         if not self._tell_delivery_failures or self._llm is None:
             return
-        content = (f"[SMS system] The '{event.action}' text you were told was sent did not reach the caller's phone "
-                   "(the carrier reported it undelivered). Tell the caller honestly, and offer to give the details "
-                   "by voice.")
-        if wait is not None and event.action == wait.firing.action.name and wait.firing.action.await_reply:
+        content = (f"[SMS system] The '{event.action}' text reported as sent earlier did not reach the caller's "
+                   "phone (the carrier reported it undelivered). Tell the caller honestly")
+        if was_open and wait is not None and wait.firing.action.await_reply is not None:
             what = wait.firing.action.await_reply.variable.replace("_", " ")
-            content += f" Stop waiting for a text and ask the caller for their {what} by voice instead."
-        await self._llm.push_frame(LLMMessagesAppendFrame([{"role": "developer", "content": content}], run_llm=True))
+            content += f". Stop waiting for a text and ask the caller for their {what} by voice instead."
+        else:
+            content += ", and offer to give the details by voice."
+        note = LLMMessagesAppendFrame([{"role": "developer", "content": content}], run_llm=True)
+        note.interruptible = False  # a barge-in empties the queues it waits in: the note must not go with them
+        await self._llm.push_frame(note)

@@ -1,6 +1,7 @@
 """The SMS action processor under pipecat's own run_test harness, against real loopback peers."""
 
 import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -18,6 +19,7 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame, run_test
 
 from incall_sms.dispatcher import SendOutcome
+from incall_sms.events import SmsEventKind
 from incall_sms.judges.llm import LLMJudge
 from incall_sms.outbox import Outbox
 from incall_sms.processors.sms_actions import SmsActionProcessor
@@ -272,3 +274,18 @@ async def test_many_actions_firing_on_one_turn_all_start_in_order_and_send_once(
     assert matched == [f"a{i}" for i in range(12)]
     assert sorted(m.body for m in peer.messages) == sorted(f"Text number {i}" for i in range(12))
     assert sorted(o.firing.action.name for o in sms.outcomes) == sorted(matched)
+
+
+async def test_a_failed_event_that_is_no_status_callback_does_not_unsay_a_confirmation(peer):
+    """Only a carrier's report makes an accepted text undelivered (not a later FAILED for its key, e.g. recovery)."""
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's on our website.")
+    sms = SmsActionProcessor(engine=engine)
+
+    async def on_event(event):
+        if event.kind is SmsEventKind.SENT:
+            await engine.dispatcher.publish(dataclasses.replace(event, kind=SmsEventKind.FAILED,
+                                                                reason="outbox_unavailable"))
+    engine.dispatcher.subscribe(on_event, call_id=engine.call.call_id)
+    await run_test(sms, frames_to_send=[said("Text me the link."), SleepFrame(0.5)])
+    assert [k for k in kinds(sms) if k[0] != "filler"] == [("confirmation", "website_link")]

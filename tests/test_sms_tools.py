@@ -2,11 +2,13 @@
 
 import asyncio
 
-from pipecat.frames.frames import TranscriptionFrame
+import pytest
+from pipecat.frames.frames import LLMMessagesAppendFrame, TranscriptionFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.openai.llm import OpenAILLMService
 
+from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.pipeline.local_services import ToneTTSService
 from incall_sms.processors.sms_tools import SmsToolset
 from tests.helpers.pipeline import SpokenText, run_pipeline
@@ -95,6 +97,18 @@ async def test_the_end_of_a_tool_mode_call_closes_its_waits(tmp_path):
                 assert wait.open and wait.safety is not None  # the engine's own timer stands in for a processor
             assert not wait.open and wait.safety is None
             assert [m.to for m in peer.messages] == [CALLER]
+
+            # a shared registry failing as the call ends still ends it: no subscription outlives the call
+            before = service.dispatcher.subscriber_count
+
+            async def registry_down():
+                raise ConnectionError("redis down")
+            with pytest.raises(ConnectionError):
+                async with service.call(stream) as call:
+                    call.toolset()
+                    await call.send("ask_email")
+                    call._unregister = registry_down
+            assert service.dispatcher.subscriber_count == before and stream.call_sid not in service.calls
         finally:
             await service.aclose()
 
@@ -166,3 +180,105 @@ async def test_a_tool_mode_ask_reported_undelivered_closes_its_wait():
     await asyncio.gather(*reports)
     assert not wait.open  # no reply can come to a text that did not arrive
     toolset.close()
+
+
+class PushedFrames:
+    """The frames a toolset pushes from its LLM service (the seam: no pipeline runs these tests)."""
+
+    def __init__(self):
+        self.service = OpenAILLMService(api_key="none", base_url="http://127.0.0.1:9/v1",
+                                        settings=OpenAILLMService.Settings(model="agent"))
+        self.frames = []
+
+        async def push_frame(frame, direction=None):
+            self.frames.append(frame)
+        self.service.push_frame = push_frame
+
+    def notes(self):
+        return [m["content"] for f in self.frames if isinstance(f, LLMMessagesAppendFrame) for m in f.messages]
+
+
+async def test_the_note_survives_a_barge_in_and_runs_the_llm():
+    engine = make_engine()
+    pushed = PushedFrames()
+    toolset = SmsToolset(engine=engine, speak_filler=False)
+    toolset.register(pushed.service)
+    reports = undeliver(engine, after=lambda: True)
+    assert (await toolset.call(engine.actions.get("website_link"), {}))["status"] == "sent"
+    await asyncio.gather(*reports)
+    (note,) = [f for f in pushed.frames if isinstance(f, LLMMessagesAppendFrame)]
+    assert note.run_llm and not note.interruptible  # an interruption empties the queues it waits in
+    assert "did not reach" in note.messages[0]["content"] and "offer to give the details" in note.messages[0]["content"]
+    toolset.close()
+
+
+async def test_only_a_status_callback_makes_a_text_undelivered():
+    """A send's own FAILED event for the same key (an outbox outage, recovery) is no carrier report."""
+    engine = make_engine()
+    pushed = PushedFrames()
+    toolset = SmsToolset(engine=engine, speak_filler=False)
+    toolset.register(pushed.service)
+    link = engine.actions.get("website_link")
+    first = await toolset.call(link, {})
+    last = engine.last_result("website_link")
+    await engine.dispatcher.publish(SmsEvent(kind=SmsEventKind.FAILED, key=last.key, call_id=engine.call.call_id,
+                                             action="website_link", to_masked=last.to_masked,
+                                             reason="outbox_unavailable"))
+    assert first["status"] == "sent" and pushed.notes() == []
+    assert (await toolset.call(link, {}))["status"] == "already_sent"
+    toolset.close()
+
+
+async def test_a_late_undelivered_report_for_an_ask_already_answered_tells_the_llm_nothing():
+    from tests.test_await_reply import EMAIL_FLOW, reply
+
+    engine = make_engine(actions=EMAIL_FLOW)
+    pushed = PushedFrames()
+    told = []
+    toolset = SmsToolset(engine=engine, speak_filler=False, on_undelivered=told.append)
+    toolset.register(pushed.service)
+    assert (await toolset.call(engine.actions.get("ask_email"), {}))["status"] == "sent"
+    (wait,) = engine.waits
+    engine.offer_reply(reply("it's jane@example.com"))  # the caller's reply arrived: the text did reach them
+    assert not wait.open and engine.variables.get("email") == "jane@example.com"
+    await engine.dispatcher.handle_status(engine.last_result("ask_email").sid, "undelivered", 30003)
+    assert pushed.notes() == []  # no "ask for their email by voice" for an e-mail the agent has
+    assert len(told) == 1  # code that asked to hear about it still does
+    toolset.close()
+
+
+async def test_an_ask_reported_undelivered_while_waiting_hands_over_to_voice():
+    from tests.test_await_reply import EMAIL_FLOW
+
+    engine = make_engine(actions=EMAIL_FLOW)
+    pushed = PushedFrames()
+    toolset = SmsToolset(engine=engine, speak_filler=False)
+    toolset.register(pushed.service)
+    assert (await toolset.call(engine.actions.get("ask_email"), {}))["status"] == "sent"
+    await engine.dispatcher.handle_status(engine.last_result("ask_email").sid, "undelivered", 30003)
+    (note,) = pushed.notes()
+    assert "ask the caller for their email by voice" in note and not engine.waits[0].open
+    again = await toolset.call(engine.actions.get("ask_email"), {})
+    assert again["status"] == "undelivered" and "email by voice" in again["note"]
+    toolset.close()
+
+
+async def test_with_failures_not_told_only_the_callback_hears_and_close_ends_the_subscription():
+    engine = make_engine()
+    pushed = PushedFrames()
+    told = []
+
+    async def on_undelivered(event):
+        told.append(event.error_code)
+
+    before = engine.dispatcher.subscriber_count
+    toolset = SmsToolset(engine=engine, speak_filler=False, tell_delivery_failures=False,
+                         on_undelivered=on_undelivered)
+    toolset.register(pushed.service)
+    assert engine.dispatcher.subscriber_count == before + 1
+    assert (await toolset.call(engine.actions.get("website_link"), {}))["status"] == "sent"
+    await engine.dispatcher.handle_status(engine.last_result("website_link").sid, "undelivered", 30003)
+    assert told == [30003] and pushed.notes() == []
+    toolset.close()
+    toolset.close()
+    assert engine.dispatcher.subscriber_count == before
