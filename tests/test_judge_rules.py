@@ -297,3 +297,96 @@ def test_the_embedded_judge_reads_a_caller_turn_once_for_all_its_conditions():
         alone = JudgeRequest(conditions=[spec], transcript=(Turn("agent", "Welcome to the hotel."),
                                                            Turn("user", turn + " Thanks!")), at="turn", variables={})
         assert bool(EmbeddedJudge().judge_now(alone)) == (spec.id in fired)
+
+
+# -- a text already received ------------------------------------------------------------------------------
+
+GYM = "if the member asks for the class timetable to be texted to them"
+SENT_EN = "I've just texted the timetable to your mobile."
+
+
+@pytest.mark.parametrize("agent, caller, condition", [
+    (SENT_EN, "yep got it, cheers", GYM),
+    (SENT_EN, "oh that came through already thanks", GYM),
+    ("Okay, that's been sent to your phone.", "perfect it just popped up", GYM),
+    ("It's on its way to your phone now.", "yeah i see it thank you", GYM),
+    ("Le acabo de enviar el horario por mensaje.", "sí ya me llegó gracias", "si el socio pide el horario por SMS"),
+    ("Ich habe Ihnen den Plan gerade geschickt.", "ja ist angekommen danke",
+     "wenn das Mitglied den Kursplan per SMS möchte"),
+])
+def test_a_caller_confirming_a_text_just_sent_asks_for_nothing(agent, caller, condition):
+    from incall_sms.judges.receipt import received_reason
+
+    assert received_reason(condition, [("agent", agent), ("user", caller)])
+
+
+@pytest.mark.parametrize("agent, caller, condition", [
+    # a new request, a problem, or a "yes" that may answer an offer
+    (SENT_EN, "got it thanks, can you text me the prices as well", "if the member wants the prices texted"),
+    (SENT_EN, "got it but it's last month's timetable", GYM),
+    (SENT_EN, "it came through but it's cut off halfway, could you resend it", GYM),
+    (SENT_EN, "hasn't come through yet", GYM),
+    (SENT_EN, "got it, and the one for the pool", GYM),
+    (SENT_EN, "received, now the pool one", GYM),
+    ("I've just texted the timetable. Would you like the pool hours too?", "yes got it, yes please", GYM),
+    ("Le acabo de enviar el horario.", "ya me llegó pero mándame también los precios",
+     "si el socio pide los precios por SMS"),
+    ("Ich habe Ihnen den Plan geschickt.", "ist angekommen, schicken Sie mir bitte auch die Preise",
+     "wenn das Mitglied die Preise per SMS möchte"),
+    # the agent has not said it sent anything
+    ("The timetable is on our website.", "got it thanks", GYM),
+    # a condition about the text arriving, not about asking for it
+    (SENT_EN, "yep got it, cheers", "when the member confirms the timetable text arrived"),
+    (SENT_EN, "yep got it, cheers", "if the member says they received the text"),
+    # the agent's turn is not the last before the caller's
+    (SENT_EN, "", GYM),
+])
+def test_the_receipt_rule_stays_out_of_requests_problems_and_other_conditions(agent, caller, condition):
+    from incall_sms.judges.receipt import received_reason
+
+    turns = [("agent", agent), ("user", caller)] if caller else [("user", "hi"), ("agent", agent)]
+    assert received_reason(condition, turns) is None
+
+
+def test_the_embedded_judge_applies_the_receipt_rule():
+    from incall_sms.judges.base import ConditionSpec, JudgeRequest, Turn
+    from incall_sms.judges.embedded import EmbeddedJudge
+
+    spec = ConditionSpec(id="t", condition=GYM, when="turn")
+    request = JudgeRequest(conditions=[spec], at="turn", variables={}, transcript=[
+        Turn(role="user", text="can you text me the class timetable"), Turn(role="agent", text=SENT_EN),
+        Turn(role="user", text="yep got the timetable text thanks")])
+    assert EmbeddedJudge().judge_now(request) == []
+
+
+def _receipt_cases(name):
+    import json
+
+    from tests.conftest import ROOT
+
+    path = ROOT / "tests" / "data" / "receipt" / name
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_receipt_rule_vetoes_none_of_the_real_requests_two_outside_attacks_wrote():
+    """121 requests and agreements (en/es/de) written to trip the rule, reading its code: the first version vetoed
+    50 of the first attack's 75; the second version 46 of the second attack's 46 (offers the agent made as
+    statements, "say the word and I'll text you the map", answered "got it. yes")."""
+    from incall_sms.judges.receipt import received_reason
+
+    cases = [case for case in _receipt_cases("attack.jsonl") + _receipt_cases("attack2.jsonl") if case["fires"]]
+    assert len(cases) >= 120
+    vetoed = [case["id"] for case in cases
+              if received_reason(case["condition"], [(t["role"], t["text"]) for t in case["transcript"]])]
+    assert vetoed == []
+
+
+def test_the_receipt_rule_catches_most_plain_confirmations():
+    """48 confirmations written by the same outside review (the rule's phrase lists were extended after it)."""
+    from incall_sms.judges.receipt import received_reason
+
+    cases = _receipt_cases("negatives.jsonl")
+    assert not any(case["fires"] for case in cases)
+    caught = sum(bool(received_reason(case["condition"], [(t["role"], t["text"]) for t in case["transcript"]]))
+                 for case in cases)
+    assert caught >= 40, caught

@@ -29,6 +29,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from incall_sms.judges.base import ConditionSpec, JudgeRequest, Match, Turn
+from incall_sms.judges.receipt import received_reason
 from incall_sms.judges.recipients import veto_reason
 from incall_sms.lexicon import PEOPLE_EN
 
@@ -519,7 +520,9 @@ class EmbeddedJudge:
                 if turn.role == "user":
                     best = max(best, self._score_request(parsed, transcript[: index + 1]))
             return best
-        vetoed = veto_reason(spec.condition, transcript[-1].text) if transcript[-1].role == "user" else None
+        vetoed = (veto_reason(spec.condition, transcript[-1].text)
+                  or received_reason(spec.condition, [(t.role, t.text) for t in transcript[-2:]])
+                  ) if transcript[-1].role == "user" else None
         if vetoed:
             return 0.0, vetoed
         return self._score_request(parsed, transcript)

@@ -13,7 +13,9 @@ How one condition is decided, and which part decides (each is reported in a :cla
    the call, and a ``caller``/``agent`` condition only right after a turn of that side and
    never at call end. Call-end conditions are therefore never judged during turns. And whom the
    text is for (:mod:`incall_sms.judges.recipients`): a caller turn that directs the text only at
-   someone the condition is not about ("text it to my sister" for a text to the caller) is a no.
+   someone the condition is not about ("text it to my sister" for a text to the caller) is a no;
+   so is a caller turn that only confirms a text the agent just said it sent ("yep it came
+   through, thanks": :mod:`incall_sms.judges.receipt`).
 3. **The model**: P(yes) / (P(yes) + P(no)) of its first answer token for a prompt of that
    kind: instructions, invented examples from other businesses (contrastive pairs: the
    caller vs someone else, this item vs another, asked vs declined vs already received, the
@@ -37,6 +39,7 @@ from typing import Literal
 
 from incall_sms.judges.base import ConditionJudge, ConditionSpec, Decision, JudgeRequest, Match, decide
 from incall_sms.judges.embedded import EmbeddedJudge
+from incall_sms.judges.receipt import received_reason
 from incall_sms.judges.recipients import veto_reason
 from incall_sms.local_model import LocalModel
 
@@ -286,6 +289,8 @@ class LocalModelJudge:
         recipients: Say no without the model when the caller's turn directs the text only at someone
             the condition is not about ("text it to my wife" for a text to the caller, or the reverse;
             :mod:`incall_sms.judges.recipients`).
+        receipts: Say no without the model when the caller only confirms a text the agent just said
+            it sent ("yep it came through", "ya me llegó": :mod:`incall_sms.judges.receipt`).
 
     Attributes:
         decisions: Model decisions made (for benchmarks).
@@ -303,12 +308,14 @@ class LocalModelJudge:
         fallback: ConditionJudge | None = None,
         call_end_deadline: float | None = 8.0,
         recipients: bool = True,
+        receipts: bool = True,
     ) -> None:
         self.model = model
         self.threshold = threshold
         self._fallback: ConditionJudge = fallback or EmbeddedJudge()
         self.call_end_deadline = call_end_deadline
         self.recipients = recipients
+        self.receipts = receipts
         self.failures = 0
         self._kinds: dict[str, Kind] = {}
         self._english: dict[str, str] = {}
@@ -398,7 +405,10 @@ class LocalModelJudge:
             return Decision(id=spec.id, fires=False, score=None,
                             part=f"rule: {kind} condition after a turn of the other side")
         condition = await self._english_of(spec.condition)
-        vetoed = veto_reason(condition, turns[-1][1]) if kind == "caller" and self.recipients else None
+        vetoed = None
+        if kind == "caller":
+            vetoed = ((veto_reason(condition, turns[-1][1]) if self.recipients else None)
+                      or (received_reason(condition, turns) if self.receipts else None))
         if vetoed:
             return Decision(id=spec.id, fires=False, score=None, part=f"rule: {vetoed}")
         score = await self.model.yes_probability(build_prompt(kind, turns, condition),

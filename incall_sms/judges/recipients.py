@@ -117,7 +117,7 @@ _UNCLEAR_CONDITION = re.compile(
 #: A condition about someone being sent something: the channel or a verb of sending (en/es/de).
 _DELIVERY = re.compile(
     r"(?<!\w)(?:text\w*|sms|messag\w*|whats ?app|send|sent|phone|mobile|cell\w*|"
-    r"mensaje\w*|envi\w*|enví\w*|mand\w*|móvil|celular|nachricht\w*|schick\w*|zugeschickt|gesendet|handy)(?!\w)",
+    r"mensaje\w*|envi\w*|enví\w*|mand\w*|móvil|celular|nachricht\w*|schick\w*|zugeschickt|geschickt|verschick\w*|gesendet|handy)(?!\w)",
     re.IGNORECASE)
 
 
