@@ -368,25 +368,25 @@ def _receipt_cases(name):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def _receipt_vetoed(cases):
+    from incall_sms.judges.receipt import received_reason
+
+    return [case["id"] for case in cases
+            if received_reason(case["condition"], [(t["role"], t["text"]) for t in case["transcript"]])]
+
+
 def test_the_receipt_rule_vetoes_none_of_the_real_requests_two_outside_attacks_wrote():
     """121 requests and agreements (en/es/de) written to trip the rule, reading its code: the first version vetoed
     50 of the first attack's 75; the second version 46 of the second attack's 46 (offers the agent made as
     statements, "say the word and I'll text you the map", answered "got it. yes")."""
-    from incall_sms.judges.receipt import received_reason
-
     cases = [case for case in _receipt_cases("attack.jsonl") + _receipt_cases("attack2.jsonl") if case["fires"]]
     assert len(cases) >= 120
-    vetoed = [case["id"] for case in cases
-              if received_reason(case["condition"], [(t["role"], t["text"]) for t in case["transcript"]])]
-    assert vetoed == []
+    assert _receipt_vetoed(cases) == []
 
 
 def test_the_receipt_rule_catches_most_plain_confirmations():
     """48 confirmations written by the same outside review (the rule's phrase lists were extended after it)."""
-    from incall_sms.judges.receipt import received_reason
-
     cases = _receipt_cases("negatives.jsonl")
     assert not any(case["fires"] for case in cases)
-    caught = sum(bool(received_reason(case["condition"], [(t["role"], t["text"]) for t in case["transcript"]]))
-                 for case in cases)
+    caught = len(_receipt_vetoed(cases))
     assert caught >= 40, caught
