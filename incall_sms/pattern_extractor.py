@@ -118,7 +118,8 @@ _BOOKED_THING = re.compile(r"\b(?:table|booking|reservation|appointment|slot|tim
 #: Words before a time that make it something else than the booking's: "held until 7:15", "due by 5 pm".
 _NOT_THE_TIME = re.compile(r"(?:until|till|til|by|after|before|expires?(?: on)?|due|from|between|"
                            r"arriv\w*(?:\s+\w+)?(?:\s+(?:at|around|by))?|"
-                           r"closes?(?: at)?|opens?(?: at)?|left (?:\w+ )*at|placed at|\d\s*(?:am|pm)?\s*(?:to|-|and)|"
+                           r"closes?(?: at)?|opens?(?: at)?|shuts?(?: at)?|last orders(?: are)?(?: at)?|"
+                           r"left (?:\w+ )*at|placed at|\d\s*(?:am|pm)?\s*(?:to|-|and)|"
                            r"(?:got|have|'ve got|has) (?:the |a |an |my )?\w+ (?:\w+ )?at)\s*$",
                            re.IGNORECASE)
 #: Weaker: a time the agent states the thing is ready or now is ("ready Thursday at noon", "is now Thursday at 11").

@@ -30,44 +30,82 @@ _BEFORE_MINUTES = {"five": 5, "ten": 10, "twenty": 20, "twenty five": 25}
 #: Part of the day after the time: "am", "p.m.", "in the evening", "at night".
 _PART = (r"(?:\s*(?P<part>a\.?m\.?|p\.?m\.?)(?![a-z])"
          r"|\s+(?P<day_part>in the (?:morning|afternoon|evening)|at night|tonight))?")
-#: Not a time after it: "nine fifteen minutes", "seven fifty dollars", "two twenty people".
-_NOT_AFTER = (r"(?!\s*(?:minutes?|mins?|hours?|people|persons|guests|years?|kids|children|adults|dollars?|bucks|"
-              r"pounds?|quid|euros?|cents?|pence|percent|%|miles?|of\b))")
+#: What may follow a clock time (the end, punctuation, or a word from this list): anything else makes the words
+#: something else ("two twenty-pound vouchers", "eleven fifty a month", "twelve thirty maple avenue",
+#: "Five O'Clock Steakhouse", "the nine forty train").
+_FOLLOWS = (r"(?=\s*(?:$|[.,;:!?)\]\"']"
+            r"|(?:on|this|next|tomorrow|today|tonight|then|please|works?|is|it|it's|that|that's|okay|ok|sounds?|"
+            r"would|will|should|with|for|and|or|but|so|if|instead|sharp|slot|appointment|booking|one|is|in|at|"
+            r"suits?|fine|good|great|perfect|lovely|thanks|thank|yes|yeah|alright|please|sure|"
+            r"monday|tuesday|wednesday|thursday|friday|saturday|sunday)\b))")
+#: Before an hour said with its minutes ("at eleven fifteen", "for nine thirty"): without it, two number words are
+#: as often a price, a room, a flight, an address or a date of birth ("room two twenty", "BA two fifteen").
+_BEFORE_HOUR = r"\b(?P<lead>at|for|from|around|by|until|till|before|after|say|maybe|or)\s+"
+#: Words after an hour said with its minutes that make it a time without a word before it ("three thirty it is").
+_TIME_FOLLOWS = (r"(?=\s+(?:it is|it's|works?|sounds?|suits?|please|then|sharp|is (?:fine|good|great|perfect|free)|"
+                 r"on (?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)|tomorrow|today|tonight)\b)")
+#: A slot named by its time ("There's a ten fifteen.", "the nine twenty slot").
+_SLOT = r"\b(?P<lead>a|the)\s+"
+_SLOT_FOLLOWS = r"(?=\s*(?:$|[.,;:!?]|(?:slot|appointment|one|free|available|open|left)\b))"
+#: The whole turn is the time, a caller choosing ("seven fifteen", "yes nine twenty please").
+_ALONE = r"^\s*(?P<lead>(?:(?:yes|yeah|yep|ok|okay|um|uh|so|erm),?\s+)*)"
+_ALONE_FOLLOWS = r"(?=\s*(?:please|thanks|thank you|then)?\s*[.!]?\s*$)"
 
 _FORMS: tuple[tuple[re.Pattern[str], int | None], ...] = (
-    (re.compile(rf"\b(?:a\s+)?half\s+past\s+{_HOUR}\b{_PART}", re.IGNORECASE), 30),
-    (re.compile(rf"\b(?:a\s+)?quarter\s+past\s+{_HOUR}\b{_PART}", re.IGNORECASE), 15),
-    (re.compile(rf"\b(?:a\s+)?quarter\s+to\s+{_HOUR}\b{_PART}", re.IGNORECASE), -15),
-    (re.compile(rf"\b{_BEFORE}\s+(?P<way>past|after)\s+{_HOUR}\b{_PART}", re.IGNORECASE), None),
+    (re.compile(rf"\b(?:a\s+)?half\s+past\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), 30),
+    (re.compile(rf"\b(?:a\s+)?quarter\s+past\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), 15),
+    (re.compile(rf"\b(?:a\s+)?quarter\s+to\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), -15),
+    (re.compile(rf"\b{_BEFORE}\s+(?P<way>past|after)\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), None),
     # "to"/"till": "twenty to eleven"; "five to ten" only after "at" (else it may be a range of hours)
     (re.compile(rf"(?:(?<=\bat )(?P<before>five|ten)|\b(?P<before_>twenty(?:[ -]five)?))\s+(?P<way>to|till)\s+"
-                rf"{_HOUR}\b{_PART}", re.IGNORECASE), None),
-    (re.compile(rf"\bhalf\s+{_HOUR}\b{_NOT_AFTER}{_PART}", re.IGNORECASE), 30),  # British "half eight": 8:30
-    (re.compile(rf"\b{_HOUR}\s+o'?\s?clock\b{_PART}", re.IGNORECASE), 0),
-    (re.compile(rf"\b{_HOUR}[ -]+{_MINUTE}\b{_NOT_AFTER}{_PART}", re.IGNORECASE), None),  # minutes as said
-    (re.compile(rf"\b{_HOUR}(?=\s*(?:a\.?m\.?|p\.?m\.?)(?![a-z])"
-                rf"|\s+(?:in the (?:morning|afternoon|evening)|at night)\b){_PART}", re.IGNORECASE), 0),
+                rf"{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), None),
+    (re.compile(rf"(?<!\bother )\bhalf\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), 30),  # British "half eight"
+    (re.compile(rf"\b{_HOUR}\s+o'?\s?clock\b{_PART}{_FOLLOWS}", re.IGNORECASE), 0),
+    (re.compile(rf"{_BEFORE_HOUR}{_HOUR}[ -]+{_MINUTE}(?![\w-]){_PART}{_FOLLOWS}", re.IGNORECASE), None),
+    (re.compile(rf"\b{_HOUR}[ -]+{_MINUTE}(?![\w-]){_PART}{_TIME_FOLLOWS}", re.IGNORECASE), None),
+    (re.compile(rf"{_SLOT}{_HOUR}[ -]+{_MINUTE}(?![\w-]){_PART}{_SLOT_FOLLOWS}", re.IGNORECASE), None),
+    (re.compile(rf"{_ALONE}{_HOUR}[ -]+{_MINUTE}(?![\w-]){_PART}{_ALONE_FOLLOWS}", re.IGNORECASE), None),
+    (re.compile(rf"\b{_HOUR}\s*(?P<part>a\.?m\.?|p\.?m\.?)(?![a-z]){_FOLLOWS}", re.IGNORECASE), 0),
+    (re.compile(rf"{_BEFORE_HOUR}{_HOUR}\s+(?P<day_part>in the (?:morning|afternoon|evening)){_FOLLOWS}",
+                re.IGNORECASE), 0),
 )
 
 
+#: Words before number words that make them a name or a number, not a time ("flight two fifteen", "room two twenty").
+_NUMBERED = frozenset(("flight", "room", "bus", "train", "gate", "platform", "route", "number", "no", "suite", "unit",
+                       "apartment", "apt", "highway", "channel", "page", "model", "size", "ref", "reference", "code",
+                       "pin", "extension", "ext", "table", "seat", "row", "locker", "order", "ticket", "policy"))
+
+
 def _written(match: re.Match[str], minutes: int | None) -> str:
+    before = match.string[:match.start()].split()
+    if before and (before[-1].lower().strip(".,#:") in _NUMBERED or re.fullmatch(r"[A-Z]{1,3}\d*", before[-1])):
+        return match.group()  # "BA two fifteen", "room two twenty": a name, as said
     hour = _HOURS[match.group("hour").lower()]
     groups = match.groupdict()
-    before = groups.get("before") or groups.get("before_")
-    if before:  # "ten past three", "twenty to eleven"
-        minutes = _BEFORE_MINUTES[re.sub(r"[ -]+", " ", before.lower())]
+    past = groups.get("before") or groups.get("before_")
+    if past:  # "ten past three", "twenty to eleven"
+        minutes = _BEFORE_MINUTES[re.sub(r"[ -]+", " ", past.lower())]
         if groups["way"].lower() in ("to", "till"):
             minutes = -minutes
     elif minutes is None:
         minutes = _MINUTES[re.sub(r"[ -]+", " ", match.group("minute").lower())]
     if minutes < 0:  # "quarter to five": 4:45
         hour, minutes = (hour - 2) % 12 + 1, 60 + minutes
-    part = (match.group("part") or "").lower().replace(".", "")
-    day_part = (match.group("day_part") or "").lower()
-    if not part and day_part:
-        part = "am" if day_part.endswith("morning") else "pm"
-    clock = f"{hour}:{minutes:02d}" if minutes or not part else str(hour)
-    return f"{clock} {part}" if part else clock
+    groups = match.groupdict()
+    part = (groups.get("part") or "").lower().replace(".", "")
+    day_part = (groups.get("day_part") or "").lower()
+    if not part and day_part.endswith("morning"):
+        part = "am"
+    elif not part and day_part and (not day_part.startswith(("at night", "tonight")) or 6 <= hour <= 11):
+        part = "pm"  # "half twelve tonight" and "one at night" are after midnight: no part said
+    if hour == 12 and not minutes and day_part.startswith(("at night", "tonight")):
+        written = "midnight"
+    else:
+        clock = f"{hour}:{minutes:02d}" if minutes or not part else str(hour)
+        written = f"{clock} {part}" if part else clock
+    lead = groups.get("lead") or ""  # the word that made it a time, kept as said
+    return f"{lead.rstrip()} {written}" if lead.strip() else f"{lead}{written}"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -28,7 +28,13 @@ BOOKING = {"booking_time": "date and time of the booking"}
     ("seven pm on Friday", "7 pm on Friday"),
     ("seven p.m. on Friday", "7 pm on Friday"),
     ("nine thirty in the morning", "9:30 am"),
-    ("eight at night", "8 pm"),
+    ("at nine in the evening", "at 9 pm"),
+    ("twelve o'clock at night", "midnight"),
+    ("half twelve tonight", "12:30"),  # after midnight: no pm
+    ("seven fifteen", "7:15"),  # a caller choosing a time: the whole turn
+    ("yes, nine twenty please", "yes, 9:20 please"),
+    ("There's a ten fifteen.", "There's a 10:15."),
+    ("three thirty it is", "3:30 it is"),
 ])
 def test_clock_times_in_words_are_written_as_digits(said, written):
     assert digits_for_spoken_times(said) == written
@@ -46,6 +52,15 @@ def test_clock_times_in_words_are_written_as_digits(said, written):
     "I'll be there at seven",  # a bare hour: could be a count, left alone
     "the nine tenants upstairs",
     "seven amazing dishes",
+    "it's eleven fifty a month",  # a price
+    "room two twenty",
+    "we're on flight BA two fifteen on Friday",
+    "he's about five ten",  # a height
+    "two thirty-minute massages",
+    "ten fifteen-year-olds",
+    "the nine forty train",
+    "all set at twelve thirty maple avenue",
+    "Five O'Clock Steakhouse",
     "ten to twenty minutes",  # a duration: "twenty" is no hour
     "we're open five to ten most days",  # a range of hours: no minutes said
     "ten till three",  # 2:50, or from ten until three: left alone without "at"
