@@ -116,11 +116,17 @@ _SELF_CORRECTION = re.compile(r"\b(?:i mean|i meant|i misspoke|correction|let me
 _BOOKED_THING = re.compile(r"\b(?:table|booking|reservation|appointment|slot|time|spot|room|session|class|seat)s?\b"
                            r"|\bleft\b|\bavailab", re.IGNORECASE)
 #: Words before a time that make it something else than the booking's: "held until 7:15", "due by 5 pm".
-_NOT_THE_TIME = re.compile(r"(?:until|till|til|by|after|before|expires?(?: on)?|due|from|between|"
+_NOT_THE_TIME = re.compile(r"\b(?:until|till|til|by|after|before|expires?(?: on)?|due|from|between|"
                            r"arriv\w*(?:\s+\w+)?(?:\s+(?:at|around|by))?|"
                            r"closes?(?: at)?|opens?(?: at)?|shuts?(?: at)?|last orders(?: are)?(?: at)?|"
                            r"left (?:\w+ )*at|placed at|\d\s*(?:am|pm)?\s*(?:to|-|and)|"
-                           r"(?:got|have|'ve got|has) (?:the |a |an |my )?\w+ (?:\w+ )?at)\s*$",
+                           r"(?:got|have|'ve got|has) (?:the |a |an |my )?\w+ (?:\w+ )?at|"
+                           r"last (?:one|time|visit|appointment|session|booking)(?: was| were)?(?: at| for)?|"
+                           # the caller's own day: "my meeting is at", "school finishes at", "he's fed at"
+                           r"(?:my|his|her|our|their|the|school|work) \w+(?: \w+)? (?:is|are|was|ends?|starts?|"
+                           r"finish(?:es)?|gets? in|leaves?|goes|go|opens?) (?:at|around|about)|"
+                           r"(?:i'm|i am|he's|she's|we're|they're|he is|she is) (?!free|available|around|in|there|here)"
+                           r"\w+ (?:at|around))\s*$",
                            re.IGNORECASE)
 #: Weaker: a time the agent states the thing is ready or now is ("ready Thursday at noon", "is now Thursday at 11").
 _WEAK_SETTLED = re.compile(r"\b(?:is now|are now|now on|now at)\b", re.IGNORECASE)
