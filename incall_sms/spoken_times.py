@@ -41,9 +41,8 @@ _PART = (r"(?:\s*(?P<part>a\.?m\.?|p\.?m\.?)(?![a-z])"
 #: "Five O'Clock Steakhouse", "the nine forty train").
 _FOLLOWS = (r"(?=\s*(?:$|[.,;:!?)\]\"']"
             r"|(?:on|this(?! morning)|next|tomorrow|today|tonight|then|please|works?|is|it|it's|that|that's|okay|ok|"
-            r"sounds?|"
-            r"would|will|should|with|for|and|or|but|so|if|instead|sharp|slot|appointment|booking|one|is|in|at|"
-            r"suits?|fine|good|great|perfect|lovely|thanks|thank|yes|yeah|alright|please|sure|"
+            r"sounds?|would|will|should|with|for|and|or|but|so|if|instead|sharp|slot|appointment|booking|in|at|"
+            r"suits?|fine|good|great|perfect|lovely|thanks|thank|yes|yeah|alright|sure|"
             r"monday|tuesday|wednesday|thursday|friday|saturday|sunday)\b))")
 #: Before an hour said alone with its part of the day ("at nine in the morning"; "one in the morning" is a slot).
 _BEFORE_HOUR = r"\b(?P<lead>at|for|from|around|by|until|till|before|after|say|maybe|or)\s+"
@@ -89,7 +88,6 @@ def _written(match: re.Match[str], minutes: int | None) -> str:
         minutes = _MINUTES[re.sub(r"[ -]+", " ", match.group("minute").lower())]
     if minutes < 0:  # "quarter to five": 4:45
         hour, minutes = (hour - 2) % 12 + 1, 60 + minutes
-    groups = match.groupdict()
     part = (groups.get("part") or "").lower().replace(".", "")
     day_part = (groups.get("day_part") or "").lower()
     if not part and day_part.endswith("morning"):
@@ -101,8 +99,8 @@ def _written(match: re.Match[str], minutes: int | None) -> str:
     else:
         clock = f"{hour}:{minutes:02d}" if minutes or not part else str(hour)
         written = f"{clock} {part}" if part else clock
-    lead = groups.get("lead") or ""  # the word that made it a time, kept as said
-    return f"{lead.rstrip()} {written}" if lead.strip() else f"{lead}{written}"
+    lead = groups.get("lead")  # "at" of "at nine in the morning", kept as said
+    return f"{lead} {written}" if lead else written
 
 
 @functools.lru_cache(maxsize=4096)
@@ -111,8 +109,8 @@ def digits_for_spoken_times(text: str) -> str:
 
     Examples: "half past four" -> "4:30", "a quarter to five" -> "4:45", "half eight" -> "8:30",
     "ten past three" -> "3:10", "twenty to eleven" -> "10:40",
-    "three o'clock" -> "3:00", "eleven fifteen" -> "11:15", "seven pm" -> "7 pm",
-    "nine thirty in the morning" -> "9:30 am". Not "a table for two" or "at four" (no clock time alone).
+    "three o'clock" -> "3:00", "seven pm" -> "7 pm", "nine thirty in the morning" -> "9:30 am".
+    Not "a table for two", "at four" or "eleven fifteen" (a count, a price, a room as often as a time).
 
     Args:
         text: What was said.
