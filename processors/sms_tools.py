@@ -6,8 +6,9 @@ talking and receives the result later). The result the LLM gets is the truth:
 ``{"status": "sent", ...}`` only when the provider accepted the message,
 otherwise ``{"status": "failed", "reason": ..., "say": <honest line>}``. A text the
 carrier later reports undelivered (status callback) is never reported sent again:
-the LLM is told at once (a developer note that runs it once the caller and the
-bot are quiet), and a later call of the function answers ``undelivered``.
+the LLM is told by a developer note that runs it (pipecat's assistant aggregator
+holds it while the bot speaks and until the caller's turn ends), and a later call
+of the function answers ``undelivered``.
 
 The destination is never a function argument unless the action explicitly has a
 dynamic destination: the LLM cannot be talked into texting an arbitrary number.
@@ -54,9 +55,10 @@ class SmsToolset:
             as undelivered, append a developer note to the LLM's context that runs it (pipecat's
             assistant aggregator holds it while the bot speaks and until the caller's turn ends),
             so the agent tells the caller. Needs :meth:`register`.
-        on_undelivered: Called with the status callback's event for each text of this call
-            accepted through the toolset and then reported undelivered (for code that sends with
-            :meth:`call`, e.g. a pipecat-flows node, and has no LLM registered).
+        on_undelivered: Called with the status callback's event for each text of this call whose
+            result said ``sent`` and that is then reported undelivered (for code that sends with
+            :meth:`call`, e.g. a pipecat-flows node, and has no LLM registered; a report that comes
+            before the send's result makes that result ``undelivered`` instead).
     """
 
     def __init__(self, *, engine: ActionEngine, speak_filler: bool = True, tell_delivery_failures: bool = True,
@@ -221,9 +223,12 @@ class SmsToolset:
             return
         _log.info("text for %s to %s reported undelivered (%s)", event.action, event.to_masked, event.reason)
         if self._on_undelivered is not None:
-            outcome = self._on_undelivered(event)
-            if inspect.isawaitable(outcome):
-                await outcome
+            try:
+                outcome = self._on_undelivered(event)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:  # the user's callback must not keep the LLM from being told
+                _log.exception("on_undelivered failed for the %s text", event.action)
         if wait is not None and not was_open and not wait.done.cancelled() and wait.done.result() is not None:
             return  # the caller already replied to it: the text did arrive (a late or wrong report)
         if not self._tell_delivery_failures or self._llm is None:
