@@ -13,7 +13,8 @@ and anything unclear leaves it unset:
   time the agent took up before asking a name ("friday at 4" - "Friday at 4 pm works. Name?" - "leo" -
   "You're booked"), unless the caller moved it since or a time in words we cannot read came up ("Nine it
   is": a bare hour word may be a count). Clock times said in words are read as digits first ("half six",
-  "a quarter to five", "eleven fifteen", "three o'clock": :mod:`incall_sms.spoken_times`). A booking the
+  "a quarter to five", "three o'clock", "seven pm": :mod:`incall_sms.spoken_times`; not "eleven fifteen",
+  which is as often a price). A booking the
   caller makes for someone else ("book my son in", "get my daughter a lesson") is the caller's booking.
   A bare "Done." confirms nothing (it may be a note or a receipt). Nothing is
   settled by offers ("I can get you booked for ..."), questions, opening hours, policies, deadlines
