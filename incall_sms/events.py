@@ -68,10 +68,13 @@ class SmsEvent:
     def from_dict(cls, data: Mapping[str, Any]) -> SmsEvent:
         """Rebuild an event from :meth:`to_dict` output.
 
+        Fields this version does not know (sent by a newer worker) are left out.
+
         Raises:
             ValueError: Unknown kind.
-            TypeError: Missing or unknown fields.
+            TypeError: Missing fields.
         """
-        fields = dict(data)
+        known = {field.name for field in dataclasses.fields(cls)}
+        fields = {key: value for key, value in data.items() if key in known}  # a newer worker's fields
         fields["kind"] = SmsEventKind(fields["kind"])
         return cls(**fields)

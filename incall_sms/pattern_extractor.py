@@ -120,11 +120,11 @@ _BOOKED_THING = re.compile(r"\b(?:table|booking|reservation|appointment|slot|tim
 _NOT_THE_TIME = re.compile(r"\b(?:until|till|til|by|after|before|expires?(?: on)?|due|from|between|"
                            r"arriv\w*(?:\s+\w+)?(?:\s+(?:at|around|by))?|"
                            r"closes?(?: at)?|opens?(?: at)?|shuts?(?: at)?|last orders(?: are)?(?: at)?|"
-                           r"left (?:\w+ )*at|placed at|\d\s*(?:am|pm)?\s*(?:to|-|and)|"
+                           r"left (?:\w+ )*at|placed at|\d{1,2}(?::\d\d)?\s*(?:am|pm)?\s*(?:to|-|and)|"
                            r"(?:got|have|'ve got|has) (?:the |a |an |my )?\w+ (?:\w+ )?at|"
                            r"last (?:one|time|visit|appointment|session|booking)(?: was| were)?(?: at| for)?|"
                            # the caller's own day: "my meeting is at", "school finishes at", "he's fed at"
-                           r"(?:my|his|her|our|their|the|school|work) \w+(?: \w+)? (?:is|are|was|ends?|starts?|"
+                           r"(?:my|his|her|their|school|work) \w+(?: \w+)? (?:is|are|was|ends?|starts?|"
                            r"finish(?:es)?|gets? in|leaves?|goes|go|opens?) (?:at|around|about)|"
                            r"(?:i'm|i am|he's|she's|we're|they're|he is|she is) (?!free|available|around|in|there|here)"
                            r"\w+ (?:at|around))\s*$",

@@ -232,7 +232,8 @@ class RedisCallRegistry:
                     if self.event_handler is not None:
                         from incall_sms.events import SmsEvent
 
-                        await self.event_handler(SmsEvent.from_dict(data["event"]))
+                        # routed events are status callbacks applied on another worker (an older one omits the field)
+                        await self.event_handler(SmsEvent.from_dict({"delivery_report": True, **data["event"]}))
                     continue
                 message = InboundMessage(
                     sid=data["sid"], account_sid=data["account_sid"], from_number=data["from_number"],

@@ -33,6 +33,8 @@ _MINUTE = "(?P<minute>" + "|".join(w.replace(" ", "[ -]") for w in sorted(_MINUT
 #: Minutes before "past"/"to" ("ten past three", "twenty-five to eleven").
 _BEFORE = "(?P<before>five|ten|twenty[ -]five|twenty)"
 _BEFORE_MINUTES = {"five": 5, "ten": 10, "twenty": 20, "twenty five": 25}
+#: "o'clock" after a time already said ("half past four o'clock": 4:30, not "half past 4:00").
+_OCLOCK = r"(?:\s+o'?\s?clock\b)?"
 #: Part of the day after the time: "am", "p.m.", "in the evening", "at night".
 _PART = (r"(?:\s*(?P<part>a\.?m\.?|p\.?m\.?)(?![a-z])"
          r"|\s+(?P<day_part>in the (?:morning|afternoon|evening)|at night|tonight))?")
@@ -45,17 +47,20 @@ _FOLLOWS = (r"(?=\s*(?:$|[.,;:!?)\]\"']"
             r"suits?|fine|good|great|perfect|lovely|thanks|thank|yes|yeah|alright|sure|"
             r"monday|tuesday|wednesday|thursday|friday|saturday|sunday)\b))")
 #: Before an hour said alone with its part of the day ("at nine in the morning"; "one in the morning" is a slot).
-_BEFORE_HOUR = r"\b(?P<lead>at|for|from|around|by|until|till|before|after|say|maybe|or)\s+"
+_BEFORE_HOUR = r"\b(?P<lead>at|from|around|by|until|till|before|after)\s+"  # not "for two in the evening"
+#: The hours a part of the day can have ("two in the evening" is no time: a table for two, in the evening).
+_PART_HOURS = {"morning": range(5, 12), "afternoon": (12, 1, 2, 3, 4, 5, 6), "evening": range(5, 12)}
 
 _FORMS: tuple[tuple[re.Pattern[str], int | None], ...] = (
-    (re.compile(rf"\b(?:a\s+)?half\s+past\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), 30),
-    (re.compile(rf"\b(?:a\s+)?quarter\s+past\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), 15),
-    (re.compile(rf"\b(?:a\s+)?quarter\s+to\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), -15),
-    (re.compile(rf"\b{_BEFORE}\s+(?P<way>past|after)\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), None),
+    (re.compile(rf"\b(?:a\s+)?half\s+past\s+{_HOUR}\b{_OCLOCK}{_PART}{_FOLLOWS}", re.IGNORECASE), 30),
+    (re.compile(rf"\b(?:a\s+)?quarter\s+past\s+{_HOUR}\b{_OCLOCK}{_PART}{_FOLLOWS}", re.IGNORECASE), 15),
+    (re.compile(rf"\b(?:a\s+)?quarter\s+to\s+{_HOUR}\b{_OCLOCK}{_PART}{_FOLLOWS}", re.IGNORECASE), -15),
+    (re.compile(rf"\b{_BEFORE}\s+(?P<way>past|after)\s+{_HOUR}\b{_OCLOCK}{_PART}{_FOLLOWS}", re.IGNORECASE), None),
     # "to"/"till": "twenty to eleven"; "five to ten" only after "at" (else it may be a range of hours)
     (re.compile(rf"(?:(?<=\bat )(?P<before>five|ten)|\b(?P<before_>twenty(?:[ -]five)?))\s+(?P<way>to|till)\s+"
-                rf"{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), None),
-    (re.compile(rf"(?<!\bother )\bhalf\s+{_HOUR}\b{_PART}{_FOLLOWS}", re.IGNORECASE), 30),  # British "half eight"
+                rf"{_HOUR}\b{_OCLOCK}{_PART}{_FOLLOWS}", re.IGNORECASE), None),
+    # British "half eight": 8:30
+    (re.compile(rf"(?<!\bother )\bhalf\s+{_HOUR}\b{_OCLOCK}{_PART}{_FOLLOWS}", re.IGNORECASE), 30),
     (re.compile(rf"\b{_HOUR}\s+o'?\s?clock\b{_PART}{_FOLLOWS}", re.IGNORECASE), 0),
     # an hour with its minutes only with its part of the day ("nine thirty in the morning", "seven fifteen pm"):
     # bare, two number words are as often a price, a room, a weight or an answer to another question
@@ -75,7 +80,8 @@ _NUMBERED = frozenset(("flight", "room", "bus", "train", "gate", "platform", "ro
 
 def _written(match: re.Match[str], minutes: int | None) -> str:
     before = match.string[:match.start()].split()
-    if before and (before[-1].lower().strip(".,#:") in _NUMBERED or re.fullmatch(r"[A-Z]{1,3}\d*", before[-1])):
+    if before and (before[-1].lower().strip(".,#:") in _NUMBERED
+                   or (re.fullmatch(r"[A-Z]{1,3}\d*", before[-1]) and before[-1] not in ("OK", "I", "AM", "PM"))):
         return match.group()  # "BA two fifteen", "room two twenty": a name, as said
     hour = _HOURS[match.group("hour").lower()]
     groups = match.groupdict()
@@ -90,6 +96,8 @@ def _written(match: re.Match[str], minutes: int | None) -> str:
         hour, minutes = (hour - 2) % 12 + 1, 60 + minutes
     part = (groups.get("part") or "").lower().replace(".", "")
     day_part = (groups.get("day_part") or "").lower()
+    if day_part.startswith("in the") and hour not in _PART_HOURS[day_part.rsplit(" ", 1)[1]]:
+        return match.group()
     if not part and day_part.endswith("morning"):
         part = "am"
     elif not part and day_part and (not day_part.startswith(("at night", "tonight")) or 6 <= hour <= 11):
@@ -99,6 +107,8 @@ def _written(match: re.Match[str], minutes: int | None) -> str:
     else:
         clock = f"{hour}:{minutes:02d}" if minutes or not part else str(hour)
         written = f"{clock} {part}" if part else clock
+    if day_part == "tonight":
+        written += " tonight"  # the day, as said
     lead = groups.get("lead")  # "at" of "at nine in the morning", kept as said
     return f"{lead} {written}" if lead else written
 

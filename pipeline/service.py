@@ -653,9 +653,15 @@ class CallSms:
         Args:
             **options: :class:`SmsToolset` options (``speak_filler``, ``tell_delivery_failures``,
                 ``on_undelivered``), taken when the call's toolset is first made.
+
+        Raises:
+            RuntimeError: Options given once the toolset exists.
         """
         if self._toolset is None:
             self._toolset = SmsToolset(engine=self._engine(), **options)
+        elif options:
+            raise RuntimeError("this call's toolset already exists (made by an earlier toolset() or send()): "
+                               "pass its options on the first call")
         return self._toolset
 
     async def send(self, action: str, **variables: str) -> dict[str, Any]:

@@ -46,7 +46,8 @@ class SmsToolset:
     """Exposes a call's SMS actions as LLM functions.
 
     From :meth:`register` or the first :meth:`call` on, it listens to the call's SMS events (for
-    status callbacks): call :meth:`close` when the call ends (``CallSms`` does).
+    status callbacks): you must call :meth:`close` when the call ends (``CallSms`` does), or the
+    dispatcher keeps the subscription, and the engine with it.
 
     Args:
         engine: The call's action engine.
@@ -56,7 +57,7 @@ class SmsToolset:
             assistant aggregator holds it while the bot speaks and until the caller's turn ends),
             so the agent tells the caller. Needs :meth:`register`.
         on_undelivered: Called with the status callback's event for each text of this call whose
-            result said ``sent`` and that is then reported undelivered (for code that sends with
+            result said ``sent`` (or ``already_sent``) and that is then reported undelivered (for code that sends with
             :meth:`call`, e.g. a pipecat-flows node, and has no LLM registered; a report that comes
             before the send's result makes that result ``undelivered`` instead).
     """
@@ -155,6 +156,8 @@ class SmsToolset:
             last = self.engine.last_result(action.name)
             if last is not None and last.key in self._undelivered:
                 return self._undelivered_result(self._undelivered[last.key], action)
+            if last is not None:
+                self._reported_sent.add(last.key)  # the LLM hears it was sent: a later report must reach it
             return {"status": "already_sent", "to": f"number ending in {last.to_last2}" if last else None,
                     "note": "It was already sent earlier in this call; nothing new was sent."}
         for var in action.variables:
@@ -179,6 +182,8 @@ class SmsToolset:
                 return self._undelivered_result(self._undelivered[result.key], action)
             stored = (result.reason or "").removeprefix("already_")
             status = {"accepted": "already_sent", "unconfirmed": "unconfirmed"}.get(stored, "in_progress")
+            if status == "already_sent":
+                self._reported_sent.add(result.key)
             return {"status": status, "note": "Nothing new was sent."}
         payload: dict[str, Any] = {"status": result.outcome.value, "reason": result.reason}
         if result.missing:
@@ -214,9 +219,11 @@ class SmsToolset:
         # only a status callback says an accepted text did not arrive (a send's own failures are tool results)
         if event.kind is not SmsEventKind.FAILED or not event.delivery_report or event.key in self._undelivered:
             return
-        self._undelivered[event.key] = event
         wait = self._wait_by_key.get(event.key)
         was_open = wait is not None and wait.open
+        if wait is not None and not was_open and not wait.done.cancelled() and wait.done.result() is not None:
+            return  # the caller already replied to it: the text did arrive (a late or wrong report)
+        self._undelivered[event.key] = event
         if wait is not None and was_open:
             self.engine.close_wait(wait)
         if event.key not in self._reported_sent:  # the send's tool result, still to come, says it
@@ -229,8 +236,6 @@ class SmsToolset:
                     await outcome
             except Exception:  # the user's callback must not keep the LLM from being told
                 _log.exception("on_undelivered failed for the %s text", event.action)
-        if wait is not None and not was_open and not wait.done.cancelled() and wait.done.result() is not None:
-            return  # the caller already replied to it: the text did arrive (a late or wrong report)
         if not self._tell_delivery_failures or self._llm is None:
             return
         content = (f"[SMS system] The '{event.action}' text reported as sent earlier did not reach the caller's "

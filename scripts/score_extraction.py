@@ -32,9 +32,9 @@ def same(expected: str, value: str) -> bool:
 
     Leading "at"/"on"/"for" are ignored ("10:30 tomorrow" equals "tomorrow at 10:30"), a label's
     "half past nine" is 9:30 and "three o'clock" is 3 (this table is the scorer's own, not the
-    extractor's), and a whole hour's ":00" is dropped ("3:00" equals "3"). Held in another order counts
-    too, with "morning" as am and "afternoon"/"evening" as pm ("4:30 Friday afternoon" is held by
-    "Friday at 4:30 pm").
+    extractor's), and a whole hour's ":00" is dropped ("3:00" equals "3"). The same words in another
+    order count too, "morning" as am, "afternoon"/"evening" as pm, am/pm itself aside ("4:30 Friday
+    afternoon" and "4:00 on Wednesday" for "Friday at 4:30 pm" and "Wednesday at 4 pm").
     """
 
     def norm(text: str) -> str:
@@ -49,8 +49,10 @@ def same(expected: str, value: str) -> bool:
     def words(text: str) -> list[str]:
         parts = {"morning": "am", "afternoon": "pm", "evening": "pm"}  # "7:00 Friday morning" / "Friday at 7 am"
         return sorted(parts.get(w, w) for w in norm(text).split() if w not in ("at", "on", "for", "in", "the"))
-    return (norm(value) in norm(expected) or norm(expected) in norm(value) or words(value) == words(expected)
-            or set(words(value)) <= set(words(expected)))  # held in another order ("4:00 on Wednesday")
+    def bare(text: str) -> set[str]:
+        return set(words(text)) - {"am", "pm"}
+    # the same words in another order, am/pm aside ("4:00 on Wednesday" for "Wednesday at 4 pm")
+    return norm(value) in norm(expected) or norm(expected) in norm(value) or bare(value) == bare(expected)
 
 
 def score(path: pathlib.Path, *, verbose: bool = False) -> dict[str, int]:

@@ -376,11 +376,11 @@ def _receipt_vetoed(cases):
 
 
 def test_the_receipt_rule_vetoes_none_of_the_real_requests_two_outside_attacks_wrote():
-    """121 requests and agreements (en/es/de) written to trip the rule, reading its code: the first version vetoed
-    50 of the first attack's 75; the second version 46 of the second attack's 46 (offers the agent made as
+    """127 requests and agreements (en/es/de) written to trip the rule, reading its code: the first version vetoed
+    50 of the first attack's 75; the second version 46 of the second attack's 52 (offers the agent made as
     statements, "say the word and I'll text you the map", answered "got it. yes")."""
     cases = [case for case in _receipt_cases("attack.jsonl") + _receipt_cases("attack2.jsonl") if case["fires"]]
-    assert len(cases) >= 120
+    assert len(cases) >= 127
     assert _receipt_vetoed(cases) == []
 
 

@@ -107,6 +107,8 @@ async def test_the_end_of_a_tool_mode_call_closes_its_waits(tmp_path):
                 async with service.call(stream) as call:
                     call.toolset()
                     await call.send("ask_email")
+                    with pytest.raises(RuntimeError, match="first call"):
+                        call.toolset(on_undelivered=print)  # options once it exists would be dropped silently
                     call._unregister = registry_down
             assert service.dispatcher.subscriber_count == before and stream.call_sid not in service.calls
         finally:
@@ -198,7 +200,7 @@ class PushedFrames:
         return [m["content"] for f in self.frames if isinstance(f, LLMMessagesAppendFrame) for m in f.messages]
 
 
-async def test_the_note_survives_a_barge_in_and_runs_the_llm():
+async def test_the_note_is_uninterruptible_and_runs_the_llm():
     engine = make_engine()
     pushed = PushedFrames()
     toolset = SmsToolset(engine=engine, speak_filler=False)
@@ -242,8 +244,8 @@ async def test_a_late_undelivered_report_for_an_ask_already_answered_tells_the_l
     engine.offer_reply(reply("it's jane@example.com"))  # the caller's reply arrived: the text did reach them
     assert not wait.open and engine.variables.get("email") == "jane@example.com"
     await engine.dispatcher.handle_status(engine.last_result("ask_email").sid, "undelivered", 30003)
-    assert pushed.notes() == []  # no "ask for their email by voice" for an e-mail the agent has
-    assert len(told) == 1  # code that asked to hear about it still does
+    assert pushed.notes() == [] and told == []  # no "ask for their email by voice" for an e-mail the agent has
+    assert (await toolset.call(engine.actions.get("ask_email"), {}))["status"] == "already_sent"
     toolset.close()
 
 
@@ -282,3 +284,24 @@ async def test_with_failures_not_told_only_the_callback_hears_and_close_ends_the
     toolset.close()
     toolset.close()
     assert engine.dispatcher.subscriber_count == before
+
+
+async def test_a_text_the_llm_heard_was_already_sent_and_then_undelivered_is_told():
+    engine = make_engine()
+    pushed = PushedFrames()
+    toolset = SmsToolset(engine=engine, speak_filler=False)
+    toolset.register(pushed.service)
+    link = engine.actions.get("website_link")
+    assert (await toolset.call(link, {}))["status"] == "sent"
+    assert (await toolset.call(link, {}))["status"] == "already_sent"
+    await engine.dispatcher.handle_status(engine.last_result("website_link").sid, "undelivered", 30003)
+    assert len(pushed.notes()) == 1
+    toolset.close()
+
+
+def test_routed_events_from_other_versions_are_read():
+    """A newer worker's fields are left out; a routed event without delivery_report is still one (Redis listener)."""
+    event = SmsEvent(kind=SmsEventKind.FAILED, key="k", call_id="CA1", action="a", to_masked="+1******0142",
+                     delivery_report=True)
+    data = {**event.to_dict(), "added_in_a_later_version": 1}
+    assert SmsEvent.from_dict(data) == event

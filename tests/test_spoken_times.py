@@ -28,7 +28,10 @@ BOOKING = {"booking_time": "date and time of the booking"}
     ("nine thirty in the morning", "9:30 am"),
     ("at nine in the evening", "at 9 pm"),
     ("twelve o'clock at night", "midnight"),
-    ("half twelve tonight", "12:30"),  # after midnight: no pm
+    ("half past four o'clock on Friday", "4:30 on Friday"),
+    ("a quarter to five o'clock", "4:45"),
+    ("half eight tonight", "8:30 pm tonight"),
+    ("half twelve tonight", "12:30 tonight"),  # after midnight: no pm
 ])
 def test_clock_times_in_words_are_written_as_digits(said, written):
     assert digits_for_spoken_times(said) == written
@@ -58,6 +61,8 @@ def test_clock_times_in_words_are_written_as_digits(said, written):
     "the nine forty train",
     "all set at twelve thirty maple avenue",
     "Five O'Clock Steakhouse",
+    "dinner for two in the evening on friday",  # a party size
+    "at two in the evening",  # no hour of the evening
     "ten to twenty minutes",  # a duration: "twenty" is no hour
     "we're open five to ten most days",  # a range of hours: no minutes said
     "ten till three",  # 2:50, or from ten until three: left alone without "at"
@@ -82,3 +87,9 @@ def test_the_extractor_reads_the_booked_time_said_in_words(transcript, expected)
     got = PatternExtractor().extract_now([Turn(role, text) for role, text in transcript], BOOKING)
     assert expected in got.get("booking_time", "")
     assert "10" not in got["booking_time"] and " 8 " not in f" {got['booking_time']} "
+
+
+def test_a_range_that_starts_at_ten_or_later_is_not_read_as_its_end():
+    turns = [Turn("user", "can i have the meeting room thursday morning"),
+             Turn("agent", "I've reserved the room for you from 10 to 11 am on Thursday.")]
+    assert "11 am" not in PatternExtractor().extract_now(turns, BOOKING).get("booking_time", "")

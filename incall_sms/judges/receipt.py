@@ -56,7 +56,7 @@ _LATER = re.compile(
     re.IGNORECASE)
 #: A send somewhere else than the caller's phone ("to your email", "to the manager").
 _ELSEWHERE = re.compile(
-    r"\b(?:to|into|in|a|al|an|in|por|per|by)\s+(?:your |the |su |tu |el |la |ihre |ihr |die |den |der )?"
+    r"\b(?:to|into|in|a|al|an|por|per|by)\s+(?:your |the |su |tu |el |la |ihre |ihr |die |den |der )?"
     r"(?:e-?mail|inbox|mail|correo|manager|team|colleague|office|kollegin|kollegen|kollege|büro)\b",
     re.IGNORECASE)
 #: All an agent's turn may hold besides the send ("Done.", "There you go.", "Listo.", "Erledigt.").
