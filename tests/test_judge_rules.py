@@ -341,11 +341,20 @@ def test_a_caller_confirming_a_text_just_sent_asks_for_nothing(agent, caller, co
     # the agent's turn is not the last before the caller's
     (SENT_EN, "", GYM),
 ])
+
 def test_the_receipt_rule_stays_out_of_requests_problems_and_other_conditions(agent, caller, condition):
     from incall_sms.judges.receipt import received_reason
 
     turns = [("agent", agent), ("user", caller)] if caller else [("user", "hi"), ("agent", agent)]
     assert received_reason(condition, turns) is None
+
+def test_the_receipt_rule_stays_out_when_an_earlier_offer_may_still_be_answered():
+    from incall_sms.judges.receipt import received_reason
+
+    turns = [("agent", "Shall I also text you the pool timetable?"), ("user", "first send me the class one"),
+             ("agent", SENT_EN)]
+    assert received_reason(GYM, [*turns, ("user", "yeah sure, got it")]) is None
+    assert received_reason(GYM, [*turns, ("user", "got it, thanks")])  # no assent: nothing answers the offer
 
 
 def test_the_embedded_judge_applies_the_receipt_rule():

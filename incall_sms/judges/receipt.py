@@ -130,7 +130,20 @@ def received_reason(condition: str, turns: Sequence[tuple[str, str]]) -> str | N
     before, after = _words(caller[:confirmation.start()]), _words(_RECEIVED.sub(" ", caller[confirmation.end():]))
     if any(w not in _COURTESY and w not in _ASSENT for w in before) or any(w not in _COURTESY for w in after):
         return None
+    if any(w in _ASSENT for w in before) and _offered_earlier(turns[:-2]):
+        return None  # "Shall I also text you a reminder?" ... "I've sent the confirmation" - "yeah sure, got it"
     return "the caller confirms a text the agent just said it sent, and asks for nothing"
+
+
+#: An agent's question or offer about sending something ("Shall I also text you a reminder?").
+_SEND_WORDS = re.compile(r"\b(?:text\w*|send\w*|sms|messag\w*|whats ?app|remind\w*|mand\w*|envi\w*|enví\w*|"
+                         r"mensaje\w*|recordatorio\w*|schick\w*|nachricht\w*|erinner\w*)\b", re.IGNORECASE)
+
+
+def _offered_earlier(turns: Sequence[tuple[str, str]]) -> bool:
+    """Whether one of the agent's three turns before asked about sending something: a "yes" may still answer it."""
+    asked = [text for role, text in turns if role == "agent"][-3:]
+    return any(("?" in text or "¿" in text) and _SEND_WORDS.search(text) for text in asked)
 
 
 def _words(text: str) -> list[str]:
