@@ -459,6 +459,10 @@ class ActionEngine:
             wait.safety = loop.call_later(firing.action.await_reply.timeout + _WAIT_SLACK, self.close_wait, wait)
         return wait
 
+    def wait_of(self, firing: Firing) -> ReplyWait | None:
+        """The wait opened for ``firing``'s text (its reply), or ``None``."""
+        return next((w for w in self.waits if w.firing is firing), None)
+
     def close_wait(self, wait: ReplyWait) -> None:
         """Stop waiting (timeout, call end); a later text is an ordinary inbound message."""
         if wait.safety is not None:

@@ -58,6 +58,11 @@ class SmsEvent:
     at: float = 0.0
     delivery_report: bool = False
 
+    @property
+    def to_last2(self) -> str:
+        """Last two digits of the destination (for a spoken line), or ``""``."""
+        return self.to_masked[-2:] if self.to_masked else ""
+
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-ready values (to route it to another worker)."""
         data = dataclasses.asdict(self)

@@ -23,6 +23,7 @@ import importlib.util
 import itertools
 import logging
 import math
+import operator
 import os
 import pathlib
 import queue
@@ -30,7 +31,7 @@ import secrets
 import socket
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from incall_sms.errors import SmsError
@@ -107,21 +108,17 @@ class PromptStats:
         """Average evaluation time of one prompt token, or ``None`` before any."""
         return self.evaluated_seconds * 1000 / self.evaluated_tokens if self.evaluated_tokens else None
 
-    def __add__(self, other: object) -> PromptStats:
+    def _each(self, other: object, op: Callable[[Any, Any], Any]) -> PromptStats:
         if not isinstance(other, PromptStats):
             return NotImplemented
-        return PromptStats(requests=self.requests + other.requests,
-                           evaluated_tokens=self.evaluated_tokens + other.evaluated_tokens,
-                           cached_tokens=self.cached_tokens + other.cached_tokens,
-                           evaluated_seconds=self.evaluated_seconds + other.evaluated_seconds)
+        return PromptStats(**{f.name: op(getattr(self, f.name), getattr(other, f.name))
+                              for f in dataclasses.fields(self)})
+
+    def __add__(self, other: object) -> PromptStats:
+        return self._each(other, operator.add)
 
     def __sub__(self, other: object) -> PromptStats:
-        if not isinstance(other, PromptStats):
-            return NotImplemented
-        return PromptStats(requests=self.requests - other.requests,
-                           evaluated_tokens=self.evaluated_tokens - other.evaluated_tokens,
-                           cached_tokens=self.cached_tokens - other.cached_tokens,
-                           evaluated_seconds=self.evaluated_seconds - other.evaluated_seconds)
+        return self._each(other, operator.sub)
 
     @classmethod
     def of(cls, result: Any) -> PromptStats:

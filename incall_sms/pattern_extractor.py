@@ -775,6 +775,7 @@ class PatternExtractor:
     def extract_now(self, transcript: Sequence[Turn], wanted: Mapping[str, str]) -> dict[str, str]:
         """Synchronous version of :meth:`extract`."""
         found: dict[str, str] = {}
+        said: list[Turn] | None = None  # the turns with times in words as digits ("half eight": 8:30), made once
         for name, description in wanted.items():
             kind = self._kind(name, description)
             value: str | None = None
@@ -785,7 +786,8 @@ class PatternExtractor:
             elif kind == "phone":
                 value = _contact(transcript, _PHONE)
             elif kind == "time":
-                said = [Turn(t.role, digits_for_spoken_times(t.text)) for t in transcript]  # "half eight": 8:30
+                if said is None:
+                    said = [Turn(t.role, digits_for_spoken_times(t.text)) for t in transcript]
                 topic = _topic(name, description)
                 booking = any(w in topic for w in _BOOKING_WORDS)
                 value = _settled_time(said, topic, booking=booking)

@@ -473,7 +473,7 @@ class SmsActionProcessor(FrameProcessor):
             return
         self.outcomes.append(outcome)
         await self._call_event_handler("on_action_completed", outcome)
-        wait = next((w for w in self.engine.waits if w.firing is firing), None)
+        wait = self.engine.wait_of(firing)
         key = outcome.result.key if outcome.result.accepted else None
         if key is not None and wait is not None:
             self._wait_by_key[key] = wait
@@ -578,7 +578,7 @@ class SmsActionProcessor(FrameProcessor):
         if not self._speak_delivery_failures or not self._live or event.key in self._failure_said:
             return
         self._failure_said.add(event.key)
-        line = DELIVERY_FAILURE_LINE.format(to_last2=event.to_masked[-2:] if event.to_masked else "")
+        line = DELIVERY_FAILURE_LINE.format(to_last2=event.to_last2)
         await self._speak(line, kind="delivery_failure", action=event.action, append=True)
 
     def _give_up_wait(self, wait: ReplyWait) -> None:

@@ -175,8 +175,7 @@ class SmsToolset:
         outcome = await self.engine.execute(firings[0])
         result = outcome.result
         if result.accepted:
-            return self._accepted_result(result, outcome.line, wait=next(
-                (w for w in self.engine.waits if w.firing is firings[0]), None))
+            return self._accepted_result(result, outcome.line, wait=self.engine.wait_of(firings[0]))
         if result.outcome is SendOutcome.DUPLICATE:  # the key already stands for a send of another path
             if result.key in self._undelivered:
                 return self._undelivered_result(self._undelivered[result.key], action)
@@ -211,7 +210,7 @@ class SmsToolset:
         then = (f"ask the caller for their {spec.variable.replace('_', ' ')} by voice instead" if spec is not None
                 else "offer to give the details by voice")
         return {"status": "undelivered", "reason": event.reason, "error_code": event.error_code,
-                "say": DELIVERY_FAILURE_LINE.format(to_last2=event.to_masked[-2:] if event.to_masked else ""),
+                "say": DELIVERY_FAILURE_LINE.format(to_last2=event.to_last2),
                 "note": ("The provider accepted the text but the carrier reported it did not reach the caller's "
                          f"phone; nothing new was sent. Tell the caller, and {then}.")}
 

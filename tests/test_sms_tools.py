@@ -200,11 +200,22 @@ class PushedFrames:
         return [m["content"] for f in self.frames if isinstance(f, LLMMessagesAppendFrame) for m in f.messages]
 
 
-async def test_the_note_is_uninterruptible_and_runs_the_llm():
-    engine = make_engine()
+def registered(actions=None, **options):
+    """An engine and its toolset registered on an LLM service whose pushed frames are kept."""
+    engine = make_engine(actions=actions)
     pushed = PushedFrames()
-    toolset = SmsToolset(engine=engine, speak_filler=False)
+    toolset = SmsToolset(engine=engine, speak_filler=False, **options)
     toolset.register(pushed.service)
+    return engine, toolset, pushed
+
+
+async def report_undelivered(engine, action):
+    """The carrier's status callback: the action's last text was not delivered (30003)."""
+    await engine.dispatcher.handle_status(engine.last_result(action).sid, "undelivered", 30003)
+
+
+async def test_the_note_is_uninterruptible_and_runs_the_llm():
+    engine, toolset, pushed = registered()
     reports = undeliver(engine, after=lambda: True)
     assert (await toolset.call(engine.actions.get("website_link"), {}))["status"] == "sent"
     await asyncio.gather(*reports)
@@ -216,10 +227,7 @@ async def test_the_note_is_uninterruptible_and_runs_the_llm():
 
 async def test_only_a_status_callback_makes_a_text_undelivered():
     """A send's own FAILED event for the same key (an outbox outage, recovery) is no carrier report."""
-    engine = make_engine()
-    pushed = PushedFrames()
-    toolset = SmsToolset(engine=engine, speak_filler=False)
-    toolset.register(pushed.service)
+    engine, toolset, pushed = registered()
     link = engine.actions.get("website_link")
     first = await toolset.call(link, {})
     last = engine.last_result("website_link")
@@ -234,16 +242,13 @@ async def test_only_a_status_callback_makes_a_text_undelivered():
 async def test_a_late_undelivered_report_for_an_ask_already_answered_tells_the_llm_nothing():
     from tests.test_await_reply import EMAIL_FLOW, reply
 
-    engine = make_engine(actions=EMAIL_FLOW)
-    pushed = PushedFrames()
     told = []
-    toolset = SmsToolset(engine=engine, speak_filler=False, on_undelivered=told.append)
-    toolset.register(pushed.service)
+    engine, toolset, pushed = registered(EMAIL_FLOW, on_undelivered=told.append)
     assert (await toolset.call(engine.actions.get("ask_email"), {}))["status"] == "sent"
     (wait,) = engine.waits
     engine.offer_reply(reply("it's jane@example.com"))  # the caller's reply arrived: the text did reach them
     assert not wait.open and engine.variables.get("email") == "jane@example.com"
-    await engine.dispatcher.handle_status(engine.last_result("ask_email").sid, "undelivered", 30003)
+    await report_undelivered(engine, "ask_email")
     assert pushed.notes() == [] and told == []  # no "ask for their email by voice" for an e-mail the agent has
     assert (await toolset.call(engine.actions.get("ask_email"), {}))["status"] == "already_sent"
     toolset.close()
@@ -252,12 +257,9 @@ async def test_a_late_undelivered_report_for_an_ask_already_answered_tells_the_l
 async def test_an_ask_reported_undelivered_while_waiting_hands_over_to_voice():
     from tests.test_await_reply import EMAIL_FLOW
 
-    engine = make_engine(actions=EMAIL_FLOW)
-    pushed = PushedFrames()
-    toolset = SmsToolset(engine=engine, speak_filler=False)
-    toolset.register(pushed.service)
+    engine, toolset, pushed = registered(EMAIL_FLOW)
     assert (await toolset.call(engine.actions.get("ask_email"), {}))["status"] == "sent"
-    await engine.dispatcher.handle_status(engine.last_result("ask_email").sid, "undelivered", 30003)
+    await report_undelivered(engine, "ask_email")
     (note,) = pushed.notes()
     assert "ask the caller for their email by voice" in note and not engine.waits[0].open
     again = await toolset.call(engine.actions.get("ask_email"), {})
@@ -279,7 +281,7 @@ async def test_with_failures_not_told_only_the_callback_hears_and_close_ends_the
     toolset.register(pushed.service)
     assert engine.dispatcher.subscriber_count == before + 1
     assert (await toolset.call(engine.actions.get("website_link"), {}))["status"] == "sent"
-    await engine.dispatcher.handle_status(engine.last_result("website_link").sid, "undelivered", 30003)
+    await report_undelivered(engine, "website_link")
     assert told == [30003] and pushed.notes() == []
     toolset.close()
     toolset.close()
@@ -287,14 +289,11 @@ async def test_with_failures_not_told_only_the_callback_hears_and_close_ends_the
 
 
 async def test_a_text_the_llm_heard_was_already_sent_and_then_undelivered_is_told():
-    engine = make_engine()
-    pushed = PushedFrames()
-    toolset = SmsToolset(engine=engine, speak_filler=False)
-    toolset.register(pushed.service)
+    engine, toolset, pushed = registered()
     link = engine.actions.get("website_link")
     assert (await toolset.call(link, {}))["status"] == "sent"
     assert (await toolset.call(link, {}))["status"] == "already_sent"
-    await engine.dispatcher.handle_status(engine.last_result("website_link").sid, "undelivered", 30003)
+    await report_undelivered(engine, "website_link")
     assert len(pushed.notes()) == 1
     toolset.close()
 

@@ -135,15 +135,15 @@ def received_reason(condition: str, turns: Sequence[tuple[str, str]]) -> str | N
     return "the caller confirms a text the agent just said it sent, and asks for nothing"
 
 
-#: An agent's question or offer about sending something ("Shall I also text you a reminder?").
-_SEND_WORDS = re.compile(r"\b(?:text\w*|send\w*|sms|messag\w*|whats ?app|remind\w*|mand\w*|envi\w*|enví\w*|"
-                         r"mensaje\w*|recordatorio\w*|schick\w*|nachricht\w*|erinner\w*)\b", re.IGNORECASE)
+#: Reminders, besides the words of sending :func:`is_delivery_condition` knows ("Would you like a reminder?").
+_REMINDER = re.compile(r"\b(?:remind\w*|recordatorio\w*|erinner\w*)\b", re.IGNORECASE)
 
 
 def _offered_earlier(turns: Sequence[tuple[str, str]]) -> bool:
     """Whether one of the agent's three turns before asked about sending something: a "yes" may still answer it."""
     asked = [text for role, text in turns if role == "agent"][-3:]
-    return any(("?" in text or "¿" in text) and _SEND_WORDS.search(text) for text in asked)
+    return any(("?" in text or "¿" in text) and (is_delivery_condition(text) or _REMINDER.search(text))
+               for text in asked)
 
 
 def _words(text: str) -> list[str]:
