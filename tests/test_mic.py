@@ -199,9 +199,10 @@ def test_talking_into_the_microphone_sends_the_text_and_the_lines_are_heard(serv
     assert re.search(r"1 SMS sent, 0 failed", call.output), call.output
     # the filler, then the confirmation, came out of the speaker
     spoken = call.speaker.lower()
-    # (Whisper hearing the speaker may garble one word: "on your f- phone" was seen once in a full-suite run)
+    # (Whisper hearing the speaker garbles words under load: "on your f- phone" and "link going on in your phone"
+    # were each seen in full-suite runs)
     filler = spoken.find("sending you the link")
-    confirmation = next((m.start() for m in re.finditer(r"link on your (?:\S+ )?phone", spoken)), -1)
+    confirmation = next((m.start() for m in re.finditer(r"link (?:\S+ ){0,4}phone", spoken)), -1)
     assert filler >= 0 and confirmation > filler, spoken
 
 
