@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 from incall_sms.actions import ContentSpec, SmsAction
 from incall_sms.dispatcher import CallContext, Dispatcher, SendOutcome, SendResult
 from incall_sms.errors import InvalidPhoneNumberError, MissingVariableError
+from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.inbound import message_keyword
 from incall_sms.judges.base import ConditionJudge, ConditionSpec, JudgeRequest, Match, Turn, condition_specs
 from incall_sms.phone import last_digits
@@ -27,7 +28,10 @@ from incall_sms.templates import Template
 from incall_sms.variables import CallVariables, VariableExtractor
 from incall_sms.writer import ContentWriter
 
-__all__ = ["CALL_END_TURN_OFFSET", "ActionEngine", "ActionOutcome", "Firing", "ReplyWait", "SmsReply", "reask_name"]
+__all__ = [
+    "CALL_END_TURN_OFFSET", "ActionEngine", "ActionOutcome", "DeliveryFailure", "Firing", "ReplyWait", "SmsReply",
+    "reask_name",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -159,6 +163,21 @@ class ActionOutcome:
     content_source: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryFailure:
+    """A status callback's report that a text of this call the provider accepted did not reach the phone.
+
+    Attributes:
+        event: The status callback's ``FAILED`` event (reason, error code, masked destination).
+        wait: The wait for the reply this text (an ask or its re-ask) asked for, or ``None``.
+        wait_was_open: Whether that wait was still open when the report came (the engine closed it).
+    """
+
+    event: SmsEvent
+    wait: ReplyWait | None
+    wait_was_open: bool
+
+
 def reask_name(action: SmsAction) -> str:
     """The name the one re-ask text of ``action``'s ``await_reply`` is sent (and reported) under."""
     return f"{action.name}-reask"
@@ -221,6 +240,8 @@ class ActionEngine:
         self._consented: set[str] = set()
         self._declined: set[str] = set()
         self.waits: list[ReplyWait] = []
+        self._wait_by_key: dict[str, ReplyWait] = {}  # an ask's (or its re-ask's) idempotency key -> its wait
+        self._undelivered: dict[str, DeliveryFailure] = {}  # accepted texts reported not delivered, by key
         self._waits_closed = False
         self._questions: dict[str, str] = {}  # consent question asked, by action
         self._heard_at: dict[str, int] = {}  # caller turns heard by the time the question was said
@@ -452,7 +473,12 @@ class ActionEngine:
         loop = asyncio.get_running_loop()
         wait = ReplyWait(firing=firing, result=result, done=loop.create_future(), opened_at=loop.time())
         self.waits.append(wait)
-        if self._waits_closed:  # the call is ending: nobody is left to wait for
+        self._wait_by_key[result.key] = wait
+        failure = self._undelivered.get(result.key)
+        if failure is not None:  # reported undelivered before the send's outcome came back: nobody can answer it
+            self._undelivered[result.key] = dataclasses.replace(failure, wait=wait)
+            wait.done.set_result(None)
+        elif self._waits_closed:  # the call is ending: nobody is left to wait for
             wait.done.set_result(None)
         elif self.reply_listener is None:  # no processor times the wait (tool mode): the engine closes it
             assert firing.action.await_reply is not None
@@ -470,6 +496,37 @@ class ActionEngine:
             wait.safety = None
         if wait.open:
             wait.done.set_result(None)
+
+    def report_delivery(self, event: SmsEvent) -> DeliveryFailure | None:
+        """Take a send event of this call; a status callback saying an accepted text did not arrive is recorded.
+
+        Only ``FAILED`` events raised by a status callback (``delivery_report``) count: a send's own
+        failures are its outcome. The report may come before the send's outcome reaches its caller. An
+        open wait for the text's reply is closed (nobody can answer a text that never arrived). A report
+        for an ask the caller already answered is ignored: the text evidently arrived (a late or wrong
+        report). Idempotent: every consumer of the call's events (the watcher processor, the toolset)
+        may pass the same event and gets the same failure.
+
+        Returns:
+            The recorded failure, or ``None`` when ``event`` is no such report.
+        """
+        if event.key in self._undelivered:
+            return self._undelivered[event.key]
+        if event.kind is not SmsEventKind.FAILED or not event.delivery_report or event.call_id != self.call.call_id:
+            return None
+        wait = self._wait_by_key.get(event.key)
+        was_open = wait is not None and wait.open
+        if wait is not None and not was_open and not wait.done.cancelled() and wait.done.result() is not None:
+            return None
+        failure = DeliveryFailure(event=event, wait=wait, wait_was_open=was_open)
+        self._undelivered[event.key] = failure
+        if wait is not None and was_open:
+            self.close_wait(wait)
+        return failure
+
+    def undelivered(self, key: str | None) -> DeliveryFailure | None:
+        """The failure recorded for the text with idempotency ``key`` (see :meth:`report_delivery`), or ``None``."""
+        return self._undelivered.get(key) if key is not None else None
 
     def close_all_waits(self) -> None:
         """The call is ending: close every wait, and the waits of sends still finishing are born closed."""
@@ -630,6 +687,8 @@ class ActionEngine:
                         match=Match(id=asking.name, confidence=1.0, reason=f"reply to {action.name}: {problem}"))
         result = await self.dispatcher.send(asking, call=self.call, turn=firing.turn, variables=dict(self.variables))
         self.accepted_count += result.accepted
+        if result.accepted:
+            self._wait_by_key[result.key] = wait  # a report that the re-ask did not arrive concerns this wait
         return ActionOutcome(firing=firing, result=result, line=None, content_source="template")
 
     def claim(self, action: SmsAction, *, match: Match, at: At = "turn") -> list[Firing]:

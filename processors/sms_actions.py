@@ -176,10 +176,9 @@ class SmsActionProcessor(FrameProcessor):
         self._live = True
         self._own_frames: set[int] = set()
         self._sent_keys: set[str] = set()
-        self._undelivered: dict[str, SmsEvent] = {}  # sends a status callback reported as not delivered
+        self._failures_seen: set[str] = set()  # sends reported undelivered (see ActionEngine.report_delivery)
         self._line_pending: set[str] = set()  # sends whose confirmation waits for the caller to be quiet
         self._failure_said: set[str] = set()
-        self._wait_by_key: dict[str, ReplyWait] = {}  # an ask (or its re-ask) -> the wait for its reply
         t0 = time.monotonic()
         self._clock: Callable[[], float] = clock or (lambda: time.monotonic() - t0)
         self._tap: AgentTranscriptTap | None = None
@@ -410,7 +409,6 @@ class SmsActionProcessor(FrameProcessor):
         await self._call_event_handler("on_action_completed", outcome)
         if outcome.result.accepted:
             wait.opened_at = asyncio.get_running_loop().time()  # the caller gets the whole time again
-            self._wait_by_key[outcome.result.key] = wait
             return
         _log.info("re-ask text for %s not sent (%s)", wait.firing.action.name, outcome.result.reason)
         self.engine.close_wait(wait)
@@ -475,10 +473,8 @@ class SmsActionProcessor(FrameProcessor):
         await self._call_event_handler("on_action_completed", outcome)
         wait = self.engine.wait_of(firing)
         key = outcome.result.key if outcome.result.accepted else None
-        if key is not None and wait is not None:
-            self._wait_by_key[key] = wait
-            if key in self._undelivered:  # reported undelivered before the outcome reached us
-                self._give_up_wait(wait)
+        if wait is not None and self.engine.undelivered(key) is not None:  # reported before the outcome reached us
+            self._give_up_wait(wait)
         if outcome.line and self._live:
             if key is not None:
                 self._line_pending.add(key)  # a failure report now is said instead of this line
@@ -488,9 +484,10 @@ class SmsActionProcessor(FrameProcessor):
                 if key is not None:
                     self._line_pending.discard(key)
             waiting = wait is not None and outcome.result.accepted
-            if key is not None and key in self._undelivered:
+            failure = self.engine.undelivered(key)
+            if failure is not None:
                 # never "I've texted it" (or "I'll wait for your reply") once it is known not to have arrived
-                await self._say_delivery_failure(self._undelivered[key])
+                await self._say_delivery_failure(failure.event)
             elif self._live and not (waiting and wait is not None and not wait.open):  # no "I'll wait" after the reply
                 kind = "failure"
                 if outcome.result.accepted:
@@ -563,13 +560,12 @@ class SmsActionProcessor(FrameProcessor):
         if event.kind is SmsEventKind.SENT:
             self._sent_keys.add(event.key)
         await self._call_event_handler(_EVENT_NAMES[event.kind], event)
-        if event.kind is not SmsEventKind.FAILED or not event.delivery_report or event.key not in self._sent_keys \
-                or event.key in self._undelivered:  # only a status callback says an accepted text did not arrive
+        failure = self.engine.report_delivery(event)  # only a status callback says an accepted text did not arrive
+        if failure is None or event.key not in self._sent_keys or event.key in self._failures_seen:
             return
-        self._undelivered[event.key] = event
-        wait = self._wait_by_key.get(event.key)
-        if wait is not None and wait.open:
-            self._give_up_wait(wait)
+        self._failures_seen.add(event.key)
+        if failure.wait is not None and failure.wait_was_open:
+            self._give_up_wait(failure.wait)  # the engine closed it; the agent asks by voice
         if event.key not in self._line_pending:  # else said in place of its confirmation, once the caller is quiet
             self._spawn(self._say_delivery_failure(event), "sms-say")
 

@@ -30,7 +30,7 @@ from pipecat.services.llm_service import FunctionCallParams, LLMService
 from incall_sms.actions import DELIVERY_FAILURE_LINE, SmsAction
 from incall_sms.dispatcher import SendOutcome, SendResult
 from incall_sms.engine import ActionEngine, ReplyWait
-from incall_sms.events import SmsEvent, SmsEventKind
+from incall_sms.events import SmsEvent
 from incall_sms.judges.base import Match
 
 __all__ = ["SmsToolset"]
@@ -70,9 +70,8 @@ class SmsToolset:
         self._on_undelivered = on_undelivered
         self._by_function = {_function_name(a): a for a in engine.actions.actions}
         self._llm: LLMService | None = None
-        self._undelivered: dict[str, SmsEvent] = {}  # accepted texts a status callback reported not delivered
         self._reported_sent: set[str] = set()  # texts a tool result reported sent (a failure is then a note)
-        self._wait_by_key: dict[str, ReplyWait] = {}  # an ask -> the wait for its reply
+        self._failures_seen: set[str] = set()  # texts reported undelivered (see ActionEngine.report_delivery)
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
 
@@ -154,8 +153,9 @@ class SmsToolset:
                     "note": "This text is being sent right now; the system tells the caller when it is done."}
         if state == "sent" and action.once_per_call:
             last = self.engine.last_result(action.name)
-            if last is not None and last.key in self._undelivered:
-                return self._undelivered_result(self._undelivered[last.key], action)
+            failure = self.engine.undelivered(last.key if last is not None else None)
+            if failure is not None:
+                return self._undelivered_result(failure.event, action)
             if last is not None:
                 self._reported_sent.add(last.key)  # the LLM hears it was sent: a later report must reach it
             return {"status": "already_sent", "to": f"number ending in {last.to_last2}" if last else None,
@@ -177,8 +177,9 @@ class SmsToolset:
         if result.accepted:
             return self._accepted_result(result, outcome.line, wait=self.engine.wait_of(firings[0]))
         if result.outcome is SendOutcome.DUPLICATE:  # the key already stands for a send of another path
-            if result.key in self._undelivered:
-                return self._undelivered_result(self._undelivered[result.key], action)
+            failure = self.engine.undelivered(result.key)
+            if failure is not None:
+                return self._undelivered_result(failure.event, action)
             stored = (result.reason or "").removeprefix("already_")
             status = {"accepted": "already_sent", "unconfirmed": "unconfirmed"}.get(stored, "in_progress")
             if status == "already_sent":
@@ -194,12 +195,9 @@ class SmsToolset:
 
     def _accepted_result(self, result: SendResult, line: str | None, *, wait: ReplyWait | None) -> dict[str, Any]:
         """The result of a send the provider accepted (no await: a status callback cannot slip in between)."""
-        if wait is not None:
-            self._wait_by_key[result.key] = wait
-        if result.key in self._undelivered:  # reported undelivered before the send's outcome reached us
-            if wait is not None:
-                self.engine.close_wait(wait)
-            return self._undelivered_result(self._undelivered[result.key], wait.firing.action if wait else None)
+        failure = self.engine.undelivered(result.key)
+        if failure is not None:  # reported undelivered before the send's outcome reached us (the wait is closed)
+            return self._undelivered_result(failure.event, wait.firing.action if wait else None)
         self._reported_sent.add(result.key)
         return {"status": "sent", "to": f"number ending in {result.to_last2}", "segments": result.segments,
                 "say": line}
@@ -216,15 +214,11 @@ class SmsToolset:
 
     async def _on_sms_event(self, event: SmsEvent) -> None:
         # only a status callback says an accepted text did not arrive (a send's own failures are tool results)
-        if event.kind is not SmsEventKind.FAILED or not event.delivery_report or event.key in self._undelivered:
+        failure = self.engine.report_delivery(event)
+        if failure is None or event.key in self._failures_seen:
             return
-        wait = self._wait_by_key.get(event.key)
-        was_open = wait is not None and wait.open
-        if wait is not None and not was_open and not wait.done.cancelled() and wait.done.result() is not None:
-            return  # the caller already replied to it: the text did arrive (a late or wrong report)
-        self._undelivered[event.key] = event
-        if wait is not None and was_open:
-            self.engine.close_wait(wait)
+        self._failures_seen.add(event.key)
+        wait, was_open = failure.wait, failure.wait_was_open
         if event.key not in self._reported_sent:  # the send's tool result, still to come, says it
             return
         _log.info("text for %s to %s reported undelivered (%s)", event.action, event.to_masked, event.reason)

@@ -185,6 +185,31 @@ async def test_an_ask_reported_undelivered_stops_the_wait_and_hands_over_to_voic
     assert not any("their text reply is awaited" in n for n in notes.notes)
 
 
+async def test_a_late_undelivered_report_for_an_ask_already_answered_is_not_said(peer):
+    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    inbound = InboundMessageProcessor(replies=engine)
+    notes = Notes()
+    reports = undeliver(engine, after=lambda: "email" in engine.variables)  # the report comes after the reply
+
+    async def script(worker):
+        await worker.queue_frame(said("Can I just text you my email address instead?"))
+        await until(lambda: ("waiting", "ask_email") in lines(sms))
+        await inbound.deliver(reply("it's jane@example.com"))  # the text did reach the caller
+        await until(lambda: ("confirmation", "email_received") in lines(sms))
+        await asyncio.gather(*reports)
+        await asyncio.sleep(0.3)
+
+    await run_pipeline([sms, notes, inbound], script)
+    assert engine.variables["email"] == "jane@example.com" and len(reports) == 2  # the ask and the thank-you
+    # the ask's report is a late or wrong one: no "it didn't go through", no "ask by voice"; the thank-you
+    # text's own report is true and is said
+    assert lines(sms) == [("waiting", "ask_email"), ("confirmation", "email_received"),
+                          ("delivery_failure", "email_received")]
+    assert not any("by voice instead" in n for n in notes.notes)
+    assert engine.undelivered(engine.waits[0].result.key) is None
+
+
 async def test_second_invalid_reply_hands_over_to_voice_without_a_third_text(peer):
     engine = make_engine(peer=peer, actions=EMAIL_FLOW)
     sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)

@@ -184,6 +184,19 @@ async def test_a_tool_mode_ask_reported_undelivered_closes_its_wait():
     toolset.close()
 
 
+async def test_a_tool_mode_ask_reported_undelivered_before_its_result_never_waits():
+    from tests.test_await_reply import EMAIL_FLOW
+
+    engine, toolset, _pushed = registered(EMAIL_FLOW)  # subscribed first: the report reaches it during the send
+    undeliver(engine)
+    result = await toolset.call(engine.actions.get("ask_email"), {})
+    assert result["status"] == "undelivered" and "email by voice" in result["note"]
+    (wait,) = engine.waits
+    assert not wait.open  # born closed: nobody can answer a text that never arrived
+    assert engine.undelivered(wait.result.key).wait is wait
+    toolset.close()
+
+
 class PushedFrames:
     """The frames a toolset pushes from its LLM service (the seam: no pipeline runs these tests)."""
 
