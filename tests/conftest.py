@@ -34,7 +34,22 @@ def caplog_all(caplog):
     return caplog
 
 
+#: Modules (and single tests, marked ``cpu_heavy``) that load a model or play audio through the sound server: on
+#: the README's two xdist workers (scripts/test.sh) they share one worker, so they never compete with each other
+#: for the CPU; every other module stays whole on one worker (its module fixtures are set up once).
+_CPU_HEAVY_MODULES = frozenset({"test_local_model.py", "test_mic.py"})
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        heavy = item.path.name in _CPU_HEAVY_MODULES or item.get_closest_marker("cpu_heavy") is not None
+        item.add_marker(pytest.mark.xdist_group("cpu-heavy" if heavy else item.path.name))
+
+
 def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_heavy: runs on the xdist worker of the model and audio tests")
     # pipecat logs every frame link at DEBUG through loguru: keep test output readable
     try:
         import sys

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from incall_sms.pipeline import DEFAULT_ACTIONS
 from tests.conftest import ROOT
 
@@ -76,6 +78,7 @@ def test_judge_eval_contract(shared):
     assert last["n"] == 30 and 0.0 <= last["f1"] <= 1.0
 
 
+@pytest.mark.cpu_heavy
 def test_judge_eval_default_runs_the_local_model_when_installed(tmp_path):
     # auto = the local model when its extra is installed (here the small one, from the [dev] extras)
     cases = tmp_path / "cases.jsonl"

@@ -127,12 +127,13 @@ def _calls(name):
 
 
 async def test_report_times_share_one_clock():
-    """Lines, inbound texts and SMS are stamped on the recording's clock: an inbound text is reported within one
-    20 ms frame of when the recording has it, the confirmation within one frame of the send it confirms, the
-    filler while that send was in flight. (Before, lines and inbound came 1.5-4 s late on another clock.)"""
+    """Lines, inbound texts and SMS are stamped on the recording's clock: an inbound text is reported when the
+    recording has it, the confirmation right after the send it confirms, the filler while that send was in
+    flight. (Before, lines and inbound came 1.5-4 s late on another clock.) The replay runs in real time (at
+    ``speed``): the bounds leave 0.2 s of call time for a loaded machine, an order of magnitude below the bug."""
     report = await replay(_calls("inbound_text"), actions=load_actions(CORPUS_ACTIONS), speed=2.0)
     (inbound,) = report.inbound
-    assert 4.0 <= inbound.t <= 4.0 + 0.02, inbound.t
+    assert 4.0 <= inbound.t <= 4.0 + 0.2, inbound.t
     report = await replay(_calls("booking_confirmation"), actions=load_actions(CORPUS_ACTIONS), speed=2.0)
     (sms,) = [s for s in report.sms if s.action == "booking_confirmation"]
     filler, confirmation = report.lines
@@ -140,7 +141,7 @@ async def test_report_times_share_one_clock():
     assert asked.t >= 8.0  # recorded at 8.0
     assert asked.t + 0.4 <= sms.t  # the provider takes 0.4 s of call time
     assert asked.t <= filler.t <= sms.t  # the filler was queued while the send was in flight
-    assert sms.t <= confirmation.t <= sms.t + 0.02, (sms.t, confirmation.t)
+    assert sms.t <= confirmation.t <= sms.t + 0.2, (sms.t, confirmation.t)
     times = [t.t for t in report.conversation]
     assert times == sorted(times)
 
