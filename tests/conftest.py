@@ -34,10 +34,12 @@ def caplog_all(caplog):
     return caplog
 
 
-#: Modules (and single tests, marked ``cpu_heavy``) that load a model or play audio through the sound server: on
-#: the README's two xdist workers (scripts/test.sh) they share one worker, so they never compete with each other
-#: for the CPU; every other module stays whole on one worker (its module fixtures are set up once).
-_CPU_HEAVY_MODULES = frozenset({"test_local_model.py", "test_mic.py"})
+# The README's test command runs two xdist workers (scripts/test.sh). Every module stays whole on one worker (its
+# module fixtures are set up once); the modules and tests that load a model (``cpu_heavy``) share one worker, so
+# they never compete with each other for the CPU; and a test marked ``solo`` (audio through a sound server, a
+# campaign whose outcome depends on timeouts) runs while no other test runs: it holds a file lock exclusively,
+# every other test holds it shared.
+_CPU_HEAVY_MODULES = frozenset({"test_local_model.py"})
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,8 +50,28 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group("cpu-heavy" if heavy else item.path.name))
 
 
+@pytest.fixture(autouse=True)
+def _solo_or_shared(request):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing runs beside a test anyway
+        yield
+        return
+    import fcntl
+
+    locks = ROOT / ".cache" / "test-locks"  # one pair per checkout (two runs in one checkout take turns)
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / "turnstile", "a") as turnstile, open(locks / "cpu", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # a solo test waiting here keeps new tests from starting meanwhile
+        fcntl.flock(lock, fcntl.LOCK_EX if request.node.get_closest_marker("solo") else fcntl.LOCK_SH)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cpu_heavy: runs on the xdist worker of the model and audio tests")
+    config.addinivalue_line("markers", "cpu_heavy: runs on the xdist worker of the model tests")
+    config.addinivalue_line("markers", "solo: runs while no other test runs (under xdist)")
     # pipecat logs every frame link at DEBUG through loguru: keep test output readable
     try:
         import sys

@@ -89,6 +89,7 @@ async def outboxes(request):
         await store.aclose()
 
 
+@pytest.mark.solo  # how many sends end unconfirmed depends on the machine's load
 async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent(outboxes):
     async with TwilioPeer() as peer, contextlib.AsyncExitStack() as running:
         peer.fault_for, kinds = fault_plan(seed=7)
@@ -162,9 +163,10 @@ async def test_thousand_sends_no_duplicates_none_lost_none_falsely_sent(outboxes
     assert false_sent == []
     assert lost == {}  # a message that exists at the provider is never reported as a plain failure
     # Each send that is not accepted is an honest "unconfirmed" (its lookups timed out too: how many depends on
-    # how loaded the machine is, ~3 when quiet, ~100 with another process saturating both cores); the campaign
-    # must still deliver the bulk.
-    assert all(r.reason == "unconfirmed" for r in results if not r.accepted), Counter(
+    # how loaded the machine is, ~3 when quiet, ~100 with another process saturating both cores) or, rarely, an
+    # honest "rate_limited" (every attempt answered 429 until the retry budget ran out: nothing was created, and
+    # `lost` above proves no message exists for it); the campaign must still deliver the bulk.
+    assert {r.reason for r in results if not r.accepted} <= {"unconfirmed", "rate_limited"}, Counter(
         r.reason for r in results if not r.accepted)
     assert outcomes[SendOutcome.ACCEPTED] >= SENDS * 0.8
     assert sum(kinds.values()) > 250  # the campaign really injected faults

@@ -32,6 +32,8 @@ from incall_sms.pipeline.half_duplex import HalfDuplexGuard
 from tests.conftest import ROOT
 from tests.helpers import pulse
 
+pytestmark = pytest.mark.solo  # audio through the sound server: nothing else may load the CPU meanwhile
+
 CALLER_LINE = "Hi, could you send me the link to your website, please?"
 # words of the agent's lines (stand-in replies, filler, confirmation) that the caller's line does not have
 AGENT_ONLY = re.compile(r"\b(anything|else|help|sending|sure|should|phone|sent)\b", re.IGNORECASE)
