@@ -128,6 +128,7 @@ class ReplyWait:
         result: Its send result (masked destination, SID).
         done: Resolves to the value when a valid reply arrived, ``None`` when the wait was closed.
         reasked: Whether the one re-ask text was used.
+        replies: Texts taken as replies to it, valid or not (each proves the texts before it arrived).
         opened_at: Event-loop time the wait (re)started: when the text was accepted, when a re-ask
             started on its way and when it was accepted.
         safety: The engine's own closing timer (only without a processor timing the wait).
@@ -137,6 +138,7 @@ class ReplyWait:
     result: SendResult
     done: asyncio.Future[str | None]
     reasked: bool = False
+    replies: int = 0
     opened_at: float = 0.0
     safety: asyncio.TimerHandle | None = None
 
@@ -503,21 +505,25 @@ class ActionEngine:
         Only ``FAILED`` events raised by a status callback (``delivery_report``) count: a send's own
         failures are its outcome. The report may come before the send's outcome reaches its caller. An
         open wait for the text's reply is closed (nobody can answer a text that never arrived). A report
-        for an ask the caller already answered is ignored: the text evidently arrived (a late or wrong
-        report). Idempotent: every consumer of the call's events (the watcher processor, the toolset)
-        may pass the same event and gets the same failure.
+        for a text the caller has since answered (any reply to the ask after it, valid or not; a valid
+        value for the wait) is ignored: the text evidently arrived (a late or wrong report). Idempotent:
+        every consumer of the call's events (the watcher processor, the toolset) may pass the same event
+        and gets the same failure.
 
         Returns:
             The recorded failure, or ``None`` when ``event`` is no such report.
         """
-        if event.key in self._undelivered:
-            return self._undelivered[event.key]
         if event.kind is not SmsEventKind.FAILED or not event.delivery_report or event.call_id != self.call.call_id:
             return None
+        if event.key in self._undelivered:
+            return self._undelivered[event.key]
         wait = self._wait_by_key.get(event.key)
         was_open = wait is not None and wait.open
-        if wait is not None and not was_open and not wait.done.cancelled() and wait.done.result() is not None:
-            return None
+        if wait is not None:
+            valued = not was_open and not wait.done.cancelled() and wait.done.result() is not None
+            replied_after = wait.replies > (0 if event.key == wait.result.key else 1)  # the re-ask follows reply 1
+            if valued or replied_after:
+                return None
         failure = DeliveryFailure(event=event, wait=wait, wait_was_open=was_open)
         self._undelivered[event.key] = failure
         if wait is not None and was_open:
@@ -617,6 +623,7 @@ class ActionEngine:
         if keyword == "opt_in" and not any(kind(w) == "yes_no" for w in open_waits):
             return None  # START/UNSTOP: the opt-in was recorded; it answers no question
         wait = next((w for w in open_waits if parse_reply(kind(w), body, default_region=region).ok), open_waits[0])
+        wait.replies += 1
         action = wait.firing.action
         spec = action.await_reply
         assert spec is not None
@@ -689,6 +696,10 @@ class ActionEngine:
         self.accepted_count += result.accepted
         if result.accepted:
             self._wait_by_key[result.key] = wait  # a report that the re-ask did not arrive concerns this wait
+            failure = self._undelivered.get(result.key)
+            if failure is not None:  # reported undelivered before the send's outcome came back
+                self._undelivered[result.key] = dataclasses.replace(failure, wait=wait)
+                self.close_wait(wait)
         return ActionOutcome(firing=firing, result=result, line=None, content_source="template")
 
     def claim(self, action: SmsAction, *, match: Match, at: At = "turn") -> list[Firing]:

@@ -177,6 +177,8 @@ class SmsActionProcessor(FrameProcessor):
         self._own_frames: set[int] = set()
         self._sent_keys: set[str] = set()
         self._failures_seen: set[str] = set()  # sends reported undelivered (see ActionEngine.report_delivery)
+        self._own_firings: set[int] = set()  # firings this processor ran (a toolset's asks are the toolset's)
+        self._given_up: set[int] = set()  # waits handed over to voice
         self._line_pending: set[str] = set()  # sends whose confirmation waits for the caller to be quiet
         self._failure_said: set[str] = set()
         t0 = time.monotonic()
@@ -409,6 +411,8 @@ class SmsActionProcessor(FrameProcessor):
         await self._call_event_handler("on_action_completed", outcome)
         if outcome.result.accepted:
             wait.opened_at = asyncio.get_running_loop().time()  # the caller gets the whole time again
+            if self.engine.undelivered(outcome.result.key) is not None:  # reported before its outcome came back
+                self._give_up_wait(wait)
             return
         _log.info("re-ask text for %s not sent (%s)", wait.firing.action.name, outcome.result.reason)
         self.engine.close_wait(wait)
@@ -458,6 +462,7 @@ class SmsActionProcessor(FrameProcessor):
                 await self._speak(line, kind="reply_timeout", action=wait.firing.action.name, append=True)
 
     async def _run(self, firing: Firing) -> None:
+        self._own_firings.add(id(firing))  # the engine keeps the firing (and its wait): the id stays unique
         send = self._spawn(self.engine.execute(firing), f"sms-send-{firing.action.name}")
         if firing.at == "turn" and self._live:
             await self._filler(firing, send)
@@ -564,7 +569,7 @@ class SmsActionProcessor(FrameProcessor):
         if failure is None or event.key not in self._sent_keys or event.key in self._failures_seen:
             return
         self._failures_seen.add(event.key)
-        if failure.wait is not None and failure.wait_was_open:
+        if failure.wait is not None and failure.wait_was_open and id(failure.wait.firing) in self._own_firings:
             self._give_up_wait(failure.wait)  # the engine closed it; the agent asks by voice
         if event.key not in self._line_pending:  # else said in place of its confirmation, once the caller is quiet
             self._spawn(self._say_delivery_failure(event), "sms-say")
@@ -578,7 +583,10 @@ class SmsActionProcessor(FrameProcessor):
         await self._speak(line, kind="delivery_failure", action=event.action, append=True)
 
     def _give_up_wait(self, wait: ReplyWait) -> None:
-        """The text asking for a reply did not arrive: stop waiting and have the agent ask by voice."""
+        """The text asking for a reply did not arrive: stop waiting and have the agent ask by voice (once)."""
+        if id(wait) in self._given_up:
+            return
+        self._given_up.add(id(wait))
         self.engine.close_wait(wait)
         spec = wait.firing.action.await_reply
         if self._tell_llm and self._live and spec is not None:

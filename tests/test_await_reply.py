@@ -12,11 +12,14 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.openai.llm import OpenAILLMService
 
 from incall_sms.actions import parse_actions
+from incall_sms.engine import reask_name
 from incall_sms.errors import ActionConfigError
+from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.inbound import InboundMessage, InboundRouter, InProcessCallRegistry
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.processors.inbound import InboundMessageProcessor
 from incall_sms.processors.sms_actions import SmsActionProcessor
+from incall_sms.processors.sms_tools import SmsToolset
 from tests.helpers.pipeline import run_pipeline
 from tests.helpers.sms import AGENT, CALLER, make_engine, undeliver
 from tests.helpers.webhooks import App, sms_form
@@ -190,24 +193,137 @@ async def test_a_late_undelivered_report_for_an_ask_already_answered_is_not_said
     sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
     inbound = InboundMessageProcessor(replies=engine)
     notes = Notes()
-    reports = undeliver(engine, after=lambda: "email" in engine.variables)  # the report comes after the reply
+    reported = []
 
     async def script(worker):
         await worker.queue_frame(said("Can I just text you my email address instead?"))
         await until(lambda: ("waiting", "ask_email") in lines(sms))
         await inbound.deliver(reply("it's jane@example.com"))  # the text did reach the caller
         await until(lambda: ("confirmation", "email_received") in lines(sms))
-        await asyncio.gather(*reports)
+        ask = engine.waits[0].result
+        reported.append(await engine.dispatcher.handle_status(ask.sid, "undelivered", 30003))  # late or wrong
         await asyncio.sleep(0.3)
 
     await run_pipeline([sms, notes, inbound], script)
-    assert engine.variables["email"] == "jane@example.com" and len(reports) == 2  # the ask and the thank-you
-    # the ask's report is a late or wrong one: no "it didn't go through", no "ask by voice"; the thank-you
-    # text's own report is true and is said
-    assert lines(sms) == [("waiting", "ask_email"), ("confirmation", "email_received"),
-                          ("delivery_failure", "email_received")]
+    assert engine.variables["email"] == "jane@example.com"
+    assert reported[0] is not None and reported[0].delivery_report  # the report was raised, and ignored:
+    assert lines(sms) == [("waiting", "ask_email"), ("confirmation", "email_received")]  # no "didn't go through"
     assert not any("by voice instead" in n for n in notes.notes)
     assert engine.undelivered(engine.waits[0].result.key) is None
+
+
+def voice_notes(notes):
+    return [n for n in notes if "did not reach their phone" in n]
+
+
+async def test_an_ask_reported_undelivered_while_its_confirmation_waits_hands_over_once(peer):
+    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    inbound = InboundMessageProcessor(replies=engine)
+    notes = Notes()
+
+    async def slow_filler(firing, send):  # the report lands after the wait opened, before the outcome is read
+        outcome = await asyncio.shield(send)
+        assert engine.waits[0].open
+        await engine.dispatcher.handle_status(outcome.result.sid, "undelivered", 30003)
+
+    sms._filler = slow_filler
+
+    async def script(worker):
+        await worker.queue_frame(said("Can I just text you my email address instead?"))
+        await until(lambda: ("delivery_failure", "ask_email") in lines(sms))
+        await asyncio.sleep(0.3)
+
+    await run_pipeline([sms, notes, inbound], script)
+    assert lines(sms) == [("delivery_failure", "ask_email")]
+    assert len(voice_notes(notes.notes)) == 1  # one "ask by voice" note, not one per path that learnt it
+
+
+async def test_a_reask_reported_undelivered_during_its_send_ends_the_wait(peer):
+    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    inbound = InboundMessageProcessor(replies=engine)
+    notes = Notes()
+
+    async def on_event(event):  # the status callback comes before the re-ask's send returns
+        if event.kind is SmsEventKind.SENT and event.action == reask_name(engine.actions.get("ask_email")):
+            await engine.dispatcher.handle_status(event.sid, "undelivered", 30003)
+
+    engine.dispatcher.subscribe(on_event, call_id=engine.call.call_id)
+
+    async def script(worker):
+        await worker.queue_frame(said("Can I just text you my email address instead?"))
+        await until(lambda: ("waiting", "ask_email") in lines(sms))
+        await inbound.deliver(reply("john at example dot com"))  # not an address: one re-ask text
+        await until(lambda: ("delivery_failure", "ask_email-reask") in lines(sms))
+        await until(lambda: voice_notes(notes.notes))
+
+    await run_pipeline([sms, notes, inbound], script)
+    assert not engine.waits[0].open  # no 30 s wait for a reply to a text that never arrived
+    assert len(voice_notes(notes.notes)) == 1
+
+
+async def test_a_late_report_for_an_ask_the_caller_replied_to_even_invalidly_is_ignored(peer):
+    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    inbound = InboundMessageProcessor(replies=engine)
+    notes = Notes()
+
+    async def script(worker):
+        await worker.queue_frame(said("Can I just text you my email address instead?"))
+        await until(lambda: ("waiting", "ask_email") in lines(sms))
+        await inbound.deliver(reply("john at example dot com"))  # a reply, invalid: the ask did arrive
+        await until(lambda: len(peer.messages) == 2)
+        (wait,) = engine.waits
+        assert await engine.dispatcher.handle_status(wait.result.sid, "undelivered", 30003) is not None
+        await asyncio.sleep(0.3)
+        assert wait.open  # still waiting for the answer to the re-ask
+        await inbound.deliver(reply("john@example.com"))
+        await until(lambda: ("confirmation", "email_received") in lines(sms))
+
+    await run_pipeline([sms, notes, inbound], script)
+    assert engine.variables["email"] == "john@example.com"
+    assert ("delivery_failure", "ask_email") not in lines(sms) and voice_notes(notes.notes) == []
+
+
+async def test_the_watcher_leaves_a_tool_mode_ask_reported_undelivered_to_the_toolset(peer):
+    from tests.test_sms_tools import PushedFrames
+
+    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    notes = Notes()
+    pushed = PushedFrames()
+    toolset = SmsToolset(engine=engine, speak_filler=False)
+    toolset.register(pushed.service)
+    go = asyncio.Event()
+    reports = undeliver(engine, after=go.is_set)
+
+    async def script(worker):
+        assert (await toolset.call(engine.actions.get("ask_email"), {}))["status"] == "sent"
+        go.set()
+        await asyncio.gather(*reports)
+        await asyncio.sleep(0.3)
+
+    await run_pipeline([sms, notes], script)
+    toolset.close()
+    assert voice_notes(notes.notes) == []  # the toolset tells its LLM (one note), the watcher adds none
+    assert [n for n in pushed.notes() if "did not reach" in n and "by voice" in n]
+
+
+def test_only_a_status_callback_for_this_call_is_a_delivery_failure():
+    engine = make_engine(actions=EMAIL_FLOW)
+    call = engine.call.call_id
+    base = dict(key=f"{call}:ask_email:0", action="ask_email", to_masked="+1******2671", sid="SM1")
+    assert engine.report_delivery(SmsEvent(kind=SmsEventKind.FAILED, call_id=call, reason="unreachable",
+                                           **base)) is None  # a send's own failure, not a carrier's report
+    assert engine.report_delivery(SmsEvent(kind=SmsEventKind.FAILED, call_id="CAother", delivery_report=True,
+                                           **base)) is None
+    failed = SmsEvent(kind=SmsEventKind.FAILED, call_id=call, delivery_report=True, reason="unreachable", **base)
+    first = engine.report_delivery(failed)
+    assert first is not None and engine.report_delivery(failed) is first  # idempotent: every consumer gets it
+    for kind in (SmsEventKind.SENT, SmsEventKind.DELIVERED, SmsEventKind.QUEUED):  # later events are no report
+        assert engine.report_delivery(SmsEvent(kind=kind, call_id=call, delivery_report=True, **base)) is None
+    assert engine.undelivered(base["key"]) is first
 
 
 async def test_second_invalid_reply_hands_over_to_voice_without_a_third_text(peer):
