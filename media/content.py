@@ -1,15 +1,17 @@
 """Turning an inbound SMS/MMS (or WhatsApp message) into an LLM user message.
 
 * text: quoted and attributed ("The caller sent a text message during the call: ...");
-* images: decoded with Pillow (bomb-protected), scaled to at most 1024 px, re-encoded as JPEG,
-  attached as ``image_url`` data-URL parts;
+* images: decoded with Pillow (at most ``MAX_IMAGE_PIXELS``, checked from the header), scaled to at
+  most 1024 px, re-encoded as JPEG, attached as ``image_url`` data-URL parts;
 * audio (amr/ogg/mp3/...): converted to 16 kHz mono WAV with ffmpeg (the one ``imageio-ffmpeg``
-  ships with the ``[media]`` extra, or ffmpeg on PATH), transcribed by the configured
+  ships with the ``[media]`` extra, or ffmpeg on PATH), at most ``MAX_VOICE_SECONDS`` of it (ffmpeg's
+  output is capped as it is read), transcribed by the configured
   :class:`Transcriber`; without ffmpeg the attachment becomes a note saying so;
 * video: the audio track transcribed, two key frames attached as images;
 * text/vCard/calendar: decoded text (capped); PDF and others: a clear "unsupported attachment" note.
 
-Heavy work (decoding, ffmpeg, transcription) runs off the event loop or as subprocesses.
+Heavy work (decoding, ffmpeg, transcription) runs off the event loop or as subprocesses, at most
+``MAX_CONVERSIONS`` attachments at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -33,7 +36,27 @@ _log = logging.getLogger(__name__)
 
 MAX_IMAGE_SIDE = 1024
 MAX_TEXT_ATTACHMENT = 2000
+#: Largest image decoded, in pixels (a few KB of PNG can declare a huge canvas: refused from its header).
+MAX_IMAGE_PIXELS = 40_000_000
+#: Seconds of a voice note (or a video's sound track) transcribed: the rest is cut (a few KB of compressed
+#: silence can decode to hours of audio).
+MAX_VOICE_SECONDS = 600
 _FFMPEG_TIMEOUT = 30.0
+#: Bytes ffmpeg may write: 16 kHz mono 16-bit WAV for MAX_VOICE_SECONDS, with room for the header.
+_WAV_MAX_BYTES = 32_000 * MAX_VOICE_SECONDS + 4096
+_FRAMES_MAX_BYTES = 8 << 20
+#: Attachments converted at once per event loop (each can take ~0.3 GB and a core): more wait their turn.
+MAX_CONVERSIONS = 2
+_CONVERSION_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+def _conversion_slot() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slot = _CONVERSION_SLOTS.get(loop)
+    if slot is None:
+        slot = _CONVERSION_SLOTS[loop] = asyncio.Semaphore(MAX_CONVERSIONS)
+    return slot
 
 
 class Transcriber(Protocol):
@@ -63,22 +86,43 @@ def ffmpeg_exe() -> str:
     raise MediaError("no_ffmpeg")
 
 
-async def _ffmpeg(args: Sequence[str], data: bytes) -> bytes:
-    """Run ffmpeg with ``data`` written to a temp file (input ``{in}``); returns stdout."""
+async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes:
+    """Run ffmpeg on ``data`` (written to a temp file) and return what it writes to stdout.
+
+    Raises:
+        MediaError: ``too_large`` (more than ``max_output`` bytes: ffmpeg is stopped, nothing is kept),
+            ``timeout``, ``undecodable``.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "in")
         with open(src, "wb") as handle:  # noqa: ASYNC230 - small local temp file
             handle.write(data)
         proc = await asyncio.create_subprocess_exec(
             ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", src, *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), _FFMPEG_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
+        assert proc.stdout is not None
+
+        async def collect() -> bytes:
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await proc.stdout.read(1 << 16):
+                size += len(chunk)
+                if size > max_output:
+                    raise MediaError("too_large")
+                chunks.append(chunk)
             await proc.wait()
-            raise MediaError("timeout") from None
+            return b"".join(chunks)
+
+        try:
+            out = await asyncio.wait_for(collect(), _FFMPEG_TIMEOUT)
+        except (TimeoutError, MediaError, asyncio.CancelledError) as exc:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            if isinstance(exc, TimeoutError):
+                raise MediaError("timeout") from None
+            raise
         if proc.returncode != 0:
             raise MediaError("undecodable")
         return out
@@ -87,9 +131,12 @@ async def _ffmpeg(args: Sequence[str], data: bytes) -> bytes:
 def _image_part(data: bytes) -> dict[str, Any]:
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = 40_000_000
-    try:
+    try:  # (Pillow's own MAX_IMAGE_PIXELS, process-wide, is left alone: it only warns below twice its value)
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size  # from the header, before anything is decoded
+            if width * height > MAX_IMAGE_PIXELS:
+                raise MediaError("too_large")
+            image.draft("RGB", (2 * MAX_IMAGE_SIDE, 2 * MAX_IMAGE_SIDE))  # a JPEG decodes at 1/2-1/8 scale
             image.load()
             frame = image.convert("RGB")
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError):
@@ -104,7 +151,8 @@ def _image_part(data: bytes) -> dict[str, Any]:
 async def _audio_text(data: bytes, transcriber: Transcriber | None) -> str:
     if transcriber is None:
         return "[a voice note was attached, but no speech-to-text is configured]"
-    wav = await _ffmpeg(["-vn", "-ac", "1", "-ar", "16000", "-f", "wav", "pipe:1"], data)
+    wav = await _ffmpeg(["-vn", "-t", str(MAX_VOICE_SECONDS), "-ac", "1", "-ar", "16000", "-f", "wav", "pipe:1"],
+                        data, max_output=_WAV_MAX_BYTES)
     transcript = (await transcriber.transcribe(wav)).strip()
     return f'[voice note] "{transcript}"' if transcript else "[a voice note with no recognisable speech]"
 
@@ -117,7 +165,7 @@ async def _video_parts(data: bytes, transcriber: Transcriber | None) -> list[dic
     except MediaError:
         parts.append({"type": "text", "text": "[video] (no sound track)"})
     frames = await _ffmpeg(["-vf", "thumbnail,scale=640:-2", "-frames:v", "2", "-f", "image2pipe",
-                            "-vcodec", "mjpeg", "pipe:1"], data)
+                            "-vcodec", "mjpeg", "pipe:1"], data, max_output=_FRAMES_MAX_BYTES)
     for chunk in frames.split(b"\xff\xd9")[:2]:
         if chunk.strip():
             parts.append(await asyncio.to_thread(_image_part, chunk + b"\xff\xd9"))
@@ -161,7 +209,8 @@ async def build_user_message(
         try:
             item = await fetcher.fetch(media, budget=budget)
             budget -= len(item.data)
-            parts.extend(await _parts_for(item, transcriber))
+            async with _conversion_slot():
+                parts.extend(await _parts_for(item, transcriber))
         except MediaError as exc:
             _log.warning("inbound %s attachment %d: %s", message.sid, index, exc.reason)
             parts.append({"type": "text", "text": f"[attachment {index + 1} ({media.content_type}) could not be "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import aiohttp
@@ -40,7 +41,7 @@ class DeepgramPrerecordedTranscriber:
             self._session = aiohttp.ClientSession()
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._session.post(self._url, params=self._params, data=wav_16k_mono,
+                async with self._session.post(self._url, params=self._params, data=io.BytesIO(wav_16k_mono),  # streamed
                                               headers=self._headers) as response:
                     if response.status != 200:
                         raise MediaError("http_error")

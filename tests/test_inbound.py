@@ -210,6 +210,50 @@ async def test_bad_media_is_refused_with_a_note_and_nothing_lost(media_setup):
     assert "could not be opened: undecodable" in texts[5]
 
 
+async def test_media_bombs_are_refused_or_cut_before_they_cost_memory(media_setup):
+    # a few KB that decode to a huge canvas or to hours of audio (found by an outside attack): refused from the
+    # image header; the sound cut at MAX_VOICE_SECONDS as ffmpeg writes it
+    import io
+    import subprocess
+
+    from PIL import Image
+
+    from incall_sms.media.content import MAX_VOICE_SECONDS, ffmpeg_exe
+
+    media, deepgram, fetcher, transcriber = media_setup
+    canvas = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(canvas, format="PNG")  # 64 M pixels in a few KB
+    hours = subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                            "anullsrc=r=1000:cl=mono", "-t", "7200", "-c:a", "flac", "-frame_size", "65535", "-f", "flac",
+                            "pipe:1"],
+                           capture_output=True, check=True).stdout  # two hours of silence
+    assert len(canvas.getvalue()) < 100_000 and len(hours) < 100_000
+    media.items["canvas"] = ("image/png", canvas.getvalue())
+    media.items["hours"] = ("audio/mpeg", hours)  # the declared type is not what ffmpeg reads
+    message = await build(sms_form(body="look", media=[(media.url("canvas"), "image/png"),
+                                                       (media.url("hours"), "audio/mpeg")]), fetcher, transcriber)
+    texts = [p["text"] for p in message["content"] if p["type"] == "text"]
+    assert "could not be opened: too large" in texts[1]
+    assert texts[2].startswith("[voice note]") and len(deepgram.bodies) == 1
+    assert len(deepgram.bodies[0]) <= 32_000 * MAX_VOICE_SECONDS + 4096  # 10 minutes of 16 kHz WAV, not 2 hours
+
+
+async def test_ffmpeg_output_over_its_cap_stops_ffmpeg():
+    import subprocess
+
+    from incall_sms.media.content import _ffmpeg, ffmpeg_exe
+    from incall_sms.media.fetch import MediaError
+
+    tone = subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                           "sine=frequency=440:sample_rate=8000", "-t", "60", "-c:a", "flac", "-f", "flac", "pipe:1"],
+                          capture_output=True, check=True).stdout
+    with pytest.raises(MediaError) as refused:
+        await _ffmpeg(["-ac", "1", "-ar", "16000", "-f", "wav", "pipe:1"], tone, max_output=100_000)
+    assert refused.value.reason == "too_large"
+    wav = await _ffmpeg(["-ac", "1", "-ar", "16000", "-f", "wav", "pipe:1"], tone, max_output=5_000_000)
+    assert 1_900_000 < len(wav) < 2_000_000  # the same minute, under a cap that fits it
+
+
 async def test_private_addresses_refused_by_default():
     from incall_sms.inbound import InboundMedia
     from incall_sms.media.fetch import MediaError
