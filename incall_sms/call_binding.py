@@ -11,7 +11,12 @@ message, and the stream is accepted only if the token
   every worker of the account can check it),
 * is for the call SID the ``start`` message names,
 * has not expired (default 120 s: Twilio opens the stream right after the TwiML),
-* has not been used before (the dedupe store: in-process, or Redis across workers).
+* has not been used before (the dedupe store: in-process, or Redis across workers),
+* and no stream was accepted for that call before.
+
+A call is announced once: a second ``/voice`` for a call SID (a replayed request, even hours later,
+even with its valid signature) mints nothing, and a second stream for a call is refused whatever its
+token, so nobody can open another stream for a live call and take over its texts.
 
 The caller and called numbers of the call are then taken from the token, never from
 unsigned stream parameters.
@@ -32,13 +37,16 @@ from collections.abc import Callable
 from incall_sms.errors import SmsError
 from incall_sms.inbound import InProcessSeenKeys, SeenKeys
 
-__all__ = ["CALL_SID", "STREAM_SID", "CallBinder", "CallBinding", "StreamAuthError"]
+__all__ = ["CALL_MEMORY", "CALL_SID", "STREAM_SID", "CallBinder", "CallBinding", "StreamAuthError"]
 
 #: Twilio call and stream SIDs (``CA`` / ``MZ`` + 32 hex digits).
 CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 STREAM_SID = re.compile(r"^MZ[0-9a-fA-F]{32}$")
 
 _VERSION = 1
+
+#: Seconds an announced call and its stream are remembered (longer than any call).
+CALL_MEMORY = 24 * 3600.0
 
 
 class StreamAuthError(SmsError):
@@ -82,6 +90,8 @@ class CallBinder:
             itself never leaves this object).
         ttl: Seconds a token stays valid.
         seen: Dedupe store that makes tokens single-use (share it across workers).
+        calls: Dedupe store of announced calls and accepted streams, kept ``CALL_MEMORY`` seconds
+            (default: in-process; share it across workers, e.g. Redis).
         clock: ``time.time``-like callable.
     """
 
@@ -91,6 +101,7 @@ class CallBinder:
         auth_token: str,
         ttl: float = 120.0,
         seen: SeenKeys | None = None,
+        calls: SeenKeys | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not auth_token:
@@ -98,19 +109,22 @@ class CallBinder:
         self._key = hmac.new(auth_token.encode(), b"incall-sms/stream-binding/v1", hashlib.sha256).digest()
         self._ttl = ttl
         self._seen = seen or InProcessSeenKeys(ttl=max(ttl, 1.0) * 2)
+        self._calls = calls or InProcessSeenKeys(ttl=CALL_MEMORY)
         self._clock = clock
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
 
-    def mint(self, *, call_sid: str, caller: str, agent_number: str) -> str:
-        """A token for the call a signed voice webhook announced.
+    async def mint(self, *, call_sid: str, caller: str, agent_number: str) -> str:
+        """A token for the call a signed voice webhook announced (once per call).
 
         Raises:
-            StreamAuthError: ``call_sid`` is not a Twilio call SID.
+            StreamAuthError: ``call_sid`` is not a Twilio call SID, or this call was announced before.
         """
         if not CALL_SID.match(call_sid):
             raise StreamAuthError("malformed call SID")
+        if await self._calls.check_and_add([f"voice:{call_sid}"], self._clock()):
+            raise StreamAuthError("call already announced")
         payload = json.dumps({"v": _VERSION, "c": call_sid, "f": caller, "t": agent_number,
                               "e": round(self._clock() + self._ttl, 3), "n": secrets.token_hex(12)},
                              separators=(",", ":")).encode()
@@ -147,4 +161,6 @@ class CallBinder:
             raise StreamAuthError("stream token expired")
         if await self._seen.check_and_add([f"stream-token:{nonce}"], now):
             raise StreamAuthError("stream token already used")
+        if await self._calls.check_and_add([f"stream:{binding.call_sid}"], now):
+            raise StreamAuthError("call already has a stream")
         return binding

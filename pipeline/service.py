@@ -46,7 +46,7 @@ from fastapi.responses import PlainTextResponse, Response
 from twilio.request_validator import RequestValidator
 
 from incall_sms.actions import ActionSet, load_actions
-from incall_sms.call_binding import CALL_SID, STREAM_SID, CallBinder, StreamAuthError
+from incall_sms.call_binding import CALL_MEMORY, CALL_SID, STREAM_SID, CallBinder, StreamAuthError
 from incall_sms.dispatcher import CallContext, Dispatcher
 from incall_sms.engine import ActionEngine
 from incall_sms.errors import InvalidPhoneNumberError, SmsError
@@ -359,6 +359,7 @@ class SmsService:
         # single-use stream tokens; with Redis a token cannot be used twice on any worker
         self.binder = CallBinder(auth_token=settings.auth_token, ttl=settings.stream_token_ttl,
                                  seen=seen or InProcessSeenKeys(ttl=settings.stream_token_ttl * 2),
+                                 calls=seen or InProcessSeenKeys(ttl=CALL_MEMORY),  # Redis keeps keys 24 h
                                  clock=clock or time.time)
         self._validator = RequestValidator(settings.auth_token)
         self.webhooks = WebhookService(
@@ -455,9 +456,12 @@ class SmsService:
         if isinstance(form, Response):
             return form
         try:
-            token = self.binder.mint(call_sid=form.get("CallSid", ""), caller=e164_or_empty(form.get("From")),
-                                     agent_number=e164_or_empty(form.get("To")))
-        except StreamAuthError:
+            token = await self.binder.mint(call_sid=form.get("CallSid", ""), caller=e164_or_empty(form.get("From")),
+                                           agent_number=e164_or_empty(form.get("To")))
+        except StreamAuthError as exc:
+            if exc.reason == "call already announced":  # a replayed /voice: no second stream for a live call
+                self._refuse(exc.reason)
+                return PlainTextResponse("call already announced", status_code=409)
             return PlainTextResponse("invalid CallSid", status_code=400)
         return Response(stream_twiml(ws_url=stream_url or self.stream_url, params={"token": token}),
                         media_type="text/xml")

@@ -224,8 +224,8 @@ async def test_media_bombs_are_refused_or_cut_before_they_cost_memory(media_setu
     canvas = io.BytesIO()
     Image.new("1", (8000, 8000)).save(canvas, format="PNG")  # 64 M pixels in a few KB
     hours = subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-                            "anullsrc=r=1000:cl=mono", "-t", "7200", "-c:a", "flac", "-frame_size", "65535", "-f", "flac",
-                            "pipe:1"],
+                            "anullsrc=r=1000:cl=mono", "-t", "7200", "-c:a", "flac", "-frame_size", "65535",
+                            "-f", "flac", "pipe:1"],
                            capture_output=True, check=True).stdout  # two hours of silence
     assert len(canvas.getvalue()) < 100_000 and len(hours) < 100_000
     media.items["canvas"] = ("image/png", canvas.getvalue())

@@ -171,6 +171,36 @@ async def test_token_cannot_be_reused(live):
     assert len(live.agent.registry) == 0 and live.agent.stream_refusals == before + 1
 
 
+async def test_a_replayed_voice_request_opens_no_second_stream(live):
+    # an attacker who saw one signed /voice (e.g. in a proxy's log) replays it, minutes or hours later, for a
+    # fresh token and a second stream on the victim's call: its texts would go to the attacker
+    _, params = await voice(live)
+    form = {"CallSid": CALL_SID, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": AGENT, "Direction": "inbound"}
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + "/voice", form)
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{live.url}/voice", data=form, headers={"X-Twilio-Signature": signature}) as response:
+        assert response.status == 409 and "Stream" not in await response.text()
+    assert live.agent.stream_refusals == 1
+    assert await play(live, start_message(params)) == ("open", None)  # the real call is unaffected
+    await settle(live)
+
+
+async def test_a_call_gets_one_stream_whatever_its_token():
+    from incall_sms.call_binding import CallBinder, StreamAuthError
+    from incall_sms.inbound import InProcessSeenKeys
+
+    shared = InProcessSeenKeys()
+    binder = CallBinder(auth_token=AUTH_TOKEN, calls=shared)
+    other = CallBinder(auth_token=AUTH_TOKEN)  # e.g. a worker that does not share the call memory
+    first = await binder.mint(call_sid=CALL_SID, caller=CALLER, agent_number=AGENT)
+    with pytest.raises(StreamAuthError, match="already announced"):
+        await binder.mint(call_sid=CALL_SID, caller=CALLER, agent_number=AGENT)
+    second = await other.mint(call_sid=CALL_SID, caller=OTHER, agent_number=AGENT)
+    assert (await binder.redeem(first, call_sid=CALL_SID)).caller == CALLER
+    with pytest.raises(StreamAuthError, match="already has a stream"):
+        await binder.redeem(second, call_sid=CALL_SID)
+
+
 async def test_forged_from_number_is_refused(live):
     _, params = await voice(live, caller=CALLER)
     forged = dict(params, from_number=OTHER)
