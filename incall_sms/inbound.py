@@ -217,28 +217,39 @@ class LiveCallRegistry(Protocol):
 
 
 class InProcessCallRegistry:
-    """Live-call registry for one worker process."""
+    """Live-call registry for one worker process.
+
+    Two live calls for the same (caller, agent) pair are ambiguous: a text from that number cannot be
+    told apart (a spoofed caller ID can place the second call), so while both last neither gets it and
+    the router stores it. A call never replaces another.
+    """
 
     def __init__(self) -> None:
-        self._calls: dict[tuple[str, str], MessageHandler] = {}
+        self._calls: dict[tuple[str, str], list[MessageHandler]] = {}
 
     async def register(self, caller: str, agent: str, handler: MessageHandler) -> Unregister:
-        """Register a live call; a second call for the same pair replaces the first."""
+        """Register a live call."""
         key = (caller, agent)
-        self._calls[key] = handler
+        self._calls.setdefault(key, []).append(handler)
 
         async def unregister() -> None:
-            if self._calls.get(key) is handler:
-                del self._calls[key]
+            handlers = self._calls.get(key, [])
+            if handler in handlers:
+                handlers.remove(handler)
+                if not handlers:
+                    del self._calls[key]
 
         return unregister
 
     async def lookup(self, caller: str, agent: str) -> MessageHandler | None:
-        """The live call's handler, or ``None``."""
-        return self._calls.get((caller, agent))
+        """The live call's handler, or ``None`` (no call, or two calls for the pair)."""
+        handlers = self._calls.get((caller, agent), [])
+        if len(handlers) > 1:
+            _log.warning("two live calls from one number to %s: its texts are stored, not routed", mask(agent))
+        return handlers[0] if len(handlers) == 1 else None
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return sum(len(h) for h in self._calls.values())
 
 
 class RouteOutcome(enum.StrEnum):

@@ -167,10 +167,13 @@ class RedisRateLimiter:
 class RedisCallRegistry:
     """Live calls shared by all workers; inbound texts are routed to the worker that owns the call.
 
-    Each worker registers its calls under ``call:{caller}:{agent}`` (value: its worker id, with a
-    TTL) and listens on its own channel. A lookup on another worker returns a forwarder that
-    publishes the message to the owner's channel; if no worker receives it, the forwarder raises
-    and the router stores the message (never lost silently).
+    Each worker registers its calls in the hash ``calls:{caller}:{agent}`` (one field per call: its
+    worker id and when the registration lapses) and listens on its own channel. Two live calls for
+    one pair, on any workers, are ambiguous (a spoofed caller ID can place the second): neither gets
+    the pair's texts, which are stored. A call left by a worker that died (no listener on its channel
+    any more) or whose registration lapsed is dropped at the next lookup. A lookup on another worker
+    returns a forwarder that publishes the message to the owner's channel; if no worker receives it,
+    the forwarder raises and the router stores the message (never lost silently).
 
     Args:
         client: ``redis.asyncio.Redis``.
@@ -187,7 +190,7 @@ class RedisCallRegistry:
         self.orphan = orphan
         self._ttl = ttl
         self._prefix = prefix
-        self._local: dict[tuple[str, str], Any] = {}
+        self._local: dict[tuple[str, str], dict[str, Any]] = {}  # pair -> registration id -> handler
         self._routed: set[Any] = set()  # tasks delivering routed messages
         self.status_handler: Any = None  # async (sid, status, error_code) -> None, for routed callbacks
         self.event_handler: Any = None  # async (SmsEvent) -> None: events raised on another worker for our calls
@@ -198,7 +201,11 @@ class RedisCallRegistry:
         self.received = 0
 
     def _key(self, caller: str, agent: str) -> str:
-        return f"{self._prefix}:call:{caller}:{agent}"
+        return f"{self._prefix}:calls:{caller}:{agent}"
+
+    def _one_local(self, key: tuple[str, str]) -> Any:
+        handlers = list(self._local.get(key, {}).values())
+        return handlers[0] if len(handlers) == 1 else None
 
     def _channel(self, worker_id: str) -> str:
         return f"{self._prefix}:worker:{worker_id}"
@@ -253,10 +260,10 @@ class RedisCallRegistry:
         """Deliver a message routed here to its local call; store it (``orphan``) when it does not get there."""
         import logging
 
-        handler = self._local.get((message.from_number, message.to_number))
+        handler = self._one_local((message.from_number, message.to_number))
         try:
             if handler is None:
-                raise LookupError("the call is no longer on this worker")
+                raise LookupError("the call is no longer on this worker (or it has two)")
             if self.deliver is not None:
                 outcome = await self.deliver(message, handler)  # the router's hand_over: stores on failure
                 logging.getLogger(__name__).info("routed message %s: %s", message.sid, outcome)
@@ -270,27 +277,59 @@ class RedisCallRegistry:
 
     async def register(self, caller: str, agent: str, handler: Any) -> Any:
         """Own the call of (``caller``, ``agent``) on this worker."""
+        import secrets
+        import time
+
         key = (caller, agent)
-        self._local[key] = handler
-        await self._client.set(self._key(caller, agent), self.worker_id, ex=self._ttl)
+        registration = f"{self.worker_id}:{secrets.token_hex(8)}"
+        self._local.setdefault(key, {})[registration] = handler
+        await self._client.hset(self._key(caller, agent), registration, f"{self.worker_id} {time.time() + self._ttl}")
+        await self._client.expire(self._key(caller, agent), self._ttl)
 
         async def unregister() -> None:
-            if self._local.get(key) is handler:
-                del self._local[key]
-                if await self._client.get(self._key(caller, agent)) == self.worker_id:
-                    await self._client.delete(self._key(caller, agent))
+            local = self._local.get(key, {})
+            if local.pop(registration, None) is not None:
+                if not local:
+                    del self._local[key]
+                await self._client.hdel(self._key(caller, agent), registration)
 
         return unregister
 
     async def lookup(self, caller: str, agent: str) -> Any:
-        """The local handler, a forwarder to the owning worker, or ``None``."""
-        local = self._local.get((caller, agent))
-        if local is not None:
-            return local
-        owner = await self._client.get(self._key(caller, agent))
-        if not owner or owner == self.worker_id:
+        """The local handler, a forwarder to the owning worker, or ``None`` (no call, or two for the pair)."""
+        import logging
+        import time
+
+        fields = await self._client.hgetall(self._key(caller, agent))
+        now = time.time()
+        live: dict[str, str] = {}
+        local = self._local.get((caller, agent), {})
+        for registration, value in fields.items():
+            owner, _, lapses = str(value).partition(" ")
+            try:
+                lapsed = float(lapses) <= now
+            except ValueError:
+                lapsed = True
+            if not lapsed and owner == self.worker_id:
+                lapsed = registration not in local
+            elif not lapsed:  # a worker that died (killed, crashed) left its call: nobody listens on its channel
+                [(_, listeners)] = await self._client.pubsub_numsub(self._channel(owner))
+                lapsed = not listeners
+            if lapsed:
+                await self._client.hdel(self._key(caller, agent), registration)
+            else:
+                live[str(registration)] = owner
+        calls = set(live) | set(local)
+        if len(calls) > 1:
+            logging.getLogger(__name__).warning("two live calls from one number to one agent number: its texts are "
+                                                "stored, not routed")
             return None
-        return self._forwarder(owner)
+        if not calls:
+            return None
+        [registration] = calls
+        if registration in local:
+            return local[registration]
+        return self._forwarder(live[registration])
 
     def _forwarder(self, owner: str) -> Any:
         import json

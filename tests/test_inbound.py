@@ -254,6 +254,34 @@ async def test_ffmpeg_output_over_its_cap_stops_ffmpeg():
     assert 1_900_000 < len(wav) < 2_000_000  # the same minute, under a cap that fits it
 
 
+async def test_two_live_calls_from_one_number_get_none_of_its_texts(parts):
+    # a second call with the caller's number (a spoofed caller ID) used to replace the first in the routing: the
+    # victim's texts went to the attacker's call. Now, while both last, the number's texts are stored.
+    from incall_sms.inbound import InboundMessage
+
+    registry, router, _optouts = parts
+    delivered = {"victim": [], "spoofer": []}
+
+    def to(name):
+        async def handler(message):
+            delivered[name].append(message.body)
+        return handler
+
+    victim_off = await registry.register(CALLER, AGENT, to("victim"))
+    spoofer_off = await registry.register(CALLER, AGENT, to("spoofer"))
+
+    def text(sid, body):
+        return InboundMessage(sid=sid, account_sid=ACCOUNT_SID, from_number=CALLER, to_number=AGENT, body=body,
+                              received_at=0.0)
+
+    assert await router.route(text("SM" + "1" * 32, "my PIN is 4321")) is RouteOutcome.STORED
+    await spoofer_off()  # the other call ended: the caller's own call gets its texts again
+    assert await router.route(text("SM" + "2" * 32, "hello")) is RouteOutcome.DELIVERED
+    await victim_off()
+    assert delivered == {"victim": ["hello"], "spoofer": []}
+    assert len(registry) == 0
+
+
 async def test_private_addresses_refused_by_default():
     from incall_sms.inbound import InboundMedia
     from incall_sms.media.fetch import MediaError

@@ -112,6 +112,30 @@ async def test_call_registry_contract(make, kind, redis_url):
         assert await registry.lookup("+14155552672", "+14155550100") is None
         await unregister()
         assert await registry.lookup("+14155552671", "+14155550100") is None
+
+        # two live calls for one pair (a spoofed caller ID): neither gets the texts until one ends
+        async def spoofer(message):
+            return None
+
+        first = await registry.register("+14155552671", "+14155550100", handler)
+        second = await registry.register("+14155552671", "+14155550100", spoofer)
+        assert await registry.lookup("+14155552671", "+14155550100") is None
+        await second()
+        assert await registry.lookup("+14155552671", "+14155550100") is handler
+        await first()
+        if kind == "redis":  # the second call on another worker counts too
+            other = RedisCallRegistry(connect(redis_url), worker_id=uuid.uuid4().hex, prefix=registry._prefix)
+            await other.start()  # a live worker: it listens on its channel
+            first = await registry.register("+14155552671", "+14155550100", handler)
+            elsewhere = await other.register("+14155552671", "+14155550100", spoofer)
+            assert await registry.lookup("+14155552671", "+14155550100") is None
+            assert await other.lookup("+14155552671", "+14155550100") is None
+            await elsewhere()
+            assert await registry.lookup("+14155552671", "+14155550100") is handler
+            assert await other.lookup("+14155552671", "+14155550100") is not None  # a forwarder to the owner
+            await first()
+            await other.aclose()
+            await other._client.aclose()
     finally:
         if kind == "redis":
             await registry.aclose()
