@@ -235,7 +235,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                           pace=args.pace, voice=args.voice, mic=args.mic, judge=args.judge, agent=args.agent,
                           headphones=args.headphones)
     except (SmsError, ValueError, OSError) as exc:  # SmsError: bad actions, local model unavailable
-        console.print(f"[bold red]error[/]: {exc}", highlight=False)
+        _error(str(exc))  # plain: an install hint's "[local]" is no Rich markup
         return 2
     sent = [e for e in result.events if e.kind.value == "sent"]
     failed = [e for e in result.events if e.kind.value == "failed"]

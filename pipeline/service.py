@@ -669,14 +669,23 @@ class CallSms:
         return self._toolset
 
     async def send(self, action: str, **variables: str) -> dict[str, Any]:
-        """Send ``action``'s text now, from code (a pipecat-flows node, your own tool); never raises.
+        """Send ``action``'s text now, from code (a pipecat-flows node, your own tool).
 
         Returns:
             What really happened, as a tool result: ``{"status": "sent" | "already_sent" |
             "undelivered" | "in_progress" | "skipped" | "failed" | "not_now", ...}`` (see
-            :meth:`SmsToolset.call`).
+            :meth:`SmsToolset.call`); a send that fails is a result, never an exception.
+
+        Raises:
+            ValueError: ``action`` is not in the call's action file (a programming error; the message
+                lists the names).
         """
-        return await self.toolset().call(self._engine().actions.get(action), dict(variables))
+        actions = self._engine().actions
+        names = [a.name for a in actions.actions]
+        if action not in names:
+            raise ValueError(f"no action {action!r} in this call's action file (it has: {', '.join(names)})")
+        chosen = actions.get(action)  # your code decides: a call-end action is sent now too
+        return await self.toolset().call(chosen, dict(variables), at=chosen.when)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.engine is not None:  # nobody is left to answer (tool mode has no processor to close the waits)

@@ -20,7 +20,7 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
@@ -87,9 +87,15 @@ class SmsToolset:
             self._unsubscribe = None
 
     def schemas(self) -> list[FunctionSchema]:
-        """One function schema per action (declared variables are optional string arguments)."""
+        """One function schema per action the LLM may send mid-call (declared variables: optional strings).
+
+        Actions with ``when: call_end`` are not offered (the LLM cannot know the call has ended): send them
+        from code (:meth:`call` with ``at="call_end"``, or ``CallSms.send``) or run the watcher.
+        """
         out = []
         for name, action in self._by_function.items():
+            if action.when == "call_end":
+                continue
             properties = {
                 var: {"type": "string", "description": spec.description or var.replace("_", " ")}
                 for var, spec in action.variables.items()
@@ -136,7 +142,8 @@ class SmsToolset:
         action = self._by_function[params.function_name]
         await params.result_callback(await self.call(action, params.arguments or {}))
 
-    async def call(self, action: SmsAction, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, action: SmsAction, arguments: dict[str, Any], *, at: Literal["turn", "call_end"] = "turn",
+                   ) -> dict[str, Any]:
         """Run one tool call for ``action`` and return what really happened (the tool result).
 
         Statuses: ``sent`` (accepted by the provider now), ``already_sent`` (accepted earlier in
@@ -144,7 +151,8 @@ class SmsToolset:
         the carrier; with the honest line to say; nothing new was sent), ``in_progress`` (a send of
         this action is running; its result will be spoken), ``skipped`` (not sent: e.g. ``missing``
         lists the variables the LLM should ask the caller for, then call again), ``failed`` (with
-        the honest line to say), ``not_now`` (this action only fires at call end).
+        the honest line to say), ``not_now`` (this action only fires at call end: pass ``at="call_end"``
+        when your code knows the call is ending or decides to send it now).
         """
         self._listen()
         state = self.engine.action_state(action.name)
@@ -164,8 +172,8 @@ class SmsToolset:
             value = arguments.get(var)
             if isinstance(value, str) and value.strip():
                 self.engine.variables.set(var, value)
-        firings = self.engine.claim(action, match=Match(id=action.name, confidence=1.0,
-                                                        reason="the agent LLM called the tool"))
+        firings = self.engine.claim(action, at=at, match=Match(id=action.name, confidence=1.0,
+                                                               reason="the agent LLM called the tool"))
         if not firings:
             last = self.engine.last_result(action.name)
             if last is not None and state == "failed":

@@ -115,6 +115,26 @@ def test_judge_eval_bad_file(tmp_path):
     assert out.returncode == 2 and "line 1" in out.stderr
 
 
+def test_judge_eval_refuses_rows_it_would_misread(tmp_path):
+    # found by a new user: a role the judge does not know, an unknown "at" or a "fires" string used to be read
+    # silently (the turn never counted as the caller's, "yes" as true)
+    from incall_sms.judges.evaluate import load_cases
+
+    turn = {"role": "user", "text": "text me the menu"}
+    for field, value, words in (("transcript", [{"role": "speaker", "text": "hi"}], "role 'speaker'"),
+                                ("at", "end", "at 'end'"), ("fires", "yes", "fires 'yes'")):
+        bad = tmp_path / f"bad_{field}.jsonl"
+        row = {"condition": "if the caller wants the menu", "transcript": [turn], "fires": True, field: value}
+        bad.write_text(json.dumps(row) + "\n", encoding="utf-8")
+        out = run("judge", "eval", str(bad))
+        assert out.returncode == 2 and "line 1" in out.stderr and words in out.stderr, out.stderr
+    aliases = tmp_path / "aliases.jsonl"
+    aliases.write_text(json.dumps({"condition": "c", "fires": 1, "transcript": [
+        {"role": "caller", "text": "a"}, {"role": "assistant", "text": "b"}]}) + "\n", encoding="utf-8")
+    [case] = load_cases(aliases)
+    assert [t.role for t in case.transcript] == ["user", "agent"] and case.fires is True
+
+
 def test_main_job_simulation_runs_to_completion(tmp_path):
     out = run("simulate", "--pace", "1.0", "--width", "160", "--state", str(tmp_path / "state"))
     assert out.returncode == 0, out.stderr[-2000:]

@@ -93,6 +93,8 @@ async def test_the_end_of_a_tool_mode_call_closes_its_waits(tmp_path):
                                   agent_number=AGENT)
             async with service.call(stream) as call:
                 assert (await call.send("ask_email"))["status"] == "sent"
+                with pytest.raises(ValueError, match=r"no action 'ask_emial'.*\(it has: ask_email, email_received\)"):
+                    await call.send("ask_emial")  # a typo: the names it has, not a bare KeyError
                 (wait,) = call.engine.waits
                 assert wait.open and wait.safety is not None  # the engine's own timer stands in for a processor
             assert not wait.open and wait.safety is None
@@ -194,6 +196,24 @@ async def test_a_tool_mode_ask_reported_undelivered_before_its_result_never_wait
     (wait,) = engine.waits
     assert not wait.open  # born closed: nobody can answer a text that never arrived
     assert engine.undelivered(wait.result.key).wait is wait
+    toolset.close()
+
+
+async def test_call_end_actions_are_no_functions_and_code_can_send_them():
+    # found by a new user: a call-end action was offered to the LLM as a function that always answered not_now,
+    # and call.send() from code could not send it either
+    actions = {"actions": [
+        {"name": "link", "condition": "if the caller wants the link", "content": {"template": "https://x.example"}},
+        {"name": "recap", "condition": "when the call ends and a visit was booked", "when": "call_end",
+         "content": {"template": "Your visit is booked."}},
+    ]}
+    engine = make_engine(actions=actions)
+    toolset = SmsToolset(engine=engine, speak_filler=False)
+    assert [f.name for f in toolset.schemas()] == ["send_sms_link"]
+    recap = engine.actions.get("recap")
+    assert (await toolset.call(recap, {}))["status"] == "not_now"  # a mid-call claim by the LLM
+    assert (await toolset.call(recap, {}, at="call_end"))["status"] == "sent"  # your code decides
+    assert engine.dispatcher.provider.requests == 1
     toolset.close()
 
 

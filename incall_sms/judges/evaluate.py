@@ -84,15 +84,39 @@ def load_cases(path: str | pathlib.Path) -> list[EvalCase]:
                 EvalCase(
                     id=str(raw.get("id", f"line-{number}")),
                     condition=raw["condition"],
-                    transcript=tuple(Turn(role=t["role"], text=t["text"]) for t in raw["transcript"]),
-                    at=raw.get("at", "turn"),
+                    transcript=tuple(Turn(role=_role(t["role"]), text=t["text"]) for t in raw["transcript"]),
+                    at=_one_of(raw.get("at", "turn"), "at", ("turn", "call_end")),
                     variables=dict(raw.get("variables") or {}),
-                    fires=bool(raw["fires"]),
+                    fires=_label(raw["fires"]),
                 )
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # (json.JSONDecodeError is a ValueError)
             raise ValueError(f"line {number}: {exc.__class__.__name__}: {exc}") from None
     return cases
+
+
+#: Speaker names taken for the two roles (a turn with any other role is an error, not a silent miss).
+_ROLES = {"user": "user", "caller": "user", "customer": "user", "agent": "agent", "assistant": "agent",
+          "bot": "agent"}
+
+
+def _role(value: object) -> str:
+    role = _ROLES.get(str(value).strip().lower())
+    if role is None:
+        raise ValueError(f"role {value!r} is neither 'user' (the caller) nor 'agent'")
+    return role
+
+
+def _one_of(value: object, field: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{field} {value!r} is not one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _label(value: object) -> bool:
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ValueError(f"fires {value!r} is not true or false")
 
 
 async def evaluate(judge: ConditionJudge, cases: list[EvalCase]) -> EvalReport:
