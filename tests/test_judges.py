@@ -37,6 +37,17 @@ async def test_house_set_scores():
     assert report.overall.f1 >= 0.9, report.errors
 
 
+@pytest.mark.parametrize("name", ["direction.jsonl", "direction_blind.jsonl"])
+async def test_who_sends_the_text_is_read(name):
+    # a condition about the caller receiving a text never fires on the caller offering to text something, and one
+    # about the caller sending a text ("wants to send their email address by text") never on "text me the X"
+    # (found by a new user with the README's own example pair; direction_blind.jsonl was written by a helper who
+    # never saw the code: 60 cases, 12 businesses)
+    report = await evaluate(EmbeddedJudge(), load_cases(ROOT / "tests" / "data" / "judge" / name))
+    wrong_texts = [case.id for case, fired, _ in report.errors if fired]
+    assert wrong_texts == []
+
+
 def test_all_actions_at_once_pick_the_right_one():
     judge = EmbeddedJudge()
     r = req(("agent", "Your table is booked for Friday at 7."), ("user", "Can you text me the confirmation?"),

@@ -132,6 +132,7 @@ _GROUPS: list[set[str]] = [
     {"cancellation", "cancel", "cancelled", "canceled"},
     {"parking", "park", "garage"},
     {"wifi", "wi-fi", "network"},
+    {"photo", "photos", "picture", "pictures", "pic", "pics", "image", "images", "snapshot", "screenshot"},
 ]
 #: Completed-event words used for state conditions ("a meeting was booked").
 _EVENT_WORDS = {
@@ -158,7 +159,35 @@ def _normalize(text: str) -> str:
         text = re.sub(pattern, repl, text)
     text = re.sub(r"\be-?mail\b", "email", text)
     text = re.sub(r"\bsms\b|\bs\.m\.s\.?", "sms", text)
+    for pattern, repl in _COMPOUNDS:
+        text = pattern.sub(repl, text)
     return text
+
+
+#: The agent asking the caller to text something ("you can text it to me", "just reply to my text").
+_AGENT_ASKS_CALLER = re.compile(
+    r"\b(?:you|feel free to|just)(?: (?:can|could|may|want to|would like to|like to|are welcome to))?"
+    r" (?:text|send|message|reply|sms)\b(?: [a-z']+){0,4}? (?:to )?(?:me|us|this number)\b|\breply (?:to|with)\b")
+
+#: Compound nouns whose last word names another thing ("an email address" is no street address).
+_COMPOUNDS = ((re.compile(r"\bemail address(?:es)?\b"), "email"),
+              (re.compile(r"\b(?:web ?site|web|internet) address(?:es)?\b"), "website"))
+
+#: The caller as the sender ("can i text you my email", "i will send it to you"): no request to be texted.
+_CALLER_SENDS = re.compile(
+    r"\b(?:i|let me|can i|could i|may i|shall i)(?: (?!you\b|me\b)[a-z']+){0,3}?"
+    r" (?<!by )(?<!via )(?<!a )(?<!the )(?<!over )(?<!as )(?<!in )(?<!your )(?<!that )"  # a noun: "get that by text"
+    r"(?:text|send|message|sms|email|forward|reply|upload)\b(?! (?:me|it to me|that to me|them to me|this to me)\b)"
+    r"(?!(?: [a-z']+){0,5} to (?:me|my (?:phone|cell|mobile|number))\b)")
+#: A condition about the caller sending something ("the caller wants to send their email address by text").
+_INBOUND_CONDITION = re.compile(
+    r"\b(?:caller|customer|client|patient|user|guest|they|he|she)"
+    r"(?: (?!us\b|you\b|the\b|agent\b|for\b|says?\b|said\b|tells?\b|told\b)[a-z']+){0,3}?"
+    r" to (?:send|text|message|sms|email|reply|upload|forward)(?: (?:us|you|the agent|the business|in|back))?"
+    r" (?:their|his|her|(?:(?:a|an|some) )?(?:photos?|pictures?|images?|screenshots?|videos?))\b"
+    r"|\b(?:caller|customer|client|patient|user|guest)(?: [a-z']+){0,3}? to (?:send|text|message) (?:us|you)\b"
+    r"|\b(?:caller|customer|client|patient|user|guest)(?: [a-z']+){0,3}? to reply\b"
+    r"|\b(?:caller|customer|client|patient|user) (?:texts?|replies|sends?) (?:us|back|in|their)\b")
 
 
 def _words(text: str) -> list[str]:
@@ -225,6 +254,9 @@ class ParsedCondition:
         event: For state conditions, the event family (``book``, ``order`` ...), if known.
         info: The condition is about asking for information (may be answered by voice:
             "what's your address?" counts as asking for the address).
+        recipients: Who the text is for, when the condition names someone other than the caller.
+        inbound: The caller sends the text ("wants to send their email address by text"): only the
+            caller offering to text it counts, never a request to be texted.
     """
 
     at_end: bool
@@ -235,6 +267,7 @@ class ParsedCondition:
     event: str | None
     info: bool
     recipients: frozenset[str] = frozenset()
+    inbound: bool = False
 
 
 @functools.lru_cache(maxsize=1024)
@@ -282,6 +315,7 @@ def parse_condition(condition: str) -> ParsedCondition:
     sending = re.search(r"\b(receive|sent|send|text|texted|sms|message|copy|in writing|link)\b", body)
     info = bool(verbs_info) and not sending
     recipients = frozenset(_recipients(body, pronouns=False))
+    inbound = bool(_INBOUND_CONDITION.search(body)) and not re.search(r"\b(?:sent|texted) to (?:them|him|her)\b", body)
     return ParsedCondition(
         at_end=at_end,
         kind="request" if request else "state",
@@ -291,6 +325,7 @@ def parse_condition(condition: str) -> ParsedCondition:
         event=event,
         info=info,
         recipients=recipients,
+        inbound=inbound,
     )
 
 
@@ -309,6 +344,7 @@ class _Clause:
     content_question: bool
     other_channel: bool
     want: bool  # "I need / I want / can I get" without a send verb
+    caller_sends: bool = False  # "can i text you my email": the caller as the sender
 
 
 @functools.lru_cache(maxsize=4096)
@@ -361,7 +397,9 @@ def _analyse(clause: str) -> _Clause:
     other_channel = bool(wordset & _OTHER_CHANNELS) and not (wordset & {"text", "sms"})
     want = bool(re.search(r"\b(i (would like|want|need|would love)|(can|could|may) i (get|have|see)|give me|"
                           r"tell me|let me know|send over|i am looking for|looking for)\b", phrase))
-    return _Clause(clause, words, send, question, wh, negated, received, content_question, other_channel, want)
+    caller_sends = bool(_CALLER_SENDS.search(phrase))
+    return _Clause(clause, words, send, question, wh, negated, received, content_question, other_channel, want,
+                   caller_sends)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -541,9 +579,12 @@ class EmbeddedJudge:
         if not clauses:
             return 0.0, "empty turn"
 
+        if parsed.inbound:
+            return self._score_inbound(parsed, clauses, agent)
+
         # 1. yes / no to the agent's offer to text something
         offered, offer_words = _agent_offer(agent)
-        if offered:
+        if offered and not _AGENT_ASKS_CALLER.search(_normalize(agent)):
             first = clauses[0]
             topic_ok = parsed.generic or _topic_hit(offer_words, terms)
             if _affirmative(first) and topic_ok and not any(c.negated for c in clauses):
@@ -559,6 +600,8 @@ class EmbeddedJudge:
                 return 0.0, "caller says they already have it"
             if clause.other_channel and not clause.send:
                 continue
+            if clause.caller_sends:
+                continue  # "can i text you my email" asks for nothing to be texted to the caller
             topic_words = _topic_words(clause)
             explicit = _topic_hit(topic_words, terms)
             head = parsed.head
@@ -600,6 +643,23 @@ class EmbeddedJudge:
             elif not parsed.info and head_hit and clause.want and not clause.question:
                 best = max(best, (0.6, "caller said they want it"))
         return best
+
+    def _score_inbound(self, parsed: ParsedCondition, clauses: Sequence[_Clause], agent: str) -> tuple[float, str]:
+        """A condition about the caller texting something: the caller offering to send it (or agreeing to)."""
+        terms = parsed.head | parsed.modifiers
+        agent_asks = bool(_AGENT_ASKS_CALLER.search(_normalize(agent)))
+        agent_words = _agent_words(agent)
+        if (agent_asks and clauses and _affirmative(clauses[0]) and not any(c.negated for c in clauses)
+                and (parsed.generic or _topic_hit(agent_words, terms))):
+            return 0.9, "caller agreed to text it"
+        for clause in clauses:
+            if not clause.caller_sends or clause.negated:
+                continue
+            words = _topic_words(clause)
+            deictic = bool(set(clause.words) & _DEICTIC) and _topic_hit(agent_words, terms)
+            if parsed.generic or _topic_hit(words, terms) or deictic:
+                return 0.9, "caller offered to text it"
+        return 0.0, "the caller offered to text nothing of the kind"
 
     def _score_state(
         self, parsed: ParsedCondition, transcript: Sequence[Turn], request: JudgeRequest
