@@ -153,7 +153,7 @@ def test_simulation_bad_script(tmp_path):
     script = tmp_path / "call.txt"
     script.write_text("caller: hi\nshouting: what\n", encoding="utf-8")
     out = run("simulate", "--script", str(script))
-    assert out.returncode == 2 and "line 2" in out.stdout
+    assert out.returncode == 2 and "line 2" in out.stderr  # errors on stderr, one plain line
 
 
 def test_interactive_reads_piped_stdin_and_hangs_up_at_its_end():

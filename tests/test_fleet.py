@@ -103,6 +103,14 @@ async def test_a_killed_worker_s_sends_are_finished_by_another(postgres_server_u
                 return not await observer.unfinished()
             await until(all_finished, 60, "B to finish A's rows")
             took = time.monotonic() - died
+
+            async def all_reported():  # B writes each event after its row: wait for the last before killing B
+                try:
+                    reported = {e["key"] for e in events(out) if e["worker"] == "B" and e["key"].startswith("CA-A-")}
+                except ValueError:  # a line being written
+                    return False
+                return len(reported) >= len([i for i in range(SENDS_A) if i % 3])
+            await until(all_reported, 30, "B's events for A's rows")
         finally:
             for proc in workers.values():
                 proc.kill()
