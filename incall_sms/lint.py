@@ -250,6 +250,9 @@ def lint_actions(actions: ActionSet, *, indices: list[int] | None = None) -> lis
         for name, spec in action.variables.items():
             if spec.default is None and action.on_missing_variable == "default" and name in template.variables:
                 warnings.append(f"variable {name!r} has no default: the send is skipped while it is unknown")
+            elif spec.default is not None and action.on_missing_variable == "skip" and name in template.variables:
+                warnings.append(f"variable {name!r}: its default is not used (on_missing_variable: skip does not "
+                                "send while it is unknown)")
         rows.append(
             LintRow(
                 action=action.name,

@@ -49,3 +49,15 @@ def test_rendered_output_has_no_placeholder_left(values):
     out = Template(source).render(values)
     for key in values:
         assert "{" + key + "}" not in out
+
+
+def test_lint_says_a_default_is_unused_under_skip():
+    # found by a new user: with on_missing_variable: skip a declared default is never used, and lint said "ok"
+    from incall_sms.lint import lint_data
+
+    [row] = lint_data({"actions": [
+        {"name": "confirm", "condition": "when the call ends and a visit was booked", "when": "call_end",
+         "on_missing_variable": "skip", "content": {"template": "Hi {caller_name}, see you {booking_time}."},
+         "variables": {"caller_name": {"default": "there"}, "booking_time": {"example": "Friday at 7 pm"}}}]})
+    assert any("'caller_name': its default is not used" in w for w in row.warnings), row.warnings
+    assert not any("booking_time" in w for w in row.warnings)
