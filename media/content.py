@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import os
 import shutil
@@ -154,7 +155,8 @@ async def _audio_text(data: bytes, transcriber: Transcriber | None) -> str:
     wav = await _ffmpeg(["-vn", "-t", str(MAX_VOICE_SECONDS), "-ac", "1", "-ar", "16000", "-f", "wav", "pipe:1"],
                         data, max_output=_WAV_MAX_BYTES)
     transcript = (await transcriber.transcribe(wav)).strip()
-    return f'[voice note] "{transcript}"' if transcript else "[a voice note with no recognisable speech]"
+    return (f"[voice note] {json.dumps(transcript, ensure_ascii=False)}" if transcript
+            else "[a voice note with no recognisable speech]")
 
 
 async def _video_parts(data: bytes, transcriber: Transcriber | None) -> list[dict[str, Any]]:
@@ -200,7 +202,9 @@ async def build_user_message(
     kind = "a WhatsApp message" if message.channel == "whatsapp" else "a text message"
     intro = f"The caller sent {kind} to this number during the call"
     body = message.body.strip()
-    parts.append({"type": "text", "text": f'{intro}: "{body}"' if body else f"{intro} (no text)."})
+    # quoted as JSON: a body cannot close the quote and add lines that look like the system's own notes
+    parts.append({"type": "text", "text": f"{intro}: {json.dumps(body, ensure_ascii=False)}" if body
+                  else f"{intro} (no text)."})
     budget = fetcher.policy.max_total_bytes if fetcher else 0
     for index, media in enumerate(message.media):
         if fetcher is None:

@@ -33,7 +33,7 @@ from incall_sms.pipeline.recording import RecordingMeta, load_recording, sidecar
 
 __all__ = ["mask_recording", "mask_text"]
 
-_PHONE = re.compile(r"\+?\d[\d\s()./-]{5,}\d")
+_PHONE = re.compile(r"\+?\d[\d\s()./_\u2010-\u2015\u2212-]{5,}\d")  # en/em dashes, minus, underscores too
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _FAKE_PREFIX = "415555"
 _SILENCE = 0xFF  # mu-law zero

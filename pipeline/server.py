@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator
 
 from incall_sms.dispatcher import Dispatcher
@@ -28,6 +29,9 @@ from incall_sms.events import SmsEvent
 from incall_sms.inbound import InboundError, InboundRouter, parse_inbound_form
 
 __all__ = ["WebhookService", "WebhookSettings", "add_webhook_routes", "create_app"]
+
+#: Seconds a webhook's body may take to arrive (Twilio sends a few KB at once).
+BODY_TIMEOUT = 10.0
 
 _log = logging.getLogger(__name__)
 
@@ -130,10 +134,16 @@ class WebhookService:
         if declared is not None and (not declared.isdigit() or int(declared) > self.settings.max_body_bytes):
             return PlainTextResponse("request body too large", status_code=413)
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.settings.max_body_bytes:
-                return PlainTextResponse("request body too large", status_code=413)
+        try:  # a body trickled in a byte at a time holds a connection: it gets BODY_TIMEOUT seconds
+            async with asyncio.timeout(BODY_TIMEOUT):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > self.settings.max_body_bytes:
+                        return PlainTextResponse("request body too large", status_code=413)
+        except TimeoutError:
+            return PlainTextResponse("request body too slow", status_code=408)
+        except ClientDisconnect:  # the client left: nothing to answer, nothing to log
+            return Response(status_code=400)
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
         except (UnicodeDecodeError, ValueError):

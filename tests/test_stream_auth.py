@@ -248,6 +248,20 @@ async def test_refusals_log_no_number(live, caplog_all):
     assert re.search(r"media stream refused", text)
 
 
+async def test_a_body_trickled_in_gets_408_not_a_held_connection(live, monkeypatch):
+    # an outside attack held 200 unsigned POSTs open indefinitely by sending a byte every 5 s
+    import incall_sms.pipeline.server as server
+
+    monkeypatch.setattr(server, "BODY_TIMEOUT", 0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    writer.write(b"POST /sms/inbound HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                 b"Content-Length: 100\r\n\r\nFrom=")
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 408"), status
+
+
 async def test_health_and_ready(live):
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{live.url}/health") as response:
