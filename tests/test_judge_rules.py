@@ -399,3 +399,51 @@ def test_the_receipt_rule_catches_most_plain_confirmations():
     assert not any(case["fires"] for case in cases)
     caught = len(_receipt_vetoed(cases))
     assert caught >= 40, caught
+
+
+# -- who sends the text (incall_sms/judges/direction.py) --------------------------------------------------------
+
+TO_CALLER = "if the caller wants the booking link texted to them"
+FROM_CALLER = "if the caller wants to send their email address by text"
+
+
+@pytest.mark.parametrize(("condition", "turns", "vetoed"), [
+    (TO_CALLER, [("user", "can I text you the booking reference instead?")], True),
+    (TO_CALLER, [("user", "let me send you a screenshot of the error I get")], True),
+    (TO_CALLER, [("user", "can you text me the booking link")], False),
+    (TO_CALLER, [("user", "i'll text you my email, and can you send me the booking link")], False),  # both
+    (TO_CALLER, [("agent", "Want me to text you the booking link?"), ("user", "yes, I'll text you back")], False),
+    (TO_CALLER, [("user", "can I get that by text?")], False),
+    (FROM_CALLER, [("user", "can you text me your address?")], True),
+    (FROM_CALLER, [("user", "shoot me a text with the form please")], True),
+    (FROM_CALLER, [("user", "can I just text it to you, it's long")], False),
+    (FROM_CALLER, [("agent", "You can text it to me at this number."), ("user", "sure, send me a reminder too")],
+     False),  # the first clause answers the agent's request: left to the model
+    ("if the client wants to text a reference photo of the haircut", [("user", "can I text it to this number?")],
+     False),  # no clear direction in the condition: never a veto
+    ("si el cliente pide que le enviemos la dirección", [("user", "¿te puedo mandar mi correo?")], False),
+])
+def test_the_direction_rule(condition, turns, vetoed):
+    from incall_sms.judges.direction import veto_reason
+
+    assert (veto_reason(condition, turns) is not None) is vetoed
+
+
+def test_the_direction_rule_vetoes_no_real_request_of_the_labelled_sets():
+    """Every labelled caller-turn case that fires (train/dev/test/unseen, the blind direction set, the house and
+    shared sets, the receipt attacks): none is vetoed."""
+    import json
+
+    from incall_sms.judges.direction import veto_reason
+    from tests.conftest import ROOT, SHARED
+
+    data = ROOT / "tests" / "data"
+    files = [*sorted((data / "judge").glob("*.jsonl")), data / "judge_cases.jsonl", SHARED / "conditions" / "dev.jsonl",
+             *sorted((data / "receipt").glob("*.jsonl"))]
+    real = [json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    real = [c for c in real if c.get("fires", True) and c.get("at", "turn") == "turn"
+            and c["transcript"][-1]["role"] == "user"]
+    assert len(real) > 500
+    assert [c.get("id") for c in real if veto_reason(c["condition"], [(t["role"], t["text"]) for t in
+                                                                        c["transcript"]])] == []

@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from incall_sms.judges.base import ConditionJudge, ConditionSpec, Decision, JudgeRequest, Match, decide
+from incall_sms.judges.direction import veto_reason as direction_reason
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.judges.receipt import received_reason
 from incall_sms.judges.recipients import veto_reason
@@ -291,6 +292,9 @@ class LocalModelJudge:
             :mod:`incall_sms.judges.recipients`).
         receipts: Say no without the model when the caller only confirms a text the agent just said
             it sent ("yep it came through", "ya me llegó": :mod:`incall_sms.judges.receipt`).
+        direction: Say no without the model when the caller's turn clearly has the other sender than the
+            condition ("can I text you my email?" for a text to the caller, "text me the form" for the
+            caller texting something: :mod:`incall_sms.judges.direction`).
 
     Attributes:
         decisions: Model decisions made (for benchmarks).
@@ -309,6 +313,7 @@ class LocalModelJudge:
         call_end_deadline: float | None = 8.0,
         recipients: bool = True,
         receipts: bool = True,
+        direction: bool = True,
     ) -> None:
         self.model = model
         self.threshold = threshold
@@ -316,6 +321,7 @@ class LocalModelJudge:
         self.call_end_deadline = call_end_deadline
         self.recipients = recipients
         self.receipts = receipts
+        self.direction = direction
         self.failures = 0
         self._kinds: dict[str, Kind] = {}
         self._english: dict[str, str] = {}
@@ -408,7 +414,8 @@ class LocalModelJudge:
         vetoed = None
         if kind == "caller":
             vetoed = ((veto_reason(condition, turns[-1][1]) if self.recipients else None)
-                      or (received_reason(condition, turns) if self.receipts else None))
+                      or (received_reason(condition, turns) if self.receipts else None)
+                      or (direction_reason(condition, turns) if self.direction else None))
         if vetoed:
             return Decision(id=spec.id, fires=False, score=None, part=f"rule: {vetoed}")
         score = await self.model.yes_probability(build_prompt(kind, turns, condition),
