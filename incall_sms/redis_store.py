@@ -305,7 +305,7 @@ class RedisCallRegistry:
         live: dict[str, str] = {}
         local = self._local.get((caller, agent), {})
         for registration, value in fields.items():
-            owner, _, lapses = str(value).partition(" ")
+            owner, _, lapses = str(value).rpartition(" ")
             try:
                 lapsed = float(lapses) <= now
             except ValueError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from incall_sms.inbound import InboundMessage
@@ -94,7 +95,7 @@ async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes
         MediaError: ``too_large`` (more than ``max_output`` bytes: ffmpeg is stopped, nothing is kept),
             ``timeout``, ``undecodable``.
     """
-    with tempfile.TemporaryDirectory() as tmp:
+    async with _conversion_slot(), _temp_dir() as tmp:  # the slot covers decoding only, not transcription
         src = os.path.join(tmp, "in")
         with open(src, "wb") as handle:  # noqa: ASYNC230 - small local temp file
             handle.write(data)
@@ -127,6 +128,17 @@ async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes
         if proc.returncode != 0:
             raise MediaError("undecodable")
         return out
+
+
+@contextlib.asynccontextmanager
+async def _temp_dir() -> AsyncIterator[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
+
+
+async def _image_content(data: bytes) -> dict[str, Any]:
+    async with _conversion_slot():
+        return await asyncio.to_thread(_image_part, data)
 
 
 def _image_part(data: bytes) -> dict[str, Any]:
@@ -170,21 +182,21 @@ async def _video_parts(data: bytes, transcriber: Transcriber | None) -> list[dic
                             "-vcodec", "mjpeg", "pipe:1"], data, max_output=_FRAMES_MAX_BYTES)
     for chunk in frames.split(b"\xff\xd9")[:2]:
         if chunk.strip():
-            parts.append(await asyncio.to_thread(_image_part, chunk + b"\xff\xd9"))
+            parts.append(await _image_content(chunk + b"\xff\xd9"))
     return parts
 
 
 async def _parts_for(item: FetchedMedia, transcriber: Transcriber | None) -> list[dict[str, Any]]:
     kind = item.content_type.split("/")[0]
     if kind == "image":
-        return [await asyncio.to_thread(_image_part, item.data)]
+        return [await _image_content(item.data)]
     if kind == "audio":
         return [{"type": "text", "text": await _audio_text(item.data, transcriber)}]
     if kind == "video":
         return await _video_parts(item.data, transcriber)
     if item.content_type in ("text/plain", "text/vcard", "text/x-vcard", "text/calendar"):
         text = item.data.decode("utf-8", errors="replace")[:MAX_TEXT_ATTACHMENT]
-        return [{"type": "text", "text": f"[attached {item.content_type}]\n{text}"}]
+        return [{"type": "text", "text": f"[attached {item.content_type}] {json.dumps(text, ensure_ascii=False)}"}]
     return [{"type": "text", "text": f"[unsupported attachment: {item.content_type}; its content is not available]"}]
 
 
@@ -213,8 +225,7 @@ async def build_user_message(
         try:
             item = await fetcher.fetch(media, budget=budget)
             budget -= len(item.data)
-            async with _conversion_slot():
-                parts.extend(await _parts_for(item, transcriber))
+            parts.extend(await _parts_for(item, transcriber))
         except MediaError as exc:
             _log.warning("inbound %s attachment %d: %s", message.sid, index, exc.reason)
             parts.append({"type": "text", "text": f"[attachment {index + 1} ({media.content_type}) could not be "

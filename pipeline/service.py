@@ -685,7 +685,8 @@ class CallSms:
         if action not in names:
             raise ValueError(f"no action {action!r} in this call's action file (it has: {', '.join(names)})")
         chosen = actions.get(action)  # your code decides: a call-end action is sent now too
-        return await self.toolset().call(chosen, dict(variables), at=chosen.when)
+        at = "call_end" if chosen.when == "call_end" else "turn"  # ("auto" is a turn)
+        return await self.toolset().call(chosen, dict(variables), at=at)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.engine is not None:  # nobody is left to answer (tool mode has no processor to close the waits)

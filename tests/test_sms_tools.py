@@ -96,6 +96,7 @@ async def test_the_end_of_a_tool_mode_call_closes_its_waits(tmp_path):
                 with pytest.raises(ValueError, match=r"no action 'ask_emial'.*\(it has: ask_email, email_received\)"):
                     await call.send("ask_emial")  # a typo: the names it has, not a bare KeyError
                 (wait,) = call.engine.waits
+                assert wait.firing.at == "turn"  # an action with when: auto is sent as a turn's text, keyed so
                 assert wait.open and wait.safety is not None  # the engine's own timer stands in for a processor
             assert not wait.open and wait.safety is None
             assert [m.to for m in peer.messages] == [CALLER]
