@@ -48,6 +48,42 @@ async def test_who_sends_the_text_is_read(name):
     assert wrong_texts == []
 
 
+_DIRECTION = {
+    "conf": "if the caller wants the booking confirmation texted to them",
+    "addr": "if the caller wants the address by text", "link": "if the caller wants the link texted to them",
+    "reply": "when the caller prefers to reply by text with their order number",
+    "inb_email": "if the caller wants to send their email address by text",
+    "neg": "if the caller doesn't want to send their email address",
+    "order": "if the caller asks to send their order to a different address",
+    "inb_photo": "if the customer wants to text us a photo of the damage",
+}
+
+
+@pytest.mark.parametrize(("turns", "ids", "fired"), [
+    # an agent mentioning replies ("reply STOP", "reply to it") is no request for the caller to text
+    ((("agent", "Would you like the confirmation by text? You can reply to it if anything changes."),
+      ("user", "Yes please.")), ["conf", "reply"], ["conf"]),
+    ((("agent", "Want me to text you the address? You can reply with STOP anytime."), ("user", "Sure.")),
+     ["addr", "reply"], ["addr"]),
+    ((("agent", "Should I send you the link? Feel free to text us any questions."), ("user", "Yes.")), ["link"],
+     ["link"]),
+    # conditions that negate sending, or are about no text at all, are not about the caller texting
+    ((("user", "Sure, I will send you my email."),), ["neg"], []),
+    ((("user", "Can I send my order to my office instead?"),), ["order"], []),
+    ((("user", "I never send my email to anyone."),), ["inb_email"], []),
+    ((("user", "Can I email you my photos instead?"),), ["inb_email", "inb_photo"], []),
+    # the caller sending something and asking for a text in one breath: the request counts
+    ((("user", "Before I send you a photo, can you text me the address?"),), ["addr"], ["addr"]),
+    ((("user", "If I send you my email will you text me the link?"),), ["link"], ["link"]),
+])
+def test_direction_edge_cases_from_the_review(turns, ids, fired):
+    judge = EmbeddedJudge()
+    conditions = [ConditionSpec(id=i, condition=_DIRECTION[i]) for i in ids]
+    r = JudgeRequest(conditions=conditions, at="turn", variables={},
+                     transcript=[Turn(role=a, text=b) for a, b in turns])
+    assert sorted(m.id for m in judge.judge_now(r)) == fired
+
+
 def test_all_actions_at_once_pick_the_right_one():
     judge = EmbeddedJudge()
     r = req(("agent", "Your table is booked for Friday at 7."), ("user", "Can you text me the confirmation?"),

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from incall_sms.judges.embedded import (
     _AGENT_ASKS_CALLER,
     MAX_TURN_CHARS,
+    TO_ME,
     _affirmative,
     _agent_offer,
     _normalize,
@@ -26,11 +27,6 @@ from incall_sms.judges.embedded import (
 )
 
 __all__ = ["veto_reason"]
-
-#: A request for a text to the caller inside any clause ("..., and can you send me the link").
-_TO_ME = re.compile(r"\b(?:text|send|message|sms|shoot|forward|ping|email|drop)\w* (?:me|it to me|that to me|"
-                    r"them to me|this to me|over to me)\b|\bto my (?:phone|cell|mobile|number)\b"
-                    r"|\b(?:can|could|may) i (?:get|have|receive)\b")
 
 #: Positive evidence that a condition is about a text *to* the caller (the veto needs it, never guesses).
 _RECEIVE_CONDITION = re.compile(
@@ -58,7 +54,7 @@ def veto_reason(condition: str, turns: Sequence[tuple[str, str]]) -> str | None:
     agent_asks_caller = bool(_AGENT_ASKS_CALLER.search(_normalize(agent)))
     answers_agent = _affirmative(clauses[0]) and (agent_asks_caller or _agent_offer(agent)[0])
     sends = any(c.caller_sends and not c.negated for c in clauses)
-    asks = any(c.send and not c.caller_sends for c in clauses) or any(_TO_ME.search(c.text) for c in clauses)
+    asks = any(c.send and not c.caller_sends for c in clauses) or any(TO_ME.search(c.text) for c in clauses)
     if answers_agent or sends == asks:
         return None
     if parsed.inbound and asks:

@@ -167,7 +167,13 @@ def _normalize(text: str) -> str:
 #: The agent asking the caller to text something ("you can text it to me", "just reply to my text").
 _AGENT_ASKS_CALLER = re.compile(
     r"\b(?:you|feel free to|just)(?: (?:can|could|may|want to|would like to|like to|are welcome to))?"
-    r" (?:text|send|message|reply|sms)\b(?: [a-z']+){0,4}? (?:to )?(?:me|us|this number)\b|\breply (?:to|with)\b")
+    r" (?:text|send|message|reply|sms)\b(?! stop\b)(?: [a-z']+){0,4}? (?:to )?(?:me|us|this number)\b"
+    r"|\b(?:you can|please|just) reply (?:to (?:this|that|my|the) (?:text|message) )?with your\b")
+
+#: A request for a text to the caller anywhere in a clause ("before i send you a photo, can you text me the map").
+TO_ME = re.compile(r"\b(?:text|send|message|sms|shoot|forward|ping|email|drop)\w* (?:me|it to me|that to me|"
+                   r"them to me|this to me|over to me)\b|\bto my (?:phone|cell|mobile|number)\b"
+                   r"|\b(?:can|could|may) i (?:get|have|receive)\b")
 
 #: Compound nouns whose last word names another thing ("an email address" is no street address).
 _COMPOUNDS = ((re.compile(r"\bemail address(?:es)?\b"), "email"),
@@ -175,14 +181,15 @@ _COMPOUNDS = ((re.compile(r"\bemail address(?:es)?\b"), "email"),
 
 #: The caller as the sender ("can i text you my email", "i will send it to you"): no request to be texted.
 _CALLER_SENDS = re.compile(
-    r"\b(?:i|let me|can i|could i|may i|shall i)(?: (?!you\b|me\b)[a-z']+){0,3}?"
+    r"\b(?:i|let me|can i|could i|may i|shall i)"
+    r"(?: (?!you\b|me\b|never\b|not\b|do not\b|cannot\b|will not\b|would not\b|did not\b)[a-z']+){0,3}?"
     r" (?<!by )(?<!via )(?<!a )(?<!the )(?<!over )(?<!as )(?<!in )(?<!your )(?<!that )"  # a noun: "get that by text"
-    r"(?:text|send|message|sms|email|forward|reply|upload)\b(?! (?:me|it to me|that to me|them to me|this to me)\b)"
+    r"(?:text|send|message|sms|forward|reply)\b(?! (?:me|it to me|that to me|them to me|this to me)\b)"
     r"(?!(?: [a-z']+){0,5} to (?:me|my (?:phone|cell|mobile|number))\b)")
 #: A condition about the caller sending something ("the caller wants to send their email address by text").
 _INBOUND_CONDITION = re.compile(
     r"\b(?:caller|customer|client|patient|user|guest|they|he|she)"
-    r"(?: (?!us\b|you\b|the\b|agent\b|for\b|says?\b|said\b|tells?\b|told\b)[a-z']+){0,3}?"
+    r"(?: (?!us\b|you\b|me\b|the\b|agent\b|for\b|says?\b|said\b|tells?\b|told\b)[a-z']+){0,3}?"
     r" to (?:send|text|message|sms|email|reply|upload|forward)(?: (?:us|you|the agent|the business|in|back))?"
     r" (?:their|his|her|(?:(?:a|an|some) )?(?:photos?|pictures?|images?|screenshots?|videos?))\b"
     r"|\b(?:caller|customer|client|patient|user|guest)(?: [a-z']+){0,3}? to (?:send|text|message) (?:us|you)\b"
@@ -315,7 +322,10 @@ def parse_condition(condition: str) -> ParsedCondition:
     sending = re.search(r"\b(receive|sent|send|text|texted|sms|message|copy|in writing|link)\b", body)
     info = bool(verbs_info) and not sending
     recipients = frozenset(_recipients(body, pronouns=False))
-    inbound = bool(_INBOUND_CONDITION.search(body)) and not re.search(r"\b(?:sent|texted) to (?:them|him|her)\b", body)
+    inbound = (bool(_INBOUND_CONDITION.search(body)) and not re.search(r"\b(?:sent|texted) to (?:them|him|her)\b", body)
+               and bool(re.search(r"\b(?:text|texts|texting|sms|message|photos?|pictures?|images?|screenshots?|"
+                                  r"videos?|repl(?:y|ies)|by phone)\b", body))
+               and not re.search(r"\b(?:not|never|no|refuses?|declines?|without)\b", body))
     return ParsedCondition(
         at_end=at_end,
         kind="request" if request else "state",
@@ -584,7 +594,7 @@ class EmbeddedJudge:
 
         # 1. yes / no to the agent's offer to text something
         offered, offer_words = _agent_offer(agent)
-        if offered and not _AGENT_ASKS_CALLER.search(_normalize(agent)):
+        if offered and not _AGENT_ASKS_CALLER.search(" ".join(offer_words)):
             first = clauses[0]
             topic_ok = parsed.generic or _topic_hit(offer_words, terms)
             if _affirmative(first) and topic_ok and not any(c.negated for c in clauses):
@@ -600,7 +610,7 @@ class EmbeddedJudge:
                 return 0.0, "caller says they already have it"
             if clause.other_channel and not clause.send:
                 continue
-            if clause.caller_sends:
+            if clause.caller_sends and not TO_ME.search(clause.text):
                 continue  # "can i text you my email" asks for nothing to be texted to the caller
             topic_words = _topic_words(clause)
             explicit = _topic_hit(topic_words, terms)
