@@ -170,8 +170,8 @@ class RedisCallRegistry:
     Each worker registers its calls in the hash ``calls:{caller}:{agent}`` (one field per call: its
     worker id and when the registration lapses) and listens on its own channel. Two live calls for
     one pair, on any workers, are ambiguous (a spoofed caller ID can place the second): neither gets
-    the pair's texts, which are stored. A call left by a worker that died (no listener on its channel
-    any more) or whose registration lapsed is dropped at the next lookup. A lookup on another worker
+    the pair's texts, which are stored. A registration that lapsed is dropped at the next lookup; one
+    of a worker nobody listens for (it died) is ignored while that lasts. A lookup on another worker
     returns a forwarder that publishes the message to the owner's channel; if no worker receives it,
     the forwarder raises and the router stores the message (never lost silently).
 
@@ -187,6 +187,11 @@ class RedisCallRegistry:
                  prefix: str = "incall-sms") -> None:
         self._client = client
         self.worker_id = worker_id
+        import secrets
+
+        #: This process's address (its channel, the owner in its registrations and SID claims): the worker id
+        #: plus a per-process suffix, so a restarted worker with the same id never vouches for a dead one's calls.
+        self.address = f"{worker_id}.{secrets.token_hex(4)}"
         self.orphan = orphan
         self._ttl = ttl
         self._prefix = prefix
@@ -215,7 +220,7 @@ class RedisCallRegistry:
         import asyncio
 
         self._pubsub = self._client.pubsub()
-        await self._pubsub.subscribe(self._channel(self.worker_id))
+        await self._pubsub.subscribe(self._channel(self.address))
         self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
@@ -277,21 +282,32 @@ class RedisCallRegistry:
 
     async def register(self, caller: str, agent: str, handler: Any) -> Any:
         """Own the call of (``caller``, ``agent``) on this worker."""
+        import asyncio
         import secrets
         import time
 
         key = (caller, agent)
         registration = f"{self.worker_id}:{secrets.token_hex(8)}"
         self._local.setdefault(key, {})[registration] = handler
-        await self._client.hset(self._key(caller, agent), registration, f"{self.worker_id} {time.time() + self._ttl}")
-        await self._client.expire(self._key(caller, agent), self._ttl)
+
+        def forget() -> bool:
+            local = self._local.get(key, {})
+            found = local.pop(registration, None) is not None
+            if not local:
+                self._local.pop(key, None)
+            return found
+
+        try:
+            await self._client.hset(self._key(caller, agent), registration,
+                                    f"{self.address} {time.time() + self._ttl}")
+            await self._client.expire(self._key(caller, agent), self._ttl)
+        except BaseException:  # not registered (Redis down, the call hung up meanwhile): nothing is left behind
+            forget()
+            raise
 
         async def unregister() -> None:
-            local = self._local.get(key, {})
-            if local.pop(registration, None) is not None:
-                if not local:
-                    del self._local[key]
-                await self._client.hdel(self._key(caller, agent), registration)
+            if forget():  # shielded: a cancelled call end must not leave its field to make the pair ambiguous
+                await asyncio.shield(self._client.hdel(self._key(caller, agent), registration))
 
         return unregister
 
@@ -310,14 +326,17 @@ class RedisCallRegistry:
                 lapsed = float(lapses) <= now
             except ValueError:
                 lapsed = True
-            if not lapsed and owner == self.worker_id:
-                lapsed = registration not in local
-            elif not lapsed:  # a worker that died (killed, crashed) left its call: nobody listens on its channel
-                [(_, listeners)] = await self._client.pubsub_numsub(self._channel(owner))
-                lapsed = not listeners
             if lapsed:
                 await self._client.hdel(self._key(caller, agent), registration)
-            else:
+                continue
+            if owner == self.address:
+                if registration in local:
+                    live[str(registration)] = owner
+                continue
+            # a worker that died (killed, crashed) left its call: nobody listens on its channel. Ignored for this
+            # lookup, not deleted: a listener reconnecting counts again at the next one
+            [(_, listeners)] = await self._client.pubsub_numsub(self._channel(owner))
+            if listeners:
                 live[str(registration)] = owner
         calls = set(live) | set(local)
         if len(calls) > 1:
@@ -352,14 +371,14 @@ class RedisCallRegistry:
 
     async def claim_sid(self, sid: str) -> None:
         """Record that this worker sent message ``sid`` (its status callbacks are routed here)."""
-        await self._client.set(f"{self._prefix}:sid:{sid}", self.worker_id, ex=3 * 24 * 3600)
+        await self._client.set(f"{self._prefix}:sid:{sid}", self.address, ex=3 * 24 * 3600)
 
     async def route_status(self, sid: str, status: str, error_code: int | None) -> bool:
         """Forward a status callback to the worker that sent ``sid``; False when none can take it."""
         import json
 
         owner = await self._client.get(f"{self._prefix}:sid:{sid}")
-        if not owner or owner == self.worker_id:
+        if not owner or owner == self.address:
             return False
         payload = json.dumps({"type": "status", "sid": sid, "status": status, "error_code": error_code})
         return bool(await self._client.publish(self._channel(owner), payload))
@@ -379,7 +398,7 @@ class RedisCallRegistry:
         if not event.sid:
             return False
         owner = await self._client.get(f"{self._prefix}:sid:{event.sid}")
-        if not owner or owner == self.worker_id:
+        if not owner or owner == self.address:
             return False
         payload = json.dumps({"type": "event", "event": event.to_dict()})
         return bool(await self._client.publish(self._channel(owner), payload))

@@ -40,10 +40,10 @@ if [ ! -x .cache/prism/node_modules/.bin/prism ]; then
     "@stoplight/prism-cli@${PRISM_VERSION}"
 fi
 
-# Two xdist workers (PYTEST_WORKERS; 0 runs in this process): a module stays on one worker, and the model and
-# sound-server tests share one (tests/conftest.py), so the wall time is about 60 % of a serial run on 2 cores.
+# Two xdist workers (PYTEST_WORKERS; 0 runs in this process), a module on one worker; model tests never run beside
+# each other and load-sensitive tests run alone (file locks, tests/conftest.py): ~65-75 % of a serial run's time.
 set +e
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -34,20 +34,11 @@ def caplog_all(caplog):
     return caplog
 
 
-# The README's test command runs two xdist workers (scripts/test.sh). Every module stays whole on one worker (its
-# module fixtures are set up once); the modules and tests that load a model (``cpu_heavy``) share one worker, so
-# they never compete with each other for the CPU; and a test marked ``solo`` (audio through a sound server, a
-# campaign whose outcome depends on timeouts) runs while no other test runs: it holds a file lock exclusively,
-# every other test holds it shared.
-_CPU_HEAVY_MODULES = frozenset({"test_local_model.py"})
-
-
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        heavy = item.path.name in _CPU_HEAVY_MODULES or item.get_closest_marker("cpu_heavy") is not None
-        item.add_marker(pytest.mark.xdist_group("cpu-heavy" if heavy else item.path.name))
+# The README's test command runs two xdist workers with --dist loadfile (scripts/test.sh): every module stays whole
+# on one worker (its module fixtures are set up once). Two file locks keep the CPU fair: a test marked ``cpu_heavy``
+# (it loads a model) holds one exclusively, so two of them never run at once; and a test marked ``solo`` (audio
+# through a sound server, a campaign whose outcome depends on timeouts) runs while no other test runs: it holds the
+# other exclusively, every other test holds it shared (a turnstile keeps new tests from starting while it waits).
 
 
 @pytest.fixture(autouse=True)
@@ -57,20 +48,26 @@ def _solo_or_shared(request):
         return
     import fcntl
 
-    locks = ROOT / ".cache" / "test-locks"  # one pair per checkout (two runs in one checkout take turns)
+    locks = ROOT / ".cache" / "test-locks"  # one set per checkout (two runs in one checkout take turns)
     locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / "turnstile", "a") as turnstile, open(locks / "cpu", "a") as lock:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)  # a solo test waiting here keeps new tests from starting meanwhile
+    heavy = request.node.get_closest_marker("cpu_heavy") is not None
+    with open(locks / "heavy", "a") as heavy_lock, open(locks / "turnstile", "a") as turnstile, \
+            open(locks / "cpu", "a") as lock:
+        if heavy:  # taken first, holding nothing else: waiting for it blocks nobody
+            fcntl.flock(heavy_lock, fcntl.LOCK_EX)
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
         fcntl.flock(lock, fcntl.LOCK_EX if request.node.get_closest_marker("solo") else fcntl.LOCK_SH)
         fcntl.flock(turnstile, fcntl.LOCK_UN)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+            if heavy:
+                fcntl.flock(heavy_lock, fcntl.LOCK_UN)
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cpu_heavy: runs on the xdist worker of the model tests")
+    config.addinivalue_line("markers", "cpu_heavy: never runs beside another cpu_heavy test (under xdist)")
     config.addinivalue_line("markers", "solo: runs while no other test runs (under xdist)")
     # pipecat logs every frame link at DEBUG through loguru: keep test output readable
     try:

@@ -20,6 +20,8 @@ from incall_sms.local_model import QWEN_CODER_0_5B, LocalModel, ModelUnavailable
 from incall_sms.variables import LLMVariableExtractor
 from incall_sms.writer import LLMContentWriter
 
+pytestmark = pytest.mark.cpu_heavy  # the model's threads take both cores: never beside another model test
+
 MENU = "if the caller wants the menu texted to them"
 
 

@@ -136,6 +136,21 @@ async def test_call_registry_contract(make, kind, redis_url):
             await first()
             await other.aclose()
             await other._client.aclose()
+            # a worker killed mid-call and restarted under the same SMS_WORKER_ID: the dead process's call is
+            # not counted (nobody listens at its address), so the caller's new call is not made ambiguous
+            dead = RedisCallRegistry(connect(redis_url), worker_id="fixed-id", prefix=registry._prefix)
+            await dead.start()
+            await dead.register("+14155552671", "+14155550100", spoofer)  # never unregistered: killed
+            await dead.aclose()
+            await dead._client.aclose()
+            restarted = RedisCallRegistry(connect(redis_url), worker_id="fixed-id", prefix=registry._prefix)
+            await restarted.start()
+            again = await restarted.register("+14155552671", "+14155550100", handler)
+            assert await restarted.lookup("+14155552671", "+14155550100") is handler
+            assert await registry.lookup("+14155552671", "+14155550100") is not None  # a forwarder to it
+            await again()
+            await restarted.aclose()
+            await restarted._client.aclose()
     finally:
         if kind == "redis":
             await registry.aclose()
