@@ -73,6 +73,16 @@ __all__ = ["main"]
 
 
 
+def _console(width: int | None) -> Console:
+    """Rich output at ``--width``; piped or redirected (and no ``COLUMNS``), 160 columns.
+
+    Rich's default of 80 there wraps the tables about a word a line.
+    """
+    if width:
+        return Console(width=width)
+    return Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=160)
+
+
 def _error(message: str) -> None:
     """Errors go to stderr, one unwrapped line each (whatever the terminal width or a pipe)."""
     print(f"error: {message}", file=sys.stderr)
@@ -94,7 +104,7 @@ def _cmd_actions_lint(args: argparse.Namespace) -> int:
 
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 1 if errors else 0
-    console = Console(width=args.width) if args.width else Console()
+    console = _console(args.width)
     table = Table(title=f"{args.file}: {len(rows)} action(s)", show_lines=True)
     for column in ("action", "condition", "sender", "destination", "encoding", "chars", "segments",
                    "unknown vars", "problems"):
@@ -139,7 +149,7 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _error(str(exc))
         return 2
-    console = Console(width=args.width) if args.width else Console()
+    console = _console(args.width)
 
     async def run():
         spinner = Console(stderr=True).status(f"loading the {judge.name} judge...")
@@ -221,7 +231,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     logger.remove()
     logger.add(sys.stderr, level="ERROR")
     logging.basicConfig(level=logging.WARNING)
-    console = Console(width=args.width) if args.width else Console()
+    console = _console(args.width)
     if args.mic:
         reason = _mic_unavailable()
         if reason:
