@@ -475,17 +475,23 @@ class ActionEngine:
         loop = asyncio.get_running_loop()
         wait = ReplyWait(firing=firing, result=result, done=loop.create_future(), opened_at=loop.time())
         self.waits.append(wait)
-        self._wait_by_key[result.key] = wait
-        failure = self._undelivered.get(result.key)
-        if failure is not None:  # reported undelivered before the send's outcome came back: nobody can answer it
-            self._undelivered[result.key] = dataclasses.replace(failure, wait=wait)
-            wait.done.set_result(None)
-        elif self._waits_closed:  # the call is ending: nobody is left to wait for
+        if self._bind(result.key, wait) or self._waits_closed:  # nobody can (or is left to) answer it
             wait.done.set_result(None)
         elif self.reply_listener is None:  # no processor times the wait (tool mode): the engine closes it
             assert firing.action.await_reply is not None
             wait.safety = loop.call_later(firing.action.await_reply.timeout + _WAIT_SLACK, self.close_wait, wait)
         return wait
+
+    def _bind(self, key: str, wait: ReplyWait) -> bool:
+        """Map the accepted text ``key`` (an ask or its re-ask) to ``wait``; whether it was reported undelivered.
+
+        A report that came before the send's outcome is recorded without its wait: the failure now names it.
+        """
+        self._wait_by_key[key] = wait
+        failure = self._undelivered.get(key)
+        if failure is not None:
+            self._undelivered[key] = dataclasses.replace(failure, wait=wait)
+        return failure is not None
 
     def wait_of(self, firing: Firing) -> ReplyWait | None:
         """The wait opened for ``firing``'s text (its reply), or ``None``."""
@@ -694,12 +700,8 @@ class ActionEngine:
                         match=Match(id=asking.name, confidence=1.0, reason=f"reply to {action.name}: {problem}"))
         result = await self.dispatcher.send(asking, call=self.call, turn=firing.turn, variables=dict(self.variables))
         self.accepted_count += result.accepted
-        if result.accepted:
-            self._wait_by_key[result.key] = wait  # a report that the re-ask did not arrive concerns this wait
-            failure = self._undelivered.get(result.key)
-            if failure is not None:  # reported undelivered before the send's outcome came back
-                self._undelivered[result.key] = dataclasses.replace(failure, wait=wait)
-                self.close_wait(wait)
+        if result.accepted and self._bind(result.key, wait):  # a report on the re-ask concerns this wait
+            self.close_wait(wait)
         return ActionOutcome(firing=firing, result=result, line=None, content_source="template")
 
     def claim(self, action: SmsAction, *, match: Match, at: At = "turn") -> list[Firing]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import logging
@@ -26,7 +25,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from incall_sms.inbound import InboundMessage
@@ -95,7 +94,12 @@ async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes
         MediaError: ``too_large`` (more than ``max_output`` bytes: ffmpeg is stopped, nothing is kept),
             ``timeout``, ``undecodable``.
     """
-    async with _conversion_slot(), _temp_dir() as tmp:  # the slot covers decoding only, not transcription
+    async with _conversion_slot():  # the slot covers decoding only, not transcription
+        return await _run_ffmpeg(args, data, max_output=max_output)
+
+
+async def _run_ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "in")
         with open(src, "wb") as handle:  # noqa: ASYNC230 - small local temp file
             handle.write(data)
@@ -128,12 +132,6 @@ async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes
         if proc.returncode != 0:
             raise MediaError("undecodable")
         return out
-
-
-@contextlib.asynccontextmanager
-async def _temp_dir() -> AsyncIterator[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        yield tmp
 
 
 async def _image_content(data: bytes) -> dict[str, Any]:

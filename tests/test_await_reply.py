@@ -59,6 +59,13 @@ CONSENT = {
 }
 
 
+def email_call(peer):
+    """The e-mail flow's engine, its watcher, the inbound processor and the LLM notes recorder."""
+    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
+    return (engine, SmsActionProcessor(engine=engine, filler_threshold=0.05), InboundMessageProcessor(replies=engine),
+            Notes())
+
+
 def said(text):
     return TranscriptionFrame(text=text, user_id="", timestamp="")
 
@@ -167,10 +174,7 @@ async def test_email_by_text_reask_once_then_the_value_feeds_the_next_action(pee
 
 
 async def test_an_ask_reported_undelivered_stops_the_wait_and_hands_over_to_voice(peer):
-    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
-    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
-    inbound = InboundMessageProcessor(replies=engine)
-    notes = Notes()
+    engine, sms, inbound, notes = email_call(peer)
     timeouts = []
     sms.add_event_handler("on_sms_reply_timeout", lambda proc, name: timeouts.append(name))
 
@@ -189,10 +193,7 @@ async def test_an_ask_reported_undelivered_stops_the_wait_and_hands_over_to_voic
 
 
 async def test_a_late_undelivered_report_for_an_ask_already_answered_is_not_said(peer):
-    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
-    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
-    inbound = InboundMessageProcessor(replies=engine)
-    notes = Notes()
+    engine, sms, inbound, notes = email_call(peer)
     reported = []
 
     async def script(worker):
@@ -217,10 +218,7 @@ def voice_notes(notes):
 
 
 async def test_an_ask_reported_undelivered_while_its_confirmation_waits_hands_over_once(peer):
-    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
-    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
-    inbound = InboundMessageProcessor(replies=engine)
-    notes = Notes()
+    engine, sms, inbound, notes = email_call(peer)
 
     async def slow_filler(firing, send):  # the report lands after the wait opened, before the outcome is read
         outcome = await asyncio.shield(send)
@@ -240,10 +238,7 @@ async def test_an_ask_reported_undelivered_while_its_confirmation_waits_hands_ov
 
 
 async def test_a_reask_reported_undelivered_during_its_send_ends_the_wait(peer):
-    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
-    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
-    inbound = InboundMessageProcessor(replies=engine)
-    notes = Notes()
+    engine, sms, inbound, notes = email_call(peer)
 
     async def on_event(event):  # the status callback comes before the re-ask's send returns
         if event.kind is SmsEventKind.SENT and event.action == reask_name(engine.actions.get("ask_email")):
@@ -264,10 +259,7 @@ async def test_a_reask_reported_undelivered_during_its_send_ends_the_wait(peer):
 
 
 async def test_a_late_report_for_an_ask_the_caller_replied_to_even_invalidly_is_ignored(peer):
-    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
-    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
-    inbound = InboundMessageProcessor(replies=engine)
-    notes = Notes()
+    engine, sms, inbound, notes = email_call(peer)
 
     async def script(worker):
         await worker.queue_frame(said("Can I just text you my email address instead?"))
@@ -327,10 +319,7 @@ def test_only_a_status_callback_for_this_call_is_a_delivery_failure():
 
 
 async def test_second_invalid_reply_hands_over_to_voice_without_a_third_text(peer):
-    engine = make_engine(peer=peer, actions=EMAIL_FLOW)
-    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
-    inbound = InboundMessageProcessor(replies=engine)
-    notes = Notes()
+    engine, sms, inbound, notes = email_call(peer)
 
     async def script(worker):
         await worker.queue_frame(said("Can I just text you my email address instead?"))
