@@ -15,16 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from incall_sms.judges.embedded import (
-    _AGENT_ASKS_CALLER,
-    MAX_TURN_CHARS,
-    TO_ME,
-    _affirmative,
-    _agent_offer,
-    _normalize,
-    _turn_clauses,
-    parse_condition,
-)
+from incall_sms.judges.embedded import normalize, parse_condition, read_senders
 
 __all__ = ["veto_reason"]
 
@@ -45,21 +36,14 @@ def veto_reason(condition: str, turns: Sequence[tuple[str, str]]) -> str | None:
         turns: The conversation so far as ``(role, text)``, the caller's turn last.
     """
     parsed = parse_condition(condition)
-    if parsed.kind != "request" or parsed.at_end or not turns or turns[-1][0] != "user":
+    if parsed.kind != "request" or parsed.at_end:
         return None
-    clauses = _turn_clauses(_normalize(turns[-1][1][-MAX_TURN_CHARS:]))
-    if not clauses:
+    turn = read_senders(turns)
+    if turn is None or turn.answers_agent or turn.caller_sends == turn.asks_to_be_texted:
         return None
-    agent = next((text for role, text in reversed(turns[:-1]) if role == "agent"), "")
-    agent_asks_caller = bool(_AGENT_ASKS_CALLER.search(_normalize(agent)))
-    answers_agent = _affirmative(clauses[0]) and (agent_asks_caller or _agent_offer(agent)[0])
-    sends = any(c.caller_sends and not c.negated for c in clauses)
-    asks = any(c.send and not c.caller_sends for c in clauses) or any(TO_ME.search(c.text) for c in clauses)
-    if answers_agent or sends == asks:
-        return None
-    if parsed.inbound and asks:
+    if parsed.inbound and turn.asks_to_be_texted:
         return "the caller asks to be texted; the condition is about the caller texting something"
-    if not parsed.inbound and sends and not any(c.want for c in clauses) and _RECEIVE_CONDITION.search(
-            _normalize(condition)):
+    if not parsed.inbound and turn.caller_sends and not turn.wants and _RECEIVE_CONDITION.search(
+            normalize(condition)):
         return "the caller offers to text something; the condition is about a text to the caller"
     return None

@@ -33,7 +33,8 @@ from incall_sms.judges.receipt import received_reason
 from incall_sms.judges.recipients import veto_reason
 from incall_sms.lexicon import PEOPLE_EN
 
-__all__ = ["MAX_TURN_CHARS", "EmbeddedJudge", "ParsedCondition", "parse_condition"]
+__all__ = ["MAX_TURN_CHARS", "EmbeddedJudge", "ParsedCondition", "TurnSenders", "normalize", "parse_condition",
+           "read_senders"]
 
 #: Characters of the latest caller turn (and the agent turn before it) the judge reads.
 MAX_TURN_CHARS = 400
@@ -162,6 +163,10 @@ def _normalize(text: str) -> str:
     for pattern, repl in _COMPOUNDS:
         text = pattern.sub(repl, text)
     return text
+
+
+#: The text as the judge's patterns read it: lower case, contractions expanded, "e-mail" -> "email".
+normalize = _normalize
 
 
 #: The agent asking the caller to text something ("you can text it to me", "just reply to my text").
@@ -517,6 +522,48 @@ def _affirmative(clause: _Clause) -> bool:
     phrase = " ".join(clause.words)
     return first in _AFFIRM or bool(re.match(r"^(that would be|that is|sounds|go ahead|please do|why not|"
                                              r"i would like that|i would love that|that works)", phrase))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TurnSenders:
+    """Who the caller's latest turn has sending a text (the embedded reading, for other judges' rules).
+
+    Attributes:
+        answers_agent: The turn opens with a yes to the agent's offer or to its request of the caller.
+        caller_sends: A clause, not negated, has the caller as the sender ("can i text you my email").
+        asks_to_be_texted: A clause asks for a text to be sent to the caller ("text me", "can you send me").
+        wants: A clause says the caller wants something ("i need", "can i get") without a send verb.
+    """
+
+    answers_agent: bool
+    caller_sends: bool
+    asks_to_be_texted: bool
+    wants: bool
+
+
+def read_senders(turns: Sequence[tuple[str, str]]) -> TurnSenders | None:
+    """The embedded judge's reading of who sends what in the caller's last turn.
+
+    Args:
+        turns: The conversation so far as ``(role, text)`` (roles ``user`` and ``agent``).
+
+    Returns:
+        The reading, or ``None`` when the last turn is not the caller's or has no words.
+    """
+    if not turns or turns[-1][0] != "user":
+        return None
+    clauses = _turn_clauses(_normalize(turns[-1][1][-MAX_TURN_CHARS:]))
+    if not clauses:
+        return None
+    agent = next((text for role, text in reversed(turns[:-1]) if role == "agent"), "")
+    agent_asks_caller = bool(_AGENT_ASKS_CALLER.search(_normalize(agent)))
+    return TurnSenders(
+        answers_agent=_affirmative(clauses[0]) and (agent_asks_caller or _agent_offer(agent)[0]),
+        caller_sends=any(c.caller_sends and not c.negated for c in clauses),
+        asks_to_be_texted=any(c.send and not c.caller_sends for c in clauses) or any(TO_ME.search(c.text)
+                                                                                     for c in clauses),
+        wants=any(c.want for c in clauses),
+    )
 
 
 # -- the judge -------------------------------------------------------------------
