@@ -187,7 +187,8 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
         with open(args.decisions, "w", encoding="utf-8") as out:
             for case, decision in report.decisions:
                 out.write(json.dumps({"id": case.id, "condition": case.condition, "fires": case.fires,
-                                      "fired": decision.fires, "score": decision.score, "part": decision.part},
+                                      "fired": decision.fires, "score": decision.score, "part": decision.part,
+                                      "rules": decision.rules},
                                      ensure_ascii=False) + "\n")
     o = report.overall
     print(json.dumps({"precision": round(o.precision, 4), "recall": round(o.recall, 4), "f1": round(o.f1, 4),

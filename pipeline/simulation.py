@@ -55,7 +55,7 @@ from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InPr
 from incall_sms.judges.base import ConditionJudge, condition_specs, warmed
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.judges.local import LocalModelJudge
-from incall_sms.judges.select import local_model_available, make_judge
+from incall_sms.judges.select import default_local_model, local_model_available, make_judge
 from incall_sms.local_model import MODELS, LocalModel
 from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.optout import SqliteOptOutStore
@@ -295,7 +295,7 @@ def simulate(
         reason = local_model_available()
         if reason:
             raise ValueError(f"--agent local: {reason}")
-        local_agent = LocalModel(MODELS[os.environ.get("SMS_LOCAL_MODEL", "qwen2.5-coder-1.5b")], http_port=0)
+        local_agent = LocalModel(MODELS[default_local_model()], http_port=0)
     elif agent != "stand-in":
         raise ValueError(f"unknown agent {agent!r} (stand-in or local)")
     condition_judge = make_judge(judge)

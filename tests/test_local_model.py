@@ -91,6 +91,16 @@ async def test_local_judge_decides_with_the_real_model_off_the_event_loop(model)
     assert by_id["menu"].score > other[0].score  # the request scores above an unrelated question
     assert ticks >= 5  # the loop kept running while the model decided
     assert judge.decisions == 2
+    assert judge.threshold == QWEN_CODER_0_5B.threshold > judge.agree_threshold  # this model's, from train/dev
+    assert by_id["menu"].rules is True and other[0].rules is False  # the embedded rules asked beside the model
+
+    # the cascade: where the embedded rules fire the lower bar applies (here: any score), elsewhere the higher
+    # one (here: none)
+    cascade = LocalModelJudge(model=model, call_end_deadline=None, threshold=1.0, agree_threshold=0.0)
+    [yes] = await decide(cascade, request(offer, ("user", "yes please, text me the menu"), conditions=[menu]))
+    [no] = await decide(cascade, request(offer, ("user", "what time do you close tonight"), conditions=[menu]))
+    assert (yes.fires, yes.rules, no.fires, no.rules) == (True, True, False, False)
+    assert "embedded rules fire too" in yes.reason
 
     # the prompt cache works: the same decision again evaluates next to nothing, the rest (the instructions,
     # the examples, the conversation) comes from the slot's cache; this is what keeps a decision cheap

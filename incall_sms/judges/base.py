@@ -82,6 +82,8 @@ class Decision:
             decided without a score).
         part: Which part of the judge decided (``model``, ``rule: ...``, ``rules``, ``llm``).
         reason: Short explanation (no personal data).
+        rules: Whether the embedded rules fired on it too, when a model decided with their help
+            (``None`` when they were not asked).
     """
 
     id: str
@@ -89,6 +91,7 @@ class Decision:
     score: float | None
     part: str
     reason: str = ""
+    rules: bool | None = None
 
     def as_match(self) -> Match:
         """The :class:`Match` of a firing decision."""

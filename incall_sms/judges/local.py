@@ -42,7 +42,7 @@ from incall_sms.judges.direction import veto_reason as direction_reason
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.judges.receipt import received_reason
 from incall_sms.judges.recipients import veto_reason
-from incall_sms.local_model import LocalModel
+from incall_sms.local_model import QWEN_CODER_1_5B, LocalModel
 
 __all__ = ["DEFAULT_THRESHOLD", "LocalModelJudge"]
 
@@ -50,11 +50,8 @@ _log = logging.getLogger(__name__)
 
 Kind = Literal["caller", "agent", "end"]
 
-#: Decision threshold on P(yes), chosen on the train and dev splits of ``tests/data/judge/`` (390
-#: cases) by ``bench/judge_threshold.py``: the best F0.5 (and the best F1) of a 0.1-0.975 grid with
-#: the 1.5B model (P .83 / R .90 there; precision stays below .90 at every threshold that keeps
-#: recall above .6, so a higher one only loses requests). Override per judge.
-DEFAULT_THRESHOLD = 0.5
+#: The 1.5B model's decision threshold on P(yes) (each model's is in its :class:`ModelSpec`; override per judge).
+DEFAULT_THRESHOLD = QWEN_CODER_1_5B.threshold
 
 #: Earlier turns shown before the turn being judged (the whole call for ``end`` conditions, capped).
 EARLIER_TURNS = 4
@@ -203,7 +200,16 @@ _CALL_END = re.compile(
     r"is finished|hangs up)|(?:at|by) the end of the (?:phone )?call|after (?:the caller )?hang(?:s|ing)? up|"
     r"(?:after|once|when) (?:the caller|they|he|she) hangs? up|al (?:final|terminar) (?:de )?la llamada|"
     r"cuando (?:termine|acabe|finalice) la llamada|(?:am|zum) ende des (?:anrufs|gesprächs|telefonats)|"
-    r"wenn (?:der anruf|das gespräch|das telefonat) (?:endet|beendet ist|vorbei ist)|nach dem (?:anruf|gespräch))\b",
+    r"wenn (?:der anruf|das gespräch|das telefonat) (?:endet|beendet ist|vorbei ist)|nach dem (?:anruf|gespräch))\b"
+    # leading the condition (elsewhere "after the call" may be when a caller wants the text: "if they want the
+    # receipt texted after the call")
+    r"|^\W*(?:(?:right |just )?after (?:the |this )?(?:phone )?(?:call|conversation)|at (?:the )?call end|"
+    r"on hang ?-?up|post-call|when (?:the |this )?conversation (?:ends|is over|has ended)|"
+    r"once (?:we|they|the caller) hang up|"
+    r"al colgar|cuando (?:se )?cuelguen?|(?:después|despues|tras|al acabar|al terminar|al finalizar) (?:de )?la "
+    r"(?:llamada|conversación|conversacion)|una vez (?:terminada|finalizada|acabada) la llamada|"
+    r"nach (?:dem telefonat|gesprächsende|ende des (?:anrufs|gesprächs|telefonats))|beim auflegen|"
+    r"nach dem auflegen|wenn (?:aufgelegt (?:wird|ist)|der anrufer auflegt)|am schluss des (?:anrufs|gesprächs))\b",
     re.IGNORECASE)
 
 #: Common function words of English: a condition without enough of them is translated first.
@@ -281,7 +287,9 @@ class LocalModelJudge:
 
     Args:
         model: The loaded (or lazily loaded) local model.
-        threshold: Minimum P(yes) to fire (see :data:`DEFAULT_THRESHOLD`).
+        threshold: Minimum P(yes) to fire (default: the model's, chosen on the train and dev splits).
+        agree_threshold: Minimum P(yes) to fire when the embedded rules fire on the turn too (default:
+            the model's; equal to ``threshold``: the rules are not asked).
         fallback: Decides when the model fails or is late (default: the embedded rules); the
             decision's part then reads ``fallback: ...`` with the reason.
         call_end_deadline: Seconds the model may take for a call-end condition before the
@@ -308,7 +316,8 @@ class LocalModelJudge:
         self,
         *,
         model: LocalModel,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
+        agree_threshold: float | None = None,
         fallback: ConditionJudge | None = None,
         call_end_deadline: float | None = 8.0,
         recipients: bool = True,
@@ -316,7 +325,10 @@ class LocalModelJudge:
         direction: bool = True,
     ) -> None:
         self.model = model
-        self.threshold = threshold
+        self.threshold = model.spec.threshold if threshold is None else threshold
+        self.agree_threshold = min(self.threshold, model.spec.agree_threshold if agree_threshold is None
+                                   else agree_threshold)
+        self._rules = EmbeddedJudge()
         self._fallback: ConditionJudge = fallback or EmbeddedJudge()
         self.call_end_deadline = call_end_deadline
         self.recipients = recipients
@@ -388,8 +400,8 @@ class LocalModelJudge:
         try:
             if request.at == "call_end" and self.call_end_deadline is not None:
                 async with asyncio.timeout(self.call_end_deadline):  # the pipeline's end grace is short
-                    return await self._decide_one(spec, turns, request.at)
-            return await self._decide_one(spec, turns, request.at)
+                    return await self._decide_one(spec, turns, request)
+            return await self._decide_one(spec, turns, request)
         except Exception as exc:  # timeout, model unavailable or failed: decide without it
             self.failures += 1
             why = "model slower than the call-end deadline" if isinstance(exc, TimeoutError) else \
@@ -400,7 +412,8 @@ class LocalModelJudge:
             [decision] = await decide(self._fallback, single)
             return dataclasses.replace(decision, part=f"fallback: {decision.part}", reason=why)
 
-    async def _decide_one(self, spec: ConditionSpec, turns: list[tuple[str, str]], at: str) -> Decision:
+    async def _decide_one(self, spec: ConditionSpec, turns: list[tuple[str, str]], request: JudgeRequest) -> Decision:
+        at = request.at
         kind = await self.kind_of(spec)
         if kind == "end" and at != "call_end":
             return Decision(id=spec.id, fires=False, score=None, part="rule: call-end condition during the call")
@@ -421,9 +434,16 @@ class LocalModelJudge:
         score = await self.model.yes_probability(build_prompt(kind, turns, condition),
                                                  priority=0 if kind == "end" else 1)
         self.decisions += 1
-        fires = score >= self.threshold
-        return Decision(id=spec.id, fires=fires, score=round(score, 4), part="model",
-                        reason=f"{kind} prompt, P(yes)={score:.2f} {'>=' if fires else '<'} {self.threshold:.2f}")
+        rules = None
+        if self.agree_threshold < self.threshold:  # the embedded rules' yes lowers the bar (instant, no I/O)
+            single = JudgeRequest(conditions=[spec], transcript=request.transcript, at=request.at,
+                                  variables=request.variables)
+            rules = bool(self._rules.judge_now(single))
+        bar = self.agree_threshold if rules else self.threshold
+        fires = score >= bar
+        return Decision(id=spec.id, fires=fires, score=round(score, 4), part="model", rules=rules,
+                        reason=f"{kind} prompt, P(yes)={score:.2f} {'>=' if fires else '<'} {bar:.2f}"
+                               + (" (the embedded rules fire too)" if rules else ""))
 
     async def judge(self, request: JudgeRequest) -> list[Match]:
         """The conditions that hold now."""

@@ -8,21 +8,40 @@ from collections.abc import Mapping
 
 from incall_sms.judges.base import ConditionJudge
 
-__all__ = ["JUDGES", "local_model_available", "make_judge"]
+__all__ = ["JUDGES", "default_local_model", "local_model_available", "make_judge"]
 
 JUDGES = ("auto", "local", "embedded", "llm")
+
+
+def _installed(name: str) -> bool:
+    from incall_sms.local_model import MODELS
+
+    spec = MODELS[name]
+    return importlib.util.find_spec("xllamacpp") is not None and importlib.util.find_spec(spec.parts[0]) is not None
+
+
+def default_local_model(env: Mapping[str, str] | None = None) -> str:
+    """The local model to use: ``SMS_LOCAL_MODEL``, else the best one installed (the 1.5B, then the 0.5B).
+
+    With neither installed, the 1.5B (so that the error names the ``[local]`` extra).
+    """
+    from incall_sms.local_model import MODELS
+
+    env = os.environ if env is None else env
+    if env.get("SMS_LOCAL_MODEL"):
+        return env["SMS_LOCAL_MODEL"]
+    return next((name for name in MODELS if _installed(name)), next(iter(MODELS)))
 
 
 def local_model_available(model: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
     """Why the local-model judge cannot run here, or ``None`` when it can (nothing is loaded to find out)."""
     from incall_sms.local_model import MODELS
 
-    env = os.environ if env is None else env
-    name = model or env.get("SMS_LOCAL_MODEL", "qwen2.5-coder-1.5b")
+    name = model or default_local_model(env)
     spec = MODELS.get(name)
     if spec is None:
         return f"unknown SMS_LOCAL_MODEL {name!r} (known: {', '.join(MODELS)})"
-    if importlib.util.find_spec("xllamacpp") is None or importlib.util.find_spec(spec.parts[0]) is None:
+    if not _installed(name):
         return f"the local model is not installed ({spec.requirement})"
     return None
 
@@ -30,8 +49,8 @@ def local_model_available(model: str | None = None, env: Mapping[str, str] | Non
 def make_judge(name: str = "auto", *, env: Mapping[str, str] | None = None) -> ConditionJudge:
     """A judge by name (share it across calls: the local one holds a loaded model).
 
-    * ``auto``: the local model when it is installed, else the embedded rules.
-    * ``local``: the local-model judge (``SMS_LOCAL_MODEL``, default ``qwen2.5-coder-1.5b``).
+    * ``auto``: the local model when one is installed, else the embedded rules.
+    * ``local``: the local-model judge (``SMS_LOCAL_MODEL``, default: :func:`default_local_model`).
     * ``embedded``: deterministic rules, instant.
     * ``llm``: an OpenAI-compatible endpoint (``SMS_JUDGE_LLM_URL``/``_MODEL``/``_KEY``).
 
@@ -55,7 +74,7 @@ def make_judge(name: str = "auto", *, env: Mapping[str, str] | None = None) -> C
         from incall_sms.judges.local import LocalModelJudge
         from incall_sms.local_model import MODELS, LocalModel
 
-        return LocalModelJudge(model=LocalModel(MODELS[env.get("SMS_LOCAL_MODEL", "qwen2.5-coder-1.5b")]))
+        return LocalModelJudge(model=LocalModel(MODELS[default_local_model(env)]))
     if name == "llm":
         from incall_sms.judges.llm import LLMJudge
 
