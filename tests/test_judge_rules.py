@@ -432,18 +432,9 @@ def test_the_direction_rule(condition, turns, vetoed):
 def test_the_direction_rule_vetoes_no_real_request_of_the_labelled_sets():
     """Every labelled caller-turn case that fires (train/dev/test/unseen, the blind direction set, the house and
     shared sets, the receipt attacks): none is vetoed."""
-    import json
-
     from incall_sms.judges.direction import veto_reason
-    from tests.conftest import ROOT, SHARED
 
-    data = ROOT / "tests" / "data"
-    files = [*sorted((data / "judge").glob("*.jsonl")), data / "judge_cases.jsonl", SHARED / "conditions" / "dev.jsonl",
-             *sorted((data / "receipt").glob("*.jsonl"))]
-    real = [json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
-    real = [c for c in real if c.get("fires", True) and c.get("at", "turn") == "turn"
-            and c["transcript"][-1]["role"] == "user"]
+    real = _labelled_real_requests()
     assert len(real) > 500
     assert [c.get("id") for c in real if veto_reason(c["condition"], [(t["role"], t["text"]) for t in
                                                                         c["transcript"]])] == []
@@ -488,3 +479,55 @@ def test_call_end_phrases_in_three_languages(condition, end):
     from incall_sms.judges.local import _CALL_END
 
     assert bool(_CALL_END.search(condition)) is end
+
+
+def _labelled_real_requests():
+    import json
+
+    from tests.conftest import ROOT, SHARED
+
+    data = ROOT / "tests" / "data"
+    files = [*sorted((data / "judge").glob("*.jsonl")), data / "judge_cases.jsonl", SHARED / "conditions" / "dev.jsonl",
+             *sorted((data / "receipt").glob("*.jsonl"))]
+    rows = [json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    return [c for c in rows if c.get("fires", True) and c.get("at", "turn") == "turn"
+            and c["transcript"][-1]["role"] == "user"]
+
+
+RELEVANCE_CASES = [
+    # nothing about a text near the turn: no without the model
+    ("if the caller wants the menu texted to them", [("user", "hi is there parking near you")], True),
+    ("if the caller wants the booking confirmation by text",
+     [("agent", "We have a table at 8."), ("user", "great we're four people and one is vegetarian")], True),
+    ("si el cliente quiere el horario por mensaje", [("user", "hola, ¿a qué hora abren el sábado?")], True),
+    ("wenn der Anrufer die Preisliste per SMS möchte", [("user", "was kostet ein Ölwechsel bei Ihnen")], True),
+    # a sign anywhere in the turns shown to the model: the model decides
+    ("if the caller wants the menu texted to them",
+     [("agent", "Shall I text you the menu?"), ("user", "hmm"), ("agent", "No rush."), ("user", "yes please")], False),
+    ("if the caller wants the menu texted to them",
+     [("user", "can you send me something"), ("agent", "The menu or the hours?"), ("user", "the menu")], False),
+    ("if the caller wants the address sent to their phone", [("user", "could you get that over to me")], False),
+    ("if the caller wants the address sent to their phone", [("user", "put it in writing for me would you")], False),
+    ("si el cliente quiere la dirección por mensaje", [("user", "¿me la pasas al celu?")], False),
+    ("wenn der Anrufer die Adresse per SMS möchte", [("user", "können Sie mir die aufs Handy tun")], False),
+    # not a condition about a text: the rule stays out
+    ("if the caller reports a water leak", [("user", "my basement is flooding")], False),
+]
+
+
+@pytest.mark.parametrize("condition, turns, vetoed", RELEVANCE_CASES)
+def test_a_turn_with_no_text_in_sight(condition, turns, vetoed):
+    from incall_sms.judges.relevance import no_text_in_sight
+
+    assert (no_text_in_sight(condition, turns) is not None) is vetoed
+
+
+def test_the_relevance_rule_vetoes_no_real_request_of_the_labelled_sets():
+    """Every labelled caller-turn case that fires, read with the 5 turns the local judge shows its model."""
+    from incall_sms.judges.relevance import no_text_in_sight
+
+    real = _labelled_real_requests()
+    assert len(real) > 500
+    assert [c.get("id") for c in real if no_text_in_sight(c["condition"], [(t["role"], t["text"]) for t in
+                                                                           c["transcript"]])] == []

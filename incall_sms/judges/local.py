@@ -15,7 +15,9 @@ How one condition is decided, and which part decides (each is reported in a :cla
    text is for (:mod:`incall_sms.judges.recipients`): a caller turn that directs the text only at
    someone the condition is not about ("text it to my sister" for a text to the caller) is a no;
    so is a caller turn that only confirms a text the agent just said it sent ("yep it came
-   through, thanks": :mod:`incall_sms.judges.receipt`).
+   through, thanks": :mod:`incall_sms.judges.receipt`), and, for a condition about a text, a
+   caller turn with no word about a text, a phone or a link in it or in the turns shown with it
+   (:mod:`incall_sms.judges.relevance`: most turns of a call, decided without the model).
 3. **The model**: P(yes) / (P(yes) + P(no)) of its first answer token for a prompt of that
    kind: instructions, invented examples from other businesses (contrastive pairs: the
    caller vs someone else, this item vs another, asked vs declined vs already received, the
@@ -42,6 +44,7 @@ from incall_sms.judges.direction import veto_reason as direction_reason
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.judges.receipt import received_reason
 from incall_sms.judges.recipients import veto_reason
+from incall_sms.judges.relevance import no_text_in_sight
 from incall_sms.local_model import QWEN_CODER_1_5B, LocalModel
 
 __all__ = ["DEFAULT_THRESHOLD", "LocalModelJudge"]
@@ -303,6 +306,9 @@ class LocalModelJudge:
         direction: Say no without the model when the caller's turn clearly has the other sender than the
             condition ("can I text you my email?" for a text to the caller, "text me the form" for the
             caller texting something: :mod:`incall_sms.judges.direction`).
+        relevance: Say no without the model to a condition about a text when neither the caller's turn nor the
+            earlier turns shown with it say anything about a text, a phone or a link
+            (:mod:`incall_sms.judges.relevance`).
 
     Attributes:
         decisions: Model decisions made (for benchmarks).
@@ -323,6 +329,7 @@ class LocalModelJudge:
         recipients: bool = True,
         receipts: bool = True,
         direction: bool = True,
+        relevance: bool = True,
     ) -> None:
         self.model = model
         self.threshold = model.spec.threshold if threshold is None else threshold
@@ -334,6 +341,7 @@ class LocalModelJudge:
         self.recipients = recipients
         self.receipts = receipts
         self.direction = direction
+        self.relevance = relevance
         self.failures = 0
         self._kinds: dict[str, Kind] = {}
         self._english: dict[str, str] = {}
@@ -426,7 +434,8 @@ class LocalModelJudge:
         condition = await self._english_of(spec.condition)
         vetoed = None
         if kind == "caller":
-            vetoed = ((veto_reason(condition, turns[-1][1]) if self.recipients else None)
+            vetoed = ((no_text_in_sight(condition, turns, window=EARLIER_TURNS + 1) if self.relevance else None)
+                      or (veto_reason(condition, turns[-1][1]) if self.recipients else None)
                       or (received_reason(condition, turns) if self.receipts else None)
                       or (direction_reason(condition, turns) if self.direction else None))
         if vetoed:
