@@ -500,7 +500,7 @@ RELEVANCE_CASES = [
     ("if the caller wants the menu texted to them", [("user", "hi is there parking near you")], True),
     ("if the caller wants the booking confirmation by text",
      [("agent", "We have a table at 8."), ("user", "great we're four people and one is vegetarian")], True),
-    ("si el cliente quiere el horario por mensaje", [("user", "hola, ¿a qué hora abren el sábado?")], True),
+    ("if the customer wants the price list by text message", [("user", "hola, ¿a qué hora abren el sábado?")], True),
     ("wenn der Anrufer die Preisliste per SMS möchte", [("user", "was kostet ein Ölwechsel bei Ihnen")], True),
     # a sign anywhere in the turns shown to the model: the model decides
     ("if the caller wants the menu texted to them",
@@ -511,6 +511,16 @@ RELEVANCE_CASES = [
     ("if the caller wants the address sent to their phone", [("user", "put it in writing for me would you")], False),
     ("si el cliente quiere la dirección por mensaje", [("user", "¿me la pasas al celu?")], False),
     ("wenn der Anrufer die Adresse per SMS möchte", [("user", "können Sie mir die aufs Handy tun")], False),
+    # a word of the condition, an agent's question or offer, the caller asking for something: the model decides
+    ("if the caller wants the booking confirmation texted to them",
+     [("agent", "That's the MOT booked for Wednesday."), ("user", "lovely. will I get some sort of confirmation")],
+     False),
+    ("if the caller wants the booking confirmation texted to them",
+     [("agent", "I can have that land on your device, want that?"), ("user", "please do")], False),
+    ("if the caller wants the address texted to them",
+     [("agent", "We're at 22 Kings Parade."), ("user", "could I have that so I've got it, I'm not near a pen")], False),
+    ("wenn der Anrufer die Adresse per SMS möchte", [("agent", "Lindenstraße 12."), ("user", "kurz rüberschicken?")],
+     False),
     # not a condition about a text: the rule stays out
     ("if the caller reports a water leak", [("user", "my basement is flooding")], False),
 ]
@@ -521,6 +531,24 @@ def test_a_turn_with_no_text_in_sight(condition, turns, vetoed):
     from incall_sms.judges.relevance import no_text_in_sight
 
     assert (no_text_in_sight(condition, turns) is not None) is vetoed
+
+
+def test_the_relevance_rule_vetoes_no_real_request_an_outside_attack_wrote():
+    """41 real requests written to slip past its first version (a list of sign words only), which lost 28."""
+    import json
+
+    from incall_sms.judges.relevance import no_text_in_sight
+    from tests.conftest import ROOT
+
+    rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "relevance" / "attack.jsonl").read_text(
+        encoding="utf-8").splitlines() if line.strip()]
+    real = [r for r in rows if r["fires"]]
+    assert len(real) == 41
+    vetoed = [r["id"] for r in real if no_text_in_sight(r["condition"], [(t["role"], t["text"]) for t in
+                                                                         r["transcript"]])]
+    # ra-47 says yes to a reminder offered six turns earlier ("das mit dem Vortag, gern"): beyond the turns the
+    # model is shown, so the model could not see the offer either
+    assert vetoed == ["ra-47"]
 
 
 def test_the_relevance_rule_vetoes_no_real_request_of_the_labelled_sets():
