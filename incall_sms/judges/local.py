@@ -16,8 +16,8 @@ How one condition is decided, and which part decides (each is reported in a :cla
    someone the condition is not about ("text it to my sister" for a text to the caller) is a no;
    so is a caller turn that only confirms a text the agent just said it sent ("yep it came
    through, thanks": :mod:`incall_sms.judges.receipt`), and, for a condition about a text, a
-   caller turn with no word about a text, a phone or a link in it or in the turns shown with it
-   (:mod:`incall_sms.judges.relevance`: most turns of a call, decided without the model).
+   caller turn that is a statement or a question about something else, with no sign of a text in
+   it or in the turns shown with it (:mod:`incall_sms.judges.relevance`).
 3. **The model**: P(yes) / (P(yes) + P(no)) of its first answer token for a prompt of that
    kind: instructions, invented examples from other businesses (contrastive pairs: the
    caller vs someone else, this item vs another, asked vs declined vs already received, the
@@ -306,9 +306,9 @@ class LocalModelJudge:
         direction: Say no without the model when the caller's turn clearly has the other sender than the
             condition ("can I text you my email?" for a text to the caller, "text me the form" for the
             caller texting something: :mod:`incall_sms.judges.direction`).
-        relevance: Say no without the model to a condition about a text when neither the caller's turn nor the
-            earlier turns shown with it say anything about a text, a phone or a link
-            (:mod:`incall_sms.judges.relevance`).
+        relevance: Say no without the model to a condition about a text when the caller's turn is a statement
+            or a question about something else and neither it nor the earlier turns shown with it have any
+            sign of a text (:mod:`incall_sms.judges.relevance`).
 
     Attributes:
         decisions: Model decisions made (for benchmarks).
