@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agree", type=float, default=None,
                         help="with --apply: the lower threshold where the embedded rules fire too")
     args = parser.parse_args(argv)
+    if args.agree is not None and (not args.apply or args.agree > float(args.apply[0])):
+        parser.error("--agree needs --apply T with T >= the agree threshold")
     rows = load(args.files)
     grid = [round(0.025 * i, 3) for i in range(4, 40)]
     table = [scores_at(rows, t) for t in grid]

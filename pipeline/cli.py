@@ -395,11 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --mic: full duplex, talk over the agent (without it the mic is muted while the "
                           "agent speaks, so the speaker is not heard as you)")
     sim.add_argument("--judge", choices=JUDGES, default=os.environ.get("SMS_JUDGE", "auto"),
-                     help="condition judge (default: $SMS_JUDGE, else auto: the local model when the [local] extra "
-                          "is installed, else the embedded rules)")
+                     help="condition judge (default: $SMS_JUDGE, else auto: the local model when the [local] or "
+                          "[local-small] extra is installed, else the embedded rules)")
     sim.add_argument("--agent", choices=("stand-in", "local"), default="stand-in",
-                     help="the agent LLM: the rule-based stand-in (or SMS_AGENT_LLM_URL), or the local model "
-                          "([local] extra) through pipecat's OpenAI service on loopback")
+                     help="the agent LLM: the rule-based stand-in (or SMS_AGENT_LLM_URL), or the local 1.5B model "
+                          "([local] extra; SMS_LOCAL_MODEL chooses another) through pipecat's OpenAI service on "
+                          "loopback")
     sim.add_argument("--width", type=int, default=None)
     sim.set_defaults(handler=_cmd_simulate)
 
@@ -455,8 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = judge_sub.add_parser("eval", help="score a judge on a labelled JSONL file; last line is JSON")
     ev.add_argument("file")
     ev.add_argument("--judge", choices=JUDGES, default="auto",
-                    help="auto: the best judge that needs no key (the local model when installed, else the embedded "
-                         "rules); llm uses SMS_JUDGE_LLM_URL / SMS_JUDGE_LLM_MODEL / SMS_JUDGE_LLM_KEY")
+                    help="auto: the best judge that needs no key (the best local model installed: the 1.5B, else the "
+                         "0.5B; else the embedded rules); llm uses SMS_JUDGE_LLM_URL / SMS_JUDGE_LLM_MODEL / "
+                         "SMS_JUDGE_LLM_KEY")
     ev.add_argument("--verbose", "-v", action="store_true",
                     help="list misjudged cases and near misses, with the judge part that decided and its score")
     ev.add_argument("--decisions", metavar="OUT.jsonl", default=None,

@@ -73,7 +73,7 @@ class LiveSettings:
     redis_url: str | None = None
     stream_token_ttl: float = 120.0
     judge: str = "embedded"
-    local_model: str = "qwen2.5-coder-1.5b"
+    local_model: str | None = None
     database_url: str | None = None
     outbox_lease: float = 30.0
     worker_id: str | None = None

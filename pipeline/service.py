@@ -53,7 +53,7 @@ from incall_sms.errors import InvalidPhoneNumberError, SmsError
 from incall_sms.inbound import InboundRouter, InProcessCallRegistry, InProcessSeenKeys
 from incall_sms.judges.base import ConditionJudge, condition_specs
 from incall_sms.judges.embedded import EmbeddedJudge
-from incall_sms.judges.select import default_local_model, make_judge
+from incall_sms.judges.select import make_judge
 from incall_sms.media.fetch import MediaFetcher
 from incall_sms.media.transcribe import DeepgramPrerecordedTranscriber
 from incall_sms.optout import SqliteOptOutStore
@@ -124,7 +124,7 @@ class SmsSettings:
         judge: Which condition judge the calls share: ``embedded`` (default), ``local`` (the
             ``[local]`` extra), ``auto`` (local when installed, else embedded), ``llm`` (see
             :func:`incall_sms.judges.select.make_judge`).
-        local_model: The local judge's model (``SMS_LOCAL_MODEL``; default: the best one installed).
+        local_model: The local judge's model (``SMS_LOCAL_MODEL``; ``None``: the best one installed).
     """
 
     public_url: str
@@ -141,7 +141,7 @@ class SmsSettings:
     deepgram_api_key: str | None = None
     deepgram_base_url: str | None = None
     judge: str = "embedded"
-    local_model: str = "qwen2.5-coder-1.5b"
+    local_model: str | None = None
     database_url: str | None = None
     outbox_lease: float = 30.0
     worker_id: str | None = None
@@ -175,7 +175,7 @@ class SmsSettings:
             deepgram_api_key=env.get("DEEPGRAM_API_KEY") or None,
             deepgram_base_url=env.get("DEEPGRAM_BASE_URL") or None,
             judge=_judge_name(env.get("SMS_JUDGE", "embedded")),
-            local_model=default_local_model(env),
+            local_model=env.get("SMS_LOCAL_MODEL") or None,
             database_url=env.get("DATABASE_URL") or None,
             outbox_lease=positive_float(env.get("SMS_OUTBOX_LEASE", "30"), "SMS_OUTBOX_LEASE"),
             worker_id=env.get("SMS_WORKER_ID") or None,
@@ -286,8 +286,8 @@ class SmsService:
                 judge = EmbeddedJudge
             else:
                 try:
-                    self.shared_judge = make_judge(
-                        settings.judge, env={**os.environ, "SMS_LOCAL_MODEL": settings.local_model})
+                    chosen = {"SMS_LOCAL_MODEL": settings.local_model} if settings.local_model else {}
+                    self.shared_judge = make_judge(settings.judge, env={**os.environ, **chosen})
                 except ValueError as exc:
                     raise SettingsError(f"SMS_JUDGE={settings.judge}: {exc}") from None
                 shared_judge = self.shared_judge

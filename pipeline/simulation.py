@@ -55,8 +55,8 @@ from incall_sms.inbound import InboundMedia, InboundMessage, InboundRouter, InPr
 from incall_sms.judges.base import ConditionJudge, condition_specs, warmed
 from incall_sms.judges.embedded import EmbeddedJudge
 from incall_sms.judges.local import LocalModelJudge
-from incall_sms.judges.select import default_local_model, local_model_available, make_judge
-from incall_sms.local_model import MODELS, LocalModel
+from incall_sms.judges.select import local_model_available, make_judge
+from incall_sms.local_model import MODELS, QWEN_CODER_1_5B, LocalModel
 from incall_sms.media.loopback_host import LoopbackMediaHost
 from incall_sms.optout import SqliteOptOutStore
 from incall_sms.outbox import Outbox
@@ -292,10 +292,12 @@ def simulate(
     actions = load_actions(actions_path)
     local_agent: LocalModel | None = None
     if agent == "local":
-        reason = local_model_available()
+        # the 1.5B unless SMS_LOCAL_MODEL says otherwise: the 0.5B judges, but repeats itself as an agent
+        agent_model = os.environ.get("SMS_LOCAL_MODEL") or QWEN_CODER_1_5B.name
+        reason = local_model_available(agent_model)
         if reason:
             raise ValueError(f"--agent local: {reason}")
-        local_agent = LocalModel(MODELS[default_local_model()], http_port=0)
+        local_agent = LocalModel(MODELS[agent_model], http_port=0)
     elif agent != "stand-in":
         raise ValueError(f"unknown agent {agent!r} (stand-in or local)")
     condition_judge = make_judge(judge)

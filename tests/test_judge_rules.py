@@ -470,6 +470,12 @@ def test_the_local_model_is_the_one_asked_for_else_the_best_one_installed(monkey
     ("Nach dem Telefonat, falls ein Termin vereinbart wurde", True),
     ("beim Auflegen, wenn ein Gutschein gekauft wurde", True),
     ("when the call ends and a table was booked", True),
+    ("If after the call a visit was booked", True),
+    ("At the end of the conversation, if a quote was accepted", True),
+    ("once the conversation ends and a class was booked", True),
+    ("when we hang up, if a table was reserved", True),
+    ("tras colgar, si se reservó una mesa", True),
+    ("Sobald aufgelegt wurde und ein Termin steht", True),
     # "after the call" that is not where the condition starts may be when the caller wants the text
     ("if the caller wants the receipt texted after the call", False),
     ("if the caller asks to be called back after the conversation", False),
@@ -496,66 +502,85 @@ def _labelled_real_requests():
 
 
 RELEVANCE_CASES = [
+    # (conditions in English: the local judge passes its English reading of a condition)
     # nothing about a text near the turn: no without the model
     ("if the caller wants the menu texted to them", [("user", "hi is there parking near you")], True),
     ("if the caller wants the booking confirmation by text",
      [("agent", "We have a table at 8."), ("user", "great we're four people and one is vegetarian")], True),
     ("if the customer wants the price list by text message", [("user", "hola, ¿a qué hora abren el sábado?")], True),
-    ("wenn der Anrufer die Preisliste per SMS möchte", [("user", "was kostet ein Ölwechsel bei Ihnen")], True),
-    # a sign anywhere in the turns shown to the model: the model decides
-    ("if the caller wants the menu texted to them",
-     [("agent", "Shall I text you the menu?"), ("user", "hmm"), ("agent", "No rush."), ("user", "yes please")], False),
-    ("if the caller wants the menu texted to them",
-     [("user", "can you send me something"), ("agent", "The menu or the hours?"), ("user", "the menu")], False),
-    ("if the caller wants the address sent to their phone", [("user", "could you get that over to me")], False),
-    ("if the caller wants the address sent to their phone", [("user", "put it in writing for me would you")], False),
-    ("si el cliente quiere la dirección por mensaje", [("user", "¿me la pasas al celu?")], False),
-    ("wenn der Anrufer die Adresse per SMS möchte", [("user", "können Sie mir die aufs Handy tun")], False),
-    # a word of the condition, an agent's question or offer, the caller asking for something: the model decides
-    ("if the caller wants the booking confirmation texted to them",
-     [("agent", "That's the MOT booked for Wednesday."), ("user", "lovely. will I get some sort of confirmation")],
-     False),
-    ("if the caller wants the booking confirmation texted to them",
-     [("agent", "I can have that land on your device, want that?"), ("user", "please do")], False),
-    ("if the caller wants the address texted to them",
-     [("agent", "We're at 22 Kings Parade."), ("user", "could I have that so I've got it, I'm not near a pen")], False),
-    ("wenn der Anrufer die Adresse per SMS möchte", [("agent", "Lindenstraße 12."), ("user", "kurz rüberschicken?")],
-     False),
+    ("if the caller wants the price list by SMS", [("user", "was kostet ein Ölwechsel bei Ihnen")], True),
+    # each kind of sign alone sends the turn to the model
+    ("if the caller wants the directions texted to them",  # a word about a text
+     [("agent", "We're at 12 Elm Street."), ("user", "ok, as a text then")], False),
+    ("if the caller wants the gate code texted to them",  # a word of the condition
+     [("agent", "Check-in is from three."), ("user", "and the gate code")], False),
+    ("if the caller wants the price list texted to them",  # the agent asked or offered something
+     [("agent", "Anything else I can do for you?"), ("user", "yes the usual")], False),
+    ("if the caller wants the menu texted to them",  # the caller asks for something
+     [("agent", "We open at nine."), ("user", "could you do that for me")], False),
+    # the turns shown to the model are read, no more and no fewer: an offer five turns back is one of them
+    ("if the caller wants the directions sent by SMS",
+     [("agent", "Would you like the directions by SMS?"), ("user", "hm, first, is there parking"),
+      ("agent", "Yes, behind the building."), ("user", "and do you take cards"), ("agent", "We do."),
+      ("user", "great, then yes to the other thing")], False),
+    ("if the caller wants the directions sent by SMS",
+     [("agent", "Would you like the directions by SMS?"), ("user", "hm"), ("agent", "Take your time."),
+      ("user", "is there parking"), ("agent", "Yes, behind the building."), ("user", "and do you take cards"),
+      ("agent", "We do."), ("user", "great, that's all")], True),
+    # real requests a review found the first rebuild lost
+    ("if the caller wants the address by text",
+     [("agent", "Wir sind in der Lindenstraße 12."), ("user", "Die Adresse am besten als Kurzmitteilung.")], False),
+    ("if the caller wants the quote by text",
+     [("agent", "Das wären dann 480 Euro."), ("user", "Gut, das Angebot dann gern schriftlich.")], False),
+    ("if the caller wants the address by text",
+     [("agent", "Wir sind in der Lindenstrasse 12."), ("user", "Super, die dann gern aufs Natel.")], False),
+    ("if the caller wants the address by text",
+     [("agent", "Estamos en la calle Mayor 12."), ("user", "Perfecto, la ubicación al wasa y listo.")], False),
+    ("if the caller wants the address by text",
+     [("agent", "Estamos en la calle Mayor 12."), ("user", "Vale, compártela en el chat, que voy manejando.")], False),
+    ("if the caller wants the appointment time by SMS",
+     [("agent", "Ihr Termin ist Dienstag um 10."), ("user", "Das gern auch noch per S M S.")], False),
+    ("if the caller wants the directions texted to them",
+     [("agent", "We're at 22 Kings Parade."), ("user", "Share that with me, I'm rubbish with addresses.")], False),
+    ("if the caller offers to text photos of the leak",
+     [("agent", "A plumber can come tomorrow."), ("user", "I've got pics of it if that helps.")], False),
+    ("if the caller wants the booking details texted to them",
+     [("agent", "Booked for Friday at 7."), ("user", "Sling that my way, cheers.")], False),
     # not a condition about a text: the rule stays out
     ("if the caller reports a water leak", [("user", "my basement is flooding")], False),
 ]
 
 
-@pytest.mark.parametrize("condition, turns, vetoed", RELEVANCE_CASES)
-def test_a_turn_with_no_text_in_sight(condition, turns, vetoed):
+def _no_text_in_sight(condition, turns):
+    """The rule as the local judge applies it: on the turns its prompt shows the model."""
+    from incall_sms.judges.local import shown_turns
     from incall_sms.judges.relevance import no_text_in_sight
 
-    assert (no_text_in_sight(condition, turns) is not None) is vetoed
+    return no_text_in_sight(condition, shown_turns(turns))
+
+
+@pytest.mark.parametrize("condition, turns, vetoed", RELEVANCE_CASES)
+def test_a_turn_with_no_text_in_sight(condition, turns, vetoed):
+    assert (_no_text_in_sight(condition, turns) is not None) is vetoed
 
 
 def test_the_relevance_rule_vetoes_no_real_request_an_outside_attack_wrote():
     """41 real requests written to slip past its first version (a list of sign words only), which lost 28."""
     import json
 
-    from incall_sms.judges.relevance import no_text_in_sight
     from tests.conftest import ROOT
 
     rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "relevance" / "attack.jsonl").read_text(
         encoding="utf-8").splitlines() if line.strip()]
     real = [r for r in rows if r["fires"]]
     assert len(real) == 41
-    vetoed = [r["id"] for r in real if no_text_in_sight(r["condition"], [(t["role"], t["text"]) for t in
-                                                                         r["transcript"]])]
-    # ra-47 says yes to a reminder offered six turns earlier ("das mit dem Vortag, gern"): beyond the turns the
-    # model is shown, so the model could not see the offer either
-    assert vetoed == ["ra-47"]
+    assert [r["id"] for r in real if _no_text_in_sight(r["condition"], [(t["role"], t["text"]) for t in
+                                                                         r["transcript"]])] == []
 
 
 def test_the_relevance_rule_vetoes_no_real_request_of_the_labelled_sets():
-    """Every labelled caller-turn case that fires, read with the 5 turns the local judge shows its model."""
-    from incall_sms.judges.relevance import no_text_in_sight
-
+    """Every labelled caller-turn case that fires, read through the turns the local judge shows its model."""
     real = _labelled_real_requests()
     assert len(real) > 500
-    assert [c.get("id") for c in real if no_text_in_sight(c["condition"], [(t["role"], t["text"]) for t in
-                                                                           c["transcript"]])] == []
+    assert [c.get("id") for c in real if _no_text_in_sight(c["condition"], [(t["role"], t["text"]) for t in
+                                                                            c["transcript"]])] == []

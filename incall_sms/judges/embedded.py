@@ -165,8 +165,16 @@ def _normalize(text: str) -> str:
     return text
 
 
-#: The text as the judge's patterns read it: lower case, contractions expanded, "e-mail" -> "email".
-normalize = _normalize
+def normalize(text: str) -> str:
+    """The text as the judge's patterns read it: lower case, contractions expanded, "e-mail" -> "email".
+
+    Args:
+        text: A condition or a turn.
+
+    Returns:
+        The normalized text.
+    """
+    return _normalize(text)
 
 
 #: The agent asking the caller to text something ("you can text it to me", "just reply to my text").

@@ -199,20 +199,22 @@ _PROMPTS: dict[Kind, tuple[str, tuple[tuple[tuple[tuple[str, str], ...], str, st
 
 #: Explicit references to the end of the call (a reliable rule: the model is only asked when none matches).
 _CALL_END = re.compile(
-    r"\b(?:(?:when|once|after|as soon as|if) (?:the |this )?(?:phone )?call (?:ends|has ended|is over|finishes|"
-    r"is finished|hangs up)|(?:at|by) the end of the (?:phone )?call|after (?:the caller )?hang(?:s|ing)? up|"
-    r"(?:after|once|when) (?:the caller|they|he|she) hangs? up|al (?:final|terminar) (?:de )?la llamada|"
-    r"cuando (?:termine|acabe|finalice) la llamada|(?:am|zum) ende des (?:anrufs|gesprächs|telefonats)|"
+    r"\b(?:(?:when|once|after|as soon as|if) (?:the |this )?(?:phone )?(?:call|conversation) (?:ends|has ended|is over|"
+    r"finishes|is finished|hangs up)|(?:at|by) the end of the (?:phone )?(?:call|conversation)|"
+    r"after (?:the caller )?hang(?:s|ing)? up|(?:after|once|when) (?:the caller|they|he|she|we) hangs? up|"
+    r"al (?:final|terminar) (?:de )?la llamada|cuando (?:termine|acabe|finalice) la llamada|"
+    r"(?:am|zum) ende des (?:anrufs|gesprächs|telefonats)|"
     r"wenn (?:der anruf|das gespräch|das telefonat) (?:endet|beendet ist|vorbei ist)|nach dem (?:anruf|gespräch))\b"
-    # leading the condition (elsewhere "after the call" may be when a caller wants the text: "if they want the
-    # receipt texted after the call")
-    r"|^\W*(?:(?:right |just )?after (?:the |this )?(?:phone )?(?:call|conversation)|at (?:the )?call end|"
-    r"on hang ?-?up|post-call|when (?:the |this )?conversation (?:ends|is over|has ended)|"
-    r"once (?:we|they|the caller) hang up|"
-    r"al colgar|cuando (?:se )?cuelguen?|(?:después|despues|tras|al acabar|al terminar|al finalizar) (?:de )?la "
-    r"(?:llamada|conversación|conversacion)|una vez (?:terminada|finalizada|acabada) la llamada|"
+    # leading the condition, after at most an "if"/"when" (elsewhere "after the call" may be when a caller wants the
+    # text: "if they want the receipt texted after the call")
+    r"|^\W*(?:(?:if|when|only|and|but|si|solo|wenn|nur|und)\W+)?(?:(?:right |just )?after (?:the |this )?"
+    r"(?:phone )?(?:call|conversation)|at (?:the )?call end|on hang ?-?up|post-call|"
+    r"al colgar|(?:cuando|tras|después de|despues de|luego de) (?:se )?colgar|cuando (?:se )?cuelguen?|"
+    r"(?:después|despues|tras|al acabar|al terminar|al finalizar) (?:de )?la (?:llamada|conversación|conversacion)|"
+    r"una vez (?:terminada|finalizada|acabada) la llamada|"
     r"nach (?:dem telefonat|gesprächsende|ende des (?:anrufs|gesprächs|telefonats))|beim auflegen|"
-    r"nach dem auflegen|wenn (?:aufgelegt (?:wird|ist)|der anrufer auflegt)|am schluss des (?:anrufs|gesprächs))\b",
+    r"nach dem auflegen|(?:sobald|nachdem|wenn) (?:der anrufer )?aufgelegt (?:wird|ist|wurde|hat)|"
+    r"wenn der anrufer auflegt|am schluss des (?:anrufs|gesprächs))\b",
     re.IGNORECASE)
 
 #: Common function words of English: a condition without enough of them is translated first.
@@ -254,17 +256,36 @@ def _line(role: str, text: str) -> str:
     return f"{'Agent' if role == 'agent' else 'Caller'}: {clean(text)}"
 
 
+def _split_turns(
+    turns: Sequence[tuple[str, str]],
+) -> tuple[Sequence[tuple[str, str]], tuple[str, str] | None, tuple[str, str]]:
+    """What a turn prompt shows, in three parts.
+
+    Returns:
+        The earlier turns (at most :data:`EARLIER_TURNS`), the other side's last turn (``None`` when the
+        same side spoke twice), and the turn being judged.
+    """
+    last = turns[-1]
+    previous = turns[-2] if len(turns) > 1 and turns[-2][0] != last[0] else None
+    earlier = turns[:-2] if previous else turns[:-1]
+    return earlier[-EARLIER_TURNS:], previous, last
+
+
+def shown_turns(turns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The turns a caller or agent prompt shows the model, in order (the rules read no more than these)."""
+    earlier, previous, last = _split_turns(turns)
+    return [*earlier, *([previous] if previous else []), last]
+
+
 def render_question(turns: Sequence[tuple[str, str]], condition: str, kind: Kind) -> str:
     """The condition first, then the conversation with the turn being judged set apart, then the question."""
     if kind == "end":
         conversation = "Conversation:\n" + "\n".join(_line(r, t) for r, t in turns[-END_TURNS:])
         return f"Condition: {clean(condition)}\n\n{conversation}\n\nWas the condition true when the call ended?"
-    last = turns[-1]
-    previous = turns[-2] if len(turns) > 1 and turns[-2][0] != last[0] else None
-    earlier = turns[:-2] if previous else turns[:-1]
+    earlier, previous, last = _split_turns(turns)
     lines = []
     if earlier:
-        lines.append("Earlier:\n" + "\n".join(_line(r, t) for r, t in earlier[-EARLIER_TURNS:]))
+        lines.append("Earlier:\n" + "\n".join(_line(r, t) for r, t in earlier))
     if kind == "caller":
         if previous:
             lines.append(f"Agent said: {clean(previous[1], keep='tail')}")
@@ -292,7 +313,8 @@ class LocalModelJudge:
         model: The loaded (or lazily loaded) local model.
         threshold: Minimum P(yes) to fire (default: the model's, chosen on the train and dev splits).
         agree_threshold: Minimum P(yes) to fire when the embedded rules fire on the turn too (default:
-            the model's; equal to ``threshold``: the rules are not asked).
+            the model's, ``None`` for a model whose rules are not asked; never above ``threshold``; equal to
+            it: the rules are not asked).
         fallback: Decides when the model fails or is late (default: the embedded rules); the
             decision's part then reads ``fallback: ...`` with the reason.
         call_end_deadline: Seconds the model may take for a call-end condition before the
@@ -333,8 +355,8 @@ class LocalModelJudge:
     ) -> None:
         self.model = model
         self.threshold = model.spec.threshold if threshold is None else threshold
-        self.agree_threshold = min(self.threshold, model.spec.agree_threshold if agree_threshold is None
-                                   else agree_threshold)
+        agree = model.spec.agree_threshold if agree_threshold is None else agree_threshold
+        self.agree_threshold = self.threshold if agree is None else min(self.threshold, agree)
         self._rules = EmbeddedJudge()
         self._fallback: ConditionJudge = fallback or EmbeddedJudge()
         self.call_end_deadline = call_end_deadline
@@ -434,7 +456,8 @@ class LocalModelJudge:
         condition = await self._english_of(spec.condition)
         vetoed = None
         if kind == "caller":
-            vetoed = ((no_text_in_sight(condition, turns, window=EARLIER_TURNS + 1) if self.relevance else None)
+            shown = shown_turns(turns)
+            vetoed = ((no_text_in_sight(condition, shown) if self.relevance else None)
                       or (veto_reason(condition, turns[-1][1]) if self.recipients else None)
                       or (received_reason(condition, turns) if self.receipts else None)
                       or (direction_reason(condition, turns) if self.direction else None))

@@ -19,8 +19,9 @@ the model would be shown with it:
 
 What is left is statements and questions about other things ("we're four people", "do you have
 parking?"). An outside attack of 41 real requests written to slip past the first version (a list of
-sign words only) found 28 it would have lost; this version, rebuilt on them, loses none of them and
-none of the labelled sets' real requests (``tests/test_judge_rules.py``).
+sign words only) found 28 it would have lost; this version, rebuilt on them and on a review's further
+misses (``schriftlich``, ``Natel``, "share that with me"), loses none of them and none of the labelled
+sets' real requests (``tests/test_judge_rules.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ _SIGN = re.compile(
     r"mensaj|mand|envi|enví|pasa|pása|correo|móvil|movil|teléfono|telefono|número|numero|enlace|escri|"
     r"recordat|recuerd|recuérd|apunt|aviso|avís|avis|llegu|llega|hágal|hagal|dale\b|"
     r"nachricht|schick|gesendet|simsen|handy|telefon|nummer|schreib|erinner|zukommen|bescheid|"
-    r"smartphone|rüber|ruber",
+    r"smartphone|rüber|ruber|schriftlich|kurzmitteil|natel|wasa|guasa|chat|compart|\bs ?m ?s\b|share|sling|"
+    r"my way|\bpics?\b|photo|foto|picture|bild|screenshot|image|imagen|"
+    r"\d{3}",  # digits: a number said ("it's 07700 900123"), a code
     re.IGNORECASE)
 #: The agent offering or asking ("would you like", "shall I", "¿quiere que", "möchten Sie"): any answer may
 #: take it up, so the model decides.
@@ -70,22 +73,25 @@ _GENERIC = frozenset((
 
 @functools.lru_cache(maxsize=1024)
 def _condition_stems(condition: str) -> tuple[str, ...]:
-    """The first four letters of each word of the condition that names something ("confi", "code", "remi")."""
+    """The first four letters of each word of the condition that names something ("conf", "code", "remi")."""
     words = re.findall(r"[^\W\d_]+", condition.lower())
     return tuple(sorted({w[:4] for w in words if len(w) >= 4 and w not in _GENERIC}))
 
 
-def no_text_in_sight(condition: str, turns: Sequence[tuple[str, str]], *, window: int = 5) -> str | None:
+def no_text_in_sight(condition: str, turns: Sequence[tuple[str, str]]) -> str | None:
     """Why the caller's last turn cannot meet a condition about a text, or ``None`` (the model decides).
 
     Args:
         condition: The condition (any language; the local judge passes its English reading).
-        turns: The conversation so far as ``(role, text)``, the caller's turn last.
-        window: Turns read, the caller's included (the local judge: those it shows the model).
+        turns: The turns to read as ``(role, text)``, the caller's turn last: the local judge passes those
+            it would show the model (:func:`incall_sms.judges.local.shown_turns`), all of them are read.
+
+    Returns:
+        The reason for a no, or ``None`` when the rule stays out.
     """
     if not turns or turns[-1][0] != "user" or not is_delivery_condition(condition):
         return None
-    shown = turns[-window:]
+    shown = turns
     if any(_SIGN.search(text) for _, text in shown):
         return None
     stems = _condition_stems(condition)
