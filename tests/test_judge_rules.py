@@ -564,18 +564,27 @@ def test_a_turn_with_no_text_in_sight(condition, turns, vetoed):
     assert (_no_text_in_sight(condition, turns) is not None) is vetoed
 
 
-def test_the_relevance_rule_vetoes_no_real_request_an_outside_attack_wrote():
-    """41 real requests written to slip past its first version (a list of sign words only), which lost 28."""
+@pytest.mark.parametrize("name, real_requests, lost, others_vetoed", [
+    # written to slip past its first version (a list of sign words only), which lost 28
+    ("attack.jsonl", 41, [], 1),
+    # written against the rebuilt rule, as a black box: 2 lost at first ("whack that on my Samsung", since read;
+    # rb-06 agrees to an offer seven turns back, which the model is not shown either); 16 of its 20 ordinary
+    # turns are decided without the model
+    ("attack2.jsonl", 60, ["rb-06"], 16),
+])
+def test_the_relevance_rule_against_outside_attacks(name, real_requests, lost, others_vetoed):
     import json
 
     from tests.conftest import ROOT
 
-    rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "relevance" / "attack.jsonl").read_text(
+    rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "relevance" / name).read_text(
         encoding="utf-8").splitlines() if line.strip()]
-    real = [r for r in rows if r["fires"]]
-    assert len(real) == 41
-    assert [r["id"] for r in real if _no_text_in_sight(r["condition"], [(t["role"], t["text"]) for t in
-                                                                         r["transcript"]])] == []
+    vetoed = {r["id"] for r in rows if _no_text_in_sight(r["condition"], [(t["role"], t["text"]) for t in
+                                                                           r["transcript"]])}
+    real = [r["id"] for r in rows if r["fires"]]
+    assert len(real) == real_requests
+    assert sorted(vetoed & set(real)) == lost
+    assert len(vetoed - set(real)) == others_vetoed
 
 
 def test_the_relevance_rule_vetoes_no_real_request_of_the_labelled_sets():

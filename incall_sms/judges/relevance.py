@@ -46,6 +46,7 @@ _SIGN = re.compile(
     r"nachricht|schick|gesendet|simsen|handy|telefon|nummer|schreib|erinner|zukommen|bescheid|"
     r"smartphone|rüber|ruber|schriftlich|kurzmitteil|natel|wasa|guasa|chat|compart|\bs ?m ?s\b|share|sling|"
     r"my way|\bpics?\b|photo|foto|picture|bild|screenshot|image|imagen|"
+    r"samsung|galaxy|pixel|nokia|huawei|xiaomi|motorola|telegram|signal|"  # the phone or app by its name
     r"\d{3}",  # digits: a number said ("it's 07700 900123"), a code
     re.IGNORECASE)
 #: The agent offering or asking ("would you like", "shall I", "¿quiere que", "möchten Sie"): any answer may
