@@ -21,7 +21,9 @@ What is left is statements and questions about other things ("we're four people"
 parking?"). An outside attack of 41 real requests written to slip past the first version (a list of
 sign words only) found 28 it would have lost; this version, rebuilt on them and on a review's further
 misses (``schriftlich``, ``Natel``, "share that with me"), loses none of them and none of the labelled
-sets' real requests (``tests/test_judge_rules.py``).
+sets' real requests; a second attack on this version, as a black box, lost 2 of 60 at first look (a phone
+named by its brand, now read; a yes to an offer beyond the turns the model is shown) and left 4 of its 20
+ordinary turns to the model (``tests/test_judge_rules.py`` pins both).
 """
 
 from __future__ import annotations
@@ -92,13 +94,12 @@ def no_text_in_sight(condition: str, turns: Sequence[tuple[str, str]]) -> str | 
     """
     if not turns or turns[-1][0] != "user" or not is_delivery_condition(condition):
         return None
-    shown = turns
-    if any(_SIGN.search(text) for _, text in shown):
+    if any(_SIGN.search(text) for _, text in turns):
         return None
     stems = _condition_stems(condition)
-    if any(stem in text.lower() for _, text in shown for stem in stems):
+    if any(stem in text.lower() for _, text in turns for stem in stems):
         return None
-    if any(role == "agent" and _AGENT_ASKS.search(text) for role, text in shown):
+    if any(role == "agent" and _AGENT_ASKS.search(text) for role, text in turns):
         return None
     if _CALLER_ASKS.search(turns[-1][1]):
         return None
