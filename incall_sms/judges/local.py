@@ -357,8 +357,8 @@ class LocalModelJudge:
         self.threshold = model.spec.threshold if threshold is None else threshold
         agree = model.spec.agree_threshold if agree_threshold is None else agree_threshold
         self.agree_threshold = self.threshold if agree is None else min(self.threshold, agree)
-        self._rules = EmbeddedJudge()
-        self._fallback: ConditionJudge = fallback or EmbeddedJudge()
+        self._rules = EmbeddedJudge()  # instant and stateless: also the default fallback
+        self._fallback: ConditionJudge = fallback or self._rules
         self.call_end_deadline = call_end_deadline
         self.recipients = recipients
         self.receipts = receipts
@@ -437,9 +437,7 @@ class LocalModelJudge:
             why = "model slower than the call-end deadline" if isinstance(exc, TimeoutError) else \
                 f"model failed: {exc.__class__.__name__}"
             _log.warning("local judge: %s; using the %s judge", why, self._fallback.name)
-            single = JudgeRequest(conditions=[spec], transcript=request.transcript, at=request.at,
-                                  variables=request.variables)
-            [decision] = await decide(self._fallback, single)
+            [decision] = await decide(self._fallback, dataclasses.replace(request, conditions=[spec]))
             return dataclasses.replace(decision, part=f"fallback: {decision.part}", reason=why)
 
     async def _decide_one(self, spec: ConditionSpec, turns: list[tuple[str, str]], request: JudgeRequest) -> Decision:
@@ -456,8 +454,7 @@ class LocalModelJudge:
         condition = await self._english_of(spec.condition)
         vetoed = None
         if kind == "caller":
-            shown = shown_turns(turns)
-            vetoed = ((no_text_in_sight(condition, shown) if self.relevance else None)
+            vetoed = ((no_text_in_sight(condition, shown_turns(turns)) if self.relevance else None)
                       or (veto_reason(condition, turns[-1][1]) if self.recipients else None)
                       or (received_reason(condition, turns) if self.receipts else None)
                       or (direction_reason(condition, turns) if self.direction else None))
@@ -468,9 +465,7 @@ class LocalModelJudge:
         self.decisions += 1
         rules = None
         if self.agree_threshold < self.threshold:  # the embedded rules' yes lowers the bar (instant, no I/O)
-            single = JudgeRequest(conditions=[spec], transcript=request.transcript, at=request.at,
-                                  variables=request.variables)
-            rules = bool(self._rules.judge_now(single))
+            rules = bool(self._rules.judge_now(dataclasses.replace(request, conditions=[spec])))
         bar = self.agree_threshold if rules else self.threshold
         fires = score >= bar
         return Decision(id=spec.id, fires=fires, score=round(score, 4), part="model", rules=rules,
