@@ -428,8 +428,14 @@ class LocalModel:
             "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "cache_prompt": True})
         return str(result["choices"][0]["message"].get("content") or "")
 
-    async def aclose(self) -> None:
-        """Release the model: queued requests fail, the weights are freed on the worker thread."""
+    async def aclose(self, *, grace: float = 30.0) -> None:
+        """Release the model: queued requests fail, the weights are freed on the worker thread.
+
+        Args:
+            grace: Seconds to wait for the request in progress to finish and the weights to be freed.
+                A native call that never returns (a wedged llama.cpp) must not hang the shutdown: past
+                this, the worker thread (a daemon) is left behind, with a warning, and the process may exit.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -446,12 +452,29 @@ class LocalModel:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._jobs.put((-2, next(self._order), (done, release)))
         self._jobs.put((-2, next(self._order), None))
-        await asyncio.wrap_future(done)
-        await asyncio.get_running_loop().run_in_executor(None, worker.join)
-        while not self._jobs.empty():  # anything still queued fails instead of hanging
-            _, _, job = self._jobs.get_nowait()
-            if job is not None and not job[0].done():
+        stopped = True
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(asyncio.wrap_future(done))
+                await asyncio.get_running_loop().run_in_executor(None, worker.join)
+        except TimeoutError:
+            stopped = False
+            _log.warning("the %s model's worker did not stop within %.0f s (a request still running); "
+                         "left behind", self.spec.name, grace)
+        kept = []
+        while True:  # anything still queued fails instead of hanging
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            job = item[2]
+            if job is None or job[0] is done:  # the release and the stop stay for a worker that comes back
+                kept.append(item)
+            elif not job[0].done():
                 job[0].set_exception(ModelUnavailableError(f"the {self.spec.name} model was closed"))
+        if not stopped:
+            for item in kept:
+                self._jobs.put(item)
 
 
 def _usable_cpus() -> int:

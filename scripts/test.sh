@@ -42,10 +42,20 @@ fi
 
 # Two xdist workers (PYTEST_WORKERS; 0 runs in this process), a module on one worker; model tests never run beside
 # each other and load-sensitive tests run alone (file locks, tests/conftest.py): ~65-75 % of a serial run's time.
+# A hung test fails at pytest-timeout's limit (pyproject.toml) with its stack; the whole run is bounded too
+# (PYTEST_TIME_LIMIT seconds, where coreutils' timeout exists), well inside CI's 90 minutes.
+limit=${PYTEST_TIME_LIMIT:-3000}
+guard=()
+if command -v timeout >/dev/null 2>&1; then guard=(timeout --kill-after=60 "$limit"); fi
 set +e
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+PATH="$PWD/.venv/bin:$PATH" ${guard[@]+"${guard[@]}"} .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" \
+  --dist loadfile "$@"
 rc=$?
 set -e
+if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+  echo "the test run passed its ${limit} s limit and was stopped (faulthandler's stacks above name the hang)" >&2
+  exit 1
+fi
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: treating as a failure" >&2
   exit 1

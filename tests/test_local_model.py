@@ -242,6 +242,41 @@ async def test_local_judge_falls_back_to_the_rules_when_the_model_fails_or_is_la
     assert end.part.startswith("fallback: ") and "deadline" in end.reason
     assert end.fires  # the rules still send the call-end text rather than lose it
 
+    behind = LocalModelJudge(model=model, turn_deadline=0.001)  # a model far behind: the caller still gets an answer
+    [turn] = await decide(behind, request(("user", "can you text me the link to your website"), conditions=[ask]))
+    assert turn.part.startswith("fallback: ") and "turn deadline" in turn.reason and turn.fires
+
+
+async def test_closing_does_not_hang_on_a_wedged_model(monkeypatch, caplog):
+    """A native call that never returns (a wedged llama.cpp) must not hang the shutdown: closing waits a
+    bounded time, fails what is queued, and the worker releases the weights if it ever comes back."""
+    import threading
+
+    wedged, entered = threading.Event(), threading.Event()
+
+    class Server:  # the native server's seam: its first request blocks until released
+        def handle_completions(self, body):
+            entered.set()
+            wedged.wait(60)
+            return {"choices": [{"logprobs": {"content": [{"top_logprobs": [{"token": "yes", "logprob": 0.0}]}]}}]}
+
+    slow = LocalModel(QWEN_CODER_0_5B)
+    monkeypatch.setattr(slow, "_load", lambda: setattr(slow, "_server", Server()))
+    running = asyncio.ensure_future(slow.yes_probability("first"))
+    while not entered.is_set():  # the first request is on the worker, stuck
+        await asyncio.sleep(0.01)
+    queued = asyncio.ensure_future(slow.yes_probability("second"))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(slow.aclose(grace=0.2), 10)  # returns although the worker is stuck
+    with pytest.raises(ModelUnavailableError, match="closed"):
+        await asyncio.wait_for(queued, 10)
+    assert "did not stop" in caplog.text and slow.loaded
+    wedged.set()  # the native call returns: the worker answers it, releases the weights and stops
+    assert await asyncio.wait_for(running, 10) == 1.0
+    worker = slow._worker
+    await asyncio.to_thread(worker.join, 10)
+    assert not worker.is_alive() and not slow.loaded
+
 
 def test_simulation_agent_can_be_the_local_model(tmp_path):
     import os

@@ -320,6 +320,9 @@ class LocalModelJudge:
         call_end_deadline: Seconds the model may take for a call-end condition before the
             fallback decides (it must fit the pipeline's end grace, or the text would be lost);
             ``None``: no deadline.
+        turn_deadline: Seconds a decision during the call may take, queue included, before the fallback
+            decides: a model that is wedged or far behind (many calls on one model) must not leave the
+            caller's request unanswered; ``None``: no deadline.
         recipients: Say no without the model when the caller's turn directs the text only at someone
             the condition is not about ("text it to my wife" for a text to the caller, or the reverse;
             :mod:`incall_sms.judges.recipients`).
@@ -348,6 +351,7 @@ class LocalModelJudge:
         agree_threshold: float | None = None,
         fallback: ConditionJudge | None = None,
         call_end_deadline: float | None = 8.0,
+        turn_deadline: float | None = 60.0,
         recipients: bool = True,
         receipts: bool = True,
         direction: bool = True,
@@ -360,6 +364,7 @@ class LocalModelJudge:
         self._rules = EmbeddedJudge()  # instant and stateless: also the default fallback
         self._fallback: ConditionJudge = fallback or self._rules
         self.call_end_deadline = call_end_deadline
+        self.turn_deadline = turn_deadline
         self.recipients = recipients
         self.receipts = receipts
         self.direction = direction
@@ -426,16 +431,18 @@ class LocalModelJudge:
     async def _decide_safely(
         self, spec: ConditionSpec, turns: list[tuple[str, str]], request: JudgeRequest
     ) -> Decision:
-        """The model's decision; the fallback judge's when the model fails or misses the call-end deadline."""
+        """The model's decision; the fallback judge's when the model fails or misses its deadline."""
+        at_end = request.at == "call_end"
+        deadline = self.call_end_deadline if at_end else self.turn_deadline  # the end grace is short
         try:
-            if request.at == "call_end" and self.call_end_deadline is not None:
-                async with asyncio.timeout(self.call_end_deadline):  # the pipeline's end grace is short
+            if deadline is not None:
+                async with asyncio.timeout(deadline):
                     return await self._decide_one(spec, turns, request)
             return await self._decide_one(spec, turns, request)
         except Exception as exc:  # timeout, model unavailable or failed: decide without it
             self.failures += 1
-            why = "model slower than the call-end deadline" if isinstance(exc, TimeoutError) else \
-                f"model failed: {exc.__class__.__name__}"
+            why = f"model slower than the {'call-end' if at_end else 'turn'} deadline" \
+                if isinstance(exc, TimeoutError) else f"model failed: {exc.__class__.__name__}"
             _log.warning("local judge: %s; using the %s judge", why, self._fallback.name)
             [decision] = await decide(self._fallback, dataclasses.replace(request, conditions=[spec]))
             return dataclasses.replace(decision, part=f"fallback: {decision.part}", reason=why)
