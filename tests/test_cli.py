@@ -256,3 +256,19 @@ def test_simulation_of_the_reply_and_consent_example():
     positions = [text.find(part) for part in order]
     assert -1 not in positions and positions == sorted(positions), text[-3000:]
     assert "4 SMS sent, 0 failed" in text
+
+
+def test_judge_eval_says_when_the_best_no_key_judge_is_not_installed(monkeypatch, capsys, shared):
+    """auto scores the best judge installed; when that is not the 1.5B, stderr says so and how to get it."""
+    from incall_sms.judges import select
+    from incall_sms.pipeline.cli import main
+
+    monkeypatch.delenv("SMS_LOCAL_MODEL", raising=False)
+    monkeypatch.setattr(select, "_installed", lambda name: False)  # a venv with [sim] only
+    assert main(["judge", "eval", str(shared / "conditions" / "dev.jsonl"), "--width", "200"]) == 0
+    out = capsys.readouterr()
+    assert "embedded judge on" in out.out and json.loads(out.out.strip().splitlines()[-1])["n"] == 30
+    assert "note: scoring the embedded judge" in out.err and "[local]" in out.err
+
+    assert main(["judge", "eval", str(shared / "conditions" / "dev.jsonl"), "--judge", "embedded"]) == 0
+    assert capsys.readouterr().err == ""  # asked for by name: nothing to say
