@@ -459,6 +459,21 @@ def test_the_local_model_is_the_one_asked_for_else_the_best_one_installed(monkey
     assert QWEN_CODER_0_5B.agree_threshold < QWEN_CODER_0_5B.threshold  # tuned per model (bench/judge_threshold.py)
 
 
+def test_an_operator_can_move_the_local_judges_bar(monkeypatch):
+    # SMS_LOCAL_THRESHOLD: more precision (fewer wrong texts) or more recall than the model's tuned bar
+    from incall_sms.judges import select
+    from incall_sms.local_model import QWEN_CODER_0_5B, QWEN_CODER_1_5B
+
+    monkeypatch.setattr(select, "_installed", lambda name: True)  # nothing is loaded to build a judge
+    assert select.make_judge("local", env={}).threshold == QWEN_CODER_1_5B.threshold
+    judge = select.make_judge("auto", env={"SMS_LOCAL_MODEL": QWEN_CODER_0_5B.name, "SMS_LOCAL_THRESHOLD": "0.8"})
+    assert judge.threshold == 0.8 and judge.agree_threshold == QWEN_CODER_0_5B.agree_threshold
+    assert select.make_judge("local", env={"SMS_LOCAL_THRESHOLD": "0.3"}).agree_threshold == 0.3  # never above it
+    for bad in ("high", "0", "1.5", "-0.2", "nan"):
+        with pytest.raises(ValueError, match="SMS_LOCAL_THRESHOLD"):
+            select.make_judge("local", env={"SMS_LOCAL_THRESHOLD": bad})
+
+
 @pytest.mark.parametrize("condition, end", [
     # found on a blind set: "al colgar" (on hanging up) was left to the model, which called it a caller condition,
     # so at call end it was never judged

@@ -46,16 +46,32 @@ def local_model_available(model: str | None = None, env: Mapping[str, str] | Non
     return None
 
 
+def _threshold(env: Mapping[str, str]) -> float | None:
+    """``SMS_LOCAL_THRESHOLD``: the local judge's bar on P(yes) (``None``: the model's own, tuned on the dev sets)."""
+    raw = env.get("SMS_LOCAL_THRESHOLD", "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"SMS_LOCAL_THRESHOLD must be a number above 0 and at most 1 (got {raw!r})")
+    return value
+
+
 def make_judge(name: str = "auto", *, env: Mapping[str, str] | None = None) -> ConditionJudge:
     """A judge by name (share it across calls: the local one holds a loaded model).
 
     * ``auto``: the local model when one is installed, else the embedded rules.
-    * ``local``: the local-model judge (``SMS_LOCAL_MODEL``, default: :func:`default_local_model`).
+    * ``local``: the local-model judge (``SMS_LOCAL_MODEL``, default: :func:`default_local_model`;
+      ``SMS_LOCAL_THRESHOLD``, default: the model's own).
     * ``embedded``: deterministic rules, instant.
     * ``llm``: an OpenAI-compatible endpoint (``SMS_JUDGE_LLM_URL``/``_MODEL``/``_KEY``).
 
     Raises:
-        ValueError: Unknown name, the local model is missing, or the LLM settings are incomplete.
+        ValueError: Unknown name, the local model is missing, ``SMS_LOCAL_THRESHOLD`` is not a number in
+            (0, 1], or the LLM settings are incomplete.
     """
     env = os.environ if env is None else env
     if name == "auto":
@@ -74,7 +90,7 @@ def make_judge(name: str = "auto", *, env: Mapping[str, str] | None = None) -> C
         from incall_sms.judges.local import LocalModelJudge
         from incall_sms.local_model import MODELS, LocalModel
 
-        return LocalModelJudge(model=LocalModel(MODELS[default_local_model(env)]))
+        return LocalModelJudge(model=LocalModel(MODELS[default_local_model(env)]), threshold=_threshold(env))
     if name == "llm":
         from incall_sms.judges.llm import LLMJudge
 
