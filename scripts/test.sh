@@ -53,7 +53,8 @@ PATH="$PWD/.venv/bin:$PATH" ${guard[@]+"${guard[@]}"} .venv/bin/python -m pytest
 rc=$?
 set -e
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-  echo "the test run passed its ${limit} s limit and was stopped (faulthandler's stacks above name the hang)" >&2
+  echo "the test run was stopped: past its ${limit} s limit (PYTEST_TIME_LIMIT), or killed; faulthandler's" \
+    "stacks above name a hung test" >&2
   exit 1
 fi
 if [ "$rc" -eq 5 ]; then
