@@ -455,13 +455,11 @@ class LocalModel:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._jobs.put((-2, next(self._order), (done, release)))
         self._jobs.put((-2, next(self._order), None))
-        stopped = True
         try:
             async with asyncio.timeout(grace):
                 await asyncio.shield(asyncio.wrap_future(done))
                 await asyncio.get_running_loop().run_in_executor(None, worker.join)
         except TimeoutError:
-            stopped = False
             _log.warning("the %s model's worker did not stop within %.0f s (a request still running); "
                          "left behind", self.spec.name, grace)
         kept = []
@@ -475,7 +473,7 @@ class LocalModel:
                 kept.append(item)
             elif not job[0].done():
                 job[0].set_exception(ModelUnavailableError(f"the {self.spec.name} model was closed"))
-        if not stopped:
+        if worker.is_alive():
             for item in kept:
                 self._jobs.put(item)
 
