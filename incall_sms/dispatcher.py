@@ -82,6 +82,23 @@ __all__ = ["CallContext", "Dispatcher", "SendOutcome", "SendResult"]
 
 _log = logging.getLogger(__name__)
 
+
+def _unclassified(key: str, step: str, exc: Exception, *, reason: str) -> SendError:
+    """Classify an error a provider raised without classifying it: ambiguous (the request may be out).
+
+    Providers classify their errors (:class:`SendError`); anything else is a bug or an answer the
+    provider could not read, raised after its request may have reached the API. It is logged by type
+    and place only (its message may carry a number or a body) and handled like a timeout: looked up
+    before any resend, never raised to the call.
+    """
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = f" at {frame.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.tb_lineno}" if frame else ""
+    _log.warning("SMS %s: the provider's %s raised %s%s, not a classified error; treated as %s (ambiguous)",
+                 key, step, type(exc).__name__, where, reason)
+    return SendError(reason, kind=SendErrorKind.AMBIGUOUS)
+
 #: Seconds of a lease kept in reserve when a request starts (clock and scheduling slack).
 _LEASE_MARGIN = 1.0
 #: Least lease beyond the provider's request timeout (the margin, and up to 4 s for the write that starts a
@@ -773,6 +790,10 @@ class Dispatcher:
                     return await self.provider.send(sms)
             except TimeoutError:
                 raise SendError("timeout", kind=SendErrorKind.AMBIGUOUS) from None
+            except SendError:
+                raise
+            except Exception as exc:  # the provider's bug must not become the caller's silence
+                raise _unclassified(record.key, "send", exc, reason="provider_error") from exc
 
         def log_retry(attempt: int, exc: SendError, delay: float) -> None:
             _log.warning("SMS %s attempt %d: %s; retrying in %.2fs", record.key, attempt, exc.reason, delay)
@@ -848,7 +869,13 @@ class Dispatcher:
             raise SendError("lookup_impossible", kind=SendErrorKind.RETRYABLE)
         current = await self.outbox.get(record.key) or record
         started = current.first_attempt_at if current.first_attempt_at is not None else current.created_at
-        for receipt in await self.provider.find_sent(sms, since=started - self._lookup_skew):
+        try:
+            candidates = await self.provider.find_sent(sms, since=started - self._lookup_skew)
+        except SendError:
+            raise
+        except Exception as exc:  # an unreadable answer is an unknown one, never a crash
+            raise _unclassified(record.key, "lookup", exc, reason="lookup_failed") from exc
+        for receipt in candidates:
             claimed = await self.outbox.claim_sid(record.key, receipt.sid, now=self.clock.now())
             if claimed is not None:
                 return receipt

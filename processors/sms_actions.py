@@ -463,14 +463,13 @@ class SmsActionProcessor(FrameProcessor):
 
     async def _run(self, firing: Firing) -> None:
         self._own_firings.add(id(firing))  # the engine keeps the firing (and its wait): the id stays unique
-        send = self._spawn(self.engine.execute(firing), f"sms-send-{firing.action.name}")
+        send = self._spawn(self._execute(firing), f"sms-send-{firing.action.name}")
         if firing.at == "turn" and self._live:
             await self._filler(firing, send)
-        try:
-            outcome = await asyncio.shield(send)
-        except Exception:
-            _log.exception("SMS action %s crashed", firing.action.name)
+        outcome = await asyncio.shield(send)
+        if outcome is None:  # it crashed (logged): whatever happened, the caller must not hear a confirmation
             if self._live:
+                await self._wait_user_quiet()
                 await self._speak("Sorry, something went wrong while sending the text.", kind="failure",
                                   action=firing.action.name, append=True)
             return
@@ -500,6 +499,18 @@ class SmsActionProcessor(FrameProcessor):
                 await self._speak(outcome.line, kind=kind, action=firing.action.name, append=True)
         if wait is not None and wait.open and not self._ending:
             await self._await_reply(wait)
+
+    async def _execute(self, firing: Firing) -> ActionOutcome | None:
+        """The engine's send; ``None`` when it raised, logged here.
+
+        The engine never raises for a failed send; an exception is a bug or a broken store. It is caught
+        inside the task because pipecat's task helper would log it and hand the awaiting side ``None``.
+        """
+        try:
+            return await self.engine.execute(firing)
+        except Exception:
+            _log.exception("SMS action %s crashed", firing.action.name)
+            return None
 
     async def _filler(self, firing: Firing, send: asyncio.Task[Any]) -> None:
         tap = self._tap if self._tap is not None and self._tap.linked else None

@@ -336,3 +336,47 @@ async def test_per_destination_cap_across_calls(clock):
     later = await dispatcher.send("link", call=CallContext(call_id="CA9", caller_number=CALLER,
                                                            agent_number=AGENT), turn=1)
     assert later.accepted and provider.requests == 3
+
+
+class CrashingProvider(LocalProvider):
+    """A provider with a bug: its send raises something that is no SendError, ``crashes`` times."""
+
+    def __init__(self, *, crashes: int, lookup_crashes: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.crashes = crashes
+        self.lookup_crashes = lookup_crashes
+        self.calls = 0
+
+    async def send(self, sms):
+        self.calls += 1
+        if self.calls <= self.crashes:
+            raise KeyError("sid")  # e.g. an answer without the field the provider expected
+        return await super().send(sms)
+
+    async def find_sent(self, sms, *, since):
+        if self.lookup_crashes:
+            raise ValueError("unparseable page")
+        return await super().find_sent(sms, since=since)
+
+
+@pytest.mark.parametrize("lookup_crashes", [False, True])
+async def test_a_provider_that_raises_an_unclassified_error_never_crashes_the_send(clock, caplog, lookup_crashes):
+    """An error the provider did not classify is ambiguous (the request may be out): looked up, never raised."""
+    provider = CrashingProvider(crashes=1, lookup_crashes=lookup_crashes, clock=clock.now)
+    outbox = Outbox()
+    dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=provider, outbox=outbox,
+                            optouts=SqliteOptOutStore(), clock=clock,
+                            retry_policy=RetryPolicy(attempts=3, base_delay=1.0, jitter=0))
+    with caplog.at_level(logging.WARNING):
+        result = await dispatcher.send("link", call=CALL, turn=1)
+    record = await outbox.get(result.key)
+    if lookup_crashes:  # the answer stays unknown: the caller is told it could not be confirmed, never resent
+        assert (result.outcome, result.reason, record.status) == (SendOutcome.FAILED, "unconfirmed", "unconfirmed")
+        assert provider.calls == 1
+    else:  # the provider positively has no such message: one resend, which goes through
+        assert result.accepted and record.status == "accepted"
+        assert provider.calls == 2 and len(await provider.inbox()) == 1
+    assert "provider_error" in caplog.text and "KeyError" in caplog.text
+    assert CALLER not in caplog.text
+    await provider.aclose()
+    outbox.close()

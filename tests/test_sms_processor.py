@@ -96,6 +96,30 @@ async def test_provider_failure_speaks_honest_line_never_sent(peer):
     assert peer.messages == []
 
 
+async def test_a_send_that_crashes_is_spoken_as_a_failure_not_silence(peer, caplog):
+    """An exception escaping the send (a bug, a broken store) still ends in an honest line to the caller.
+
+    pipecat's task helper logs an exception raised in a task and returns None: the processor must not
+    rely on the exception reaching it.
+    """
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's all on our website.")
+
+    async def crash(firing):
+        await asyncio.sleep(0.2)
+        raise RuntimeError("the outbox went away")
+
+    engine.execute = crash
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05)
+    with caplog.at_level("ERROR"):
+        down, _ = await run_test(sms, frames_to_send=[said("Send me the link please."), SleepFrame(0.8)])
+    texts = [f.text for f in down if isinstance(f, TTSSpeakFrame)]
+    assert kinds(sms) == [("filler", "website_link"), ("failure", "website_link")]
+    assert "went wrong" in texts[-1] and "texted" not in texts[-1]
+    assert "crashed" in caplog.text and "RuntimeError" in caplog.text
+    assert sms.outcomes == []
+
+
 async def test_interruption_cuts_filler_not_the_send(peer):
     peer.faults = [Fault(delay=1.0)]
     engine = make_engine(peer=peer)

@@ -159,6 +159,29 @@ async def test_dropped_connection_after_commit_no_duplicate(peer):
     assert result.accepted and len(peer.messages) == 1 and len(peer.requests) == 1
 
 
+@pytest.mark.parametrize("commit", [True, False])
+async def test_a_success_answer_that_is_not_twilio_json_is_checked_before_any_resend(peer, commit):
+    """A proxy in front of the API answers 200 with a page: the text may exist, so look before resending."""
+    dispatcher, provider = make(peer.base_url)
+    peer.faults = [Fault(status=200, raw="<html><body>OK</body></html>", commit=commit)]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted
+    assert len(peer.messages) == 1  # never two texts
+    assert len(peer.requests) == (1 if commit else 2)
+    assert peer.list_requests >= 1
+
+
+async def test_a_problem_document_error_is_classified_by_its_code(peer):
+    """Twilio's newer APIs answer errors as RFC 9457 problems: 21211 is still an invalid number, not a guess."""
+    dispatcher, provider = make(peer.base_url)
+    peer.faults = [Fault(status=400, code=21211, problem=True, commit=False)]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert (result.outcome, result.reason, result.error_code) == (SendOutcome.FAILED, "invalid_number", 21211)
+    assert len(peer.requests) == 1 and peer.list_requests == 0  # a clear refusal: nothing to look up
+
+
 async def test_unconfirmable_send_is_reported_not_resent(peer):
     dispatcher, provider = make(peer.base_url)
     peer.faults = [Fault(status=503, commit=False)]

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
-from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
@@ -206,9 +206,11 @@ class TwilioProvider:
             # the deadline runs where the request runs; this outer one only backs it up (a stuck HTTP thread)
             async with asyncio.timeout(self._timeout + _BACKSTOP_S):
                 return await self.run_with_client(lambda client: self._create(client, kwargs))
-        except TwilioRestException as exc:
+        except (TwilioRestException, TwilioServiceException) as exc:  # the legacy and the RFC 9457 error format
             raise classify_twilio_error(exc.status, exc.code) from None
-        except TwilioException:
+        except (TwilioException, ValueError):
+            # an answer that is no Twilio resource (a proxy's page with a 200, JSON without the message):
+            # the request arrived, so the message may exist
             raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS) from None
         except TimeoutError:
             raise SendError("timeout", kind=SendErrorKind.AMBIGUOUS) from None
@@ -239,9 +241,9 @@ class TwilioProvider:
                 found = await self.run_with_client(lambda client: self._lookup(client, sms, since))
         except SendError:
             raise
-        except TwilioRestException as exc:
+        except (TwilioRestException, TwilioServiceException) as exc:
             raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS, code=exc.code, status=exc.status) from None
-        except (TwilioException, TimeoutError, aiohttp.ClientError, OSError):
+        except (TwilioException, ValueError, TimeoutError, aiohttp.ClientError, OSError):
             raise SendError("lookup_failed", kind=SendErrorKind.AMBIGUOUS) from None
         found.reverse()
         return found

@@ -43,6 +43,10 @@ class Fault:
         commit: Whether the message is created even though the answer is an error,
             a delay or a dropped connection.
         drop: Close the connection without answering.
+        raw: Answer this text (``content_type``) instead of Twilio's JSON, with ``status``: what a proxy
+            or a load balancer in front of the API may send back.
+        problem: Answer an RFC 9457 problem document (``application/problem+json``) carrying ``code``,
+            the error format of Twilio's newer APIs.
     """
 
     status: int = 201
@@ -50,6 +54,9 @@ class Fault:
     delay: float = 0.0
     commit: bool = True
     drop: bool = False
+    raw: str | None = None
+    content_type: str = "text/html"
+    problem: bool = False
 
 
 OK = Fault()
@@ -219,6 +226,12 @@ class TwilioPeer:
             assert request.transport is not None
             request.transport.close()
             raise asyncio.CancelledError  # aiohttp treats this as an aborted handler
+        if fault.raw is not None:
+            return web.Response(status=fault.status, text=fault.raw, content_type=fault.content_type)
+        if fault.problem:
+            return web.json_response({"type": f"https://www.twilio.com/docs/errors/{fault.code}",
+                                      "title": "scripted problem", "status": fault.status, "code": fault.code},
+                                     status=fault.status, content_type="application/problem+json")
         if fault.status >= 400:
             return self._error(fault.status, fault.code, "scripted failure")
         assert msg is not None
