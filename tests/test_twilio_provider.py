@@ -160,16 +160,27 @@ async def test_dropped_connection_after_commit_no_duplicate(peer):
 
 
 @pytest.mark.parametrize("commit", [True, False])
-async def test_a_success_answer_that_is_not_twilio_json_is_checked_before_any_resend(peer, commit):
-    """A proxy in front of the API answers 200 with a page: the text may exist, so look before resending."""
+@pytest.mark.parametrize(("raw", "content_type"), [
+    ("<html><body>OK</body></html>", "text/html"),  # a proxy's page
+    ('{"status": "queued"}', "application/json"),  # JSON, but no message SID
+    ('{"sid": null, "status": "queued"}', "application/json"),
+    ('["SM' + "0" * 32 + '"]', "application/json"),  # not an object
+    ('{"sid": "SM' + "1" * 32 + '", "num_segments": "many"}', "application/json"),  # a field that cannot be read
+])
+async def test_a_success_answer_that_is_not_a_message_is_checked_before_any_resend(peer, commit, raw, content_type):
+    """A 2xx answer that is no message resource proves nothing: look the text up before any resend.
+
+    Never "accepted" on it (a SID of "None" was taken for the message's once).
+    """
     dispatcher, provider = make(peer.base_url)
-    peer.faults = [Fault(status=200, raw="<html><body>OK</body></html>", commit=commit)]
+    peer.faults = [Fault(status=200, raw=raw, content_type=content_type, commit=commit)]
     result = await dispatcher.send("link", call=CALL, turn=1)
     await provider.aclose()
     assert result.accepted
     assert len(peer.messages) == 1  # never two texts
     assert len(peer.requests) == (1 if commit else 2)
     assert peer.list_requests >= 1
+    assert result.sid == peer.messages[0].sid
 
 
 async def test_a_problem_document_error_is_classified_by_its_code(peer):

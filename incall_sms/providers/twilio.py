@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -73,6 +74,8 @@ _RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited", 63018: "rate_l
 #: A lookup that has to read more messages than this without reaching the send time gives up
 #: (answer unknown, so no resend) instead of paging forever.
 _MAX_LOOKUP_MESSAGES = 2000
+#: A Message resource's SID: SM (text) or MM (media) and 32 hex digits.
+_MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
 #: Seconds past a request's own deadline after which the awaiting side gives up on the HTTP thread.
 _BACKSTOP_S = 2.0
 
@@ -174,8 +177,11 @@ class TwilioProvider:
     async def _create(self, client: Client, kwargs: dict[str, object]) -> ProviderReceipt:
         async with asyncio.timeout(self._timeout):
             message = await client.messages.create_async(**kwargs)  # type: ignore[arg-type]
+        if not isinstance(message.sid, str) or not _MESSAGE_SID.fullmatch(message.sid):
+            # a 2xx answer without a message SID is no proof of a message (a proxy, a broken gateway)
+            raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS)
         segments = int(message.num_segments) if message.num_segments else None
-        return ProviderReceipt(sid=str(message.sid), status=str(message.status or "queued"), segments=segments)
+        return ProviderReceipt(sid=message.sid, status=str(message.status or "queued"), segments=segments)
 
     async def send(self, sms: OutboundSms) -> ProviderReceipt:
         """Create the message at Twilio.
@@ -266,10 +272,12 @@ class TwilioProvider:
                     created = created.replace(tzinfo=dt.UTC)
                 if created is not None and created < cutoff:
                     break  # newest first: everything after this is older still
+                if not isinstance(message.sid, str) or not _MESSAGE_SID.fullmatch(message.sid):
+                    continue  # nothing to claim it by
                 if sms.content_sid or message.body == sms.body:
                     segments = int(message.num_segments) if message.num_segments else None
                     found.append(ProviderReceipt(
-                        sid=str(message.sid), status=str(message.status), segments=segments,
+                        sid=message.sid, status=str(message.status), segments=segments,
                         created_at=created.timestamp() if created is not None else None))
         return found
 
