@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import itertools
 import json
 import os
@@ -81,6 +83,32 @@ class PassThrough(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+@contextlib.contextmanager
+def gc_pauses():
+    """The garbage collector's pauses while the block runs (``gc.callbacks``): count and longest, per generation.
+
+    Yields the dict it fills in when the block ends: ``gc_collections`` (generation -> count) and
+    ``gc_max_pause_ms``. A collection holds the interpreter, the event loop with it, for its whole length.
+    """
+    started: list[float] = []
+    pauses: list[tuple[int, float]] = []
+
+    def watch(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append((info["generation"], time.perf_counter() - started.pop()))
+
+    out: dict = {}
+    gc.callbacks.append(watch)
+    try:
+        yield out
+    finally:
+        gc.callbacks.remove(watch)
+        out["gc_collections"] = {str(g): sum(1 for gen, _ in pauses if gen == g) for g in (0, 1, 2)}
+        out["gc_max_pause_ms"] = round(max((p for _, p in pauses), default=0.0) * 1000, 2)
+
+
 async def audio_path(sends: int, variant: str, *, http_thread: bool = True) -> dict:
     """Audio gaps while `sends` SMS are in flight against a peer answering after 2 s.
 
@@ -108,10 +136,11 @@ async def audio_path(sends: int, variant: str, *, http_thread: bool = True) -> d
             await worker.queue_frame(said(f"Please send me a text with all of it, for order {next(_ORDERS)}."))
             await asyncio.sleep(PROVIDER_DELAY + 0.8)
 
-        await run_pipeline([first, meter], script, audio_seconds=PROVIDER_DELAY + 1.0)
+        with gc_pauses() as collected:
+            await run_pipeline([first, meter], script, audio_seconds=PROVIDER_DELAY + 1.0)
         sent = await peer.count()
     await close_providers()
-    return {"sent": sent, **gap_figures(meter)}
+    return {"sent": sent, **gap_figures(meter), **collected}
 
 
 async def _time_frames(processor: FrameProcessor, kind: str, frames: int) -> float:
