@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import logging
 import os
 import signal
 import socket
@@ -181,6 +182,20 @@ async def test_a_success_answer_that_is_not_a_message_is_checked_before_any_rese
     assert len(peer.requests) == (1 if commit else 2)
     assert peer.list_requests >= 1
     assert result.sid == peer.messages[0].sid
+
+
+async def test_the_twilio_clients_own_request_logs_carry_no_full_number(peer, caplog):
+    """A lookup's URL holds both numbers; the twilio library logs it at INFO, as a server may log."""
+    dispatcher, provider = make(peer.base_url)
+    peer.faults = [Fault(status=500, code=20500, commit=True)]  # ambiguous: the lookup runs
+    with caplog.at_level(logging.INFO):
+        result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and peer.list_requests >= 1
+    requests = [r for r in caplog.records if r.name.startswith("twilio.")]
+    assert any("Messages.json" in r.getMessage() for r in requests)  # the library did log the lookup
+    assert CALLER[2:] not in caplog.text and AGENT[2:] not in caplog.text
+    assert "%2B1******2671" in caplog.text  # masked, still readable
 
 
 async def test_a_problem_document_error_is_classified_by_its_code(peer):

@@ -30,6 +30,7 @@ from twilio.rest import Client
 
 from incall_sms.errors import SendError, SendErrorKind
 from incall_sms.providers.base import OutboundSms, ProviderReceipt
+from incall_sms.providers.http_log import mask_twilio_logs
 from incall_sms.providers.loop_thread import LoopThread
 
 __all__ = ["TwilioProvider", "classify_twilio_error"]
@@ -143,6 +144,7 @@ class TwilioProvider:
 
     def _get_client(self) -> Client:
         if self._client is None:
+            mask_twilio_logs()  # the client logs its requests' URLs at INFO: a lookup's carry both numbers
             self._http = AsyncTwilioHttpClient()
             self._client = Client(self._account_sid, self._auth_token, http_client=self._http)
             if self._base_url:
