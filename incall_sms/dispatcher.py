@@ -249,8 +249,10 @@ class Dispatcher:
         status_callback_url: URL the provider posts delivery status to, or ``None``.
         validity_period: Seconds the provider may queue a message (in-call texts
             are useless hours later).
-        ambiguity_checks: How many times to ask the provider after an ambiguous error.
-        ambiguity_delay: Seconds to wait before each such check.
+        ambiguity_checks: How many times to ask the provider after an ambiguous error; a message found at
+            any check is the one sent, a resend needs every check used and "none" at the last.
+        ambiguity_delay: Seconds to wait before each such check (the last comes checks x delay after the
+            attempt: 6 s by default).
         max_resends: Resends allowed after the provider confirmed it has no message.
         rate_limiter: Spreads sends per sender number (segments per second); ``None``: no limit.
         lookup_skew: Clock difference (seconds) tolerated between this host and the provider
@@ -904,18 +906,24 @@ class Dispatcher:
                                  error_code=exc.code)
         _log.warning("SMS %s ambiguous (%s): checking with %s before any resend", record.key, exc.reason,
                      self.provider.name)
+        # Every check is used before a resend: a message created late (the request outlived its deadline) or
+        # listed late (a replica, a cache in front of lookups) shows up at a later check. Only a "none" at the
+        # last one, checks x delay after the attempt, lets the text go again.
+        none_at_last = False
         for _ in range(self._ambiguity_checks):
             await self.clock.sleep(self._ambiguity_delay)
             try:
                 found = await self._candidate(record, sms)
             except SendError:
-                continue  # the provider could not answer: ask again, never guess
+                none_at_last = False  # the provider could not answer: ask again, never guess
+                continue
             if found is not None:
                 return await self._accept(record, found)
-            if resends_left > 0:
-                _log.info("SMS %s: provider has no such message; resending", record.key)
-                return await self._deliver(record, sms, resends_left=resends_left - 1, final=final)
-            break
+            none_at_last = True
+        if none_at_last and resends_left > 0:
+            _log.info("SMS %s: provider has no such message after %d checks; resending", record.key,
+                      self._ambiguity_checks)
+            return await self._deliver(record, sms, resends_left=resends_left - 1, final=final)
         return await self._fail(record, exc, status=final)
 
     # -- recovery and status ----------------------------------------------------

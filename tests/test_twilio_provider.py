@@ -152,6 +152,33 @@ async def test_500_checks_before_resend(peer, commit):
     assert len(peer.requests) == (1 if commit else 2)
 
 
+async def test_one_lookup_that_does_not_list_the_message_yet_is_no_proof(peer):
+    """Lookups that lag the create (a replica, a cache): every check is used before a resend, never one."""
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
+    dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                            retry_policy=RetryPolicy(attempts=1), ambiguity_delay=0.3, ambiguity_checks=3)
+    peer.list_lag = 0.5  # the first check (at 0.3 s) does not see it yet, the second (0.6 s) does
+    peer.faults = [Fault(status=502, commit=True)]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and result.sid == peer.messages[0].sid
+    assert len(peer.messages) == 1 and len(peer.requests) == 1
+    assert peer.list_requests == 2
+
+
+async def test_a_resend_needs_the_last_check_to_answer(peer):
+    """No answer at the last check leaves the text unconfirmed: an earlier 'none' is not enough to resend."""
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
+    dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                            retry_policy=RetryPolicy(attempts=1), ambiguity_delay=0.01, ambiguity_checks=3)
+    peer.faults = [Fault(status=502, commit=False)]
+    peer.list_faults = [None, None, Fault(status=503)]  # two answers of none, then no answer
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")
+    assert len(peer.requests) == 1 and peer.messages == []
+
+
 async def test_dropped_connection_after_commit_no_duplicate(peer):
     dispatcher, provider = make(peer.base_url)
     peer.faults = [Fault(drop=True, commit=True)]

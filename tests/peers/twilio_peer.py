@@ -92,6 +92,8 @@ class TwilioPeer:
         self.answer_times: list[float] = []  # when each create request was answered (monotonic)
         self.auth_failures = 0
         self.list_requests = 0
+        # seconds before a created message shows in lookups (a read replica or a cache in front of GETs)
+        self.list_lag = 0.0
         self.messages: list[PeerMessage] = []
         self.faults: list[Fault] = []
         self.fault_for: Callable[[dict[str, list[str]]], Fault | None] | None = None
@@ -260,8 +262,10 @@ class TwilioPeer:
                 return self._error(fault.status, fault.code, "scripted failure")
         to = request.query.get("To")
         from_ = request.query.get("From")
+        listed_before = time.time() - self.list_lag
         found = [
-            m for m in reversed(self.messages) if (to is None or m.to == to) and (from_ is None or m.from_ == from_)
+            m for m in reversed(self.messages)
+            if (to is None or m.to == to) and (from_ is None or m.from_ == from_) and m.created <= listed_before
         ]
         page_size = int(request.query.get("PageSize", "50"))
         page = int(request.query.get("Page", "0"))
