@@ -225,6 +225,39 @@ async def test_the_twilio_clients_own_request_logs_carry_no_full_number(peer, ca
     assert "%2B1******2671" in caplog.text  # masked, still readable
 
 
+@pytest.mark.parametrize("status", [302, 303, 408, 460, 499])
+async def test_an_error_answer_that_is_not_twilios_is_looked_up_not_told_as_refused(peer, status):
+    """A gateway's 3xx/4xx without a Twilio error body may come after it forwarded the request: ambiguous."""
+    dispatcher, provider = make(peer.base_url)
+    peer.faults = [Fault(status=status, raw="upstream gave up", content_type="text/plain", commit=True)]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and result.sid == peer.messages[0].sid  # found by the lookup: no failure told
+    assert len(peer.messages) == 1 and peer.list_requests >= 1
+
+
+@pytest.mark.parametrize("status", ["failed", "undelivered", "canceled"])
+async def test_a_create_answer_that_already_failed_is_a_failure_not_an_acceptance(peer, status):
+    """A message resource whose status is already final and failed: the caller must not hear 'texted'."""
+    dispatcher, provider = make(peer.base_url)
+    peer.faults = [Fault(answer={"status": status, "error_code": 30007, "error_message": "filtered"})]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert not result.accepted and result.outcome is SendOutcome.FAILED
+    assert (result.reason, result.error_code, result.retryable) == ("filtered", 30007, False)
+    assert len(peer.requests) == 1  # it exists, failed: never sent again
+
+
+async def test_an_answer_for_another_destination_is_no_acceptance(peer):
+    """A 201 whose message goes to another number (a proxy mixing answers up) proves nothing: looked up."""
+    dispatcher, provider = make(peer.base_url)
+    peer.faults = [Fault(answer={"to": "+15555559999"}, commit=False)]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and [m.to for m in peer.messages] == [CALLER]
+    assert len(peer.requests) == 2 and peer.list_requests >= 1  # looked up, none, sent for real
+
+
 async def test_a_problem_document_error_is_classified_by_its_code(peer):
     """Twilio's newer APIs answer errors as RFC 9457 problems: 21211 is still an invalid number, not a guess."""
     dispatcher, provider = make(peer.base_url)

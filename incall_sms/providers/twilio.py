@@ -28,6 +28,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioS
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
+from incall_sms.dispatcher import DELIVERY_ERRORS
 from incall_sms.errors import SendError, SendErrorKind
 from incall_sms.providers.base import OutboundSms, ProviderReceipt
 from incall_sms.providers.http_log import mask_twilio_logs
@@ -75,6 +76,8 @@ _RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited", 63018: "rate_l
 #: A lookup that has to read more messages than this without reaching the send time gives up
 #: (answer unknown, so no resend) instead of paging forever.
 _MAX_LOOKUP_MESSAGES = 2000
+#: Final failed statuses a create answer may already carry.
+_FAILED_AT_CREATE = frozenset({"failed", "undelivered", "canceled"})
 #: A Message resource's SID: SM (text) or MM (media) and 32 hex digits.
 _MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
 #: Seconds past a request's own deadline after which the awaiting side gives up on the HTTP thread.
@@ -97,6 +100,11 @@ def classify_twilio_error(status: int | None, code: int | None) -> SendError:
         )
     if code in _PERMANENT_CODES:
         return SendError(_PERMANENT_CODES[code], kind=SendErrorKind.PERMANENT, code=code, status=status)
+    if (code is None or code == status) and status is not None and status < 500:
+        # Twilio's errors carry a Twilio code (the client puts the status there when the body has none): this
+        # answer came from something in front of the API (a gateway that gave up, a redirect), which may have
+        # forwarded the request: the message may exist
+        return SendError("bad_response", kind=SendErrorKind.AMBIGUOUS, status=status)
     if status is not None and status >= 500:
         return SendError("server_error", kind=SendErrorKind.AMBIGUOUS, code=code, status=status)
     return SendError("rejected", kind=SendErrorKind.PERMANENT, code=code, status=status)
@@ -182,6 +190,13 @@ class TwilioProvider:
         if not isinstance(message.sid, str) or not _MESSAGE_SID.fullmatch(message.sid):
             # a 2xx answer without a message SID is no proof of a message (a proxy, a broken gateway)
             raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS)
+        if message.to is not None and message.to != kwargs["to"]:
+            # another message's answer (a proxy mixing answers up): proves nothing about this one
+            raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS)
+        if message.status in _FAILED_AT_CREATE:
+            # created, and already final: it will not arrive (a filter, an unregistered sender ...)
+            code = int(message.error_code) if str(message.error_code or "").isdigit() else None
+            raise SendError(DELIVERY_ERRORS.get(code or 0, "undelivered"), kind=SendErrorKind.PERMANENT, code=code)
         segments = int(message.num_segments) if message.num_segments else None
         return ProviderReceipt(sid=message.sid, status=str(message.status or "queued"), segments=segments)
 

@@ -47,6 +47,8 @@ class Fault:
             or a load balancer in front of the API may send back.
         problem: Answer an RFC 9457 problem document (``application/problem+json``) carrying ``code``,
             the error format of Twilio's newer APIs.
+        answer: Fields of the message resource answered differently from the message created (a final
+            ``status`` already, another message's ``to``...).
     """
 
     status: int = 201
@@ -57,6 +59,7 @@ class Fault:
     raw: str | None = None
     content_type: str = "text/html"
     problem: bool = False
+    answer: dict[str, Any] | None = None
 
 
 OK = Fault()
@@ -237,7 +240,7 @@ class TwilioPeer:
         if fault.status >= 400:
             return self._error(fault.status, fault.code, "scripted failure")
         assert msg is not None
-        return web.json_response(self._resource(msg), status=fault.status)
+        return web.json_response(self._resource(msg) | (fault.answer or {}), status=fault.status)
 
     async def _call(self, request: web.Request) -> web.Response:
         if not self._authorized(request, request.match_info["sid"]):
