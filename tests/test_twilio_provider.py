@@ -22,7 +22,7 @@ from incall_sms.providers.base import OutboundSms
 from incall_sms.providers.twilio import TwilioProvider, classify_twilio_error
 from incall_sms.retry import RetryPolicy
 from tests.conftest import ROOT
-from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, Fault, TwilioPeer
+from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN, Fault, PeerMessage, TwilioPeer
 
 CALLER = "+14155552671"
 AGENT = "+14155550100"
@@ -256,6 +256,36 @@ async def test_an_answer_for_another_destination_is_no_acceptance(peer):
     await provider.aclose()
     assert result.accepted and [m.to for m in peer.messages] == [CALLER]
     assert len(peer.requests) == 2 and peer.list_requests >= 1  # looked up, none, sent for real
+
+
+async def test_a_lookup_reads_past_the_first_pages_of_a_busy_number(peer):
+    """230 newer texts between the same two numbers: the message is on the lookup's third page, and found."""
+    dispatcher, provider = make(peer.base_url)
+    peer.faults = [Fault(status=500, code=20500, commit=True)]
+
+    def busy(_query):
+        if len(peer.messages) == 1:  # at the first lookup, after ours: newer texts to the same caller
+            peer.messages += [PeerMessage(sid=f"SM{9000 + i:032x}", to=CALLER, from_=AGENT, body=f"Other {i}",
+                                          form={}, created=time.time()) for i in range(230)]
+        return None
+
+    peer.list_fault_for = busy
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and result.sid == peer.messages[0].sid
+    assert len(peer.requests) == 1 and peer.list_requests == 3  # pages of 100: 100, 100, 31
+
+
+async def test_a_lookup_whose_pages_never_end_stops_at_once_and_answers_unknown(peer):
+    """Empty pages pointing at themselves: no request storm until the deadline, no 'none' read into it."""
+    dispatcher, provider = make(peer.base_url)
+    peer.faults = [Fault(status=500, code=20500, commit=True)]
+    peer.list_loop = True
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")  # never resent
+    assert len(peer.requests) == 1
+    assert peer.list_requests <= 2 * 3  # each of the 3 checks: the page and its repeat
 
 
 async def test_a_problem_document_error_is_classified_by_its_code(peer):

@@ -20,13 +20,14 @@ import asyncio
 import datetime as dt
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
+from twilio.rest.api.v2010.account.message import MessageInstance
 
 from incall_sms.dispatcher import DELIVERY_ERRORS
 from incall_sms.errors import SendError, SendErrorKind
@@ -73,9 +74,10 @@ _PERMANENT_CODES: dict[int, str] = {
 }
 _RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited", 63018: "rate_limited"}
 
-#: A lookup that has to read more messages than this without reaching the send time gives up
+#: A lookup that has to read more messages (or pages) than this without reaching the send time gives up
 #: (answer unknown, so no resend) instead of paging forever.
 _MAX_LOOKUP_MESSAGES = 2000
+_MAX_LOOKUP_PAGES = 25
 #: Final failed statuses a create answer may already carry.
 _FAILED_AT_CREATE = frozenset({"failed", "undelivered", "canceled"})
 #: A Message resource's SID: SM (text) or MM (media) and 32 hex digits.
@@ -278,12 +280,7 @@ class TwilioProvider:
         cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
         found: list[ProviderReceipt] = []
         async with asyncio.timeout(self._timeout * 3):
-            stream = await client.messages.stream_async(**kwargs)  # type: ignore[arg-type]
-            seen = 0
-            async for message in stream:
-                seen += 1
-                if seen > _MAX_LOOKUP_MESSAGES:
-                    raise SendError("lookup_too_long", kind=SendErrorKind.AMBIGUOUS)
+            async for message in self._newest_first(client, kwargs):
                 created = message.date_created
                 if created is not None and created.tzinfo is None:
                     created = created.replace(tzinfo=dt.UTC)
@@ -297,6 +294,32 @@ class TwilioProvider:
                         sid=message.sid, status=str(message.status), segments=segments,
                         created_at=created.timestamp() if created is not None else None))
         return found
+
+    @staticmethod
+    async def _newest_first(client: Client, kwargs: dict[str, object]) -> AsyncIterator[MessageInstance]:
+        """The messages matching ``kwargs``, newest first, page by page (bounded).
+
+        Raises:
+            SendError: ``lookup_too_long`` past :data:`_MAX_LOOKUP_MESSAGES` messages or
+                :data:`_MAX_LOOKUP_PAGES` pages, or when a page's next page is one already read (a
+                cursor that loops): the answer is unknown, never "none".
+        """
+        page = await client.messages.page_async(**kwargs)  # type: ignore[arg-type]
+        pages, seen, read = 1, 0, set()
+        while True:
+            for message in page:
+                seen += 1
+                if seen > _MAX_LOOKUP_MESSAGES:
+                    raise SendError("lookup_too_long", kind=SendErrorKind.AMBIGUOUS)
+                yield message
+            url = page.next_page_url
+            if not url:
+                return
+            if url in read or pages >= _MAX_LOOKUP_PAGES:
+                raise SendError("lookup_too_long", kind=SendErrorKind.AMBIGUOUS)
+            read.add(url)
+            pages += 1
+            page = await page.next_page_async()
 
     async def _close_http(self) -> None:
         if self._http is not None:

@@ -97,6 +97,8 @@ class TwilioPeer:
         self.list_requests = 0
         # seconds before a created message shows in lookups (a read replica or a cache in front of GETs)
         self.list_lag = 0.0
+        # lookups answer an empty page whose next page is itself (a broken cursor, a cache)
+        self.list_loop = False
         self.messages: list[PeerMessage] = []
         self.faults: list[Fault] = []
         self.fault_for: Callable[[dict[str, list[str]]], Fault | None] | None = None
@@ -263,6 +265,10 @@ class TwilioPeer:
                 await asyncio.sleep(fault.delay)
             if fault.status >= 400:
                 return self._error(fault.status, fault.code, "scripted failure")
+        if self.list_loop:
+            return web.json_response({"messages": [], "next_page_uri": request.path_qs, "page": 0, "page_size": 50,
+                                      "start": 0, "end": -1, "uri": request.path_qs,
+                                      "first_page_uri": request.path_qs, "previous_page_uri": None})
         to = request.query.get("To")
         from_ = request.query.get("From")
         listed_before = time.time() - self.list_lag
