@@ -276,6 +276,57 @@ async def test_a_lookup_reads_past_the_first_pages_of_a_busy_number(peer):
     assert len(peer.requests) == 1 and peer.list_requests == 3  # pages of 100: 100, 100, 31
 
 
+SMART = parse_actions({"actions": [{"name": "quote", "condition": "if the caller wants the details",
+                                    "content": {"template": "Your table \u2014 \u201cthe patio\u201d \u2014 "
+                                                            "is held\u2026 See https://example.com/t?id=42"}}]})
+
+
+@pytest.mark.parametrize(("rewrite", "actions", "name"), [
+    (lambda body: body + "\n\nReply STOP to unsubscribe.", ACTIONS, "link"),  # compliance text appended
+    (lambda body: (body.replace("\u2014", "-").replace("\u201c", '"').replace("\u201d", '"')
+                   .replace("\u2026", "...")), SMART, "quote"),  # Smart Encoding
+], ids=["opt-out-line", "smart-encoding"])
+async def test_a_lookup_knows_its_text_in_the_form_twilio_stored_it(peer, rewrite, actions, name):
+    """Twilio may store a body it changed: still this text, never a reason to send it again."""
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
+    dispatcher = Dispatcher(actions=actions, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                            clock=ManualClock(start=time.time()), retry_policy=RetryPolicy(attempts=1))
+    peer.rewrite = rewrite
+    peer.faults = [Fault(status=500, code=20500, commit=True)]
+    result = await dispatcher.send(name, call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and result.sid == peer.messages[0].sid
+    assert len(peer.messages) == 1 and len(peer.requests) == 1
+
+
+@pytest.mark.parametrize("commit", [True, False])
+async def test_a_text_that_differs_only_by_its_link_is_neither_taken_nor_a_reason_to_resend(peer, commit):
+    """Link Shortening (this text, link rewritten) and a sibling with another link look alike: unconfirmed."""
+    dispatcher, provider = make(peer.base_url)
+    if commit:
+        peer.rewrite = lambda body: body.replace("https://example.com/m", "https://twil.io/x7Kq2")
+    else:  # another action's text between the same numbers, a moment before, not recorded here
+        peer.messages.append(PeerMessage(sid=f"SM{7:032x}", to=CALLER, from_=AGENT,
+                                         body="Menu: https://example.com/x", form={}, created=time.time()))
+    peer.faults = [Fault(status=500, code=20500, commit=commit)]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")
+    assert len(peer.requests) == 1 and len(peer.messages) == 1  # never a second text
+
+
+async def test_another_text_between_the_same_numbers_is_not_taken_for_this_one(peer):
+    """A sibling text (another action's, same numbers, same moment) is no proof this one exists."""
+    dispatcher, provider = make(peer.base_url)
+    peer.messages.append(PeerMessage(sid=f"SM{7:032x}", to=CALLER, from_=AGENT, body="Your booking is confirmed.",
+                                     form={}, created=time.time()))
+    peer.faults = [Fault(status=500, code=20500, commit=False)]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and result.sid != f"SM{7:032x}"
+    assert len(peer.requests) == 2  # looked up, not found, sent
+
+
 async def test_a_lookup_whose_pages_never_end_stops_at_once_and_answers_unknown(peer):
     """Empty pages pointing at themselves: no request storm until the deadline, no 'none' read into it."""
     dispatcher, provider = make(peer.base_url)

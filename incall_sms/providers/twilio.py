@@ -34,6 +34,7 @@ from incall_sms.errors import SendError, SendErrorKind
 from incall_sms.providers.base import OutboundSms, ProviderReceipt
 from incall_sms.providers.http_log import mask_twilio_logs
 from incall_sms.providers.loop_thread import LoopThread
+from incall_sms.providers.stored_text import stored_form
 
 __all__ = ["TwilioProvider", "classify_twilio_error"]
 
@@ -279,6 +280,7 @@ class TwilioProvider:
             kwargs["from_"] = sms.from_address
         cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
         found: list[ProviderReceipt] = []
+        links_differ = False
         async with asyncio.timeout(self._timeout * 3):
             async for message in self._newest_first(client, kwargs):
                 created = message.date_created
@@ -288,11 +290,17 @@ class TwilioProvider:
                     break  # newest first: everything after this is older still
                 if not isinstance(message.sid, str) or not _MESSAGE_SID.fullmatch(message.sid):
                     continue  # nothing to claim it by
-                if sms.content_sid or message.body == sms.body:
+                form = None if sms.content_sid else stored_form(message.body, sms.body)
+                if form == "links_differ":
+                    links_differ = True  # this text with its links shortened, or another one: cannot tell
+                if sms.content_sid or form == "same":
                     segments = int(message.num_segments) if message.num_segments else None
                     found.append(ProviderReceipt(
                         sid=message.sid, status=str(message.status), segments=segments,
                         created_at=created.timestamp() if created is not None else None))
+        if not found and links_differ:
+            # Link Shortening may have rewritten it: no "none" (a resend could be a second text), no "this one"
+            raise SendError("lookup_links_differ", kind=SendErrorKind.AMBIGUOUS)
         return found
 
     @staticmethod

@@ -99,6 +99,8 @@ class TwilioPeer:
         self.list_lag = 0.0
         # lookups answer an empty page whose next page is itself (a broken cursor, a cache)
         self.list_loop = False
+        # what the API stores of a body it was sent (Link Shortening, Smart Encoding, an appended opt-out line)
+        self.rewrite: Callable[[str], str] | None = None
         self.messages: list[PeerMessage] = []
         self.faults: list[Fault] = []
         self.fault_for: Callable[[dict[str, list[str]]], Fault | None] | None = None
@@ -221,7 +223,7 @@ class TwilioPeer:
                 sid=f"SM{next(self._ids):032x}",
                 to=to,
                 from_=(form.get("From") or [None])[0],
-                body=body,
+                body=self.rewrite(body) if self.rewrite is not None else body,
                 form=form,
                 created=time.time(),
             )
