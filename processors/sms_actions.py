@@ -45,9 +45,12 @@ from incall_sms.actions import DELIVERY_FAILURE_LINE
 from incall_sms.engine import ActionEngine, ActionOutcome, Firing, ReplyWait, SmsReply
 from incall_sms.events import SmsEvent, SmsEventKind
 
-__all__ = ["LINE_TEXT_TYPE", "AgentTranscriptTap", "SmsActionProcessor", "SpokenLine"]
+__all__ = ["LINE_TEXT_TYPE", "STILL_SENDING_LINE", "AgentTranscriptTap", "SmsActionProcessor", "SpokenLine"]
 
 _log = logging.getLogger(__name__)
+
+#: Said when a send is still unsettled long after its filler (``still_sending_after``); its outcome follows.
+STILL_SENDING_LINE = "It's taking a little longer than usual to send the text. I'll tell you as soon as it's through."
 
 _EVENT_NAMES = {
     SmsEventKind.QUEUED: "on_sms_queued",
@@ -120,6 +123,9 @@ class SmsActionProcessor(FrameProcessor):
             ``speed`` times faster passes ``1 / speed``).
         consent_after: With the tap in the pipeline, the consent question waits for the agent LLM's
             answer to the caller's turn (at most this many seconds), so it is the last thing said.
+        still_sending_after: When a send is still unsettled this many seconds after its filler (a slow
+            provider, an ambiguous answer being checked: up to about a minute and a half with the
+            defaults), the caller hears :data:`STILL_SENDING_LINE` instead of a long silence; ``None``: never.
     """
 
     EVENTS = (
@@ -147,6 +153,7 @@ class SmsActionProcessor(FrameProcessor):
         clock: Callable[[], float] | None = None,
         time_scale: float = 1.0,
         consent_after: float = 4.0,
+        still_sending_after: float | None = 12.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -163,6 +170,7 @@ class SmsActionProcessor(FrameProcessor):
         self._consent_task: asyncio.Task[Any] | None = None
         self._ending = False
         self._consent_after = consent_after
+        self._still_sending_after = still_sending_after
         self._agent_responses = 0
         self._agent_spoke = asyncio.Event()
         self._responses_at_turn: dict[int, int] = {}  # caller turn -> agent responses before it
@@ -466,6 +474,7 @@ class SmsActionProcessor(FrameProcessor):
         send = self._spawn(self._execute(firing), f"sms-send-{firing.action.name}")
         if firing.at == "turn" and self._live:
             await self._filler(firing, send)
+            await self._still_sending(firing, send)
         outcome = await asyncio.shield(send)
         if outcome is None:  # it crashed (logged): whatever happened, the caller must not hear a confirmation
             if self._live:
@@ -511,6 +520,16 @@ class SmsActionProcessor(FrameProcessor):
         except Exception:
             _log.exception("SMS action %s crashed", firing.action.name)
             return None
+
+    async def _still_sending(self, firing: Firing, send: asyncio.Task[Any]) -> None:
+        if self._still_sending_after is None:
+            return
+        await asyncio.wait({send}, timeout=self._still_sending_after)
+        if send.done() or not self._live:
+            return
+        await self._wait_user_quiet()
+        if not send.done() and self._live:
+            await self._speak(STILL_SENDING_LINE, kind="still_sending", action=firing.action.name, append=True)
 
     async def _filler(self, firing: Firing, send: asyncio.Task[Any]) -> None:
         tap = self._tap if self._tap is not None and self._tap.linked else None

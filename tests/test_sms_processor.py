@@ -120,6 +120,18 @@ async def test_a_send_that_crashes_is_spoken_as_a_failure_not_silence(peer, capl
     assert sms.outcomes == []
 
 
+async def test_a_send_still_unsettled_long_after_the_filler_is_not_left_in_silence(peer):
+    peer.faults = [Fault(delay=1.2)]
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's all on our website.")
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05, still_sending_after=0.4)
+    down, _ = await run_test(sms, frames_to_send=[said("Send me the link please."), SleepFrame(1.8)])
+    assert kinds(sms) == [("filler", "website_link"), ("still_sending", "website_link"),
+                          ("confirmation", "website_link")]
+    texts = [f.text for f in down if isinstance(f, TTSSpeakFrame)]
+    assert "longer than usual" in texts[1] and len(peer.messages) == 1
+
+
 async def test_interruption_cuts_filler_not_the_send(peer):
     peer.faults = [Fault(delay=1.0)]
     engine = make_engine(peer=peer)
