@@ -423,13 +423,14 @@ class LineExpectation(_Model):
 
     ``kind``: ``reply`` (the agent's own answer), ``filler``, ``confirmation``, ``failure``,
     ``delivery_failure``, ``waiting`` (an ``await_reply`` text was accepted), ``reply_timeout``,
-    ``consent`` (the consent question), ``consent_declined``; ``text``: the exact wording, ``contains``: part of it
+    ``consent`` (the consent question), ``consent_declined``, ``still_sending`` (a send unsettled long after its
+    filler); ``text``: the exact wording, ``contains``: part of it
     (case-insensitive); ``interrupted``: whether it was cut (barge-in or hang-up); ``heard``:
     whether any of it was heard (a line queued behind others may never be).
     """
 
     kind: Literal["reply", "filler", "confirmation", "failure", "delivery_failure", "waiting", "reply_timeout",
-                  "consent", "consent_declined"] | None = None
+                  "consent", "consent_declined", "still_sending"] | None = None
     action: str | None = None
     text: str | None = None
     contains: str | None = None

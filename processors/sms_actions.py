@@ -45,12 +45,22 @@ from incall_sms.actions import DELIVERY_FAILURE_LINE
 from incall_sms.engine import ActionEngine, ActionOutcome, Firing, ReplyWait, SmsReply
 from incall_sms.events import SmsEvent, SmsEventKind
 
-__all__ = ["LINE_TEXT_TYPE", "STILL_SENDING_LINE", "AgentTranscriptTap", "SmsActionProcessor", "SpokenLine"]
+__all__ = [
+    "LINE_TEXT_TYPE",
+    "STILL_SENDING_AFTER",
+    "STILL_SENDING_LINE",
+    "AgentTranscriptTap",
+    "SmsActionProcessor",
+    "SpokenLine",
+]
 
 _log = logging.getLogger(__name__)
 
+#: Seconds after its filler when a send still unsettled is said to take longer (a healthy one takes ~1 s; a
+#: provider timeout is 10 s, and an ambiguous answer is checked for 6 s more before any resend).
+STILL_SENDING_AFTER = 6.0
 #: Said when a send is still unsettled long after its filler (``still_sending_after``); its outcome follows.
-STILL_SENDING_LINE = "It's taking a little longer than usual to send the text. I'll tell you as soon as it's through."
+STILL_SENDING_LINE = "Still sending that text, one more moment."
 
 _EVENT_NAMES = {
     SmsEventKind.QUEUED: "on_sms_queued",
@@ -119,7 +129,8 @@ class SmsActionProcessor(FrameProcessor):
         tell_llm: Push a system note so the agent LLM does not answer the request itself.
         clock: Seconds on the call's clock, stamped on :attr:`spoken` lines (default: seconds
             since this processor was created); a replay passes its recording clock.
-        time_scale: Real seconds per call second for ``await_reply`` timeouts (a replay running
+        time_scale: Real seconds per call second for the waits counted in call time: ``await_reply``
+            timeouts, ``consent_after``, ``user_quiet_wait`` and ``still_sending_after`` (a replay running
             ``speed`` times faster passes ``1 / speed``).
         consent_after: With the tap in the pipeline, the consent question waits for the agent LLM's
             answer to the caller's turn (at most this many seconds), so it is the last thing said.
@@ -153,7 +164,7 @@ class SmsActionProcessor(FrameProcessor):
         clock: Callable[[], float] | None = None,
         time_scale: float = 1.0,
         consent_after: float = 4.0,
-        still_sending_after: float | None = 12.0,
+        still_sending_after: float | None = STILL_SENDING_AFTER,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -524,7 +535,7 @@ class SmsActionProcessor(FrameProcessor):
     async def _still_sending(self, firing: Firing, send: asyncio.Task[Any]) -> None:
         if self._still_sending_after is None:
             return
-        await asyncio.wait({send}, timeout=self._still_sending_after)
+        await asyncio.wait({send}, timeout=self._still_sending_after * self._time_scale)
         if send.done() or not self._live:
             return
         await self._wait_user_quiet()
@@ -553,7 +564,7 @@ class SmsActionProcessor(FrameProcessor):
 
     async def _wait_user_quiet(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._user_quiet.wait(), self._user_quiet_wait)
+            await asyncio.wait_for(self._user_quiet.wait(), self._user_quiet_wait * self._time_scale)
 
     def _line_frame(self, text: str, *, kind: str, action: str, append: bool) -> TTSSpeakFrame:
         tag = f"{LINE_TEXT_TYPE}:{kind}:{len(self._own_frames)}"

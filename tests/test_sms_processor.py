@@ -22,7 +22,7 @@ from incall_sms.dispatcher import SendOutcome
 from incall_sms.events import SmsEventKind
 from incall_sms.judges.llm import LLMJudge
 from incall_sms.outbox import Outbox
-from incall_sms.processors.sms_actions import SmsActionProcessor
+from incall_sms.processors.sms_actions import STILL_SENDING_LINE, SmsActionProcessor
 from tests.helpers.sms import CALLER, make_engine, undeliver
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import Fault, TwilioPeer
@@ -129,7 +129,7 @@ async def test_a_send_still_unsettled_long_after_the_filler_is_not_left_in_silen
     assert kinds(sms) == [("filler", "website_link"), ("still_sending", "website_link"),
                           ("confirmation", "website_link")]
     texts = [f.text for f in down if isinstance(f, TTSSpeakFrame)]
-    assert "longer than usual" in texts[1] and len(peer.messages) == 1
+    assert texts[1] == STILL_SENDING_LINE and len(peer.messages) == 1
 
 
 async def test_interruption_cuts_filler_not_the_send(peer):
