@@ -862,7 +862,8 @@ class Dispatcher:
         """This row's message among the provider's candidates, claimed for it; ``None`` when none can be.
 
         Raises:
-            SendError: The provider could not answer.
+            SendError: The provider could not answer, or a candidate may be this text or another one
+                (``maybe``) and no other row owns it: the answer is unknown.
         """
         if sms.content_sid:
             # Twilio's Message resource does not say which Content template made it: between the same two
@@ -877,15 +878,25 @@ class Dispatcher:
             raise
         except Exception as exc:  # an unreadable answer is an unknown one, never a crash
             raise _unclassified(record.key, "lookup", exc, reason="lookup_failed") from exc
+        maybe = False
         for receipt in candidates:
+            if receipt.match == "maybe":
+                # this text as the provider may have changed it, or another one: unless another row owns that
+                # message, neither "this one" nor "none" (a resend could be a second text)
+                owner = await self.outbox.by_sid(receipt.sid)
+                maybe = maybe or owner is None or owner.key == record.key
+                continue
             claimed = await self.outbox.claim_sid(record.key, receipt.sid, now=self.clock.now())
             if claimed is not None:
                 return receipt
             _log.info("SMS %s: candidate %s belongs to another row; not this attempt's", record.key, receipt.sid)
+        if maybe:
+            raise SendError("lookup_inconclusive", kind=SendErrorKind.AMBIGUOUS)
         return None
 
     async def _resolve_ambiguous(
-        self, record: OutboxRecord, sms: OutboundSms, exc: SendError, *, resends_left: int, final: str
+        self, record: OutboxRecord, sms: OutboundSms, exc: SendError, *, resends_left: int, final: str,
+        checks: int | None = None,
     ) -> SendResult:
         """Ask the provider whether the ambiguous attempt created the message; resend only if it did not.
 
@@ -897,6 +908,8 @@ class Dispatcher:
             final: Status of the row when the answer stays unknown: ``unconfirmed`` when the
                 caller is told (never resent later), ``ambiguous`` during recovery (asked again
                 by the next pass, until the recovery window closes it).
+            checks: Lookups to make (default ``ambiguity_checks``; recovery asks once about an attempt
+                long over, whose message had all the time to be created and listed).
         """
         if sms.content_sid:  # no lookup can tell a template message apart: its truth cannot be known (never resent)
             _log.warning("SMS %s ambiguous (%s): a Content-template message cannot be looked up; unconfirmed",
@@ -910,7 +923,8 @@ class Dispatcher:
         # listed late (a replica, a cache in front of lookups) shows up at a later check. Only a "none" at the
         # last one, checks x delay after the attempt, lets the text go again.
         none_at_last = False
-        for _ in range(self._ambiguity_checks):
+        checks = self._ambiguity_checks if checks is None else checks
+        for _ in range(checks):
             await self.clock.sleep(self._ambiguity_delay)
             try:
                 found = await self._candidate(record, sms)
@@ -921,8 +935,7 @@ class Dispatcher:
                 return await self._accept(record, found)
             none_at_last = True
         if none_at_last and resends_left > 0:
-            _log.info("SMS %s: provider has no such message after %d checks; resending", record.key,
-                      self._ambiguity_checks)
+            _log.info("SMS %s: provider has no such message after %d check(s); resending", record.key, checks)
             return await self._deliver(record, sms, resends_left=resends_left - 1, final=final)
         return await self._fail(record, exc, status=final)
 
@@ -1025,7 +1038,12 @@ class Dispatcher:
         if record.status == "pending" and record.attempts == 0:
             return await self._deliver(record, sms, resends_left=self._max_resends, final="ambiguous")
         crash = SendError("interrupted", kind=SendErrorKind.AMBIGUOUS)
-        return await self._resolve_ambiguous(record, sms, crash, resends_left=self._max_resends, final="ambiguous")
+        # the last write (marking it sending, or the last pass) plus the longest request: when the checks' span
+        # has passed since, the message had its time to appear: one lookup answers (start-up stays quick)
+        over = record.updated_at + (getattr(self.provider, "request_timeout", None) or 0)
+        long_over = now - over >= self._ambiguity_checks * self._ambiguity_delay
+        return await self._resolve_ambiguous(record, sms, crash, resends_left=self._max_resends, final="ambiguous",
+                                             checks=1 if long_over else None)
 
     @contextlib.asynccontextmanager
     async def recovery(self) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -182,6 +183,7 @@ class SmsActionProcessor(FrameProcessor):
         self._ending = False
         self._consent_after = consent_after
         self._still_sending_after = still_sending_after
+        self._still_sending_said = -math.inf  # time.monotonic() of the last still-sending line
         self._agent_responses = 0
         self._agent_spoke = asyncio.Event()
         self._responses_at_turn: dict[int, int] = {}  # caller turn -> agent responses before it
@@ -533,14 +535,26 @@ class SmsActionProcessor(FrameProcessor):
             return None
 
     async def _still_sending(self, firing: Firing, send: asyncio.Task[Any]) -> None:
+        """Say once that a slow send is still going, while its outcome can still be told.
+
+        Not when the call is ending (the outcome would not follow), not over the caller (it carries no
+        news: dropped when the caller is still talking after ``user_quiet_wait``), and once for sends
+        that are slow together (not again within ``still_sending_after`` of the last time).
+        """
         if self._still_sending_after is None:
             return
-        await asyncio.wait({send}, timeout=self._still_sending_after * self._time_scale)
-        if send.done() or not self._live:
+        after = self._still_sending_after * self._time_scale
+        await asyncio.wait({send}, timeout=after)
+        if send.done() or not self._live or self._ending:
             return
         await self._wait_user_quiet()
-        if not send.done() and self._live:
-            await self._speak(STILL_SENDING_LINE, kind="still_sending", action=firing.action.name, append=True)
+        if send.done() or not self._live or self._ending or not self._user_quiet.is_set():
+            return
+        now = time.monotonic()
+        if now - self._still_sending_said < after:
+            return
+        self._still_sending_said = now
+        await self._speak(STILL_SENDING_LINE, kind="still_sending", action=firing.action.name, append=True)
 
     async def _filler(self, firing: Firing, send: asyncio.Task[Any]) -> None:
         tap = self._tap if self._tap is not None and self._tap.linked else None

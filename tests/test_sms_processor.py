@@ -132,6 +132,41 @@ async def test_a_send_still_unsettled_long_after_the_filler_is_not_left_in_silen
     assert texts[1] == STILL_SENDING_LINE and len(peer.messages) == 1
 
 
+async def test_no_still_sending_line_once_the_call_is_ending(peer):
+    """The line promises an outcome: not said when the call closes before it (EndFrame, end grace)."""
+    peer.faults = [Fault(delay=2.5)]
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's all on our website.")
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05, still_sending_after=0.6, end_grace=1.2)
+    await run_test(sms, frames_to_send=[said("Text me the link, thanks, bye!"), SleepFrame(0.3)])
+    assert ("filler", "website_link") in kinds(sms)
+    assert ("still_sending", "website_link") not in kinds(sms)
+
+
+async def test_the_still_sending_line_is_said_once_for_sends_slow_together(peer):
+    peer.fault_for = lambda form: Fault(delay=1.5)
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("Your table for four is booked for Friday at 7 pm. It's all on our website too.")
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05, still_sending_after=0.5)
+    await run_test(sms, frames_to_send=[
+        said("Great, can you text me the booking confirmation and the link to the website?"), SleepFrame(2.5)])
+    assert len(peer.messages) == 3  # and the call-end follow-up: a meeting was booked
+    assert sorted(a for k, a in kinds(sms) if k == "filler") == ["booking_confirmation", "website_link"]
+    assert [k for k, _ in kinds(sms)].count("still_sending") == 1
+
+
+async def test_the_still_sending_line_is_not_said_over_the_caller(peer):
+    """No news in it: when the caller is still talking after user_quiet_wait, it is dropped, not said over them."""
+    peer.faults = [Fault(delay=3.0)]
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's all on our website.")
+    sms = SmsActionProcessor(engine=engine, filler_threshold=0.05, still_sending_after=0.5, user_quiet_wait=1.0)
+    await run_test(sms, frames_to_send=[said("Text me the link."), SleepFrame(0.3), UserStartedSpeakingFrame(),
+                                        SleepFrame(2.5), UserStoppedSpeakingFrame(), SleepFrame(1.2)])
+    assert ("still_sending", "website_link") not in kinds(sms)
+    assert ("confirmation", "website_link") in kinds(sms)
+
+
 async def test_interruption_cuts_filler_not_the_send(peer):
     peer.faults = [Fault(delay=1.0)]
     engine = make_engine(peer=peer)

@@ -166,6 +166,26 @@ async def test_one_lookup_that_does_not_list_the_message_yet_is_no_proof(peer):
     assert peer.list_requests == 2
 
 
+@pytest.mark.parametrize(("age", "lookups"), [(60.0, 1), (1.0, 3)])
+async def test_recovery_asks_once_about_an_attempt_long_over(peer, age, lookups):
+    """A send interrupted long ago had all the time to show: one lookup; a recent one gets every check."""
+    clock = ManualClock(start=time.time())
+    outbox = Outbox(clock=clock.now)
+    record = OutboxRecord(key="CA9:link:1", call_id="CA9", action="link", turn=1, status="pending", to_number=CALLER,
+                          from_number=AGENT, body="Menu: https://example.com/m", created_at=clock.now() - age,
+                          updated_at=clock.now() - age, segments=1, encoding="GSM-7")
+    await outbox.claim(record, once_per_call=True, max_per_call=10)
+    await outbox.update(record.key, now=clock.now() - age, status="sending", attempts="+1")
+    outbox.forget(record.key)  # the worker that held it died
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=10.0)
+    dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=outbox, optouts=SqliteOptOutStore(),
+                            clock=clock, retry_policy=RetryPolicy(attempts=1), recovery_min_age=0.0)
+    [result] = await dispatcher.recover()
+    await provider.aclose()
+    assert result.accepted and len(peer.messages) == 1  # none found: sent once
+    assert peer.list_requests == lookups
+
+
 async def test_a_resend_needs_the_last_check_to_answer(peer):
     """No answer at the last check leaves the text unconfirmed: an earlier 'none' is not enough to resend."""
     provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
@@ -281,38 +301,68 @@ SMART = parse_actions({"actions": [{"name": "quote", "condition": "if the caller
                                                             "is held\u2026 See https://example.com/t?id=42"}}]})
 
 
-@pytest.mark.parametrize(("rewrite", "actions", "name"), [
-    (lambda body: body + "\n\nReply STOP to unsubscribe.", ACTIONS, "link"),  # compliance text appended
-    (lambda body: (body.replace("\u2014", "-").replace("\u201c", '"').replace("\u201d", '"')
-                   .replace("\u2026", "...")), SMART, "quote"),  # Smart Encoding
-], ids=["opt-out-line", "smart-encoding"])
-async def test_a_lookup_knows_its_text_in_the_form_twilio_stored_it(peer, rewrite, actions, name):
-    """Twilio may store a body it changed: still this text, never a reason to send it again."""
+async def test_a_lookup_knows_its_text_through_smart_encoding(peer):
+    """Twilio may store a body with plain characters for typographic ones: still this text, not sent again."""
     provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
-    dispatcher = Dispatcher(actions=actions, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+    dispatcher = Dispatcher(actions=SMART, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
                             clock=ManualClock(start=time.time()), retry_policy=RetryPolicy(attempts=1))
-    peer.rewrite = rewrite
+    peer.rewrite = lambda body: (body.replace("\u2014", "-").replace("\u201c", '"').replace("\u201d", '"')
+                                 .replace("\u2026", "..."))
     peer.faults = [Fault(status=500, code=20500, commit=True)]
-    result = await dispatcher.send(name, call=CALL, turn=1)
+    result = await dispatcher.send("quote", call=CALL, turn=1)
     await provider.aclose()
     assert result.accepted and result.sid == peer.messages[0].sid
     assert len(peer.messages) == 1 and len(peer.requests) == 1
 
 
-@pytest.mark.parametrize("commit", [True, False])
-async def test_a_text_that_differs_only_by_its_link_is_neither_taken_nor_a_reason_to_resend(peer, commit):
-    """Link Shortening (this text, link rewritten) and a sibling with another link look alike: unconfirmed."""
-    dispatcher, provider = make(peer.base_url)
-    if commit:
-        peer.rewrite = lambda body: body.replace("https://example.com/m", "https://twil.io/x7Kq2")
-    else:  # another action's text between the same numbers, a moment before, not recorded here
-        peer.messages.append(PeerMessage(sid=f"SM{7:032x}", to=CALLER, from_=AGENT,
-                                         body="Menu: https://example.com/x", form={}, created=time.time()))
-    peer.faults = [Fault(status=500, code=20500, commit=commit)]
-    result = await dispatcher.send("link", call=CALL, turn=1)
+LOOK_ALIKES = parse_actions({"actions": [
+    {"name": "address", "condition": "if the caller wants the address",
+     "content": {"template": "We're at 12 Main St."}},
+    {"name": "address_hours", "condition": "if the caller wants the address and the hours",
+     "content": {"template": "We're at 12 Main St. Open daily 9 to 5."}},
+    {"name": "menu", "condition": "if the caller wants the menu", "content": {"template": "Menu: https://example.com/x"}},
+]})
+
+
+@pytest.mark.parametrize(("name", "stored", "other"), [
+    ("link", lambda body: body + "\n\nReply STOP to unsubscribe.", None),  # compliance text appended
+    ("link", lambda body: body.replace("https://example.com/m", "https://twil.io/x7Kq2"), None),  # Link Shortening
+    ("link", None, "Menu: https://example.com/x"),  # another action's text, another link
+    ("address", None, "We're at 12 Main St. Open daily 9 to 5."),  # another action's longer text
+], ids=["opt-out-line", "link-shortening", "sibling-other-link", "sibling-longer-text"])
+async def test_a_look_alike_no_row_owns_is_neither_taken_nor_a_reason_to_resend(peer, name, stored, other):
+    """This text as Twilio may have changed it, or another text not recorded here (in flight): unconfirmed."""
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
+    actions = ACTIONS if name == "link" else LOOK_ALIKES
+    dispatcher = Dispatcher(actions=actions, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                            clock=ManualClock(start=time.time()), retry_policy=RetryPolicy(attempts=1))
+    peer.rewrite = stored
+    if other is not None:
+        peer.messages.append(PeerMessage(sid=f"SM{7:032x}", to=CALLER, from_=AGENT, body=other, form={},
+                                         created=time.time()))
+    peer.faults = [Fault(status=500, code=20500, commit=other is None)]
+    result = await dispatcher.send(name, call=CALL, turn=1)
     await provider.aclose()
-    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")
+    assert (result.outcome, result.reason) == (SendOutcome.FAILED, "unconfirmed")  # never another text's SID
     assert len(peer.requests) == 1 and len(peer.messages) == 1  # never a second text
+
+
+@pytest.mark.parametrize(("first", "second"), [("address_hours", "address"), ("menu", "link")])
+async def test_a_look_alike_another_row_owns_does_not_block_a_resend(peer, first, second):
+    """The look-alike is provably another text (its SID is recorded for another row): 'none', so resent."""
+    actions = parse_actions({"actions": [
+        *[{"name": a.name, "condition": a.condition, "content": {"template": a.content.template}}
+          for a in LOOK_ALIKES.actions if a.name != "link"],
+        {"name": "link", "condition": "if the caller wants the link", "content": {"template": "Menu: https://example.com/m"}},
+    ]})
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
+    dispatcher = Dispatcher(actions=actions, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                            clock=ManualClock(start=time.time()), retry_policy=RetryPolicy(attempts=1))
+    assert (await dispatcher.send(first, call=CALL, turn=1)).accepted
+    peer.faults = [Fault(status=503, commit=False)]
+    result = await dispatcher.send(second, call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and len(peer.messages) == 2 and len(peer.requests) == 3
 
 
 async def test_another_text_between_the_same_numbers_is_not_taken_for_this_one(peer):

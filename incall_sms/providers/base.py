@@ -84,12 +84,15 @@ class ProviderReceipt:
         status: Provider status at acceptance (``queued``, ``accepted`` ...).
         segments: Provider's segment count, when reported.
         created_at: When the provider created the message (epoch seconds, its clock), when known.
+        match: For a lookup's candidate: ``same`` (its body is this text as the provider may store it) or
+            ``maybe`` (it could be this text or another one: see :mod:`incall_sms.providers.stored_text`).
     """
 
     sid: str
     status: str
     segments: int | None = None
     created_at: float | None = None
+    match: Literal["same", "maybe"] = "same"
 
 
 class SmsProvider(Protocol):

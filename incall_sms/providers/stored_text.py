@@ -7,10 +7,12 @@ URL with a short link. An exact comparison would read those as "no such message"
 again. :func:`stored_form` compares the texts as those features leave them:
 
 * ``"same"``: equal once typographic characters stand for their plain forms and whitespace and case
-  are ignored, or such a text with more appended after the whole body: this text;
-* ``"links_differ"``: equal only once every URL stands for "a link": this text with its links
-  shortened, or another text that differs only by its link (another action's "Menu: <link>"). Which
-  one cannot be told, so it is neither taken nor a reason to send again;
+  are ignored: this text;
+* ``"maybe"``: this text with more appended after it (an opt-out line, or another action's longer
+  text that starts with this one), or equal only once every URL stands for "a link" (this text with
+  its links shortened, or another text that differs only by its link). Which one cannot be told from
+  the body: never taken for this text, and no proof it is missing either (the dispatcher leaves it
+  unconfirmed unless another outbox row owns that message);
 * ``None``: another text.
 """
 
@@ -38,20 +40,22 @@ def _plain(text: str, *, links: bool) -> str:
     return _SPACE.sub(" ", text).strip().casefold()
 
 
-def _same(stored: str, sent: str) -> bool:
+def _starts(stored: str, sent: str) -> bool:
     return bool(sent) and (stored == sent or stored.startswith(sent + " "))
 
 
-def stored_form(stored: str | None, sent: str) -> Literal["same", "links_differ"] | None:
+def stored_form(stored: str | None, sent: str) -> Literal["same", "maybe"] | None:
     """How ``stored`` (a body the provider lists) relates to ``sent`` (the body this attempt sent).
 
     Returns:
-        ``"same"``, ``"links_differ"`` or ``None`` (see the module's docstring).
+        ``"same"``, ``"maybe"`` or ``None`` (see the module's docstring).
     """
     if stored is None:
         return None
-    if stored == sent or _same(_plain(stored, links=False), _plain(sent, links=False)):
+    plain = _plain(sent, links=False)
+    if stored == sent or (plain and _plain(stored, links=False) == plain):
         return "same"
-    if _URL.search(sent) and _same(_plain(stored, links=True), _plain(sent, links=True)):
-        return "links_differ"
+    if _starts(_plain(stored, links=False), plain) or (
+            _URL.search(sent) and _starts(_plain(stored, links=True), _plain(sent, links=True))):
+        return "maybe"
     return None

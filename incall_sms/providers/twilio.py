@@ -280,7 +280,6 @@ class TwilioProvider:
             kwargs["from_"] = sms.from_address
         cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
         found: list[ProviderReceipt] = []
-        links_differ = False
         async with asyncio.timeout(self._timeout * 3):
             async for message in self._newest_first(client, kwargs):
                 created = message.date_created
@@ -290,17 +289,12 @@ class TwilioProvider:
                     break  # newest first: everything after this is older still
                 if not isinstance(message.sid, str) or not _MESSAGE_SID.fullmatch(message.sid):
                     continue  # nothing to claim it by
-                form = None if sms.content_sid else stored_form(message.body, sms.body)
-                if form == "links_differ":
-                    links_differ = True  # this text with its links shortened, or another one: cannot tell
-                if sms.content_sid or form == "same":
+                match = "same" if sms.content_sid else stored_form(message.body, sms.body)
+                if match is not None:
                     segments = int(message.num_segments) if message.num_segments else None
                     found.append(ProviderReceipt(
                         sid=message.sid, status=str(message.status), segments=segments,
-                        created_at=created.timestamp() if created is not None else None))
-        if not found and links_differ:
-            # Link Shortening may have rewritten it: no "none" (a resend could be a second text), no "this one"
-            raise SendError("lookup_links_differ", kind=SendErrorKind.AMBIGUOUS)
+                        created_at=created.timestamp() if created is not None else None, match=match))
         return found
 
     @staticmethod
