@@ -87,6 +87,11 @@ _MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
 _BACKSTOP_S = 2.0
 
 
+def _number_of(address: str) -> str:
+    """The number of an address, without its channel (``whatsapp:+1415...`` -> ``+1415...``)."""
+    return address.rpartition(":")[2].strip()
+
+
 def classify_twilio_error(status: int | None, code: int | None) -> SendError:
     """Translate a Twilio REST error into a classified :class:`SendError`.
 
@@ -193,7 +198,7 @@ class TwilioProvider:
         if not isinstance(message.sid, str) or not _MESSAGE_SID.fullmatch(message.sid):
             # a 2xx answer without a message SID is no proof of a message (a proxy, a broken gateway)
             raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS)
-        if message.to is not None and message.to != kwargs["to"]:
+        if message.to is not None and _number_of(message.to) != _number_of(str(kwargs["to"])):
             # another message's answer (a proxy mixing answers up): proves nothing about this one
             raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS)
         if message.status in _FAILED_AT_CREATE:
