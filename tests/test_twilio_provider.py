@@ -186,6 +186,22 @@ async def test_recovery_asks_once_about_an_attempt_long_over(peer, age, lookups)
     assert peer.list_requests == lookups
 
 
+@pytest.mark.parametrize("behind", [8.0, 40.0])
+async def test_a_host_clock_ahead_of_twilios_does_not_hide_the_message(peer, caplog, behind):
+    """Twilio dates its messages by its clock; a host running ahead (no time sync) read them as too old."""
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
+    dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                            retry_policy=RetryPolicy(attempts=1), ambiguity_delay=0.05)
+    peer.clock_behind = behind
+    peer.faults = [Fault(status=503, commit=True)]  # the first answer of this worker: nothing measured before
+    with caplog.at_level(logging.WARNING):
+        result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and result.sid == peer.messages[0].sid
+    assert len(peer.messages) == 1 and len(peer.requests) == 1
+    assert "clock" in caplog.text and "ahead" in caplog.text
+
+
 async def test_a_resend_needs_the_last_check_to_answer(peer):
     """No answer at the last check leaves the text unconfirmed: an earlier 'none' is not enough to resend."""
     provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)

@@ -34,6 +34,7 @@ from incall_sms.errors import SendError, SendErrorKind
 from incall_sms.providers.base import OutboundSms, ProviderReceipt
 from incall_sms.providers.http_log import mask_twilio_logs
 from incall_sms.providers.loop_thread import LoopThread
+from incall_sms.providers.server_clock import ServerClock
 from incall_sms.providers.stored_text import stored_form
 
 __all__ = ["TwilioProvider", "classify_twilio_error"]
@@ -153,6 +154,7 @@ class TwilioProvider:
         self._base_url = base_url
         self._timeout = timeout
         self.request_timeout = timeout
+        self.server_clock = ServerClock(name="Twilio")  # this host's clock against Twilio's (Date headers)
         self._client: Client | None = None
         self._http: AsyncTwilioHttpClient | None = None
         self._use_thread = http_thread
@@ -161,7 +163,7 @@ class TwilioProvider:
     def _get_client(self) -> Client:
         if self._client is None:
             mask_twilio_logs()  # the client logs its requests' URLs at INFO: a lookup's carry both numbers
-            self._http = AsyncTwilioHttpClient()
+            self._http = AsyncTwilioHttpClient(trace_configs=[self.server_clock.trace_config()])
             self._client = Client(self._account_sid, self._auth_token, http_client=self._http)
             if self._base_url:
                 self._client.api.base_url = self._base_url.rstrip("/")
@@ -283,7 +285,8 @@ class TwilioProvider:
         kwargs: dict[str, object] = {"to": sms.to_address, "page_size": 100}
         if sms.from_address:
             kwargs["from_"] = sms.from_address
-        cutoff = dt.datetime.fromtimestamp(since, tz=dt.UTC)
+        # Twilio dates messages by its clock: a host running ahead of it allows for the difference
+        cutoff = dt.datetime.fromtimestamp(since - self.server_clock.ahead(), tz=dt.UTC)
         found: list[ProviderReceipt] = []
         async with asyncio.timeout(self._timeout * 3):
             async for message in self._newest_first(client, kwargs):

@@ -101,6 +101,8 @@ class TwilioPeer:
         self.list_loop = False
         # what the API stores of a body it was sent (Link Shortening, Smart Encoding, an appended opt-out line)
         self.rewrite: Callable[[str], str] | None = None
+        # seconds the API's clock is behind the host's: its dates and its Date headers (a host without time sync)
+        self.clock_behind = 0.0
         self.messages: list[PeerMessage] = []
         self.faults: list[Fault] = []
         self.fault_for: Callable[[dict[str, list[str]]], Fault | None] | None = None
@@ -121,6 +123,7 @@ class TwilioPeer:
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
         app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", self._list)
         app.router.add_get("/2010-04-01/Accounts/{sid}/Calls/{call}.json", self._call)
+        app.on_response_prepare.append(self._date_header)
         self._runner, port = await serve_app(app, handler_cancellation=True)
         self.base_url = f"http://127.0.0.1:{port}"
         return self
@@ -152,8 +155,8 @@ class TwilioPeer:
             "num_media": str(len(msg.form.get("MediaUrl", []))),
             "direction": "outbound-api",
             "api_version": "2010-04-01",
-            "date_created": email.utils.formatdate(msg.created, usegmt=True),
-            "date_updated": email.utils.formatdate(msg.created, usegmt=True),
+            "date_created": email.utils.formatdate(msg.created - self.clock_behind, usegmt=True),
+            "date_updated": email.utils.formatdate(msg.created - self.clock_behind, usegmt=True),
             "date_sent": None,
             "price": None,
             "price_unit": "USD",
@@ -162,6 +165,9 @@ class TwilioPeer:
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{msg.sid}.json",
             "subresource_uris": {},
         }
+
+    async def _date_header(self, _request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Date"] = email.utils.formatdate(time.time() - self.clock_behind, usegmt=True)
 
     @staticmethod
     def _error(status: int, code: int | None, message: str) -> web.Response:

@@ -1,0 +1,70 @@
+"""How far this host's clock is from the API's, read from the ``Date`` header of every answer.
+
+A lookup after an ambiguous send compares the messages' ``date_created`` (the API's clock) with
+when this attempt began (this host's clock), minus a tolerance (``LOOKUP_SKEW``, 5 s). A host whose
+clock runs further ahead (no time sync in a container, a VM resumed from suspend) would read the
+message it just created as older than its attempt, skip it, and send the text again. Every answer,
+errors included, carries the API's time in its ``Date`` header (whole seconds): :class:`ServerClock`
+keeps the latest offset so a lookup can allow for it, and warns once when it is large.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+__all__ = ["ServerClock"]
+
+_log = logging.getLogger(__name__)
+
+#: Offsets beyond this (seconds) are worth a warning: time sync is off on one side.
+WARN_OFFSET = 2.0
+
+
+class ServerClock:
+    """The offset of this host's clock from the API's (seconds; positive: this host is ahead).
+
+    Args:
+        clock: This host's wall clock (epoch seconds).
+        name: The API's name, for the warning.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, name: str = "the API") -> None:
+        self._clock = clock
+        self._name = name
+        self.offset: float | None = None
+        self._warned = False
+
+    def observe(self, date_header: str | None) -> None:
+        """Take the API's time from one answer's ``Date`` header (ignored when missing or unreadable)."""
+        if not date_header:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(date_header).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return
+        self.offset = self._clock() - server
+        if abs(self.offset) > WARN_OFFSET + 1 and not self._warned:  # the header has whole seconds
+            self._warned = True
+            _log.warning("this host's clock is %.0f s %s %s's (its Date header): lookups after ambiguous sends "
+                         "allow for it; fix the host's time sync", abs(self.offset),
+                         "ahead of" if self.offset > 0 else "behind", self._name)
+
+    def ahead(self) -> float:
+        """Seconds this host is ahead of the API beyond the header's rounding (0 when not ahead or unknown)."""
+        return max(0.0, (self.offset or 0.0) - 1.0)
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        """An aiohttp trace config that observes every answer's ``Date`` header."""
+        config = aiohttp.TraceConfig()
+
+        async def on_request_end(_session: Any, _context: Any, params: aiohttp.TraceRequestEndParams) -> None:
+            self.observe(params.response.headers.get("Date"))
+
+        config.on_request_end.append(on_request_end)
+        return config
