@@ -14,9 +14,10 @@ import email.utils
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["ServerClock"]
 
@@ -60,7 +61,9 @@ class ServerClock:
         return max(0.0, (self.offset or 0.0) - 1.0)
 
     def trace_config(self) -> aiohttp.TraceConfig:
-        """An aiohttp trace config that observes every answer's ``Date`` header."""
+        """An aiohttp trace config that observes every answer's ``Date`` header (for the HTTP edge)."""
+        import aiohttp
+
         config = aiohttp.TraceConfig()
 
         async def on_request_end(_session: Any, _context: Any, params: aiohttp.TraceRequestEndParams) -> None:
