@@ -5,7 +5,8 @@ when this attempt began (this host's clock), minus a tolerance (``LOOKUP_SKEW``,
 clock runs further ahead (no time sync in a container, a VM resumed from suspend) would read the
 message it just created as older than its attempt, skip it, and send the text again. Every answer,
 errors included, carries the API's time in its ``Date`` header (whole seconds): :class:`ServerClock`
-keeps the latest offset so a lookup can allow for it, and warns once when it is large.
+keeps the latest offset so a lookup can allow for it, and warns once when it is large. The HTTP edge
+feeds it (the Twilio provider, from an aiohttp trace config).
 """
 
 from __future__ import annotations
@@ -14,10 +15,6 @@ import email.utils
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import aiohttp
 
 __all__ = ["ServerClock"]
 
@@ -59,15 +56,3 @@ class ServerClock:
     def ahead(self) -> float:
         """Seconds this host is ahead of the API beyond the header's rounding (0 when not ahead or unknown)."""
         return max(0.0, (self.offset or 0.0) - 1.0)
-
-    def trace_config(self) -> aiohttp.TraceConfig:
-        """An aiohttp trace config that observes every answer's ``Date`` header (for the HTTP edge)."""
-        import aiohttp
-
-        config = aiohttp.TraceConfig()
-
-        async def on_request_end(_session: Any, _context: Any, params: aiohttp.TraceRequestEndParams) -> None:
-            self.observe(params.response.headers.get("Date"))
-
-        config.on_request_end.append(on_request_end)
-        return config

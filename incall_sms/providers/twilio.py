@@ -88,6 +88,17 @@ _MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
 _BACKSTOP_S = 2.0
 
 
+def _date_headers_to(clock: ServerClock) -> aiohttp.TraceConfig:
+    """An aiohttp trace config handing every answer's ``Date`` header (errors too) to ``clock``."""
+    config = aiohttp.TraceConfig()
+
+    async def on_request_end(_session: object, _context: object, params: aiohttp.TraceRequestEndParams) -> None:
+        clock.observe(params.response.headers.get("Date"))
+
+    config.on_request_end.append(on_request_end)
+    return config
+
+
 def _number_of(address: str) -> str:
     """The number of an address, without its channel (``whatsapp:+1415...`` -> ``+1415...``)."""
     return address.rpartition(":")[2].strip()
@@ -163,7 +174,7 @@ class TwilioProvider:
     def _get_client(self) -> Client:
         if self._client is None:
             mask_twilio_logs()  # the client logs its requests' URLs at INFO: a lookup's carry both numbers
-            self._http = AsyncTwilioHttpClient(trace_configs=[self.server_clock.trace_config()])
+            self._http = AsyncTwilioHttpClient(trace_configs=[_date_headers_to(self.server_clock)])
             self._client = Client(self._account_sid, self._auth_token, http_client=self._http)
             if self._base_url:
                 self._client.api.base_url = self._base_url.rstrip("/")
