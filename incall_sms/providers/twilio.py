@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -299,8 +300,9 @@ class TwilioProvider:
         # Twilio dates messages by its clock: a host running ahead of it allows for the difference
         cutoff = dt.datetime.fromtimestamp(since - self.server_clock.ahead(), tz=dt.UTC)
         found: list[ProviderReceipt] = []
-        async with asyncio.timeout(self._timeout * 3):
-            async for message in self._newest_first(client, kwargs):
+        newest = self._newest_first(client, kwargs)
+        async with asyncio.timeout(self._timeout * 3), contextlib.aclosing(newest):
+            async for message in newest:
                 created = message.date_created
                 if created is not None and created.tzinfo is None:
                     created = created.replace(tzinfo=dt.UTC)
