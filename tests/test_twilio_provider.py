@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import email.utils
 import logging
 import os
 import signal
@@ -200,6 +201,40 @@ async def test_a_host_clock_ahead_of_twilios_does_not_hide_the_message(peer, cap
     assert result.accepted and result.sid == peer.messages[0].sid
     assert len(peer.messages) == 1 and len(peer.requests) == 1
     assert "clock" in caplog.text and "ahead" in caplog.text
+
+
+class _OtherClocks(TwilioPeer):
+    """A gateway in front answers its errors with its own clock (an hour slow), a cache serves the first lookup
+    (the origin's Date of 10 minutes ago, with Age)."""
+
+    lookups = 0
+
+    async def _date_header(self, request, response):
+        await super()._date_header(request, response)
+        if response.status >= 500:
+            response.headers["Date"] = email.utils.formatdate(time.time() - 3600, usegmt=True)
+        elif request.method == "GET":
+            self.lookups += 1
+            if self.lookups == 1:
+                response.headers["Date"] = email.utils.formatdate(time.time() - 600, usegmt=True)
+                response.headers["Age"] = "600"
+
+
+async def test_no_other_clock_moves_the_lookup_window_onto_an_older_identical_text():
+    """A returning caller's identical text from 5 minutes ago (no row here owns it) is never this attempt's."""
+    async with _OtherClocks() as peer:
+        old = PeerMessage(sid="SM" + "e" * 32, to=CALLER, from_=AGENT, body="Menu: https://example.com/m",
+                          form={}, created=time.time() - 300, status="delivered")
+        peer.messages.append(old)
+        provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url,
+                                  timeout=2.0)
+        dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                                retry_policy=RetryPolicy(attempts=1), ambiguity_delay=0.05)
+        peer.faults = [Fault(status=504, commit=False)]  # the gateway gave up; nothing was created
+        result = await dispatcher.send("link", call=CALL, turn=1)
+        await provider.aclose()
+        new = [m for m in peer.messages if m is not old]
+    assert result.accepted and len(new) == 1 and result.sid == new[0].sid  # looked up, none, sent for real
 
 
 async def test_a_resend_needs_the_last_check_to_answer(peer):

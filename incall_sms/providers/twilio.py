@@ -90,11 +90,18 @@ _BACKSTOP_S = 2.0
 
 
 def _date_headers_to(clock: ServerClock) -> aiohttp.TraceConfig:
-    """An aiohttp trace config handing every answer's ``Date`` header (errors too) to ``clock``."""
+    """An aiohttp trace config handing the ``Date`` header of Twilio's own fresh answers to ``clock``.
+
+    Successful JSON answers only, none from a cache (``Age``): a gateway's error page or a stored answer
+    carries another clock.
+    """
     config = aiohttp.TraceConfig()
 
     async def on_request_end(_session: object, _context: object, params: aiohttp.TraceRequestEndParams) -> None:
-        clock.observe(params.response.headers.get("Date"))
+        response = params.response
+        if 200 <= response.status < 300 and "Age" not in response.headers \
+                and response.content_type == "application/json":
+            clock.observe(response.headers.get("Date"))
 
     config.on_request_end.append(on_request_end)
     return config
