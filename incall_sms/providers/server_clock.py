@@ -60,8 +60,8 @@ class ServerClock:
         if abs(self.offset) > WARN_OFFSET + 1 and not self._warned:  # the header has whole seconds
             self._warned = True
             _log.warning("this host's clock is %.0f s %s %s's (its Date header): lookups after ambiguous sends "
-                         "allow for it; fix the host's time sync", abs(self.offset),
-                         "ahead of" if self.offset > 0 else "behind", self._name)
+                         "allow for up to %.0f s of it; fix the host's time sync", abs(self.offset),
+                         "ahead of" if self.offset > 0 else "behind", self._name, MAX_AHEAD)
 
     def ahead(self) -> float:
         """Seconds this host is ahead of the API beyond the header's rounding, when two readings agree.
