@@ -3,10 +3,11 @@
 A lookup after an ambiguous send compares the messages' ``date_created`` (the API's clock) with
 when this attempt began (this host's clock), minus a tolerance (``LOOKUP_SKEW``, 5 s). A host whose
 clock runs further ahead (no time sync in a container, a VM resumed from suspend) would read the
-message it just created as older than its attempt, skip it, and send the text again. Every answer,
-errors included, carries the API's time in its ``Date`` header (whole seconds): :class:`ServerClock`
-keeps the latest offset so a lookup can allow for it, and warns once when it is large. The HTTP edge
-feeds it (the Twilio provider, from an aiohttp trace config).
+message it just created as older than its attempt, skip it, and send the text again. The API's answers
+carry its time in their ``Date`` header (whole seconds): :class:`ServerClock` keeps the offset so a lookup
+can allow for it (when two readings agree, at most :data:`MAX_AHEAD`), and warns once when it is large.
+The HTTP edge feeds it only what it vouches for (the Twilio provider: fresh successful JSON answers, from
+an aiohttp trace config).
 """
 
 from __future__ import annotations
