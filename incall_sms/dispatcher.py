@@ -71,7 +71,13 @@ from incall_sms.outbox import (
     idempotency_key,
 )
 from incall_sms.phone import last_digits, mask, normalize_e164
-from incall_sms.providers.base import OutboundSms, ProviderReceipt, SmsProvider, content_variables_json
+from incall_sms.providers.base import (
+    FAILED_STATUSES,
+    OutboundSms,
+    ProviderReceipt,
+    SmsProvider,
+    content_variables_json,
+)
 from incall_sms.ratelimit import RateLimiter
 from incall_sms.retry import RetryPolicy, retry
 from incall_sms.segments import MAX_BODY_CHARS, count_segments
@@ -811,6 +817,20 @@ class Dispatcher:
             return await self._fail(record, exc)
         return await self._accept(record, receipt)
 
+    async def _found(self, record: OutboxRecord, receipt: ProviderReceipt) -> SendResult:
+        """Settle a row with the message a lookup found (and claimed) for it.
+
+        A message the provider already failed (a filter, an unregistered sender settle within a second) is
+        a failure with its delivery reason, never "sent"; it keeps its SID, so it is never sent again.
+        """
+        if receipt.status in FAILED_STATUSES:
+            code = receipt.error_code
+            _log.info("SMS %s: the message found (%s) already %s at %s", record.key, receipt.sid, receipt.status,
+                      self.provider.name)
+            return await self._fail(record, SendError(DELIVERY_ERRORS.get(code or 0, "undelivered"),
+                                                      kind=SendErrorKind.PERMANENT, code=code))
+        return await self._accept(record, receipt)
+
     async def _accept(self, record: OutboxRecord, receipt: ProviderReceipt) -> SendResult:
         fields = dict(status="accepted", sid=receipt.sid, reason=None, error_code=None,
                       delivery=None if receipt.status in ("queued", "accepted") else receipt.status,
@@ -932,7 +952,7 @@ class Dispatcher:
                 none_at_last = False  # the provider could not answer: ask again, never guess
                 continue
             if found is not None:
-                return await self._accept(record, found)
+                return await self._found(record, found)
             none_at_last = True
         if none_at_last and resends_left > 0:
             _log.info("SMS %s: provider has no such message after %d check(s); resending", record.key, checks)
@@ -1032,7 +1052,7 @@ class Dispatcher:
                 with contextlib.suppress(SendError):
                     found = await self._candidate(record, sms)
             if found is not None:
-                return await self._accept(record, found)
+                return await self._found(record, found)
             _log.info("SMS %s expired unsent (older than %.0f s)", record.key, self.recovery_window)
             return await self._fail(record, SendError("expired", kind=SendErrorKind.PERMANENT), status="expired")
         if record.status == "pending" and record.attempts == 0:

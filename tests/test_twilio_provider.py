@@ -237,6 +237,26 @@ async def test_no_other_clock_moves_the_lookup_window_onto_an_older_identical_te
     assert result.accepted and len(new) == 1 and result.sid == new[0].sid  # looked up, none, sent for real
 
 
+async def test_a_looked_up_message_twilio_already_failed_is_a_failure_not_texted(peer):
+    """The create's answer was lost; by the lookup Twilio has failed the message (30034): never 'texted'."""
+    dispatcher, provider = make(peer.base_url)
+    events = []
+    dispatcher.subscribe(events.append)
+    peer.faults = [Fault(status=500, code=20500, commit=True)]
+
+    def failed_by_then(_query):
+        peer.messages[0].status, peer.messages[0].error_code = "failed", 30034
+        return None
+
+    peer.list_fault_for = failed_by_then
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    row = await dispatcher.outbox.get(result.key)
+    await provider.aclose()
+    assert not result.accepted and (result.reason, result.error_code) == ("sender_unregistered", 30034)
+    assert (row.status, row.sid) == ("failed", peer.messages[0].sid)  # its SID kept: never resent, callbacks land
+    assert len(peer.requests) == 1 and [e.kind.value for e in events][-1] == "failed"
+
+
 async def test_a_resend_needs_the_last_check_to_answer(peer):
     """No answer at the last check leaves the text unconfirmed: an earlier 'none' is not enough to resend."""
     provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)

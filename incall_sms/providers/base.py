@@ -7,7 +7,15 @@ import json
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
-__all__ = ["Channel", "OutboundSms", "ProviderReceipt", "SmsProvider", "channel_address", "content_variables_json"]
+__all__ = [
+    "FAILED_STATUSES",
+    "Channel",
+    "OutboundSms",
+    "ProviderReceipt",
+    "SmsProvider",
+    "channel_address",
+    "content_variables_json",
+]
 
 Channel = Literal["sms", "whatsapp"]
 
@@ -86,6 +94,7 @@ class ProviderReceipt:
         created_at: When the provider created the message (epoch seconds, its clock), when known.
         match: For a lookup's candidate: ``same`` (its body is this text as the provider may store it) or
             ``maybe`` (it could be this text or another one: see :mod:`incall_sms.providers.stored_text`).
+        error_code: The provider's error code for a message that failed (:data:`FAILED_STATUSES`).
     """
 
     sid: str
@@ -93,6 +102,11 @@ class ProviderReceipt:
     segments: int | None = None
     created_at: float | None = None
     match: Literal["same", "maybe"] = "same"
+    error_code: int | None = None
+
+
+#: Provider statuses of a message that was created and will not arrive.
+FAILED_STATUSES = frozenset({"failed", "undelivered", "canceled"})
 
 
 class SmsProvider(Protocol):

@@ -32,7 +32,7 @@ from twilio.rest.api.v2010.account.message import MessageInstance
 
 from incall_sms.dispatcher import DELIVERY_ERRORS
 from incall_sms.errors import SendError, SendErrorKind
-from incall_sms.providers.base import OutboundSms, ProviderReceipt
+from incall_sms.providers.base import FAILED_STATUSES, OutboundSms, ProviderReceipt
 from incall_sms.providers.http_log import mask_twilio_logs
 from incall_sms.providers.loop_thread import LoopThread
 from incall_sms.providers.server_clock import ServerClock
@@ -81,8 +81,6 @@ _RETRYABLE_CODES = {20429: "rate_limited", 14107: "rate_limited", 63018: "rate_l
 #: (answer unknown, so no resend) instead of paging forever.
 _MAX_LOOKUP_MESSAGES = 2000
 _MAX_LOOKUP_PAGES = 25
-#: Final failed statuses a create answer may already carry.
-_FAILED_AT_CREATE = frozenset({"failed", "undelivered", "canceled"})
 #: A Message resource's SID: SM (text) or MM (media) and 32 hex digits.
 _MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
 #: Seconds past a request's own deadline after which the awaiting side gives up on the HTTP thread.
@@ -105,6 +103,11 @@ def _date_headers_to(clock: ServerClock) -> aiohttp.TraceConfig:
 
     config.on_request_end.append(on_request_end)
     return config
+
+
+def _error_code(message: MessageInstance) -> int | None:
+    """A message resource's error code, when it has a readable one."""
+    return int(message.error_code) if str(message.error_code or "").isdigit() else None
 
 
 def _number_of(address: str) -> str:
@@ -222,9 +225,9 @@ class TwilioProvider:
         if message.to is not None and _number_of(message.to) != _number_of(str(kwargs["to"])):
             # another message's answer (a proxy mixing answers up): proves nothing about this one
             raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS)
-        if message.status in _FAILED_AT_CREATE:
+        if message.status in FAILED_STATUSES:
             # created, and already final: it will not arrive (a filter, an unregistered sender ...)
-            code = int(message.error_code) if str(message.error_code or "").isdigit() else None
+            code = _error_code(message)
             raise SendError(DELIVERY_ERRORS.get(code or 0, "undelivered"), kind=SendErrorKind.PERMANENT, code=code)
         segments = int(message.num_segments) if message.num_segments else None
         return ProviderReceipt(sid=message.sid, status=str(message.status or "queued"), segments=segments)
@@ -322,7 +325,8 @@ class TwilioProvider:
                     segments = int(message.num_segments) if message.num_segments else None
                     found.append(ProviderReceipt(
                         sid=message.sid, status=str(message.status), segments=segments,
-                        created_at=created.timestamp() if created is not None else None, match=match))
+                        created_at=created.timestamp() if created is not None else None, match=match,
+                        error_code=_error_code(message)))
         return found
 
     @staticmethod

@@ -76,6 +76,7 @@ class PeerMessage:
     form: dict[str, list[str]]
     created: float
     status: str = "queued"
+    error_code: int | None = None
 
 
 class TwilioPeer:
@@ -160,7 +161,7 @@ class TwilioPeer:
             "date_sent": None,
             "price": None,
             "price_unit": "USD",
-            "error_code": None,
+            "error_code": msg.error_code,
             "error_message": None,
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{msg.sid}.json",
             "subresource_uris": {},
