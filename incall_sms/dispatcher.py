@@ -337,6 +337,7 @@ class Dispatcher:
         self._handlers: list[EventHandler] = []
         self._call_handlers: dict[str, list[EventHandler]] = {}
         self._in_flight: set[str] = set()  # keys a task of this process is sending or resolving
+        self._in_flight_texts: dict[str, tuple[str | None, str | None]] = {}  # their (destination, body)
         self._lease_keeper: asyncio.Task[None] | None = None
         self.leases_lost = 0
         request_timeout = getattr(provider, "request_timeout", None)
@@ -675,7 +676,7 @@ class Dispatcher:
         if outcome is ClaimOutcome.DUPLICATE:
             _log.info("SMS %s for action %s: duplicate of %s (%s)", key, action.name, stored.key, stored.status)
             return self._result(stored, SendOutcome.DUPLICATE, reason=f"already_{stored.status}")
-        self._hold(key)
+        self._hold(key, text=(stored.to_number, stored.body))
         try:
             await self._emit(self._event(SmsEventKind.QUEUED, stored))
             return await self._deliver(stored, sms, resends_left=self._max_resends, final="unconfirmed")
@@ -691,14 +692,19 @@ class Dispatcher:
 
     # -- leases -------------------------------------------------------------------
 
-    def _hold(self, key: str) -> None:
-        """Mark ``key`` as worked on here; its lease is renewed until :meth:`_drop`."""
+    def _hold(self, key: str, *, text: tuple[str | None, str | None]) -> None:
+        """Mark ``key`` as worked on here; its lease is renewed until :meth:`_drop`.
+
+        ``text`` (its destination and body) lets a lookup tell a twin in flight (see :meth:`_candidate`).
+        """
         self._in_flight.add(key)
+        self._in_flight_texts[key] = text
         if self._lease_keeper is None or self._lease_keeper.done():
             self._lease_keeper = asyncio.get_running_loop().create_task(self._keep_leases(), name="outbox-leases")
 
     def _drop(self, key: str) -> None:
         self._in_flight.discard(key)
+        self._in_flight_texts.pop(key, None)
         self.outbox.forget(key)  # a send that ended unfinished (cancelled): recovery may take it (no-op otherwise)
         if not self._in_flight and self._lease_keeper is not None:
             self._lease_keeper.cancel()  # nothing in flight: nothing to renew
@@ -899,10 +905,14 @@ class Dispatcher:
         except Exception as exc:  # an unreadable answer is an unknown one, never a crash
             raise _unclassified(record.key, "lookup", exc, reason="lookup_failed") from exc
         maybe = False
+        # another send of this process with the same text to the same number, still in flight: an unrecorded
+        # message may be its own (its answer not back yet), so none is claimed for this row meanwhile
+        twin = any(key != record.key and text == (record.to_number, record.body)
+                   for key, text in self._in_flight_texts.items())
         for receipt in candidates:
-            if receipt.match == "maybe":
-                # this text as the provider may have changed it, or another one: unless another row owns that
-                # message, neither "this one" nor "none" (a resend could be a second text)
+            if receipt.match == "maybe" or twin:
+                # this text as the provider may have changed it, or another one (or a twin's): unless another row
+                # owns that message, neither "this one" nor "none" (a resend could be a second text)
                 owner = await self.outbox.by_sid(receipt.sid)
                 maybe = maybe or owner is None or owner.key == record.key
                 continue
@@ -1011,7 +1021,7 @@ class Dispatcher:
 
     async def _recover_batch(self, taken: list[OutboxRecord], now: float) -> list[SendResult]:
         for record in taken:  # held (their leases renewed) from now on, not only while their turn comes
-            self._hold(record.key)
+            self._hold(record.key, text=(record.to_number, record.body))
         slots = asyncio.Semaphore(self._recovery_concurrency)
 
         async def one(record: OutboxRecord) -> SendResult | None:

@@ -257,6 +257,25 @@ async def test_a_looked_up_message_twilio_already_failed_is_a_failure_not_texted
     assert len(peer.requests) == 1 and [e.kind.value for e in events][-1] == "failed"
 
 
+async def test_a_lookup_never_claims_the_message_of_a_twin_still_in_flight(peer):
+    """The same text twice in one call ('send it again' while Twilio is slow): the first, which created nothing,
+    must not take the second's message before the second's answer is back."""
+    provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=5.0)
+    dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
+                            retry_policy=RetryPolicy(attempts=1), ambiguity_delay=0.5)
+    peer.faults = [Fault(drop=True, commit=False),  # turn 1: the connection drops, nothing created
+                   Fault(delay=1.5, commit=True)]  # turn 2: created at once, its answer 1.5 s late
+    first = asyncio.create_task(dispatcher.send("again", call=CALL, turn=1))
+    await asyncio.sleep(0.2)
+    second = await dispatcher.send("again", call=CALL, turn=2)
+    first = await first
+    await provider.aclose()
+    message = peer.messages[0]
+    assert second.accepted and second.sid == message.sid  # its own message, told as sent
+    assert not (first.accepted and first.sid == message.sid)  # never "texted" on the twin's message
+    assert first.reason == "unconfirmed"
+
+
 async def test_a_resend_needs_the_last_check_to_answer(peer):
     """No answer at the last check leaves the text unconfirmed: an earlier 'none' is not enough to resend."""
     provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=2.0)
