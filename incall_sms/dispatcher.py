@@ -84,7 +84,7 @@ from incall_sms.segments import MAX_BODY_CHARS, count_segments
 from incall_sms.templates import Template
 from incall_sms.whatsapp import WhatsAppSessions
 
-__all__ = ["CallContext", "Dispatcher", "SendOutcome", "SendResult"]
+__all__ = ["CallContext", "Dispatcher", "SendOutcome", "SendResult", "delivery_reason"]
 
 _log = logging.getLogger(__name__)
 
@@ -145,6 +145,11 @@ DELIVERY_ERRORS: Mapping[int, str] = {
     63014: "blocked",
     63007: "sender_not_capable",
 }
+
+
+def delivery_reason(code: int | None) -> str:
+    """The failure reason of a message the provider failed with error ``code`` (``undelivered`` when unknown)."""
+    return DELIVERY_ERRORS.get(code or 0, "undelivered")
 
 #: What SendResult.encoding says for WhatsApp messages (no segments, no GSM-7/UCS-2).
 WHATSAPP_ENCODING = "WhatsApp"
@@ -336,8 +341,8 @@ class Dispatcher:
         self.whatsapp_sessions = whatsapp_sessions
         self._handlers: list[EventHandler] = []
         self._call_handlers: dict[str, list[EventHandler]] = {}
-        self._in_flight: set[str] = set()  # keys a task of this process is sending or resolving
-        self._in_flight_texts: dict[str, tuple[str | None, str | None]] = {}  # their (destination, body)
+        # keys a task of this process is sending or resolving -> their (destination, body)
+        self._in_flight: dict[str, tuple[str | None, str | None]] = {}
         self._lease_keeper: asyncio.Task[None] | None = None
         self.leases_lost = 0
         request_timeout = getattr(provider, "request_timeout", None)
@@ -697,14 +702,12 @@ class Dispatcher:
 
         ``text`` (its destination and body) lets a lookup tell a twin in flight (see :meth:`_candidate`).
         """
-        self._in_flight.add(key)
-        self._in_flight_texts[key] = text
+        self._in_flight[key] = text
         if self._lease_keeper is None or self._lease_keeper.done():
             self._lease_keeper = asyncio.get_running_loop().create_task(self._keep_leases(), name="outbox-leases")
 
     def _drop(self, key: str) -> None:
-        self._in_flight.discard(key)
-        self._in_flight_texts.pop(key, None)
+        self._in_flight.pop(key, None)
         self.outbox.forget(key)  # a send that ended unfinished (cancelled): recovery may take it (no-op otherwise)
         if not self._in_flight and self._lease_keeper is not None:
             self._lease_keeper.cancel()  # nothing in flight: nothing to renew
@@ -833,8 +836,7 @@ class Dispatcher:
             code = receipt.error_code
             _log.info("SMS %s: the message found (%s) already %s at %s", record.key, receipt.sid, receipt.status,
                       self.provider.name)
-            return await self._fail(record, SendError(DELIVERY_ERRORS.get(code or 0, "undelivered"),
-                                                      kind=SendErrorKind.PERMANENT, code=code))
+            return await self._fail(record, SendError(delivery_reason(code), kind=SendErrorKind.PERMANENT, code=code))
         return await self._accept(record, receipt)
 
     async def _accept(self, record: OutboxRecord, receipt: ProviderReceipt) -> SendResult:
@@ -908,7 +910,7 @@ class Dispatcher:
         # another send of this process with the same text to the same number, still in flight: an unrecorded
         # message may be its own (its answer not back yet), so none is claimed for this row meanwhile
         twin = any(key != record.key and text == (record.to_number, record.body)
-                   for key, text in self._in_flight_texts.items())
+                   for key, text in self._in_flight.items())
         for receipt in candidates:
             if receipt.match == "maybe" or twin:
                 # this text as the provider may have changed it, or another one (or a twin's): unless another row
@@ -1013,7 +1015,7 @@ class Dispatcher:
         while True:
             now = self.clock.now()
             taken = await self.outbox.take_unfinished(now=now, min_age=min_age, limit=_RECOVERY_BATCH,
-                                                      exclude=self._in_flight | seen)
+                                                      exclude=set(self._in_flight) | seen)
             seen.update(r.key for r in taken)
             results += await self._recover_batch(taken, now)
             if len(taken) < _RECOVERY_BATCH:
@@ -1118,7 +1120,7 @@ class Dispatcher:
         if status in ("delivered", "read"):
             event = self._event(SmsEventKind.DELIVERED, record, delivery_report=True)
         elif status in ("undelivered", "failed"):
-            reason = DELIVERY_ERRORS.get(error_code or 0, "undelivered")
+            reason = delivery_reason(error_code)
             if reason == "opted_out" and record.to_number:
                 await self.optouts.opt_out(record.to_number, now=self.clock.now())
             event = dataclasses.replace(self._event(SmsEventKind.FAILED, record, delivery_report=True), reason=reason,

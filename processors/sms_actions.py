@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -183,7 +182,7 @@ class SmsActionProcessor(FrameProcessor):
         self._ending = False
         self._consent_after = consent_after
         self._still_sending_after = still_sending_after
-        self._still_sending_said = -math.inf  # time.monotonic() of the last still-sending line
+        self._still_sending_said: float | None = None  # call clock of the last still-sending line
         self._agent_responses = 0
         self._agent_spoke = asyncio.Event()
         self._responses_at_turn: dict[int, int] = {}  # caller turn -> agent responses before it
@@ -550,8 +549,8 @@ class SmsActionProcessor(FrameProcessor):
         await self._wait_user_quiet()
         if send.done() or not self._live or self._ending or not self._user_quiet.is_set():
             return
-        now = time.monotonic()
-        if now - self._still_sending_said < after:
+        now = self._clock()  # call time, like the after-filler wait
+        if self._still_sending_said is not None and now - self._still_sending_said < self._still_sending_after:
             return
         self._still_sending_said = now
         await self._speak(STILL_SENDING_LINE, kind="still_sending", action=firing.action.name, append=True)

@@ -30,7 +30,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.message import MessageInstance
 
-from incall_sms.dispatcher import DELIVERY_ERRORS
+from incall_sms.dispatcher import delivery_reason
 from incall_sms.errors import SendError, SendErrorKind
 from incall_sms.providers.base import FAILED_STATUSES, OutboundSms, ProviderReceipt
 from incall_sms.providers.http_log import mask_twilio_logs
@@ -228,7 +228,7 @@ class TwilioProvider:
         if message.status in FAILED_STATUSES:
             # created, and already final: it will not arrive (a filter, an unregistered sender ...)
             code = _error_code(message)
-            raise SendError(DELIVERY_ERRORS.get(code or 0, "undelivered"), kind=SendErrorKind.PERMANENT, code=code)
+            raise SendError(delivery_reason(code), kind=SendErrorKind.PERMANENT, code=code)
         segments = int(message.num_segments) if message.num_segments else None
         return ProviderReceipt(sid=message.sid, status=str(message.status or "queued"), segments=segments)
 
