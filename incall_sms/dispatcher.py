@@ -843,8 +843,10 @@ class Dispatcher:
         fields = dict(status="accepted", sid=receipt.sid, reason=None, error_code=None,
                       delivery=None if receipt.status in ("queued", "accepted") else receipt.status,
                       segments=receipt.segments or record.segments)
+        recorded = False
         try:
             stored = await self.outbox.update(record.key, now=self.clock.now(), release=True, **fields)
+            recorded = True
         except SidTakenError:
             # a lookup of another row already took this SID for itself: which text it is cannot be told
             _log.warning("SMS %s: SID %s already recorded for another row; unconfirmed", record.key, receipt.sid)
@@ -860,6 +862,11 @@ class Dispatcher:
         _log.info("SMS %s accepted by %s as %s (%s segment(s))", record.key, self.provider.name, receipt.sid,
                   stored.segments)
         await self._emit(self._event(SmsEventKind.SENT, stored))
+        if recorded:  # a status callback that came before this answer applies now (after SENT: it follows it)
+            try:
+                await self._apply_held(receipt.sid)
+            except Exception as exc:  # the send's outcome stands (the caller heard of it); only the report is lost
+                _log.warning("SMS %s: held status callback not applied (%s)", record.key, exc.__class__.__name__)
         return self._result(stored, SendOutcome.ACCEPTED)
 
     async def _fail(self, record: OutboxRecord, exc: SendError, *, status: str | None = None) -> SendResult:
@@ -1115,7 +1122,17 @@ class Dispatcher:
             The ``DELIVERED`` or ``FAILED`` event raised, or ``None``.
         """
         record, changed = await self.outbox.record_delivery(sid, status, error_code, now=self.clock.now())
-        if record is None or not changed:
+        if record is None:
+            # No row has this SID yet: Twilio can post a status (a filter fails a message within a second)
+            # before the create's answer reaches the sender. Held for the send that records the SID
+            # (:meth:`_accept`); if it was recorded meanwhile, the sender may have looked before this was
+            # held: apply it here (whoever takes it applies it, once).
+            await self.outbox.hold_status(sid, status, error_code, now=self.clock.now())
+            if await self.outbox.by_sid(sid) is None:
+                _log.info("status callback for %s held: no message has that SID yet", sid)
+                return None
+            return await self._apply_held(sid)
+        if not changed:
             return None
         if status in ("delivered", "read"):
             event = self._event(SmsEventKind.DELIVERED, record, delivery_report=True)
@@ -1129,3 +1146,8 @@ class Dispatcher:
             return None
         await self._emit(event)
         return event
+
+    async def _apply_held(self, sid: str) -> SmsEvent | None:
+        """Apply the status callback held for ``sid`` (now recorded), if nobody else took it."""
+        held = await self.outbox.take_held_status(sid)
+        return await self.handle_status(sid, *held) if held is not None else None

@@ -142,12 +142,28 @@ TABLE_COLUMNS = """
     content_variables TEXT
 """
 
+#: Status callbacks for SIDs no row has yet (see :meth:`OutboxStore.hold_status`), shared by both stores.
+HELD_STATUS_COLUMNS = """
+    sid TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    error_code INTEGER,
+    received_at {real} NOT NULL
+"""
+#: How long a status callback for an unknown SID is held for the send that will record it (seconds).
+HELD_STATUS_SECONDS = 600.0
+#: Most callbacks held at once (the oldest go first): only Twilio can post them (signed), but a store bounds
+#: what it keeps.
+HELD_STATUS_MAX = 10_000
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS outbox (
 {TABLE_COLUMNS.format(real="REAL")});
 CREATE INDEX IF NOT EXISTS outbox_call ON outbox(call_id, action);
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status);
 CREATE INDEX IF NOT EXISTS outbox_destination ON outbox(to_number, created_at);
+CREATE TABLE IF NOT EXISTS held_status (
+{HELD_STATUS_COLUMNS.format(real="REAL")});
+CREATE INDEX IF NOT EXISTS held_status_age ON held_status(received_at);
 """
 
 _SID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS outbox_sid_unique ON outbox(sid) WHERE sid IS NOT NULL"
@@ -383,6 +399,19 @@ class OutboxStore(Protocol):
         self, sid: str, status: str, error_code: int | None, *, now: float
     ) -> tuple[OutboxRecord | None, bool]:
         """Apply a status callback (forward only); see :meth:`Outbox.record_delivery`."""
+        ...
+
+    async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
+        """Keep a status callback for a SID no row has yet, for the send that records it (see :meth:`take_held_status`).
+
+        Twilio can post a message's status (a filter fails it within a second) before the create's answer
+        reaches the sender. Forward only, like :meth:`record_delivery`; callbacks older than
+        :data:`HELD_STATUS_SECONDS` are dropped, and at most :data:`HELD_STATUS_MAX` are kept.
+        """
+        ...
+
+    async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
+        """Remove and return the held ``(status, error_code)`` of ``sid``; exactly one caller gets it."""
         ...
 
     async def aclose(self) -> None:
@@ -787,6 +816,37 @@ class Outbox:
                 return OutboxRecord.from_mapping(row), True
 
         return await self._run(_apply)
+
+    async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
+        """Keep a status callback for a SID no row has yet; see :meth:`OutboxStore.hold_status`."""
+
+        def _hold(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("DELETE FROM held_status WHERE received_at < ?", (now - HELD_STATUS_SECONDS,))
+                row = conn.execute("SELECT status FROM held_status WHERE sid = ?", (sid,)).fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO held_status (sid, status, error_code, received_at) VALUES (?, ?, ?, ?)",
+                                 (sid, status, error_code, now))
+                    conn.execute("DELETE FROM held_status WHERE sid IN (SELECT sid FROM held_status "
+                                 "ORDER BY received_at DESC, sid LIMIT -1 OFFSET ?)", (HELD_STATUS_MAX,))
+                elif delivery_advances(row["status"], status):
+                    conn.execute("UPDATE held_status SET status = ?, error_code = ?, received_at = ? WHERE sid = ?",
+                                 (status, error_code, now, sid))
+
+        await self._run(_hold)
+
+    async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
+        """Remove and return the held status of ``sid``; see :meth:`OutboxStore.take_held_status`."""
+
+        def _take(conn: sqlite3.Connection) -> tuple[str, int | None] | None:
+            with transaction(conn):
+                row = conn.execute("SELECT status, error_code FROM held_status WHERE sid = ?", (sid,)).fetchone()
+                if row is None:
+                    return None
+                conn.execute("DELETE FROM held_status WHERE sid = ?", (sid,))
+                return row["status"], row["error_code"]
+
+        return await self._run(_take)
 
 
 def open_outbox(

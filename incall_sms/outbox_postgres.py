@@ -26,9 +26,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from incall_sms import outbox as _outbox
 from incall_sms.errors import OutboxUnavailableError
 from incall_sms.outbox import (
     ACTIVE_STATUSES,
+    HELD_STATUS_COLUMNS,
     REPLACEABLE_STATUSES,
     TABLE_COLUMNS,
     UNFINISHED_STATUSES,
@@ -52,9 +54,13 @@ CREATE INDEX IF NOT EXISTS incall_sms_outbox_unfinished ON incall_sms_outbox(cre
     WHERE status IN ('pending', 'sending', 'ambiguous');
 CREATE INDEX IF NOT EXISTS incall_sms_outbox_destination ON incall_sms_outbox(to_number, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS incall_sms_outbox_sid ON incall_sms_outbox(sid) WHERE sid IS NOT NULL;
+CREATE TABLE IF NOT EXISTS incall_sms_held_status (
+{HELD_STATUS_COLUMNS.format(real="DOUBLE PRECISION")});
+CREATE INDEX IF NOT EXISTS incall_sms_held_status_age ON incall_sms_held_status(received_at);
 """
 
 _TABLE = "incall_sms_outbox"
+_HELD = "incall_sms_held_status"
 # advisory lock classes (first key of pg_advisory_xact_lock(int, int))
 _LOCK_SCHEMA, _LOCK_CALL, _LOCK_DESTINATION = 0x534D5300, 0x534D5301, 0x534D5302
 
@@ -414,3 +420,25 @@ class PostgresOutbox:
                 f"UPDATE {_TABLE} SET delivery = $2, delivery_error = $3, updated_at = $4 WHERE sid = $1 RETURNING *",
                 sid, status, error_code, now)
             return self._record(row), True
+
+    async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
+        """Keep a status callback for a SID no row has yet; see :meth:`OutboxStore.hold_status`."""
+        async with self._connection(transaction=True) as conn:
+            await conn.execute(f"DELETE FROM {_HELD} WHERE received_at < $1", now - _outbox.HELD_STATUS_SECONDS)
+            inserted = await conn.fetchval(
+                f"INSERT INTO {_HELD} (sid, status, error_code, received_at) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (sid) DO NOTHING RETURNING true", sid, status, error_code, now)
+            if inserted:
+                await conn.execute(f"DELETE FROM {_HELD} WHERE sid IN (SELECT sid FROM {_HELD} "
+                                   "ORDER BY received_at DESC, sid OFFSET $1)", _outbox.HELD_STATUS_MAX)
+                return
+            current = await conn.fetchval(f"SELECT status FROM {_HELD} WHERE sid = $1 FOR UPDATE", sid)
+            if current is not None and delivery_advances(current, status):
+                await conn.execute(f"UPDATE {_HELD} SET status = $2, error_code = $3, received_at = $4 WHERE sid = $1",
+                                   sid, status, error_code, now)
+
+    async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
+        """Remove and return the held status of ``sid``; see :meth:`OutboxStore.take_held_status`."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(f"DELETE FROM {_HELD} WHERE sid = $1 RETURNING status, error_code", sid)
+        return None if row is None else (row["status"], row["error_code"])

@@ -112,14 +112,18 @@ class WebhookService:
                 await asyncio.wait(pending, timeout=1.0)
 
     async def apply_status(self, sid: str, status: str, error_code: int | None) -> None:
-        """Apply a status callback here (and route its event to the call's worker), or route it to the sender."""
+        """Apply a status callback here (and route its event to the call's worker), or route it to the sender.
+
+        A callback for a SID that no row has and no worker claims yet (it came before the create's answer)
+        is held in the outbox for the send that records the SID (:meth:`Dispatcher.handle_status`).
+        """
         assert self.dispatcher is not None
-        if await self.dispatcher.outbox.by_sid(sid) is not None:
-            event = await self.dispatcher.handle_status(sid, status, error_code)
-            if event is not None and self.event_router is not None:
-                await self.event_router(event)
-        elif self.status_router is None or not await self.status_router(sid, status, error_code):
-            _log.info("status callback for unknown message %s ignored", sid)
+        if await self.dispatcher.outbox.by_sid(sid) is None and self.status_router is not None \
+                and await self.status_router(sid, status, error_code):
+            return
+        event = await self.dispatcher.handle_status(sid, status, error_code)
+        if event is not None and self.event_router is not None:
+            await self.event_router(event)
 
     def url_for(self, request: Request) -> str:
         """The URL Twilio signed: public base + path + query."""

@@ -380,3 +380,68 @@ async def test_a_provider_that_raises_an_unclassified_error_never_crashes_the_se
     assert CALLER not in caplog.text
     await provider.aclose()
     outbox.close()
+
+
+class EarlyCallbackProvider(LocalProvider):
+    """Twilio's status callback for the new message reaches the webhook before the create's answer reaches us."""
+
+    def __init__(self, *, statuses, **kwargs):
+        super().__init__(**kwargs)
+        self.statuses = statuses
+        self.dispatcher = None
+        self.early = []
+
+    async def send(self, sms):
+        receipt = await super().send(sms)
+        for status, code in self.statuses:
+            self.early.append(await self.dispatcher.handle_status(receipt.sid, status, code))
+        return receipt
+
+
+@pytest.mark.parametrize("statuses, kind, delivery", [
+    ([("sent", None), ("failed", 30007)], SmsEventKind.FAILED, "failed"),
+    ([("delivered", None)], SmsEventKind.DELIVERED, "delivered"),
+])
+async def test_a_status_callback_before_the_create_answer_is_applied_once_the_sid_is_recorded(
+        clock, statuses, kind, delivery):
+    provider = EarlyCallbackProvider(statuses=statuses, clock=clock.now)
+    outbox = Outbox()
+    dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=provider, outbox=outbox,
+                            optouts=SqliteOptOutStore(), clock=clock)
+    provider.dispatcher = dispatcher
+    events = []
+    dispatcher.subscribe(events.append)
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    assert provider.early == [None] * len(statuses)  # no row had the SID yet: held, no event
+    assert result.accepted  # Twilio did accept it; the callback says what became of it
+    assert [e.kind for e in events] == [SmsEventKind.QUEUED, SmsEventKind.SENT, kind]
+    assert events[-1].delivery_report and events[-1].sid == result.sid
+    if kind is SmsEventKind.FAILED:
+        assert (events[-1].reason, events[-1].error_code) == ("filtered", 30007)
+    assert (await outbox.get(result.key)).delivery == delivery
+    assert await outbox.take_held_status(result.sid) is None  # applied once, not left behind
+    await provider.aclose()
+    outbox.close()
+
+
+async def test_a_held_status_whose_sid_is_recorded_meanwhile_is_applied_by_the_callback(parts):
+    # the callback looks for the SID just before the sender records it (and the sender looks for held
+    # statuses just before the callback holds its own): the callback, seeing the SID recorded after it
+    # held the status, applies it itself
+    dispatcher, _provider, events = parts
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    outbox = dispatcher.outbox
+    record_delivery = outbox.record_delivery
+    looks = []
+
+    async def not_recorded_at_first(sid, status, code, *, now):
+        looks.append(sid)
+        return (None, False) if len(looks) == 1 else await record_delivery(sid, status, code, now=now)
+
+    outbox.record_delivery = not_recorded_at_first
+    events.clear()
+    event = await dispatcher.handle_status(result.sid, "undelivered", 30003)
+    assert event is not None and event.kind is SmsEventKind.FAILED and event.reason == "unreachable"
+    assert [e.kind for e in events] == [SmsEventKind.FAILED] and len(looks) == 2
+    assert (await outbox.get(result.key)).delivery == "undelivered"
+    assert await outbox.take_held_status(result.sid) is None

@@ -324,6 +324,19 @@ async def test_status_callbacks_are_signed_and_applied(parts, tmp_path):
     assert record.delivery == "delivered"
 
 
+async def test_a_status_callback_for_a_message_not_recorded_yet_is_held(parts):
+    # it can come before the create's answer reached the sender: kept for the send that records the SID
+    registry, router, _ = parts
+    engine = make_engine()
+    sid = "SM" + "7" * 32
+    async with App(router, dispatcher=engine.dispatcher) as app:
+        form = {"MessageSid": sid, "MessageStatus": "failed", "AccountSid": ACCOUNT_SID, "ErrorCode": "30007",
+                "To": CALLER}
+        assert (await app.post("/sms/status", form))[0] == 204
+        await asyncio.sleep(0.1)
+    assert await engine.dispatcher.outbox.take_held_status(sid) == ("failed", 30007)
+
+
 def test_router_outcomes_enum():
     assert {o.value for o in RouteOutcome} == {"delivered", "forwarded", "stored", "duplicate", "opt_out", "opt_in"}
 

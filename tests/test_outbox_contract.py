@@ -11,7 +11,15 @@ import uuid
 import pytest
 
 from incall_sms.errors import OutboxUnavailableError
-from incall_sms.outbox import TABLE_COLUMNS, ClaimOutcome, LeaseLostError, Outbox, OutboxRecord, SidTakenError
+from incall_sms.outbox import (
+    HELD_STATUS_SECONDS,
+    TABLE_COLUMNS,
+    ClaimOutcome,
+    LeaseLostError,
+    Outbox,
+    OutboxRecord,
+    SidTakenError,
+)
 
 T0 = 1_800_000_000.0
 CALLER = "+14155552671"
@@ -137,6 +145,32 @@ async def test_delivery_only_moves_forward(workers):
     record, changed = await w1.record_delivery("SM1", "undelivered", 30003, now=T0 + 3)
     assert changed and (record.delivery, record.delivery_error) == ("undelivered", 30003)
     assert (await w1.record_delivery("SM1", "delivered", None, now=T0 + 4))[1] is False  # terminal
+
+
+async def test_a_status_for_a_sid_not_recorded_yet_is_held_for_the_worker_that_records_it(workers):
+    # Twilio may post a status callback before the create's answer reached the sender (a filter fails the
+    # message within a second): any worker holds it; the worker that records the SID takes it, once
+    w1, w2 = workers("w1"), workers("w2")
+    assert await w2.take_held_status("SM1") is None
+    await w2.hold_status("SM1", "sent", None, now=T0)
+    await w2.hold_status("SM1", "failed", 30007, now=T0 + 1)
+    await w2.hold_status("SM1", "sent", None, now=T0 + 2)  # out of order: the failure stands
+    assert await w1.take_held_status("SM1") == ("failed", 30007)
+    assert await w1.take_held_status("SM1") is None  # taken once
+    await w1.hold_status("SM2", "delivered", None, now=T0)
+    await w1.hold_status("SM3", "failed", 30034, now=T0 + HELD_STATUS_SECONDS + 1)  # SM2 is too old by now
+    assert await w2.take_held_status("SM2") is None
+    assert await w2.take_held_status("SM3") == ("failed", 30034)
+
+
+async def test_held_statuses_are_bounded(workers, monkeypatch):
+    import incall_sms.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "HELD_STATUS_MAX", 3)
+    w1 = workers("w1")
+    for n in range(5):
+        await w1.hold_status(f"SM{n}", "failed", 30007, now=T0 + n)
+    assert [await w1.take_held_status(f"SM{n}") for n in range(5)] == [None, None, *[("failed", 30007)] * 3]
 
 
 async def test_leases_fence_writes(workers):

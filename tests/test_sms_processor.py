@@ -360,3 +360,27 @@ async def test_a_failed_event_that_is_no_status_callback_does_not_unsay_a_confir
     engine.dispatcher.subscribe(on_event, call_id=engine.call.call_id)
     await run_test(sms, frames_to_send=[said("Text me the link."), SleepFrame(0.5)])
     assert [k for k in kinds(sms) if k[0] != "filler"] == [("confirmation", "website_link")]
+
+
+async def test_a_failure_reported_before_the_create_answer_is_spoken_not_a_confirmation(peer):
+    # Twilio accepts the text, fails it within a second (30007: filtered) and posts the status callback,
+    # while its 201 for the create is still on its way to us: the caller must not hear "texted"
+    engine = make_engine(peer=peer)
+    engine.add_agent_text("It's on our website.")
+    sms = SmsActionProcessor(engine=engine)
+    peer.faults.append(Fault(delay=0.8))  # the message exists at once; its 201 comes later
+    reported = []
+
+    async def callback_first():
+        while not peer.messages:
+            await asyncio.sleep(0.01)
+        reported.append(await engine.dispatcher.handle_status(peer.messages[0].sid, "failed", 30007))
+
+    task = asyncio.get_running_loop().create_task(callback_first())
+    await run_test(sms, frames_to_send=[said("Text me the link."), SleepFrame(2.0)])
+    await task
+    assert reported == [None]  # held: no row had the SID yet
+    assert [k for k in kinds(sms) if k[0] != "filler"] == [("delivery_failure", "website_link")]
+    assert "didn't go through" in sms.spoken[-1].text and len(peer.messages) == 1
+    record = (await engine.dispatcher.outbox.for_call(engine.call.call_id))[0]
+    assert (record.sid, record.delivery, record.delivery_error) == (peer.messages[0].sid, "failed", 30007)
