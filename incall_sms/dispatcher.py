@@ -77,6 +77,7 @@ from incall_sms.providers.base import (
     ProviderReceipt,
     SmsProvider,
     content_variables_json,
+    delivery_reason,
 )
 from incall_sms.ratelimit import RateLimiter
 from incall_sms.retry import RetryPolicy, retry
@@ -123,33 +124,6 @@ LOOKUP_SKEW = 5.0
 
 #: Default age (seconds) after which recovery closes an unfinished row as ``expired``.
 RECOVERY_WINDOW = 600.0
-
-#: Delivery error codes from status callbacks, as failure reasons.
-DELIVERY_ERRORS: Mapping[int, str] = {
-    30003: "unreachable",
-    30004: "blocked",
-    30005: "invalid_number",
-    30006: "not_mobile",
-    30007: "filtered",
-    30008: "unknown_error",
-    30034: "sender_unregistered",
-    21610: "opted_out",
-    63016: "whatsapp_window_closed",
-    63003: "not_on_whatsapp",
-    63024: "not_on_whatsapp",
-    63002: "sender_not_capable",
-    63005: "rejected",
-    63021: "rejected",
-    63018: "rate_limited",
-    63049: "rejected",  # Meta did not deliver a marketing template
-    63014: "blocked",
-    63007: "sender_not_capable",
-}
-
-
-def delivery_reason(code: int | None) -> str:
-    """The failure reason of a message the provider failed with error ``code`` (``undelivered`` when unknown)."""
-    return DELIVERY_ERRORS.get(code or 0, "undelivered")
 
 #: What SendResult.encoding says for WhatsApp messages (no segments, no GSM-7/UCS-2).
 WHATSAPP_ENCODING = "WhatsApp"
@@ -1136,7 +1110,7 @@ class Dispatcher:
             return None
         if status in ("delivered", "read"):
             event = self._event(SmsEventKind.DELIVERED, record, delivery_report=True)
-        elif status in ("undelivered", "failed"):
+        elif status in FAILED_STATUSES:
             reason = delivery_reason(error_code)
             if reason == "opted_out" and record.to_number:
                 await self.optouts.opt_out(record.to_number, now=self.clock.now())

@@ -445,3 +445,10 @@ async def test_a_held_status_whose_sid_is_recorded_meanwhile_is_applied_by_the_c
     assert [e.kind for e in events] == [SmsEventKind.FAILED] and len(looks) == 2
     assert (await outbox.get(result.key)).delivery == "undelivered"
     assert await outbox.take_held_status(result.sid) is None
+
+
+async def test_a_canceled_status_is_a_delivery_failure_like_failed_and_undelivered(parts):
+    dispatcher, _provider, _events = parts
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    event = await dispatcher.handle_status(result.sid, "canceled", None)
+    assert event is not None and event.kind is SmsEventKind.FAILED and event.reason == "undelivered"

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Literal, Protocol
 
 __all__ = [
+    "DELIVERY_ERRORS",
     "FAILED_STATUSES",
     "Channel",
     "OutboundSms",
@@ -15,6 +16,7 @@ __all__ = [
     "SmsProvider",
     "channel_address",
     "content_variables_json",
+    "delivery_reason",
 ]
 
 Channel = Literal["sms", "whatsapp"]
@@ -107,6 +109,33 @@ class ProviderReceipt:
 
 #: Provider statuses of a message that was created and will not arrive.
 FAILED_STATUSES = frozenset({"failed", "undelivered", "canceled"})
+
+#: Delivery error codes from status callbacks, as failure reasons.
+DELIVERY_ERRORS: Mapping[int, str] = {
+    30003: "unreachable",
+    30004: "blocked",
+    30005: "invalid_number",
+    30006: "not_mobile",
+    30007: "filtered",
+    30008: "unknown_error",
+    30034: "sender_unregistered",
+    21610: "opted_out",
+    63016: "whatsapp_window_closed",
+    63003: "not_on_whatsapp",
+    63024: "not_on_whatsapp",
+    63002: "sender_not_capable",
+    63005: "rejected",
+    63021: "rejected",
+    63018: "rate_limited",
+    63049: "rejected",  # Meta did not deliver a marketing template
+    63014: "blocked",
+    63007: "sender_not_capable",
+}
+
+
+def delivery_reason(code: int | None) -> str:
+    """The failure reason of a message the provider failed with error ``code`` (``undelivered`` when unknown)."""
+    return DELIVERY_ERRORS.get(code or 0, "undelivered")
 
 
 class SmsProvider(Protocol):

@@ -30,9 +30,8 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.message import MessageInstance
 
-from incall_sms.dispatcher import delivery_reason
 from incall_sms.errors import SendError, SendErrorKind
-from incall_sms.providers.base import FAILED_STATUSES, OutboundSms, ProviderReceipt
+from incall_sms.providers.base import FAILED_STATUSES, OutboundSms, ProviderReceipt, delivery_reason
 from incall_sms.providers.http_log import mask_twilio_logs
 from incall_sms.providers.loop_thread import LoopThread
 from incall_sms.providers.server_clock import ServerClock
