@@ -132,6 +132,28 @@ async def test_429_retried_then_sent_once(peer):
     assert clock.sleeps == [0.5, 1.0]
 
 
+@pytest.mark.parametrize("retry_after, waits", [
+    ("3", [3.0, 1.0]),  # seconds: the first wait is Twilio's; the second 429 asks for nothing: the back-off's
+    ("http-date", [5.0, 1.0]),  # an HTTP date 5 s after the answer's own Date
+    ("600", [8.0, 1.0]),  # capped by the policy (max_delay)
+    ("soon", [0.5, 1.0]),  # unreadable: the back-off
+])
+async def test_429_waits_as_long_as_retry_after_asks(peer, retry_after, waits):
+    clock = ManualClock(start=time.time())
+    dispatcher, provider = make(peer.base_url, clock=clock)
+    headers = {"Retry-After": retry_after}
+    if retry_after == "http-date":
+        now = time.time()
+        headers = {"Date": email.utils.formatdate(now, usegmt=True),
+                   "Retry-After": email.utils.formatdate(now + 5, usegmt=True)}
+    peer.faults = [Fault(status=429, code=20429, commit=False, headers=headers),
+                   Fault(status=429, code=20429, commit=False)]
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    assert result.accepted and len(peer.messages) == 1
+    assert clock.sleeps == pytest.approx(waits)
+
+
 async def test_timeout_after_commit_no_duplicate(peer):
     dispatcher, provider = make(peer.base_url, timeout=0.3)
     peer.faults = [Fault(delay=3.0, commit=True)]

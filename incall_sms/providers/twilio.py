@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
+import email.utils
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -104,6 +106,53 @@ def _date_headers_to(clock: ServerClock) -> aiohttp.TraceConfig:
     return config
 
 
+#: The ``Retry-After`` seconds of 429 answers to the request running in this context (:meth:`TwilioProvider._create`
+#: sets a list; the trace config below fills it: the twilio exception carries no headers).
+_RETRY_AFTER: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("twilio_retry_after", default=None)
+
+
+def retry_after_seconds(value: str | None, *, date: str | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait: delta-seconds, or an HTTP date.
+
+    An HTTP date is read against the answer's own ``Date`` (``date``) when it has a readable one (the
+    two come from one clock), else against this host's clock.
+
+    Returns:
+        The seconds (>= 0), or ``None`` when the header is missing or unreadable.
+    """
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    now = dt.datetime.now(dt.UTC)
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        answered = email.utils.parsedate_to_datetime(date or "")
+        if answered.tzinfo is not None:
+            now = answered
+    return max(0.0, (when - now).total_seconds())
+
+
+def _retry_after_headers() -> aiohttp.TraceConfig:
+    """An aiohttp trace config handing the ``Retry-After`` of a 429 to the request's :data:`_RETRY_AFTER`."""
+    config = aiohttp.TraceConfig()
+
+    async def on_request_end(_session: object, _context: object, params: aiohttp.TraceRequestEndParams) -> None:
+        asked = _RETRY_AFTER.get()
+        if asked is not None and params.response.status == 429:
+            headers = params.response.headers
+            seconds = retry_after_seconds(headers.get("Retry-After"), date=headers.get("Date"))
+            if seconds is not None:
+                asked.append(seconds)
+
+    config.on_request_end.append(on_request_end)
+    return config
+
+
 def _error_code(message: MessageInstance) -> int | None:
     """A message resource's error code, when it has a readable one."""
     return int(message.error_code) if str(message.error_code or "").isdigit() else None
@@ -184,7 +233,8 @@ class TwilioProvider:
     def _get_client(self) -> Client:
         if self._client is None:
             mask_twilio_logs()  # the client logs its requests' URLs at INFO: a lookup's carry both numbers
-            self._http = AsyncTwilioHttpClient(trace_configs=[_date_headers_to(self.server_clock)])
+            self._http = AsyncTwilioHttpClient(trace_configs=[_date_headers_to(self.server_clock),
+                                                              _retry_after_headers()])
             self._client = Client(self._account_sid, self._auth_token, http_client=self._http)
             if self._base_url:
                 self._client.api.base_url = self._base_url.rstrip("/")
@@ -216,8 +266,18 @@ class TwilioProvider:
         await self.run_with_client(build)
 
     async def _create(self, client: Client, kwargs: dict[str, object]) -> ProviderReceipt:
-        async with asyncio.timeout(self._timeout):
-            message = await client.messages.create_async(**kwargs)  # type: ignore[arg-type]
+        asked: list[float] = []  # Retry-After of a 429 (see _retry_after_headers)
+        token = _RETRY_AFTER.set(asked)
+        try:
+            async with asyncio.timeout(self._timeout):
+                message = await client.messages.create_async(**kwargs)  # type: ignore[arg-type]
+        except (TwilioRestException, TwilioServiceException) as exc:  # the legacy and the RFC 9457 error format
+            error = classify_twilio_error(exc.status, exc.code)
+            if error.retryable and asked:
+                error.retry_after = asked[-1]  # the retry helper waits that long (capped by its policy)
+            raise error from None
+        finally:
+            _RETRY_AFTER.reset(token)
         if not isinstance(message.sid, str) or not _MESSAGE_SID.fullmatch(message.sid):
             # a 2xx answer without a message SID is no proof of a message (a proxy, a broken gateway)
             raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS)
@@ -260,8 +320,6 @@ class TwilioProvider:
             # the deadline runs where the request runs; this outer one only backs it up (a stuck HTTP thread)
             async with asyncio.timeout(self._timeout + _BACKSTOP_S):
                 return await self.run_with_client(lambda client: self._create(client, kwargs))
-        except (TwilioRestException, TwilioServiceException) as exc:  # the legacy and the RFC 9457 error format
-            raise classify_twilio_error(exc.status, exc.code) from None
         except (TwilioException, ValueError):
             # an answer that is no Twilio resource (a proxy's page with a 200, JSON without the message):
             # the request arrived, so the message may exist

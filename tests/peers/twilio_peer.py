@@ -49,6 +49,7 @@ class Fault:
             the error format of Twilio's newer APIs.
         answer: Fields of the message resource answered differently from the message created (a final
             ``status`` already, another message's ``to``...).
+        headers: Extra response headers (``Retry-After`` on a 429 ...).
     """
 
     status: int = 201
@@ -60,6 +61,7 @@ class Fault:
     content_type: str = "text/html"
     problem: bool = False
     answer: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
 
 
 OK = Fault()
@@ -249,7 +251,9 @@ class TwilioPeer:
                                       "title": "scripted problem", "status": fault.status, "code": fault.code},
                                      status=fault.status, content_type="application/problem+json")
         if fault.status >= 400:
-            return self._error(fault.status, fault.code, "scripted failure")
+            error = self._error(fault.status, fault.code, "scripted failure")
+            error.headers.update(fault.headers or {})
+            return error
         assert msg is not None
         return web.json_response(self._resource(msg) | (fault.answer or {}), status=fault.status)
 
