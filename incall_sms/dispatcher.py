@@ -1095,7 +1095,13 @@ class Dispatcher:
         Returns:
             The ``DELIVERED`` or ``FAILED`` event raised, or ``None``.
         """
+        return await self._apply_status(sid, status, error_code, hold=True)
+
+    async def _apply_status(self, sid: str, status: str, error_code: int | None, *, hold: bool) -> SmsEvent | None:
         record, changed = await self.outbox.record_delivery(sid, status, error_code, now=self.clock.now())
+        if record is None and not hold:  # taken from the held ones for a recorded SID, whose row is gone
+            _log.warning("held status callback for %s dropped: its row is gone", sid)
+            return None
         if record is None:
             # No row has this SID yet: Twilio can post a status (a filter fails a message within a second)
             # before the create's answer reaches the sender. Held for the send that records the SID
@@ -1124,4 +1130,4 @@ class Dispatcher:
     async def _apply_held(self, sid: str) -> SmsEvent | None:
         """Apply the status callback held for ``sid`` (now recorded), if nobody else took it."""
         held = await self.outbox.take_held_status(sid)
-        return await self.handle_status(sid, *held) if held is not None else None
+        return await self._apply_status(sid, *held, hold=False) if held is not None else None
