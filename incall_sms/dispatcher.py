@@ -64,6 +64,7 @@ from incall_sms.events import SmsEvent, SmsEventKind
 from incall_sms.optout import OptOutStore
 from incall_sms.outbox import (
     ClaimOutcome,
+    HeldStatusStore,
     LeaseLostError,
     OutboxRecord,
     OutboxStore,
@@ -258,6 +259,9 @@ class Dispatcher:
         whatsapp_sessions: WhatsApp's 24-hour windows, opened by inbound WhatsApp messages (the
             inbound router's store). ``None``: no window is known to be open, so WhatsApp actions
             send only their Content template (``content_sid``) and refuse free-form bodies.
+        held_statuses: Where status callbacks that come before the create's answer wait for the send
+            that records their SID (:meth:`handle_status`); default: the outbox (shared when it is the
+            fleet's PostgreSQL); ``RedisHeldStatuses`` for workers with their own SQLite outboxes.
     """
 
     def __init__(
@@ -285,6 +289,7 @@ class Dispatcher:
         start_spacing: float = 0.002,
         recovery_concurrency: int = 8,
         whatsapp_sessions: WhatsAppSessions | None = None,
+        held_statuses: HeldStatusStore | None = None,
     ) -> None:
         self.actions = actions
         self.provider = provider
@@ -313,6 +318,7 @@ class Dispatcher:
         self._recovery_min_age = recovery_min_age
         self._recovery_concurrency = max(1, recovery_concurrency)
         self.whatsapp_sessions = whatsapp_sessions
+        self.held_statuses: HeldStatusStore = held_statuses or outbox
         self._handlers: list[EventHandler] = []
         self._call_handlers: dict[str, list[EventHandler]] = {}
         # keys a task of this process is sending or resolving -> their (destination, body)
@@ -1107,7 +1113,7 @@ class Dispatcher:
             # before the create's answer reaches the sender. Held for the send that records the SID
             # (:meth:`_accept`); if it was recorded meanwhile, the sender may have looked before this was
             # held: apply it here (whoever takes it applies it, once).
-            await self.outbox.hold_status(sid, status, error_code, now=self.clock.now())
+            await self.held_statuses.hold_status(sid, status, error_code, now=self.clock.now())
             if await self.outbox.by_sid(sid) is None:
                 _log.info("status callback for %s held: no message has that SID yet", sid)
                 return None
@@ -1129,5 +1135,5 @@ class Dispatcher:
 
     async def _apply_held(self, sid: str) -> SmsEvent | None:
         """Apply the status callback held for ``sid`` (now recorded), if nobody else took it."""
-        held = await self.outbox.take_held_status(sid)
+        held = await self.held_statuses.take_held_status(sid)
         return await self._apply_status(sid, *held, hold=False) if held is not None else None

@@ -317,12 +317,34 @@ def check_fields(fields: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown outbox fields: {sorted(unknown)}")
 
 
+def delivery_rank(status: str) -> tuple[int, bool] | None:
+    """Where a delivery ``status`` stands: its order and whether it is final; ``None`` for no delivery status."""
+    rank = _DELIVERY_RANK.get(status)
+    return None if rank is None else (rank, status in _TERMINAL_DELIVERY)
+
+
 def delivery_advances(current: str | None, status: str) -> bool:
     """Whether a status callback saying ``status`` moves a row whose delivery is ``current`` forward."""
     rank = _DELIVERY_RANK.get(status)
     if rank is None or current in _TERMINAL_DELIVERY:
         return False
     return current is None or _DELIVERY_RANK.get(current, -1) < rank
+
+
+class HeldStatusStore(Protocol):
+    """Where status callbacks for SIDs no outbox row has yet wait for the send that records them.
+
+    The outbox by default (:class:`OutboxStore` provides both methods: a fleet's PostgreSQL outbox shares
+    them); ``RedisHeldStatuses`` for workers with their own SQLite outboxes that share Redis.
+    """
+
+    async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
+        """Keep a status callback for a SID no row has yet (forward only, bounded in time)."""
+        ...
+
+    async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
+        """Remove and return the held ``(status, error_code)`` of ``sid``; exactly one caller gets it."""
+        ...
 
 
 class OutboxStore(Protocol):
@@ -819,6 +841,8 @@ class Outbox:
 
     async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
         """Keep a status callback for a SID no row has yet; see :meth:`OutboxStore.hold_status`."""
+        if delivery_rank(status) is None:  # no delivery status: nothing a row could take from it
+            return
 
         def _hold(conn: sqlite3.Connection) -> None:
             with transaction(conn):

@@ -41,6 +41,7 @@ from incall_sms.outbox import (
     SidTakenError,
     check_fields,
     delivery_advances,
+    delivery_rank,
     leased,
 )
 
@@ -423,6 +424,8 @@ class PostgresOutbox:
 
     async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
         """Keep a status callback for a SID no row has yet; see :meth:`OutboxStore.hold_status`."""
+        if delivery_rank(status) is None:  # no delivery status: nothing a row could take from it
+            return
         async with self._connection(transaction=True) as conn:
             await conn.execute(f"DELETE FROM {_HELD} WHERE received_at < $1", now - _outbox.HELD_STATUS_SECONDS)
             inserted = await conn.fetchval(

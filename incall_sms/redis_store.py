@@ -1,6 +1,7 @@
 """Redis implementations of the shared stores, for several workers behind a load balancer.
 
 Same interfaces as the embedded defaults: :class:`RedisOptOutStore` (``OptOutStore``),
+:class:`RedisHeldStatuses` (``HeldStatusStore``: early status callbacks, when each worker has its own outbox),
 :class:`RedisSeenKeys` (the inbound router's dedupe memory) and :class:`RedisRateLimiter`
 (``RateLimiter``: one token bucket per sender number shared by every worker, kept in Redis
 and updated atomically by a Lua script) and :class:`RedisWhatsAppSessions` (``WhatsAppSessions``:
@@ -12,10 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from incall_sms.clock import Clock, SystemClock
+from incall_sms.outbox import HELD_STATUS_SECONDS, delivery_rank
 from incall_sms.whatsapp import SAFE_WINDOW
 
-__all__ = ["RedisCallRegistry", "RedisOptOutStore", "RedisRateLimiter", "RedisSeenKeys", "RedisWhatsAppSessions",
-           "connect"]
+__all__ = ["RedisCallRegistry", "RedisHeldStatuses", "RedisOptOutStore", "RedisRateLimiter", "RedisSeenKeys",
+           "RedisWhatsAppSessions", "connect"]
 
 
 def connect(url: str) -> Any:
@@ -162,6 +164,54 @@ class RedisRateLimiter:
         if result:
             await self._clock.sleep(result)
         return result
+
+
+_HOLD = """
+-- KEYS[1]: the held status; ARGV: rank, final (0/1), value, ttl. Forward only, like the outbox's delivery.
+local current = redis.call('GET', KEYS[1])
+if current then
+  local rank, final = string.match(current, '^(%d+)|(%d)|')
+  if final == '1' or tonumber(rank) >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+
+
+class RedisHeldStatuses:
+    """Status callbacks for SIDs no outbox row has yet, shared by workers with their own SQLite outboxes.
+
+    A callback can come before the create's answer reaches the sender, and land on another worker
+    (``HeldStatusStore``; with a shared PostgreSQL outbox the outbox itself holds them). Each is a key
+    that expires after ``ttl``; the worker that records the SID takes it (``GETDEL``: once).
+
+    Args:
+        client: ``redis.asyncio.Redis``.
+        ttl: Seconds a callback is held.
+        prefix: Key prefix.
+    """
+
+    def __init__(self, client: Any, *, ttl: float = HELD_STATUS_SECONDS, prefix: str = "incall-sms") -> None:
+        self._client = client
+        self.ttl = ttl
+        self._prefix = f"{prefix}:held:"
+        self._script = client.register_script(_HOLD)
+
+    async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
+        """Keep ``status`` for ``sid`` unless a later one is held (``now`` unused: Redis expires the key)."""
+        rank = delivery_rank(status)
+        if rank is None:
+            return
+        value = f"{rank[0]}|{int(rank[1])}|{status}|{'' if error_code is None else error_code}"
+        await self._script(keys=[self._prefix + sid], args=[rank[0], int(rank[1]), value, max(1, round(self.ttl))])
+
+    async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
+        """Remove and return the held ``(status, error_code)`` of ``sid``."""
+        value = await self._client.getdel(self._prefix + sid)
+        if not value:
+            return None
+        _rank, _final, status, code = value.split("|", 3)
+        return status, int(code) if code.isdigit() else None
 
 
 class RedisCallRegistry:

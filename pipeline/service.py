@@ -310,8 +310,10 @@ class SmsService:
 
         # WhatsApp's 24-hour sessions: opened by the router's inbound WhatsApp messages, read by the dispatcher
         self.whatsapp_sessions: Any = InProcessWhatsAppSessions()
+        held = None  # status callbacks before the create's answer: held in the outbox
         if settings.redis_url:  # opt-outs, webhook dedupe, stream tokens, rate limits, WhatsApp sessions: shared
             from incall_sms.redis_store import (
+                RedisHeldStatuses,
                 RedisOptOutStore,
                 RedisRateLimiter,
                 RedisSeenKeys,
@@ -324,13 +326,15 @@ class SmsService:
             seen = RedisSeenKeys(self.redis)
             limiter = RedisRateLimiter(self.redis, rate=settings.sender_rate, burst=3)
             self.whatsapp_sessions = RedisWhatsAppSessions(self.redis)
+            if not settings.database_url:  # the outbox is this worker's: early status callbacks wait in Redis
+                held = RedisHeldStatuses(self.redis)
         else:
             self.optouts = SqliteOptOutStore(state / "optouts.db")
         self.dispatcher = Dispatcher(
             actions=self.actions, provider=self.provider, outbox=self.outbox, optouts=self.optouts,
             pool_numbers=settings.pool_numbers, messaging_service_sid=settings.messaging_service_sid,
             status_callback_url=f"{settings.public_url}/sms/status", validity_period=600, rate_limiter=limiter,
-            whatsapp_sessions=self.whatsapp_sessions,
+            whatsapp_sessions=self.whatsapp_sessions, held_statuses=held,
         )
         if settings.database_url and not settings.redis_url:
             _log.warning("DATABASE_URL without REDIS_URL: the outbox is shared, but inbound texts and delivery "

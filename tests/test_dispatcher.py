@@ -452,3 +452,34 @@ async def test_a_canceled_status_is_a_delivery_failure_like_failed_and_undeliver
     result = await dispatcher.send("link", call=CALL, turn=1)
     event = await dispatcher.handle_status(result.sid, "canceled", None)
     assert event is not None and event.kind is SmsEventKind.FAILED and event.reason == "undelivered"
+
+
+async def test_a_status_held_by_another_worker_reaches_the_sender_through_redis(clock, redis_url):
+    # workers with their own SQLite outboxes share Redis: the early callback lands on worker B, which has
+    # no such message; worker A, which sent it, applies it once it records the SID
+    import uuid
+
+    from incall_sms.redis_store import RedisHeldStatuses, connect
+
+    client = connect(redis_url)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    workers = []
+    for _ in range(2):
+        outbox = Outbox()
+        dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=LocalProvider(clock=clock.now), outbox=outbox,
+                                optouts=SqliteOptOutStore(), clock=clock,
+                                held_statuses=RedisHeldStatuses(client, prefix=prefix))
+        workers.append(dispatcher)
+    a, b = workers
+    a.provider = EarlyCallbackProvider(statuses=[("failed", 30007)], clock=clock.now)
+    a.provider.dispatcher = b  # Twilio posted the callback to the other worker
+    events = []
+    a.subscribe(events.append)
+    result = await a.send("link", call=CALL, turn=1)
+    assert a.provider.early == [None]
+    assert [e.kind for e in events] == [SmsEventKind.QUEUED, SmsEventKind.SENT, SmsEventKind.FAILED]
+    assert events[-1].reason == "filtered" and (await a.outbox.get(result.key)).delivery == "failed"
+    await client.aclose()
+    for dispatcher in workers:
+        await dispatcher.provider.aclose()
+        dispatcher.outbox.close()

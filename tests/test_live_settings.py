@@ -60,6 +60,11 @@ async def test_redis_url_shares_stores(tmp_path, redis_url):
         await first.optouts.opt_out("+14155552671", now=0)
         assert await second.dispatcher.optouts.is_opted_out("+14155552671")
         await first.optouts.opt_in("+14155552671")
+        # each has its own SQLite outbox: a status callback for a SID not recorded yet waits in Redis, for
+        # whichever worker records it
+        sid = "SM" + "4" * 32
+        await second.sms.dispatcher.handle_status(sid, "failed", 30007)
+        assert await first.sms.dispatcher.held_statuses.take_held_status(sid) == ("failed", 30007)
     finally:
         await first.aclose()
         await second.aclose()
@@ -88,6 +93,7 @@ async def test_database_url_shares_the_outbox(tmp_path, redis_url, postgres_serv
                                                    variables={"caller_name": "Sam", "booking_time": "Friday 7 pm"})
             assert sent.accepted, sent
             assert (await second.sms.outbox.by_sid(sent.sid)).key == sent.key  # one outbox for the fleet
+            assert first.sms.dispatcher.held_statuses is first.sms.outbox  # early status callbacks: in that outbox too
         finally:
             await first.aclose()
             await second.aclose()

@@ -12,8 +12,9 @@ import pytest
 from incall_sms.clock import ManualClock
 from incall_sms.inbound import InProcessSeenKeys
 from incall_sms.optout import SqliteOptOutStore
+from incall_sms.outbox import HELD_STATUS_SECONDS, Outbox
 from incall_sms.ratelimit import TokenBucketLimiter
-from incall_sms.redis_store import RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
+from incall_sms.redis_store import RedisHeldStatuses, RedisOptOutStore, RedisRateLimiter, RedisSeenKeys, connect
 
 KINDS = ["embedded", "redis"]
 
@@ -26,16 +27,20 @@ async def make(request, redis_url):
     def factory(kind, what, **kwargs):
         if kind == "embedded":
             return {"optouts": lambda: SqliteOptOutStore(), "seen": lambda: InProcessSeenKeys(),
-                    "limiter": lambda: TokenBucketLimiter(**kwargs)}[what]()
+                    "limiter": lambda: TokenBucketLimiter(**kwargs), "held": lambda: shared_outbox}[what]()
         client = connect(redis_url)
         clients.append(client)
         return {"optouts": lambda: RedisOptOutStore(client, prefix=prefix),
                 "seen": lambda: RedisSeenKeys(client, prefix=prefix),
-                "limiter": lambda: RedisRateLimiter(client, prefix=prefix, **kwargs)}[what]()
+                "limiter": lambda: RedisRateLimiter(client, prefix=prefix, **kwargs),
+                "held": lambda: RedisHeldStatuses(client, prefix=prefix, **kwargs)}[what]()
+
+    shared_outbox = Outbox()  # the embedded held statuses: the outbox (one handle stands for both workers)
 
     yield factory
     for client in clients:
         await client.aclose()
+    shared_outbox.close()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -155,3 +160,27 @@ async def test_call_registry_contract(make, kind, redis_url):
         if kind == "redis":
             await registry.aclose()
             await client.aclose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_held_status_contract(make, kind):
+    # a status callback for a SID not recorded yet, held by the worker that got it, taken once by the sender
+    w1, w2 = make(kind, "held"), make(kind, "held")
+    now = time.time()
+    assert await w1.take_held_status("SM1") is None
+    await w2.hold_status("SM1", "sent", None, now=now)
+    await w2.hold_status("SM1", "undelivered", 30003, now=now + 1)
+    await w1.hold_status("SM1", "delivered", None, now=now + 2)  # after a final status: ignored
+    await w1.hold_status("SM1", "sending", None, now=now + 3)  # out of order: ignored
+    assert await w1.take_held_status("SM1") == ("undelivered", 30003)
+    assert await w2.take_held_status("SM1") is None
+    await w1.hold_status("SM2", "bogus", None, now=now)  # no delivery status: nothing held
+    assert await w2.take_held_status("SM2") is None
+
+
+async def test_redis_held_statuses_expire(make):
+    held = make("redis", "held", ttl=1)
+    await held.hold_status("SM1", "failed", 30007, now=time.time())
+    await asyncio.sleep(1.6)
+    assert await held.take_held_status("SM1") is None
+    assert make("redis", "held").ttl == HELD_STATUS_SECONDS
