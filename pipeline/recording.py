@@ -157,7 +157,7 @@ def load_recording(path: str | pathlib.Path) -> tuple[list[tuple[float, dict[str
     if not meta_path.exists():
         raise ValueError(f"missing sidecar {meta_path.name}")
     events: list[tuple[float, dict[str, Any]]] = []
-    for number, line in enumerate(events_path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(events_path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -103,7 +103,7 @@ def load_script(path: str | pathlib.Path) -> list[ScriptStep]:
         ValueError: A line is not understood (the line number is named).
     """
     steps = []
-    for number, raw in enumerate(pathlib.Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(pathlib.Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

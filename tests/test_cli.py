@@ -79,6 +79,17 @@ def test_judge_eval_contract(shared):
 
 
 @pytest.mark.cpu_heavy
+def test_judge_eval_reads_a_file_saved_with_a_byte_order_mark_and_crlf(shared, tmp_path):
+    # what Notepad and Excel save as "UTF-8": the same cases, the same scores
+    lines = (shared / "conditions" / "dev.jsonl").read_text(encoding="utf-8").splitlines()
+    cases = tmp_path / "windows.jsonl"
+    cases.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n")
+    plain = run("judge", "eval", str(shared / "conditions" / "dev.jsonl"), "--judge", "embedded")
+    out = run("judge", "eval", str(cases), "--judge", "embedded")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == json.loads(plain.stdout.strip().splitlines()[-1])
+
+
 def test_judge_eval_default_runs_the_local_model_when_installed(tmp_path):
     # auto = the local model when its extra is installed (here the small one, from the [dev] extras)
     cases = tmp_path / "cases.jsonl"

@@ -75,7 +75,7 @@ def load_cases(path: str | pathlib.Path) -> list[EvalCase]:
         ValueError: A line is not valid JSON or misses a field (the message names the line).
     """
     cases = []
-    for number, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:
