@@ -123,6 +123,9 @@ PROMPT_MAX_SEGMENTS = 3
 #: resolution of one second and NTP keeps hosts well under a second apart.
 LOOKUP_SKEW = 5.0
 
+#: Seconds before a second try at applying a held status callback the store failed to give.
+_HELD_RETRY_DELAY = 0.2
+
 #: Default age (seconds) after which recovery closes an unfinished row as ``expired``.
 RECOVERY_WINDOW = 600.0
 
@@ -319,6 +322,7 @@ class Dispatcher:
         self._recovery_concurrency = max(1, recovery_concurrency)
         self.whatsapp_sessions = whatsapp_sessions
         self.held_statuses: HeldStatusStore = held_statuses or outbox
+        self._held_later: set[str] = set()  # recorded SIDs whose held status callback the store failed to give
         self._handlers: list[EventHandler] = []
         self._call_handlers: dict[str, list[EventHandler]] = {}
         # keys a task of this process is sending or resolving -> their (destination, body)
@@ -814,19 +818,26 @@ class Dispatcher:
         """
         if receipt.status in FAILED_STATUSES:
             code = receipt.error_code
+            with contextlib.suppress(Exception):  # a callback that came first says why, when the lookup does not
+                held = await self.held_statuses.take_held_status(receipt.sid)
+                code = code or (held[1] if held else None)
             _log.info("SMS %s: the message found (%s) already %s at %s", record.key, receipt.sid, receipt.status,
                       self.provider.name)
             return await self._fail(record, SendError(delivery_reason(code), kind=SendErrorKind.PERMANENT, code=code))
         return await self._accept(record, receipt)
 
     async def _accept(self, record: OutboxRecord, receipt: ProviderReceipt) -> SendResult:
+        # the delivery column is left to record_delivery (forward only): a lookup claims the SID before this
+        # write, and a status callback may have failed the message in between
         fields = dict(status="accepted", sid=receipt.sid, reason=None, error_code=None,
-                      delivery=None if receipt.status in ("queued", "accepted") else receipt.status,
                       segments=receipt.segments or record.segments)
         recorded = False
         try:
             stored = await self.outbox.update(record.key, now=self.clock.now(), release=True, **fields)
             recorded = True
+            if receipt.status not in ("queued", "accepted"):  # a lookup found it further along (sent, delivered)
+                stored = (await self.outbox.record_delivery(receipt.sid, receipt.status, None,
+                                                            now=self.clock.now()))[0] or stored
         except SidTakenError:
             # a lookup of another row already took this SID for itself: which text it is cannot be told
             _log.warning("SMS %s: SID %s already recorded for another row; unconfirmed", record.key, receipt.sid)
@@ -843,11 +854,20 @@ class Dispatcher:
                   stored.segments)
         await self._emit(self._event(SmsEventKind.SENT, stored))
         if recorded:  # a status callback that came before this answer applies now (after SENT: it follows it)
-            try:
-                await self._apply_held(receipt.sid)
-            except Exception as exc:  # the send's outcome stands (the caller heard of it); only the report is lost
-                _log.warning("SMS %s: held status callback not applied (%s)", record.key, exc.__class__.__name__)
+            await self._apply_held_or_later(receipt.sid, key=record.key)
         return self._result(stored, SendOutcome.ACCEPTED)
+
+    async def _apply_held_or_later(self, sid: str, *, key: str) -> None:
+        """Apply ``sid``'s held status callback; when the store fails twice, recovery's next pass tries again."""
+        for attempt in (1, 2):
+            try:
+                await self._apply_held(sid)
+                return
+            except Exception as exc:  # the held status stays held (see _apply_held)
+                _log.warning("SMS %s: held status callback not applied (%s)", key, exc.__class__.__name__)
+                if attempt == 1:
+                    await self.clock.sleep(_HELD_RETRY_DELAY)
+        self._held_later.add(sid)
 
     async def _fail(self, record: OutboxRecord, exc: SendError, *, status: str | None = None) -> SendResult:
         status = status or ("ambiguous" if exc.ambiguous else "failed")
@@ -997,6 +1017,7 @@ class Dispatcher:
         Returns:
             One result per row handled.
         """
+        await self._apply_held_later()
         results: list[SendResult] = []
         seen: set[str] = set()  # rows handled in this pass are not taken again by it (a released "ambiguous")
         while True:
@@ -1134,6 +1155,27 @@ class Dispatcher:
         return event
 
     async def _apply_held(self, sid: str) -> SmsEvent | None:
-        """Apply the status callback held for ``sid`` (now recorded), if nobody else took it."""
+        """Apply the status callback held for ``sid`` (now recorded), if nobody else took it.
+
+        Raises:
+            Exception: The store failed; a status already taken is held again (best effort) first.
+        """
         held = await self.held_statuses.take_held_status(sid)
-        return await self._apply_status(sid, *held, hold=False) if held is not None else None
+        if held is None:
+            return None
+        try:
+            return await self._apply_status(sid, *held, hold=False)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.held_statuses.hold_status(sid, *held, now=self.clock.now())
+            raise
+
+    async def _apply_held_later(self) -> None:
+        """Recovery's part: the held status callbacks a send could not apply when it recorded their SIDs."""
+        for sid in list(self._held_later):
+            try:
+                await self._apply_held(sid)
+            except Exception as exc:
+                _log.warning("held status callback for %s still not applied (%s)", sid, exc.__class__.__name__)
+            else:
+                self._held_later.discard(sid)

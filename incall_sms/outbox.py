@@ -147,7 +147,17 @@ HELD_STATUS_COLUMNS = """
     sid TEXT PRIMARY KEY,
     status TEXT NOT NULL,
     error_code INTEGER,
-    received_at {real} NOT NULL
+    received_at {real} NOT NULL,
+    rank INTEGER NOT NULL DEFAULT 0,
+    final INTEGER NOT NULL DEFAULT 0
+"""
+#: Hold a status callback in one statement (no gap for a concurrent take): insert it, or move a held one forward
+#: (``rank``/``final``: :func:`delivery_rank`); parameters ``sid, status, error_code, received_at, rank, final``.
+HOLD_STATUS_SQL = """
+INSERT INTO {table} (sid, status, error_code, received_at, rank, final) VALUES ({marks})
+ON CONFLICT (sid) DO UPDATE SET status = excluded.status, error_code = excluded.error_code,
+    received_at = excluded.received_at, rank = excluded.rank, final = excluded.final
+WHERE {table}.final = 0 AND {table}.rank < excluded.rank
 """
 #: How long a status callback for an unknown SID is held for the send that will record it (seconds).
 HELD_STATUS_SECONDS = 600.0
@@ -844,18 +854,15 @@ class Outbox:
         if delivery_rank(status) is None:  # no delivery status: nothing a row could take from it
             return
 
+        rank, final = delivery_rank(status) or (0, False)
+
         def _hold(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 conn.execute("DELETE FROM held_status WHERE received_at < ?", (now - HELD_STATUS_SECONDS,))
-                row = conn.execute("SELECT status FROM held_status WHERE sid = ?", (sid,)).fetchone()
-                if row is None:
-                    conn.execute("INSERT INTO held_status (sid, status, error_code, received_at) VALUES (?, ?, ?, ?)",
-                                 (sid, status, error_code, now))
-                    conn.execute("DELETE FROM held_status WHERE sid IN (SELECT sid FROM held_status "
-                                 "ORDER BY received_at DESC, sid LIMIT -1 OFFSET ?)", (HELD_STATUS_MAX,))
-                elif delivery_advances(row["status"], status):
-                    conn.execute("UPDATE held_status SET status = ?, error_code = ?, received_at = ? WHERE sid = ?",
-                                 (status, error_code, now, sid))
+                conn.execute(HOLD_STATUS_SQL.format(table="held_status", marks="?, ?, ?, ?, ?, ?"),
+                             (sid, status, error_code, now, rank, int(final)))
+                conn.execute("DELETE FROM held_status WHERE rowid IN (SELECT rowid FROM held_status "
+                             "ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (HELD_STATUS_MAX,))
 
         await self._run(_hold)
 

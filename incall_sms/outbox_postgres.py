@@ -31,6 +31,7 @@ from incall_sms.errors import OutboxUnavailableError
 from incall_sms.outbox import (
     ACTIVE_STATUSES,
     HELD_STATUS_COLUMNS,
+    HOLD_STATUS_SQL,
     REPLACEABLE_STATUSES,
     TABLE_COLUMNS,
     UNFINISHED_STATUSES,
@@ -56,7 +57,7 @@ CREATE INDEX IF NOT EXISTS incall_sms_outbox_unfinished ON incall_sms_outbox(cre
 CREATE INDEX IF NOT EXISTS incall_sms_outbox_destination ON incall_sms_outbox(to_number, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS incall_sms_outbox_sid ON incall_sms_outbox(sid) WHERE sid IS NOT NULL;
 CREATE TABLE IF NOT EXISTS incall_sms_held_status (
-{HELD_STATUS_COLUMNS.format(real="DOUBLE PRECISION")});
+{HELD_STATUS_COLUMNS.format(real="DOUBLE PRECISION")}, seq BIGSERIAL);
 CREATE INDEX IF NOT EXISTS incall_sms_held_status_age ON incall_sms_held_status(received_at);
 """
 
@@ -426,19 +427,13 @@ class PostgresOutbox:
         """Keep a status callback for a SID no row has yet; see :meth:`OutboxStore.hold_status`."""
         if delivery_rank(status) is None:  # no delivery status: nothing a row could take from it
             return
+        rank, final = delivery_rank(status) or (0, False)
         async with self._connection(transaction=True) as conn:
             await conn.execute(f"DELETE FROM {_HELD} WHERE received_at < $1", now - _outbox.HELD_STATUS_SECONDS)
-            inserted = await conn.fetchval(
-                f"INSERT INTO {_HELD} (sid, status, error_code, received_at) VALUES ($1, $2, $3, $4) "
-                "ON CONFLICT (sid) DO NOTHING RETURNING true", sid, status, error_code, now)
-            if inserted:
-                await conn.execute(f"DELETE FROM {_HELD} WHERE sid IN (SELECT sid FROM {_HELD} "
-                                   "ORDER BY received_at DESC, sid OFFSET $1)", _outbox.HELD_STATUS_MAX)
-                return
-            current = await conn.fetchval(f"SELECT status FROM {_HELD} WHERE sid = $1 FOR UPDATE", sid)
-            if current is not None and delivery_advances(current, status):
-                await conn.execute(f"UPDATE {_HELD} SET status = $2, error_code = $3, received_at = $4 WHERE sid = $1",
-                                   sid, status, error_code, now)
+            await conn.execute(HOLD_STATUS_SQL.format(table=_HELD, marks="$1, $2, $3, $4, $5, $6"),
+                               sid, status, error_code, now, rank, int(final))
+            await conn.execute(f"DELETE FROM {_HELD} WHERE seq IN (SELECT seq FROM {_HELD} "
+                               "ORDER BY seq DESC OFFSET $1)", _outbox.HELD_STATUS_MAX)
 
     async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
         """Remove and return the held status of ``sid``; see :meth:`OutboxStore.take_held_status`."""

@@ -440,16 +440,18 @@ class RedisCallRegistry:
         event it raises must still reach the call, on the worker that sent the message.
 
         Returns:
-            Whether another worker received it (``False`` when the message is this worker's, or
-            its worker is gone).
+            Whether it reached the worker that sent the message: ``True`` when that is this worker
+            (it was raised here), ``False`` when no worker has claimed the SID (yet) or its worker is gone.
         """
         import json
 
         if not event.sid:
             return False
         owner = await self._client.get(f"{self._prefix}:sid:{event.sid}")
-        if not owner or owner == self.address:
+        if not owner:
             return False
+        if owner == self.address:
+            return True
         payload = json.dumps({"type": "event", "event": event.to_dict()})
         return bool(await self._client.publish(self._channel(owner), payload))
 

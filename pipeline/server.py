@@ -35,6 +35,11 @@ BODY_TIMEOUT = 10.0
 
 _log = logging.getLogger(__name__)
 
+#: A delivery event raised here for another worker's message is routed again this many times, this far apart,
+#: while no worker has claimed its SID yet (see :meth:`WebhookService.apply_status`).
+_ROUTE_TRIES = 20
+_ROUTE_RETRY_S = 0.1
+
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 _STATUSES = {"accepted", "scheduled", "queued", "sending", "sent", "delivered", "undelivered", "failed", "read",
              "receiving", "received", "canceled"}
@@ -122,8 +127,15 @@ class WebhookService:
                 and await self.status_router(sid, status, error_code):
             return
         event = await self.dispatcher.handle_status(sid, status, error_code)
-        if event is not None and self.event_router is not None:
-            await self.event_router(event)
+        if event is None or self.event_router is None:
+            return
+        # A callback held here before the sender recorded its SID can be applied here just after the sender
+        # wrote the SID and before it claimed the SID in Redis: give the claim a moment to appear.
+        for _ in range(_ROUTE_TRIES):
+            if await self.event_router(event):
+                return
+            await asyncio.sleep(_ROUTE_RETRY_S)
+        _log.warning("delivery event for message %s reached no worker (its worker is gone)", sid)
 
     def url_for(self, request: Request) -> str:
         """The URL Twilio signed: public base + path + query."""

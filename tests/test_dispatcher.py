@@ -483,3 +483,46 @@ async def test_a_status_held_by_another_worker_reaches_the_sender_through_redis(
     for dispatcher in workers:
         await dispatcher.provider.aclose()
         dispatcher.outbox.close()
+
+
+@pytest.mark.parametrize("where", ["take", "apply"])
+@pytest.mark.parametrize("blips", [1, 2])
+async def test_a_held_failure_survives_outbox_blips(clock, where, blips):
+    # the store fails while the sender takes or applies the held callback: one blip is retried at once, a
+    # longer outage leaves the callback held for recovery's next pass (the call hears of it then)
+    from incall_sms.errors import OutboxUnavailableError
+
+    provider = EarlyCallbackProvider(statuses=[("failed", 30007)], clock=clock.now)
+    outbox = Outbox()
+    dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=provider, outbox=outbox,
+                            optouts=SqliteOptOutStore(), clock=clock)
+    provider.dispatcher = dispatcher
+    events = []
+    dispatcher.subscribe(events.append)
+    take, record = outbox.take_held_status, outbox.record_delivery
+    failures = []
+
+    async def broken_take(sid):
+        if where == "take" and len(failures) < blips:
+            failures.append(sid)
+            raise OutboxUnavailableError("blip")
+        return await take(sid)
+
+    async def broken_record(sid, status, code, *, now):
+        if where == "apply" and len(failures) < blips and await outbox.by_sid(sid) is not None:
+            failures.append(sid)
+            raise OutboxUnavailableError("blip")
+        return await record(sid, status, code, now=now)
+
+    outbox.take_held_status, outbox.record_delivery = broken_take, broken_record
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    assert result.accepted
+    if blips == 2:  # both tries failed: still held, applied by the next recovery pass
+        assert SmsEventKind.FAILED not in [e.kind for e in events]
+        await dispatcher.recover()
+    assert [e.kind for e in events][-1] is SmsEventKind.FAILED and events[-1].reason == "filtered"
+    assert (await outbox.get(result.key)).delivery == "failed"
+    assert [e.kind for e in events].count(SmsEventKind.FAILED) == 1
+    await provider.aclose()
+    outbox.close()
+

@@ -154,3 +154,87 @@ async def test_a_texted_reply_reaches_the_waiting_call_on_another_worker(redis_u
         for proc in workers.values():
             proc.terminate()
             await asyncio.to_thread(proc.wait, 10)
+
+
+async def test_an_early_failure_applied_by_another_worker_reaches_the_call_whose_claim_lags(redis_url, tmp_path):
+    # A shared outbox (one outbox file for both workers here), Redis routing. Twilio posts the failure to B
+    # before its 201 reaches A; B holds it, sees A record the SID, applies it itself and routes the event,
+    # while A's claim of the SID in Redis lags by 20 ms: the event must still reach A's call.
+    import time
+    import uuid
+
+    from incall_sms.actions import parse_actions
+    from incall_sms.clock import ManualClock
+    from incall_sms.dispatcher import CallContext, Dispatcher
+    from incall_sms.optout import SqliteOptOutStore
+    from incall_sms.outbox import Outbox
+    from incall_sms.pipeline.server import WebhookService, WebhookSettings
+    from incall_sms.providers.local import LocalProvider
+    from incall_sms.redis_store import RedisCallRegistry, connect
+
+    client = connect(redis_url)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    outbox = Outbox(tmp_path / "shared.db")
+    clock = ManualClock(start=time.time())
+    recorded = asyncio.Event()
+    actions = parse_actions({"actions": [{"name": "link", "condition": "if the caller wants the link",
+                                          "content": {"template": "https://example.com"}}]})
+
+    class EarlyFailure(LocalProvider):
+        async def send(self, sms):
+            receipt = await super().send(sms)
+            webhook_b.spawn(webhook_b.apply_status(receipt.sid, "failed", 30007))  # posted to B at once
+            await asyncio.sleep(0.005)  # B looks first (no row yet) ...
+            return receipt  # ... then the 201 reaches A
+
+    workers = []
+    for name, provider in (("A", EarlyFailure()), ("B", LocalProvider())):
+        dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=SqliteOptOutStore(),
+                                clock=clock)
+        registry = RedisCallRegistry(client, worker_id=name, prefix=prefix)
+        registry.status_handler, registry.event_handler = dispatcher.handle_status, dispatcher.publish
+        await registry.start()
+
+        async def claim(event, registry=registry):  # as SmsService wires it, lagging like a busy loop
+            if event.kind.value == "sent" and event.sid:
+                await asyncio.sleep(0.02)
+                await registry.claim_sid(event.sid)
+
+        dispatcher.subscribe(claim)
+        workers.append((dispatcher, registry))
+    (a, registry_a), (b, registry_b) = workers
+    webhook_b = WebhookService(settings=WebhookSettings(public_url=PUBLIC, auth_token=AUTH_TOKEN), router=None,
+                               dispatcher=b, status_router=registry_b.route_status,
+                               event_router=registry_b.route_event)
+    update, hold = outbox.update, outbox.hold_status
+
+    async def recording_update(key, **fields):
+        row = await update(key, **fields)
+        if fields.get("sid"):
+            recorded.set()
+        return row
+
+    async def hold_after_the_record(sid, status, code, *, now):  # B's hold lands just after A's write
+        await recorded.wait()
+        return await hold(sid, status, code, now=now)
+
+    outbox.update, outbox.hold_status = recording_update, hold_after_the_record
+    call = CallContext(call_id="CA" + "6" * 32, caller_number=CALLER, agent_number=AGENT)
+    heard = []
+    a.subscribe(heard.append, call_id=call.call_id)  # the call's processor on A
+    try:
+        result = await a.send("link", call=call, turn=1)
+        await webhook_b.drain(5.0)
+        for _ in range(50):
+            if any(e.kind.value == "failed" for e in heard):
+                break
+            await asyncio.sleep(0.05)
+        assert result.accepted
+        assert [e.kind.value for e in heard] == ["queued", "sent", "failed"]
+        assert heard[-1].delivery_report and heard[-1].reason == "filtered"
+    finally:
+        for dispatcher, registry in workers:
+            await registry.aclose()
+            await dispatcher.provider.aclose()
+        outbox.close()
+        await client.aclose()

@@ -171,6 +171,26 @@ async def test_held_statuses_are_bounded(workers, monkeypatch):
     for n in range(5):
         await w1.hold_status(f"SM{n}", "failed", 30007, now=T0 + n)
     assert [await w1.take_held_status(f"SM{n}") for n in range(5)] == [None, None, *[("failed", 30007)] * 3]
+    for n in range(3):  # held before the host's clock stepped back an hour (NTP)
+        await w1.hold_status(f"SMold{n}", "sent", None, now=T0 + 3600)
+    await w1.hold_status("SMnew", "failed", 30007, now=T0 + 10)  # the newest callback stays, whatever its time
+    assert await w1.take_held_status("SMnew") == ("failed", 30007)
+
+
+async def test_a_hold_racing_a_take_loses_no_status(workers):
+    # the sender takes "sent" while the webhook worker holds "failed" for the same message: the failure is
+    # either taken with it or left held, never dropped
+    taker, holder = workers("w1"), workers("w2")
+    await taker.take_held_status("SMwarm")  # both handles open before the races
+    lost = []
+    for n in range(40):
+        sid = f"SM{n:032d}"
+        await holder.hold_status(sid, "sent", None, now=T0 + n)
+        took, _ = await asyncio.gather(taker.take_held_status(sid),
+                                       holder.hold_status(sid, "failed", 30007, now=T0 + n + 0.5))
+        if ("failed", 30007) not in (took, await taker.take_held_status(sid)):
+            lost.append(sid)
+    assert lost == []
 
 
 async def test_leases_fence_writes(workers):

@@ -137,6 +137,7 @@ async def test_429_retried_then_sent_once(peer):
     ("http-date", [5.0, 1.0]),  # an HTTP date 5 s after the answer's own Date
     ("600", [8.0, 1.0]),  # capped by the policy (max_delay)
     ("soon", [0.5, 1.0]),  # unreadable: the back-off
+    ("\u00b2", [0.5, 1.0]),  # a superscript two (str.isdigit says digit): unreadable, never an ambiguous answer
 ])
 async def test_429_waits_as_long_as_retry_after_asks(peer, retry_after, waits):
     clock = ManualClock(start=time.time())
@@ -150,8 +151,28 @@ async def test_429_waits_as_long_as_retry_after_asks(peer, retry_after, waits):
                    Fault(status=429, code=20429, commit=False)]
     result = await dispatcher.send("link", call=CALL, turn=1)
     await provider.aclose()
-    assert result.accepted and len(peer.messages) == 1
+    assert result.accepted and len(peer.messages) == 1 and peer.list_requests == 0  # a 429 is no ambiguity
     assert clock.sleeps == pytest.approx(waits)
+
+
+async def test_the_retry_after_of_one_send_does_not_reach_a_concurrent_one(peer):
+    # both sends' requests run on the provider's one HTTP thread; each reads only its own answer's header
+    clock = ManualClock(start=time.time())
+    dispatcher, provider = make(peer.base_url, clock=clock)
+
+    def fault_for(form):
+        if sum(r["Body"] == form["Body"] for r in peer.requests) > 1:
+            return None  # the retry goes through
+        if "Ping" in form["Body"][0]:
+            return Fault(status=429, code=20429, commit=False, delay=0.2, headers={"Retry-After": "5"})
+        return Fault(status=429, code=20429, commit=False, delay=0.25)
+
+    peer.fault_for = fault_for
+    results = await asyncio.gather(dispatcher.send("again", call=CALL, turn=1),
+                                   dispatcher.send("link", call=CALL, turn=1))
+    await provider.aclose()
+    assert all(r.accepted for r in results) and len(peer.messages) == 2
+    assert sorted(clock.sleeps) == [0.5, 5.0]
 
 
 async def test_timeout_after_commit_no_duplicate(peer):
@@ -606,3 +627,46 @@ async def test_basic_auth_header_is_real(peer):
     await provider.aclose()
     expected = base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
     assert expected and peer.auth_failures == 0 and len(peer.messages) == 1
+
+
+async def test_a_callback_between_a_lookup_claiming_the_sid_and_the_accept_is_kept(peer):
+    # the create's answer is lost; the lookup claims the message's SID for the row; Twilio's failure callback
+    # is applied right then: the accept that follows must not erase it
+    dispatcher, provider = make(peer.base_url, timeout=0.3)
+    peer.faults = [Fault(delay=1.0, commit=True)]
+    outbox = dispatcher.outbox
+    claim_sid = outbox.claim_sid
+
+    async def claim_then_callback(key, sid, *, now, **fields):
+        claimed = await claim_sid(key, sid, now=now, **fields)
+        await dispatcher.handle_status(sid, "failed", 30007)
+        return claimed
+
+    outbox.claim_sid = claim_then_callback
+    events = []
+    dispatcher.subscribe(events.append)
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await provider.aclose()
+    row = await outbox.get(result.key)
+    assert result.accepted and (row.delivery, row.delivery_error) == ("failed", 30007)
+    assert [e.kind.value for e in events].count("failed") == 1
+
+
+async def test_a_message_a_lookup_finds_failed_takes_its_held_callback(peer):
+    # Twilio failed it (filtered) and said so before the create's lost answer: the lookup finds it failed; the
+    # held callback is used up (its code names the reason when the lookup's message has none)
+    dispatcher, provider = make(peer.base_url, timeout=0.3)
+    peer.faults = [Fault(delay=1.0, commit=True)]
+
+    async def callback_early():
+        while not peer.messages:
+            await asyncio.sleep(0.01)
+        peer.messages[0].status = "failed"
+        await dispatcher.handle_status(peer.messages[0].sid, "failed", 30007)
+
+    early = asyncio.get_running_loop().create_task(callback_early())
+    result = await dispatcher.send("link", call=CALL, turn=1)
+    await early
+    await provider.aclose()
+    assert result.outcome is SendOutcome.FAILED and result.reason == "filtered"
+    assert await dispatcher.held_statuses.take_held_status(peer.messages[0].sid) is None

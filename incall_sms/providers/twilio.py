@@ -121,7 +121,7 @@ def retry_after_seconds(value: str | None, *, date: str | None = None) -> float 
         The seconds (>= 0), or ``None`` when the header is missing or unreadable.
     """
     value = (value or "").strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # (str.isdigit also takes "²" and other scripts' digits)
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -145,7 +145,10 @@ def _retry_after_headers() -> aiohttp.TraceConfig:
         asked = _RETRY_AFTER.get()
         if asked is not None and params.response.status == 429:
             headers = params.response.headers
-            seconds = retry_after_seconds(headers.get("Retry-After"), date=headers.get("Date"))
+            try:  # a hook that raised would turn the answer into an unreadable one (ambiguous)
+                seconds = retry_after_seconds(headers.get("Retry-After"), date=headers.get("Date"))
+            except Exception:
+                seconds = None
             if seconds is not None:
                 asked.append(seconds)
 
