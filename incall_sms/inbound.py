@@ -61,7 +61,8 @@ _CHANNEL_PREFIX = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_-]*):")
 #: The opt-out/opt-in keywords applied to WhatsApp messages (SMS carriers' wider list is not WhatsApp's).
 _WHATSAPP_KEYWORD = re.compile(r"^\W*(stop|stopall|unsubscribe|start|unstop)\W*$", re.IGNORECASE)
 MAX_MEDIA = 10
-MAX_BODY = 1600 * 2  # generous: concatenated inbound messages can exceed outbound limits
+MAX_BODY = 4096  # WhatsApp's limit (an SMS, concatenated, is at most 1,600); beyond it the start is kept
+_MAX_DIGITS = 20  # a sender the number library does not know is kept as at most this many digits
 
 
 def message_keyword(message: InboundMessage) -> str | None:
@@ -171,23 +172,30 @@ def parse_inbound_form(form: Mapping[str, str], *, now: float | None = None) -> 
         try:
             numbers[field] = normalize_e164(raw, default_region=None, field=field, allow_premium=True)
         except InvalidPhoneNumberError as exc:
-            raise InboundError(exc.reason, field=field) from None
+            # a sender the number library does not know (a short code, a new range) is Twilio's word too: kept,
+            # as the digits it has, for the store (no live call has such a number); our own number must parse
+            digits = "".join(ch for ch in raw if ch.isascii() and ch.isdigit())[:_MAX_DIGITS]
+            if field == "To" or not digits:
+                raise InboundError(exc.reason, field=field) from None
+            numbers[field] = ("+" if raw.strip().startswith("+") else "") + digits
     if channels["From"] != channels["To"]:
         raise InboundError("From and To are on different channels (SMS and WhatsApp)", field="To")
     body = form.get("Body", "")
-    if len(body) > MAX_BODY:
-        raise InboundError(f"longer than {MAX_BODY} characters", field="Body")
+    if len(body) > MAX_BODY:  # more than WhatsApp allows: the start is kept (never the whole message refused)
+        body = body[:MAX_BODY] + " [...]"
     raw_count = form.get("NumMedia", "0") or "0"
-    if not raw_count.isdigit() or int(raw_count) > MAX_MEDIA:
+    if not (raw_count.isascii() and raw_count.isdigit()) or int(raw_count) > MAX_MEDIA:
         raise InboundError(f"must be an integer from 0 to {MAX_MEDIA}", field="NumMedia")
     media = []
     for index in range(int(raw_count)):
         url = form.get(f"MediaUrl{index}", "")
         if not url.startswith(("https://", "http://")) or len(url) > 2048 or any(c.isspace() for c in url):
             raise InboundError("must be an http(s) URL", field=f"MediaUrl{index}")
-        content_type = form.get(f"MediaContentType{index}", "").strip().lower()
+        # parameters dropped ("audio/ogg; codecs=opus"); none or an unreadable one: unknown bytes (the media
+        # reader decides from the content what it can do)
+        content_type = form.get(f"MediaContentType{index}", "").split(";")[0].strip().lower()
         if not _CONTENT_TYPE.match(content_type):
-            raise InboundError("malformed", field=f"MediaContentType{index}")
+            content_type = "application/octet-stream"
         media.append(InboundMedia(url=url, content_type=content_type))
     return InboundMessage(
         sid=sid, account_sid=account, from_number=numbers["From"], to_number=numbers["To"], body=body,
@@ -309,7 +317,16 @@ CREATE TABLE IF NOT EXISTS inbound (
     received_at REAL NOT NULL,
     channel TEXT NOT NULL DEFAULT 'sms'
 );
+CREATE TABLE IF NOT EXISTS seen_sids (
+    sid TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_sids_age ON seen_sids(seen_at);
 """
+
+#: How long this worker remembers a MessageSid it took (a signed webhook can be replayed, byte for byte, at any
+#: time: Twilio's signature has no time in it), in its own store, across restarts.
+SEEN_SIDS_SECONDS = 31 * 24 * 3600.0
 
 
 def _migrate_store(conn: sqlite3.Connection) -> None:
@@ -360,9 +377,34 @@ class InboundRouter:
             What was done with it.
         """
         keys = [f"sid:{message.sid}"] + ([f"token:{idempotency_token}"] if idempotency_token else [])
-        if await self._seen.check_and_add(keys, self._clock()):
+        now = self._clock()
+        try:
+            duplicate = await self._seen.check_and_add(keys, now)
+        except Exception as exc:  # the shared memory is down: this worker's own still knows what it took
+            _log.warning("inbound %s: shared dedupe unavailable (%s)", message.sid, exc.__class__.__name__)
+            duplicate = False
+        # a Twilio retry within the day (any worker), or a replay after a restart or weeks later (this worker)
+        if duplicate or not await self._first_sight(message.sid, now):
             _log.info("inbound %s: duplicate delivery ignored", message.sid)
             return RouteOutcome.DUPLICATE
+        try:
+            return await self._route(message)
+        except Exception as exc:  # a shared store down (Redis): kept, never lost
+            _log.warning("inbound %s: not routed (%s); stored", message.sid, exc.__class__.__name__)
+            await self._store(message, RouteOutcome.STORED)
+            return RouteOutcome.STORED
+
+    async def _first_sight(self, sid: str, now: float) -> bool:
+        """Remember ``sid`` in this worker's store; ``False`` when it was already there."""
+
+        def _add(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM seen_sids WHERE seen_at < ?", (now - SEEN_SIDS_SECONDS,))
+            return conn.execute("INSERT OR IGNORE INTO seen_sids (sid, seen_at) VALUES (?, ?)",
+                                (sid, now)).rowcount == 1
+
+        return bool(await self._db.run(_add))
+
+    async def _route(self, message: InboundMessage) -> RouteOutcome:
         if message.channel == "whatsapp" and self.whatsapp_sessions is not None:
             try:  # the caller may now be sent free-form WhatsApp messages from this number for 24 hours
                 await self.whatsapp_sessions.opened(message.from_number, message.to_number, at=message.received_at)

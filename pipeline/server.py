@@ -264,8 +264,10 @@ def add_webhook_routes(
         sid = form.get("MessageSid", "")
         message_status = form.get("MessageStatus", form.get("SmsStatus", "")).lower()
         code = form.get("ErrorCode", "")
-        if not sid or message_status not in _STATUSES or (code and not code.isdigit()):
-            return PlainTextResponse("invalid status callback", status_code=400)
+        if not sid or message_status not in _STATUSES:
+            return PlainTextResponse("invalid status callback (MessageSid, MessageStatus)", status_code=400)
+        if code and not (code.isascii() and code.isdigit()):
+            return PlainTextResponse("invalid status callback (ErrorCode)", status_code=400)
         if service.dispatcher is not None:
             service.spawn(service.apply_status(sid, message_status, int(code) if code else None))
         return Response(status_code=204)

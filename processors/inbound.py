@@ -135,6 +135,9 @@ class InboundMessageProcessor(FrameProcessor):
             llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
             if self._ended:
                 raise CallEndedError("the call ended while the message was being prepared")
+            if done.cancelled():  # the router stopped waiting (its delivery timeout) and stored it: not now
+                _log.info("inbound %s prepared after the router gave up on it; not injected (stored)", message.sid)
+                return
             # agent talking: the aggregator defers the run; re-ask if its response's end drops the deferral
             self._rearm = self._rearm or self._bot_speaking
             messages = [llm_message] + ([{"role": "developer", "content": note}] if note else [])

@@ -1,0 +1,167 @@
+"""Inbound edges found by an outside attack: signed messages that are unusual but real are taken, never refused
+and lost; replays are duplicates after a restart or a day; an outage of the shared stores loses nothing; a
+delivery given up on is not injected later; malformed numbers are a 400, never a 500."""
+
+import asyncio
+
+import pytest
+
+from incall_sms.inbound import InboundMessage, InboundRouter, InProcessCallRegistry, RouteOutcome, parse_inbound_form
+from incall_sms.optout import SqliteOptOutStore
+from tests.helpers.webhooks import AGENT, CALLER, App, sms_form
+from tests.peers.twilio_peer import ACCOUNT_SID
+
+
+@pytest.fixture
+async def parts(tmp_path):
+    optouts = SqliteOptOutStore()
+    registry = InProcessCallRegistry()
+    router = InboundRouter(registry=registry, optouts=optouts, store_path=tmp_path / "inbound.db")
+    yield registry, router, optouts
+    router.close()
+
+
+def message(body="hi", sid="SM" + "5" * 32, **fields):
+    return InboundMessage(sid=sid, account_sid=ACCOUNT_SID, from_number=CALLER, to_number=AGENT, body=body,
+                          received_at=0.0, **fields)
+
+
+async def test_a_long_whatsapp_message_reaches_the_call(parts):
+    # WhatsApp allows 4,096 characters: signed by Twilio, it is taken, not refused (Twilio would not retry)
+    registry, router, _ = parts
+    got = []
+
+    async def handler(message):
+        got.append(message.body)
+
+    await registry.register(CALLER, AGENT, handler)
+    body = "My full address and the gate instructions: " + "x" * 4000
+    async with App(router) as app:
+        form = sms_form(body=body, from_="whatsapp:" + CALLER, to="whatsapp:" + AGENT)
+        assert (await app.post("/sms/inbound", form))[0] == 200
+        await asyncio.sleep(0.2)
+    assert got == [body]
+
+
+@pytest.mark.parametrize("content_type, taken_as", [
+    ("audio/ogg; codecs=opus", "audio/ogg"),  # parameters: WhatsApp voice notes
+    ("", "application/octet-stream"),  # none given
+    ("Image/JPEG", "image/jpeg"),
+])
+def test_unusual_media_content_types_are_read_not_refused(content_type, taken_as):
+    form = sms_form(media=[("https://api.twilio.com/2010-04-01/Accounts/x/Media/ME1", content_type)])
+    [media] = parse_inbound_form(form).media
+    assert media.content_type == taken_as
+
+
+def test_a_sender_the_number_library_does_not_know_is_kept_for_the_store():
+    # short codes and new number ranges: not routable to a call (no call has that number), but not dropped
+    parsed = parse_inbound_form(sms_form(from_="+1555"))
+    assert parsed.from_number == "+1555"
+    weird = parse_inbound_form(sms_form(from_="+1 (555) <script>"))
+    assert weird.from_number == "+1555"  # only what a number can hold
+
+
+async def test_an_unusual_sender_is_stored(parts):
+    _registry, router, _ = parts
+    async with App(router) as app:
+        assert (await app.post("/sms/inbound", sms_form(from_="72345", body="your code")))[0] == 200
+        await asyncio.sleep(0.2)
+    assert [(r["from_number"], r["outcome"]) for r in await router.stored()] == [("72345", "stored")]
+
+
+@pytest.mark.parametrize("path, field", [("/sms/inbound", "NumMedia"), ("/sms/status", "ErrorCode")])
+async def test_a_non_ascii_digit_is_a_400_naming_the_field(parts, path, field):
+    _registry, router, _ = parts
+    async with App(router) as app:
+        if path == "/sms/status":
+            app.service.dispatcher = object()  # refused before any dispatcher is used
+            form = {"MessageSid": "SM" + "a" * 32, "MessageStatus": "undelivered", field: "\u00b2"}
+        else:
+            form = dict(sms_form(body="hi"), **{field: "\u00b2"})
+        status, text, _ = await app.post(path, form)
+    assert status == 400 and field in text
+
+
+async def test_a_replayed_start_after_a_restart_is_a_duplicate(tmp_path):
+    # a captured signed START, replayed after the worker restarted, must not undo a later STOP
+    optouts = SqliteOptOutStore(tmp_path / "optouts.db")
+    start = message("START")
+    router = InboundRouter(registry=InProcessCallRegistry(), optouts=optouts, store_path=tmp_path / "inbound.db")
+    assert await router.route(start) is RouteOutcome.OPT_IN
+    assert await router.route(message("STOP", sid="SM" + "6" * 32)) is RouteOutcome.OPT_OUT
+    router.close()
+    restarted = InboundRouter(registry=InProcessCallRegistry(), optouts=optouts, store_path=tmp_path / "inbound.db")
+    assert await restarted.route(start) is RouteOutcome.DUPLICATE
+    assert await optouts.is_opted_out(CALLER)
+    restarted.close()
+
+
+async def test_a_replay_a_day_later_is_a_duplicate(tmp_path):
+    now = [1_000_000.0]
+    router = InboundRouter(registry=InProcessCallRegistry(), optouts=SqliteOptOutStore(),
+                           store_path=tmp_path / "inbound.db", clock=lambda: now[0])
+    text = message("yes, charge my card")
+    assert await router.route(text) is RouteOutcome.STORED
+    now[0] += 24 * 3600 + 1  # the shared dedupe memory forgot it
+    assert await router.route(text) is RouteOutcome.DUPLICATE
+    now[0] += 31 * 24 * 3600  # a month on, the worker's own memory is pruned too
+    assert await router.route(message("again", sid="SM" + "7" * 32)) is RouteOutcome.STORED
+    router.close()
+
+
+class BrokenSeenKeys:
+    """A shared dedupe store that is down (Redis restarting)."""
+
+    async def check_and_add(self, keys, now):
+        raise ConnectionError("redis down")
+
+
+class BrokenRegistry(InProcessCallRegistry):
+    async def lookup(self, caller, agent):
+        raise ConnectionError("redis down")
+
+
+@pytest.mark.parametrize("broken", ["seen", "registry"])
+async def test_an_outage_of_the_shared_stores_stores_the_text(tmp_path, broken):
+    router = InboundRouter(registry=BrokenRegistry() if broken == "registry" else InProcessCallRegistry(),
+                           optouts=SqliteOptOutStore(), store_path=tmp_path / "inbound.db",
+                           seen=BrokenSeenKeys() if broken == "seen" else None)
+    assert await router.route(message("I'm outside, gate code please")) is RouteOutcome.STORED
+    assert [r["body"] for r in await router.stored()] == ["I'm outside, gate code please"]
+    router.close()
+
+
+async def test_a_delivery_the_router_gave_up_on_is_not_injected_later(parts):
+    from pipecat.frames.frames import LLMMessagesAppendFrame
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from incall_sms.inbound import InboundMedia
+    from incall_sms.media.fetch import FetchedMedia, MediaPolicy
+    from incall_sms.processors.inbound import InboundMessageProcessor
+
+    class SlowFetcher:  # a media conversion queued behind other calls' media
+        policy = MediaPolicy()
+
+        async def fetch(self, media, *, budget=None):
+            await asyncio.sleep(1.0)
+            return FetchedMedia(content_type="text/plain", data=b"note")
+
+    registry, _, optouts = parts
+    router = InboundRouter(registry=registry, optouts=optouts, delivery_timeout=0.5)
+    inbound = InboundMessageProcessor(fetcher=SlowFetcher())
+    await registry.register(CALLER, AGENT, inbound.deliver)
+    late = message("see attached", sid="MM" + "6" * 32,
+                   media=(InboundMedia("https://api.twilio.com/x", "text/plain"),))
+    outcome = []
+
+    async def route_soon():
+        await asyncio.sleep(0.1)
+        outcome.append(await router.route(late))
+
+    task = asyncio.get_running_loop().create_task(route_soon())
+    _, up = await run_test(inbound, frames_to_send=[SleepFrame(2.0)])
+    await task
+    assert outcome == [RouteOutcome.STORED] and [r["sid"] for r in await router.stored()] == [late.sid]
+    assert not [f for f in up if isinstance(f, LLMMessagesAppendFrame)] and not inbound.injected
+    router.close()
