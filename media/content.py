@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -27,6 +28,11 @@ import tempfile
 import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
+
+try:
+    import resource
+except ImportError:  # Windows: ffmpeg's memory is not capped there
+    resource = None  # type: ignore[assignment]
 
 from incall_sms.inbound import InboundMessage
 from incall_sms.media.fetch import FetchedMedia, MediaError, MediaFetcher
@@ -46,6 +52,8 @@ _FFMPEG_TIMEOUT = 30.0
 #: Bytes ffmpeg may write: 16 kHz mono 16-bit WAV for MAX_VOICE_SECONDS, with room for the header.
 _WAV_MAX_BYTES = 32_000 * MAX_VOICE_SECONDS + 4096
 _FRAMES_MAX_BYTES = 8 << 20
+#: Address space an ffmpeg conversion may use (bytes); a voice note or a video's key frames need far less.
+FFMPEG_MAX_MEMORY = 768 << 20
 #: Attachments converted at once per event loop (each can take ~0.3 GB and a core): more wait their turn.
 MAX_CONVERSIONS = 2
 _CONVERSION_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -87,26 +95,40 @@ def ffmpeg_exe() -> str:
     raise MediaError("no_ffmpeg")
 
 
-async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes:
+async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int, threads: int | None = None) -> bytes:
     """Run ffmpeg on ``data`` (written to a temp file) and return what it writes to stdout.
+
+    ffmpeg's memory is capped (:data:`FFMPEG_MAX_MEMORY`, Linux): a few KB of media can declare frames
+    that decode to gigabytes; past the cap ffmpeg fails and the attachment is ``undecodable``.
 
     Raises:
         MediaError: ``too_large`` (more than ``max_output`` bytes: ffmpeg is stopped, nothing is kept),
             ``timeout``, ``undecodable``.
     """
     async with _conversion_slot():  # the slot covers decoding only, not transcription
-        return await _run_ffmpeg(args, data, max_output=max_output)
+        return await _run_ffmpeg(args, data, max_output=max_output, threads=threads)
 
 
-async def _run_ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes:
+def _cap_memory(pid: int) -> None:
+    """Limit process ``pid``'s address space to :data:`FFMPEG_MAX_MEMORY` (where the OS lets us)."""
+    prlimit = getattr(resource, "prlimit", None) if resource is not None else None
+    if prlimit is None:
+        return
+    with contextlib.suppress(OSError, ValueError):  # it exited already, or the limit is not allowed here
+        prlimit(pid, resource.RLIMIT_AS, (FFMPEG_MAX_MEMORY, FFMPEG_MAX_MEMORY))
+
+
+async def _run_ffmpeg(args: Sequence[str], data: bytes, *, max_output: int, threads: int | None = None) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "in")
         with open(src, "wb") as handle:  # noqa: ASYNC230 - small local temp file
             handle.write(data)
+        decoding = ["-threads", str(threads)] if threads else []
         proc = await asyncio.create_subprocess_exec(
-            ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", src, *args,
+            ffmpeg_exe(), "-nostdin", "-loglevel", "error", *decoding, "-i", src, *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )
+        _cap_memory(proc.pid)  # before it has read its input: it is still starting up
         assert proc.stdout is not None
 
         async def collect() -> bytes:
@@ -176,8 +198,10 @@ async def _video_parts(data: bytes, transcriber: Transcriber | None) -> list[dic
         parts.append({"type": "text", "text": f"[video] sound track: {speech}"})
     except MediaError:
         parts.append({"type": "text", "text": "[video] (no sound track)"})
-    frames = await _ffmpeg(["-vf", "thumbnail,scale=640:-2", "-frames:v", "2", "-f", "image2pipe",
-                            "-vcodec", "mjpeg", "pipe:1"], data, max_output=_FRAMES_MAX_BYTES)
+    # scaled before the thumbnail filter, which holds a batch of 100 frames: at a small video's 8K size that
+    # batch alone took 5 GB; one decoding thread (frame threads each keep their own full-size frames)
+    frames = await _ffmpeg(["-vf", "scale='min(640,iw)':-2,thumbnail", "-frames:v", "2", "-f", "image2pipe",
+                            "-vcodec", "mjpeg", "pipe:1"], data, max_output=_FRAMES_MAX_BYTES, threads=1)
     for chunk in frames.split(b"\xff\xd9")[:2]:
         if chunk.strip():
             parts.append(await _image_content(chunk + b"\xff\xd9"))

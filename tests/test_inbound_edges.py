@@ -165,3 +165,33 @@ async def test_a_delivery_the_router_gave_up_on_is_not_injected_later(parts):
     assert outcome == [RouteOutcome.STORED] and [r["sid"] for r in await router.stored()] == [late.sid]
     assert not [f for f in up if isinstance(f, LLMMessagesAppendFrame)] and not inbound.injected
     router.close()
+
+
+def small_4k_video():
+    """A few KB of H.264 whose frames are 4K: decoded, each is 12 MB."""
+    from tests.helpers.webhooks import ffmpeg
+
+    return ffmpeg("-f", "lavfi", "-i", "color=c=black:size=3840x2160:rate=25:duration=5", "-c:v", "libx264",
+                  "-preset", "ultrafast", "-crf", "51", "-pix_fmt", "yuv420p", "-g", "250",
+                  "-movflags", "frag_keyframe+empty_moov", "-f", "mp4", "pipe:1")
+
+
+async def test_a_small_video_with_huge_frames_gives_its_key_frames_within_the_memory_cap():
+    # the key-frame filter used to hold 100 frames at the video's own size (1.3 GB for 28 KB of 4K video,
+    # 5.4 GB at 8K): now scaled first, it fits well within ffmpeg's memory cap
+    from incall_sms.media.content import _video_parts
+
+    data = small_4k_video()
+    assert len(data) < 100_000
+    parts = await _video_parts(data, None)
+    assert [p["type"] for p in parts] == ["text", "image_url", "image_url"]
+
+
+async def test_ffmpeg_runs_under_a_memory_cap(monkeypatch):
+    import incall_sms.media.content as content
+    from incall_sms.media.fetch import MediaError
+
+    monkeypatch.setattr(content, "FFMPEG_MAX_MEMORY", 24 << 20)  # too little for any decoding
+    with pytest.raises(MediaError) as refused:
+        await content._video_parts(small_4k_video(), None)
+    assert refused.value.reason == "undecodable"
