@@ -68,6 +68,15 @@ def _conversion_slot() -> asyncio.Semaphore:
     return slot
 
 
+#: Characters that break a line without being control characters (JSON leaves them as they are).
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
+
+
+def quoted(text: str) -> str:
+    """``text`` as one JSON string on one line: caller text cannot close the quote or start a line of its own."""
+    return json.dumps(text, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
 class Transcriber(Protocol):
     """Speech-to-text for recorded audio (Deepgram prerecorded in production, offline in simulation)."""
 
@@ -187,7 +196,7 @@ async def _audio_text(data: bytes, transcriber: Transcriber | None) -> str:
     wav = await _ffmpeg(["-vn", "-t", str(MAX_VOICE_SECONDS), "-ac", "1", "-ar", "16000", "-f", "wav", "pipe:1"],
                         data, max_output=_WAV_MAX_BYTES)
     transcript = (await transcriber.transcribe(wav)).strip()
-    return (f"[voice note] {json.dumps(transcript, ensure_ascii=False)}" if transcript
+    return (f"[voice note] {quoted(transcript)}" if transcript
             else "[a voice note with no recognisable speech]")
 
 
@@ -218,7 +227,7 @@ async def _parts_for(item: FetchedMedia, transcriber: Transcriber | None) -> lis
         return await _video_parts(item.data, transcriber)
     if item.content_type in ("text/plain", "text/vcard", "text/x-vcard", "text/calendar"):
         text = item.data.decode("utf-8", errors="replace")[:MAX_TEXT_ATTACHMENT]
-        return [{"type": "text", "text": f"[attached {item.content_type}] {json.dumps(text, ensure_ascii=False)}"}]
+        return [{"type": "text", "text": f"[attached {item.content_type}] {quoted(text)}"}]
     return [{"type": "text", "text": f"[unsupported attachment: {item.content_type}; its content is not available]"}]
 
 
@@ -237,7 +246,7 @@ async def build_user_message(
     intro = f"The caller sent {kind} to this number during the call"
     body = message.body.strip()
     # quoted as JSON: a body cannot close the quote and add lines that look like the system's own notes
-    parts.append({"type": "text", "text": f"{intro}: {json.dumps(body, ensure_ascii=False)}" if body
+    parts.append({"type": "text", "text": f"{intro}: {quoted(body)}" if body
                   else f"{intro} (no text)."})
     budget = fetcher.policy.max_total_bytes if fetcher else 0
     for index, media in enumerate(message.media):
