@@ -66,12 +66,15 @@ class CallBinding:
         caller: The caller's number (E.164), or ``""`` when Twilio gave none (anonymous).
         agent_number: The called number (E.164), or ``""``.
         expires_at: Epoch seconds after which the token is refused.
+        caller_untrusted: Twilio said the caller ID failed its STIR/SHAKEN check: ``caller`` is ``""`` and
+            must not be looked up again (the number is probably someone else's).
     """
 
     call_sid: str
     caller: str
     agent_number: str
     expires_at: float
+    caller_untrusted: bool = False
 
 
 def _b64(data: bytes) -> str:
@@ -115,8 +118,10 @@ class CallBinder:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
 
-    async def mint(self, *, call_sid: str, caller: str, agent_number: str) -> str:
+    async def mint(self, *, call_sid: str, caller: str, agent_number: str, caller_untrusted: bool = False) -> str:
         """A token for the call a signed voice webhook announced (once per call).
+
+        ``caller_untrusted``: the caller ID failed Twilio's STIR/SHAKEN check (see :class:`CallBinding`).
 
         Raises:
             StreamAuthError: ``call_sid`` is not a Twilio call SID, or this call was announced before.
@@ -125,9 +130,11 @@ class CallBinder:
             raise StreamAuthError("malformed call SID")
         if await self._calls.check_and_add([f"voice:{call_sid}"], self._clock()):
             raise StreamAuthError("call already announced")
-        payload = json.dumps({"v": _VERSION, "c": call_sid, "f": caller, "t": agent_number,
-                              "e": round(self._clock() + self._ttl, 3), "n": secrets.token_hex(12)},
-                             separators=(",", ":")).encode()
+        fields = {"v": _VERSION, "c": call_sid, "f": "" if caller_untrusted else caller, "t": agent_number,
+                  "e": round(self._clock() + self._ttl, 3), "n": secrets.token_hex(12)}
+        if caller_untrusted:
+            fields["u"] = 1
+        payload = json.dumps(fields, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
     async def redeem(self, token: str, *, call_sid: str) -> CallBinding:
@@ -148,7 +155,7 @@ class CallBinder:
         try:
             data = json.loads(payload)
             binding = CallBinding(call_sid=str(data["c"]), caller=str(data["f"]), agent_number=str(data["t"]),
-                                  expires_at=float(data["e"]))
+                                  expires_at=float(data["e"]), caller_untrusted=data.get("u") == 1)
             nonce = str(data["n"])
             if data.get("v") != _VERSION:
                 raise ValueError("version")

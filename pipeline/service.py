@@ -213,14 +213,18 @@ class TwilioStream:
     Attributes:
         call_sid: The call (``CA`` + 32 hex digits).
         stream_sid: The stream (``MZ`` + 32 hex digits).
-        caller: The caller (E.164), or ``None`` when Twilio gave no number.
+        caller: The caller (E.164), or ``None`` when Twilio gave no number, or one that failed its
+            STIR/SHAKEN check (``caller_untrusted``).
         agent_number: The called number (E.164), or ``None``.
+        caller_untrusted: Twilio's ``StirVerstat`` said the caller ID failed validation (probably spoofed):
+            no texts to that number, and the texts it sends are not read to this call.
     """
 
     call_sid: str
     stream_sid: str
     caller: str | None
     agent_number: str | None
+    caller_untrusted: bool = False
 
 
 def stream_twiml(*, ws_url: str, params: Mapping[str, str]) -> str:
@@ -459,9 +463,14 @@ class SmsService:
         form = await self.webhooks.signed_form(request)
         if isinstance(form, Response):
             return form
+        # Twilio's STIR/SHAKEN verdict on the caller ID: a failed one is probably someone else's number
+        untrusted = form.get("StirVerstat", "").strip().lower().startswith("tn-validation-failed")
+        if untrusted:
+            _log.warning("caller ID failed its STIR/SHAKEN check: the call is treated as anonymous (no texts to or "
+                         "from its number)")
         try:
             token = await self.binder.mint(call_sid=form.get("CallSid", ""), caller=e164_or_empty(form.get("From")),
-                                           agent_number=e164_or_empty(form.get("To")))
+                                           agent_number=e164_or_empty(form.get("To")), caller_untrusted=untrusted)
         except StreamAuthError as exc:
             if exc.reason == "call already announced":  # a replayed /voice: no second stream for a live call
                 self._refuse(exc.reason)
@@ -550,10 +559,15 @@ class SmsService:
             if key in params and e164_or_empty(params[key]) != signed:
                 raise StreamAuthError(f"stream parameter {key} differs from the signed call")
         return TwilioStream(call_sid=call_sid, stream_sid=stream_sid, caller=binding.caller or None,
-                            agent_number=binding.agent_number or None)
+                            agent_number=binding.agent_number or None, caller_untrusted=binding.caller_untrusted)
 
     async def caller_number(self, stream: TwilioStream) -> str | None:
-        """The caller's number from the signed call, else from the Calls API (by the verified call SID)."""
+        """The caller's number from the signed call, else from the Calls API (by the verified call SID).
+
+        ``None`` for a caller ID that failed Twilio's STIR/SHAKEN check (never looked up: it is the same number).
+        """
+        if stream.caller_untrusted:
+            return None
         if stream.caller:
             return stream.caller
         try:

@@ -47,9 +47,10 @@ async def live(tmp_path):
             yield server
 
 
-async def voice(server, *, call_sid=CALL_SID, caller=CALLER):
+async def voice(server, *, call_sid=CALL_SID, caller=CALLER, **extra):
     """POST a signed /voice webhook; returns the <Stream> url and its parameters."""
-    form = {"CallSid": call_sid, "AccountSid": ACCOUNT_SID, "From": caller, "To": AGENT, "Direction": "inbound"}
+    form = {"CallSid": call_sid, "AccountSid": ACCOUNT_SID, "From": caller, "To": AGENT, "Direction": "inbound",
+            **extra}
     signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + "/voice", form)
     async with aiohttp.ClientSession() as session, session.post(
             f"{server.url}/voice", data=form, headers={"X-Twilio-Signature": signature}) as response:
@@ -271,3 +272,42 @@ async def test_health_and_ready(live):
             assert response.status == 200  # provider warmed, outbox recovered
     assert health["status"] == "ok" and ready["ready"] is True
     assert set(ready) >= {"calls", "stream_refusals", "refused_webhooks"}
+
+
+@pytest.mark.parametrize("verstat", ["TN-Validation-Failed-C", "TN-Validation-Failed"])
+async def test_a_caller_id_that_failed_stir_shaken_gets_no_texts_either_way(live, verstat):
+    # Twilio's verdict on a spoofed caller ID (signed, in /voice): the call goes on, but the number is not the
+    # caller's: the victim's texts to the agent are stored, not read to this caller, and nothing is sent to it
+    _url, params = await voice(live, StirVerstat=verstat, StirStatus="C")
+    call = asyncio.get_running_loop().create_task(play(live, start_message(params), seconds=3.0))
+    for _ in range(100):
+        if live.agent.calls:
+            break
+        await asyncio.sleep(0.02)
+    [sms_call] = live.agent.calls.values()
+    await asyncio.sleep(0.3)
+    assert sms_call.caller is None and len(live.agent.registry) == 0
+    form = {"MessageSid": "SM" + "7" * 32, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": AGENT,
+            "Body": "Here is my card's security code: 123", "NumMedia": "0"}
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + "/sms/inbound", form)
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{live.url}/sms/inbound", data=form, headers={"X-Twilio-Signature": signature}) as response:
+        assert response.status == 200
+    assert await call == ("open", None)
+    await settle(live)
+    assert [r["outcome"] for r in await live.agent.router.stored()] == ["stored"]
+    assert live.twilio.messages == [] and not live.twilio.calls_fetched
+
+
+async def test_a_passed_or_absent_verdict_keeps_the_caller(live):
+    _url, params = await voice(live, StirVerstat="TN-Validation-Passed-A")
+    call = asyncio.get_running_loop().create_task(play(live, start_message(params), seconds=1.5))
+    for _ in range(100):
+        if live.agent.calls:
+            break
+        await asyncio.sleep(0.02)
+    [sms_call] = live.agent.calls.values()
+    await asyncio.sleep(0.3)
+    assert sms_call.caller == CALLER and len(live.agent.registry) == 1
+    await call
+    await settle(live)

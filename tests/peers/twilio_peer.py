@@ -111,6 +111,7 @@ class TwilioPeer:
         self.fault_for: Callable[[dict[str, list[str]]], Fault | None] | None = None
         self.error_numbers: dict[str, int] = {}
         self.calls: dict[str, dict[str, str]] = {}
+        self.calls_fetched: list[str] = []  # call SIDs looked up (GET .../Calls/{sid}.json)
         self.list_faults: list[Fault] = []
         # per-request faults for message lookups (GET .../Messages.json), from the query; after list_faults
         self.list_fault_for: Callable[[Mapping[str, str]], Fault | None] | None = None
@@ -260,6 +261,7 @@ class TwilioPeer:
     async def _call(self, request: web.Request) -> web.Response:
         if not self._authorized(request, request.match_info["sid"]):
             return self._error(401, 20003, "Authenticate")
+        self.calls_fetched.append(request.match_info["call"])
         call = self.calls.get(request.match_info["call"])
         if call is None:
             return self._error(404, 20404, "The requested resource was not found")
