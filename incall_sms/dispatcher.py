@@ -835,9 +835,6 @@ class Dispatcher:
         try:
             stored = await self.outbox.update(record.key, now=self.clock.now(), release=True, **fields)
             recorded = True
-            if receipt.status not in ("queued", "accepted"):  # a lookup found it further along (sent, delivered)
-                stored = (await self.outbox.record_delivery(receipt.sid, receipt.status, None,
-                                                            now=self.clock.now()))[0] or stored
         except SidTakenError:
             # a lookup of another row already took this SID for itself: which text it is cannot be told
             _log.warning("SMS %s: SID %s already recorded for another row; unconfirmed", record.key, receipt.sid)
@@ -850,6 +847,10 @@ class Dispatcher:
             _log.warning("SMS %s accepted as %s but not recorded here (%s)", record.key, receipt.sid,
                          exc.__class__.__name__)
             stored = dataclasses.replace(record, **fields)  # type: ignore[arg-type]
+        if recorded and receipt.status not in ("queued", "accepted"):  # a lookup found it further along (sent...)
+            with contextlib.suppress(Exception):  # only the delivery column: the next callback moves it anyway
+                stored = (await self.outbox.record_delivery(receipt.sid, receipt.status, None,
+                                                            now=self.clock.now()))[0] or stored
         _log.info("SMS %s accepted by %s as %s (%s segment(s))", record.key, self.provider.name, receipt.sid,
                   stored.segments)
         await self._emit(self._event(SmsEventKind.SENT, stored))

@@ -161,7 +161,7 @@ WHERE {table}.final = 0 AND {table}.rank < excluded.rank
 """
 #: How long a status callback for an unknown SID is held for the send that will record it (seconds).
 HELD_STATUS_SECONDS = 600.0
-#: Most callbacks held at once (the oldest go first): only Twilio can post them (signed), but a store bounds
+#: Most callbacks held at once (the first held go first): only Twilio can post them (signed), but a store bounds
 #: what it keeps.
 HELD_STATUS_MAX = 10_000
 
@@ -349,7 +349,13 @@ class HeldStatusStore(Protocol):
     """
 
     async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
-        """Keep a status callback for a SID no row has yet (forward only, bounded in time)."""
+        """Keep a status callback for a SID no row has yet, for the send that records it (:meth:`take_held_status`).
+
+        Twilio can post a message's status (a filter fails it within a second) before the create's answer
+        reaches the sender. Forward only, like ``record_delivery``; statuses that are no delivery status are
+        not kept; callbacks older than :data:`HELD_STATUS_SECONDS` are dropped, and at most
+        :data:`HELD_STATUS_MAX` are kept (the first held go first).
+        """
         ...
 
     async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
@@ -357,8 +363,10 @@ class HeldStatusStore(Protocol):
         ...
 
 
-class OutboxStore(Protocol):
+class OutboxStore(HeldStatusStore, Protocol):
     """What the dispatcher needs of an outbox; :class:`Outbox` (SQLite) and ``PostgresOutbox`` provide it.
+
+    It holds early status callbacks too (:class:`HeldStatusStore`).
 
     Every time argument (``now``) is epoch seconds from the caller's clock; leases are compared
     with it, so the workers sharing an outbox need clocks that agree to well within
@@ -431,19 +439,6 @@ class OutboxStore(Protocol):
         self, sid: str, status: str, error_code: int | None, *, now: float
     ) -> tuple[OutboxRecord | None, bool]:
         """Apply a status callback (forward only); see :meth:`Outbox.record_delivery`."""
-        ...
-
-    async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
-        """Keep a status callback for a SID no row has yet, for the send that records it (see :meth:`take_held_status`).
-
-        Twilio can post a message's status (a filter fails it within a second) before the create's answer
-        reaches the sender. Forward only, like :meth:`record_delivery`; callbacks older than
-        :data:`HELD_STATUS_SECONDS` are dropped, and at most :data:`HELD_STATUS_MAX` are kept.
-        """
-        ...
-
-    async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
-        """Remove and return the held ``(status, error_code)`` of ``sid``; exactly one caller gets it."""
         ...
 
     async def aclose(self) -> None:
@@ -850,11 +845,11 @@ class Outbox:
         return await self._run(_apply)
 
     async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
-        """Keep a status callback for a SID no row has yet; see :meth:`OutboxStore.hold_status`."""
-        if delivery_rank(status) is None:  # no delivery status: nothing a row could take from it
+        """Keep a status callback for a SID no row has yet; see :meth:`HeldStatusStore.hold_status`."""
+        ranked = delivery_rank(status)
+        if ranked is None:  # no delivery status: nothing a row could take from it
             return
-
-        rank, final = delivery_rank(status) or (0, False)
+        rank, final = ranked
 
         def _hold(conn: sqlite3.Connection) -> None:
             with transaction(conn):
@@ -867,7 +862,7 @@ class Outbox:
         await self._run(_hold)
 
     async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
-        """Remove and return the held status of ``sid``; see :meth:`OutboxStore.take_held_status`."""
+        """Remove and return the held status of ``sid``; see :meth:`HeldStatusStore.take_held_status`."""
 
         def _take(conn: sqlite3.Connection) -> tuple[str, int | None] | None:
             with transaction(conn):

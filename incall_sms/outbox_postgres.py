@@ -424,10 +424,11 @@ class PostgresOutbox:
             return self._record(row), True
 
     async def hold_status(self, sid: str, status: str, error_code: int | None, *, now: float) -> None:
-        """Keep a status callback for a SID no row has yet; see :meth:`OutboxStore.hold_status`."""
-        if delivery_rank(status) is None:  # no delivery status: nothing a row could take from it
+        """Keep a status callback for a SID no row has yet; see :meth:`HeldStatusStore.hold_status`."""
+        ranked = delivery_rank(status)
+        if ranked is None:  # no delivery status: nothing a row could take from it
             return
-        rank, final = delivery_rank(status) or (0, False)
+        rank, final = ranked
         async with self._connection(transaction=True) as conn:
             await conn.execute(f"DELETE FROM {_HELD} WHERE received_at < $1", now - _outbox.HELD_STATUS_SECONDS)
             await conn.execute(HOLD_STATUS_SQL.format(table=_HELD, marks="$1, $2, $3, $4, $5, $6"),
@@ -436,7 +437,7 @@ class PostgresOutbox:
                                "ORDER BY seq DESC OFFSET $1)", _outbox.HELD_STATUS_MAX)
 
     async def take_held_status(self, sid: str) -> tuple[str, int | None] | None:
-        """Remove and return the held status of ``sid``; see :meth:`OutboxStore.take_held_status`."""
+        """Remove and return the held status of ``sid``; see :meth:`HeldStatusStore.take_held_status`."""
         async with self._connection() as conn:
             row = await conn.fetchrow(f"DELETE FROM {_HELD} WHERE sid = $1 RETURNING status, error_code", sid)
         return None if row is None else (row["status"], row["error_code"])
