@@ -327,6 +327,9 @@ CREATE INDEX IF NOT EXISTS seen_sids_age ON seen_sids(seen_at);
 #: How long this worker remembers a MessageSid it took (a signed webhook can be replayed, byte for byte, at any
 #: time: Twilio's signature has no time in it), in its own store, across restarts.
 SEEN_SIDS_SECONDS = 31 * 24 * 3600.0
+#: Tries at recording a STOP/START when the opt-out list fails, and the first pause between them (it grows).
+_KEYWORD_TRIES = 3
+_KEYWORD_RETRY_S = 0.2
 
 
 def _migrate_store(conn: sqlite3.Connection) -> None:
@@ -384,7 +387,12 @@ class InboundRouter:
             _log.warning("inbound %s: shared dedupe unavailable (%s)", message.sid, exc.__class__.__name__)
             duplicate = False
         # a Twilio retry within the day (any worker), or a replay after a restart or weeks later (this worker)
-        if duplicate or not await self._first_sight(message.sid, now):
+        if not duplicate:
+            try:
+                duplicate = not await self._first_sight(message.sid, now)
+            except Exception as exc:  # this worker's store failing (disk full) must not lose the text either
+                _log.warning("inbound %s: not remembered for dedupe (%s)", message.sid, exc.__class__.__name__)
+        if duplicate:
             _log.info("inbound %s: duplicate delivery ignored", message.sid)
             return RouteOutcome.DUPLICATE
         try:
@@ -393,6 +401,24 @@ class InboundRouter:
             _log.warning("inbound %s: not routed (%s); stored", message.sid, exc.__class__.__name__)
             await self._store(message, RouteOutcome.STORED)
             return RouteOutcome.STORED
+
+    async def _apply_keyword(self, message: InboundMessage, keyword: str) -> None:
+        """Record a STOP or START in the opt-out list; a failing list (a Redis blip) is tried again, then logged."""
+        for attempt in range(_KEYWORD_TRIES):
+            try:
+                if keyword == "opt_out":
+                    await self.optouts.opt_out(message.from_number, now=self._clock())
+                else:
+                    await self.optouts.opt_in(message.from_number)
+            except Exception as exc:
+                if attempt + 1 == _KEYWORD_TRIES:
+                    _log.error("inbound %s: %s NOT recorded in the opt-out list (%s); kept in the store as %s",
+                               message.sid, keyword.replace("_", "-"), exc.__class__.__name__, keyword)
+                    return
+                await asyncio.sleep(_KEYWORD_RETRY_S * (attempt + 1))
+            else:
+                _log.info("inbound %s: %s recorded", message.describe(), keyword.replace("_", "-"))
+                return
 
     async def _first_sight(self, sid: str, now: float) -> bool:
         """Remember ``sid`` in this worker's store; ``False`` when it was already there."""
@@ -412,13 +438,9 @@ class InboundRouter:
                 _log.warning("inbound %s: WhatsApp session not recorded (%s)", message.sid, exc.__class__.__name__)
         keyword = message_keyword(message)
         if keyword in ("opt_out", "opt_in"):
-            if keyword == "opt_out":
-                await self.optouts.opt_out(message.from_number, now=self._clock())
-            else:
-                await self.optouts.opt_in(message.from_number)
             outcome = RouteOutcome.OPT_OUT if keyword == "opt_out" else RouteOutcome.OPT_IN
-            await self._store(message, outcome)
-            _log.info("inbound %s: %s recorded", message.describe(), keyword.replace("_", "-"))
+            await self._store(message, outcome)  # kept as what it is, whatever happens next
+            await self._apply_keyword(message, keyword)
             # a live call hears of it too: a YES may answer its question, a STOP ends its texting
             handler = await self.registry.lookup(message.from_number, message.to_number)
             if handler is not None:

@@ -131,13 +131,14 @@ class InboundMessageProcessor(FrameProcessor):
                 ready = getattr(self._replies, "ready_for", None)  # a sink written before ready_for existed
                 if ready is not None:
                     await ready(message)  # it may be the reply to a text still being sent
-                note = self._replies.offer_reply(message)
             llm_message = await build_user_message(message, fetcher=self._fetcher, transcriber=self._transcriber)
             if self._ended:
                 raise CallEndedError("the call ended while the message was being prepared")
-            if done.cancelled():  # the router stopped waiting (its delivery timeout) and stored it: not now
+            if done.cancelled():  # the router stopped waiting (its delivery timeout) and stored it: not now,
                 _log.info("inbound %s prepared after the router gave up on it; not injected (stored)", message.sid)
-                return
+                return  # and not an answer to the call's waits either
+            if self._replies is not None:
+                note = self._replies.offer_reply(message)
             # agent talking: the aggregator defers the run; re-ask if its response's end drops the deferral
             self._rearm = self._rearm or self._bot_speaking
             messages = [llm_message] + ([{"role": "developer", "content": note}] if note else [])
