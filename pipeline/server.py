@@ -127,7 +127,17 @@ class WebhookService:
                 and await self.status_router(sid, status, error_code):
             return
         event = await self.dispatcher.handle_status(sid, status, error_code)
-        if event is None or self.event_router is None:
+        if event is None:
+            # held: with each worker's own outbox the sender may have recorded, claimed and looked for held
+            # statuses just before it was held here: ask for the sender again for a moment (it applies it; a
+            # second application changes nothing)
+            if self.status_router is not None and await self.dispatcher.outbox.by_sid(sid) is None:
+                for _ in range(_ROUTE_TRIES):
+                    await asyncio.sleep(_ROUTE_RETRY_S)
+                    if await self.status_router(sid, status, error_code):
+                        return
+            return
+        if self.event_router is None:
             return
         # A callback held here before the sender recorded its SID can be applied here just after the sender
         # wrote the SID and before it claimed the SID in Redis: give the claim a moment to appear.

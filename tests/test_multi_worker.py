@@ -238,3 +238,81 @@ async def test_an_early_failure_applied_by_another_worker_reaches_the_call_whose
             await dispatcher.provider.aclose()
         outbox.close()
         await client.aclose()
+
+
+async def test_an_early_failure_held_by_another_worker_after_the_sender_looked_reaches_the_call(redis_url, tmp_path):
+    # each worker its own SQLite outbox, Redis: B finds no owner, A records, claims and looks (nothing held
+    # yet), then B holds: B must try the owner again, or the failure waits in Redis until it expires
+    import time
+    import uuid
+
+    from incall_sms.actions import parse_actions
+    from incall_sms.clock import ManualClock
+    from incall_sms.dispatcher import CallContext, Dispatcher
+    from incall_sms.optout import SqliteOptOutStore
+    from incall_sms.outbox import Outbox
+    from incall_sms.pipeline.server import WebhookService, WebhookSettings
+    from incall_sms.providers.local import LocalProvider
+    from incall_sms.redis_store import RedisCallRegistry, RedisHeldStatuses, connect
+
+    client = connect(redis_url)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    clock = ManualClock(start=time.time())
+    actions = parse_actions({"actions": [{"name": "link", "condition": "if the caller wants the link",
+                                          "content": {"template": "https://example.com"}}]})
+    a_took = asyncio.Event()
+
+    class HeldA(RedisHeldStatuses):
+        async def take_held_status(self, sid):
+            got = await super().take_held_status(sid)
+            a_took.set()
+            return got
+
+    class HeldB(RedisHeldStatuses):
+        async def hold_status(self, sid, status, code, *, now):  # B's hold lands just after A's look
+            await a_took.wait()
+            return await super().hold_status(sid, status, code, now=now)
+
+    class EarlyFailure(LocalProvider):
+        async def send(self, sms):
+            receipt = await super().send(sms)
+            webhook_b.spawn(webhook_b.apply_status(receipt.sid, "failed", 30007))  # posted to B at once
+            await asyncio.sleep(0.05)  # B asks Redis for the SID's owner first: none yet
+            return receipt
+
+    workers = []
+    for name, provider, held in (("A", EarlyFailure(), HeldA(client, prefix=prefix)),
+                                 ("B", LocalProvider(), HeldB(client, prefix=prefix))):
+        outbox = Outbox(tmp_path / f"{name}.db")
+        dispatcher = Dispatcher(actions=actions, provider=provider, outbox=outbox, optouts=SqliteOptOutStore(),
+                                clock=clock, held_statuses=held)
+        registry = RedisCallRegistry(client, worker_id=name, prefix=prefix)
+        registry.status_handler, registry.event_handler = dispatcher.handle_status, dispatcher.publish
+        await registry.start()
+
+        async def claim(event, registry=registry):  # as SmsService wires it
+            if event.kind.value == "sent" and event.sid:
+                await registry.claim_sid(event.sid)
+
+        dispatcher.subscribe(claim)
+        workers.append((dispatcher, registry, outbox))
+    (a, registry_a, _), (b, registry_b, _) = workers
+    webhook_b = WebhookService(settings=WebhookSettings(public_url=PUBLIC, auth_token=AUTH_TOKEN), router=None,
+                               dispatcher=b, status_router=registry_b.route_status,
+                               event_router=registry_b.route_event)
+    call = CallContext(call_id="CA" + "6" * 32, caller_number=CALLER, agent_number=AGENT)
+    heard = []
+    a.subscribe(heard.append, call_id=call.call_id)
+    try:
+        result = await a.send("link", call=call, turn=1)
+        await webhook_b.drain(5.0)
+        await asyncio.sleep(0.5)
+        stranded = await client.keys(f"{prefix}:held:*")
+        assert result.accepted
+        assert [e.kind.value for e in heard] == ["queued", "sent", "failed"], (heard, stranded)
+    finally:
+        for dispatcher, registry, outbox in workers:
+            await registry.aclose()
+            await dispatcher.provider.aclose()
+            outbox.close()
+        await client.aclose()
