@@ -52,8 +52,11 @@ _FFMPEG_TIMEOUT = 30.0
 #: Bytes ffmpeg may write: 16 kHz mono 16-bit WAV for MAX_VOICE_SECONDS, with room for the header.
 _WAV_MAX_BYTES = 32_000 * MAX_VOICE_SECONDS + 4096
 _FRAMES_MAX_BYTES = 8 << 20
-#: Address space an ffmpeg conversion may use (bytes); a voice note or a video's key frames need far less.
+#: Resident memory an ffmpeg conversion may use (bytes); a voice note or a video's key frames need far less.
 FFMPEG_MAX_MEMORY = 768 << 20
+#: Address space it may reserve: a backstop against one sudden huge allocation the memory watch would miss.
+FFMPEG_MAX_ADDRESS_SPACE = 3 << 30
+_MEMORY_POLL_S = 0.05
 #: Attachments converted at once per event loop (each can take ~0.3 GB and a core): more wait their turn.
 MAX_CONVERSIONS = 2
 _CONVERSION_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -104,41 +107,73 @@ def ffmpeg_exe() -> str:
     raise MediaError("no_ffmpeg")
 
 
-async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int, threads: int | None = None) -> bytes:
+async def _ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes:
     """Run ffmpeg on ``data`` (written to a temp file) and return what it writes to stdout.
 
-    ffmpeg's memory is capped (:data:`FFMPEG_MAX_MEMORY`, Linux): a few KB of media can declare frames
-    that decode to gigabytes; past the cap ffmpeg fails and the attachment is ``undecodable``.
+    ffmpeg's memory is capped: a few KB of media can declare frames that decode to gigabytes. Its
+    resident memory is watched (:data:`FFMPEG_MAX_MEMORY`, Linux ``/proc``) and it is stopped past it; its
+    threads are bounded (one per stage, not one per core) and its address space is capped well above what
+    that needs (:data:`FFMPEG_MAX_ADDRESS_SPACE`), a backstop against a sudden allocation.
 
     Raises:
-        MediaError: ``too_large`` (more than ``max_output`` bytes: ffmpeg is stopped, nothing is kept),
-            ``timeout``, ``undecodable``.
+        MediaError: ``too_large`` (more than ``max_output`` bytes, or more memory than the cap: ffmpeg is
+            stopped, nothing is kept), ``timeout``, ``undecodable``.
     """
     async with _conversion_slot():  # the slot covers decoding only, not transcription
-        return await _run_ffmpeg(args, data, max_output=max_output, threads=threads)
+        return await _run_ffmpeg(args, data, max_output=max_output)
 
 
-def _cap_memory(pid: int) -> None:
-    """Limit process ``pid``'s address space to :data:`FFMPEG_MAX_MEMORY` (where the OS lets us)."""
+def _cap_address_space(pid: int) -> None:
+    """Limit process ``pid``'s address space to :data:`FFMPEG_MAX_ADDRESS_SPACE` (where the OS lets us)."""
     prlimit = getattr(resource, "prlimit", None) if resource is not None else None
     if prlimit is None:
         return
     with contextlib.suppress(OSError, ValueError):  # it exited already, or the limit is not allowed here
-        prlimit(pid, resource.RLIMIT_AS, (FFMPEG_MAX_MEMORY, FFMPEG_MAX_MEMORY))
+        prlimit(pid, resource.RLIMIT_AS, (FFMPEG_MAX_ADDRESS_SPACE, FFMPEG_MAX_ADDRESS_SPACE))
 
 
-async def _run_ffmpeg(args: Sequence[str], data: bytes, *, max_output: int, threads: int | None = None) -> bytes:
+def _resident_bytes(pid: int) -> int | None:
+    """Process ``pid``'s resident memory (Linux ``/proc``), or ``None`` (gone, or no ``/proc`` here)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+#: One thread per stage whatever the host's cores (threads each reserve a stack and a malloc arena), and few arenas.
+_BOUNDED_THREADS = ("-threads", "1", "-filter_threads", "1", "-filter_complex_threads", "1")
+_FFMPEG_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
+async def _run_ffmpeg(args: Sequence[str], data: bytes, *, max_output: int) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "in")
         with open(src, "wb") as handle:  # noqa: ASYNC230 - small local temp file
             handle.write(data)
-        decoding = ["-threads", str(threads)] if threads else []
         proc = await asyncio.create_subprocess_exec(
-            ffmpeg_exe(), "-nostdin", "-loglevel", "error", *decoding, "-i", src, *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            ffmpeg_exe(), "-nostdin", "-loglevel", "error", *_BOUNDED_THREADS, "-i", src, "-threads", "1", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env={**os.environ, **_FFMPEG_ENV},
         )
-        _cap_memory(proc.pid)  # before it has read its input: it is still starting up
+        _cap_address_space(proc.pid)  # before it has read its input: it is still starting up
         assert proc.stdout is not None
+        over = False
+
+        async def watch() -> None:
+            nonlocal over
+            while proc.returncode is None:
+                await asyncio.sleep(_MEMORY_POLL_S)
+                resident = _resident_bytes(proc.pid)
+                if resident is None:
+                    return  # gone, or nothing to read here
+                if resident > FFMPEG_MAX_MEMORY:
+                    over = True
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    return
 
         async def collect() -> bytes:
             chunks: list[bytes] = []
@@ -151,6 +186,7 @@ async def _run_ffmpeg(args: Sequence[str], data: bytes, *, max_output: int, thre
             await proc.wait()
             return b"".join(chunks)
 
+        watcher = asyncio.get_running_loop().create_task(watch(), name="ffmpeg-memory")
         try:
             out = await asyncio.wait_for(collect(), _FFMPEG_TIMEOUT)
         except (TimeoutError, MediaError, asyncio.CancelledError) as exc:
@@ -160,6 +196,12 @@ async def _run_ffmpeg(args: Sequence[str], data: bytes, *, max_output: int, thre
             if isinstance(exc, TimeoutError):
                 raise MediaError("timeout") from None
             raise
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if over:
+            raise MediaError("too_large")
         if proc.returncode != 0:
             raise MediaError("undecodable")
         return out
@@ -208,9 +250,15 @@ async def _video_parts(data: bytes, transcriber: Transcriber | None) -> list[dic
     except MediaError:
         parts.append({"type": "text", "text": "[video] (no sound track)"})
     # scaled before the thumbnail filter, which holds a batch of 100 frames: at a small video's 8K size that
-    # batch alone took 5 GB; one decoding thread (frame threads each keep their own full-size frames)
-    frames = await _ffmpeg(["-vf", "scale='min(640,iw)':-2,thumbnail", "-frames:v", "2", "-f", "image2pipe",
-                            "-vcodec", "mjpeg", "pipe:1"], data, max_output=_FRAMES_MAX_BYTES, threads=1)
+    # batch alone took 5 GB (and one decoding thread: frame threads each keep their own full-size frames)
+    try:
+        frames = await _ffmpeg(["-vf", "scale='min(640,iw)':-2,thumbnail", "-frames:v", "2", "-f", "image2pipe",
+                                "-vcodec", "mjpeg", "pipe:1"], data, max_output=_FRAMES_MAX_BYTES)
+    except MediaError as exc:  # the sound track already read stays
+        if not any(p["type"] == "text" and "sound track:" in p["text"] for p in parts):
+            raise
+        parts.append({"type": "text", "text": f"[video] (no pictures: {exc.reason})"})
+        return parts
     for chunk in frames.split(b"\xff\xd9")[:2]:
         if chunk.strip():
             parts.append(await _image_content(chunk + b"\xff\xd9"))

@@ -187,14 +187,57 @@ async def test_a_small_video_with_huge_frames_gives_its_key_frames_within_the_me
     assert [p["type"] for p in parts] == ["text", "image_url", "image_url"]
 
 
-async def test_ffmpeg_runs_under_a_memory_cap(monkeypatch):
+async def test_ffmpeg_is_stopped_past_the_memory_cap(monkeypatch):
     import incall_sms.media.content as content
-    from incall_sms.media.fetch import MediaError
 
-    monkeypatch.setattr(content, "FFMPEG_MAX_MEMORY", 24 << 20)  # too little for any decoding
-    with pytest.raises(MediaError) as refused:
-        await content._video_parts(small_4k_video(), None)
-    assert refused.value.reason == "undecodable"
+    monkeypatch.setattr(content, "FFMPEG_MAX_MEMORY", 24 << 20)  # less than decoding 4K frames takes (~130 MB)
+    parts = await content._video_parts(small_4k_video(), None)  # no speech-to-text: only the pictures decode
+    assert parts[-1]["text"] == "[video] (no pictures: too_large)"
+    seen = []
+    monkeypatch.setattr(content, "_resident_bytes", lambda pid: seen.append(pid) or None)  # no /proc: no watch
+    monkeypatch.setattr(content, "FFMPEG_MAX_MEMORY", 768 << 20)
+    assert [p["type"] for p in await content._video_parts(small_4k_video(), None)][-1] == "image_url" and seen
+
+
+def phone_hevc_video():
+    """1080p HEVC 10-bit with a sound track (a phone's default HDR video), 4 s."""
+    from tests.helpers.webhooks import ffmpeg
+
+    return ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30:duration=4", "-f", "lavfi",
+                  "-i", "sine=frequency=300:duration=4", "-c:v", "libx265", "-preset", "ultrafast", "-b:v", "2M",
+                  "-pix_fmt", "yuv420p10le", "-tag:v", "hvc1", "-c:a", "aac", "-shortest",
+                  "-x265-params", "log-level=error", "-movflags", "frag_keyframe+empty_moov", "-f", "mp4", "pipe:1")
+
+
+class Words:
+    async def transcribe(self, wav):
+        return "meet me at the north entrance"
+
+
+async def test_a_phone_video_gives_its_sound_and_key_frames():
+    from incall_sms.media.content import _video_parts
+
+    parts = await _video_parts(phone_hevc_video(), Words())
+    assert [p["type"] for p in parts] == ["text", "image_url", "image_url"]
+    assert "north entrance" in parts[0]["text"]
+
+
+async def test_a_video_whose_pictures_fail_keeps_its_sound_track(monkeypatch):
+    import incall_sms.media.content as content
+
+    run = content._run_ffmpeg
+
+    async def no_pictures(args, data, *, max_output):
+        if "image2pipe" in args:
+            from incall_sms.media.fetch import MediaError
+
+            raise MediaError("too_large")
+        return await run(args, data, max_output=max_output)
+
+    monkeypatch.setattr(content, "_run_ffmpeg", no_pictures)
+    parts = await content._video_parts(phone_hevc_video(), Words())
+    assert [p["text"] for p in parts] == ['[video] sound track: [voice note] "meet me at the north entrance"',
+                                          "[video] (no pictures: too_large)"]
 
 
 async def test_a_body_cannot_start_a_line_of_its_own_with_unicode_line_breaks():
