@@ -77,6 +77,7 @@ class LiveSettings:
     database_url: str | None = None
     outbox_lease: float = 30.0
     worker_id: str | None = None
+    caller_id_trust: str = "unless-failed"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> LiveSettings:
@@ -112,7 +113,7 @@ class LiveSettings:
             record_unmasked=env.get("SMS_RECORD_UNMASKED", "") == "1", sender_rate=sms.sender_rate,
             redis_url=sms.redis_url, stream_token_ttl=sms.stream_token_ttl, judge=sms.judge,
             local_model=sms.local_model, database_url=sms.database_url, outbox_lease=sms.outbox_lease,
-            worker_id=sms.worker_id,
+            worker_id=sms.worker_id, caller_id_trust=sms.caller_id_trust,
         )
 
     def sms_settings(self) -> SmsSettings:
@@ -124,7 +125,7 @@ class LiveSettings:
             sender_rate=self.sender_rate, redis_url=self.redis_url, stream_token_ttl=self.stream_token_ttl,
             deepgram_api_key=self.deepgram_api_key, deepgram_base_url=self.deepgram_base_url, judge=self.judge,
             local_model=self.local_model, database_url=self.database_url, outbox_lease=self.outbox_lease,
-            worker_id=self.worker_id,
+            worker_id=self.worker_id, caller_id_trust=self.caller_id_trust,
         )
 
 

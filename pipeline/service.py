@@ -125,6 +125,10 @@ class SmsSettings:
             ``[local]`` extra), ``auto`` (local when installed, else embedded), ``llm`` (see
             :func:`incall_sms.judges.select.make_judge`).
         local_model: The local judge's model (``SMS_LOCAL_MODEL``; ``None``: the best one installed).
+        caller_id_trust: Which caller IDs are taken as the caller's number, from Twilio's STIR/SHAKEN
+            verdict (``StirVerstat`` on ``/voice``): ``unless-failed`` (default: all but a failed check) or
+            ``attested`` (only full or partial attestation, ``TN-Validation-Passed-A``/``-B``). Any other
+            call is anonymous: no texts to its number, its number's texts are stored, not read to it.
     """
 
     public_url: str
@@ -145,6 +149,7 @@ class SmsSettings:
     database_url: str | None = None
     outbox_lease: float = 30.0
     worker_id: str | None = None
+    caller_id_trust: str = "unless-failed"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, public_url: str | None = None) -> SmsSettings:
@@ -179,7 +184,30 @@ class SmsSettings:
             database_url=env.get("DATABASE_URL") or None,
             outbox_lease=positive_float(env.get("SMS_OUTBOX_LEASE", "30"), "SMS_OUTBOX_LEASE"),
             worker_id=env.get("SMS_WORKER_ID") or None,
+            caller_id_trust=_caller_id_trust(env.get("SMS_CALLER_ID_TRUST", "unless-failed")),
         )
+
+
+#: ``SMS_CALLER_ID_TRUST`` values, and the STIR/SHAKEN verdicts each trusts (``None``: all but a failed check).
+CALLER_ID_TRUST: dict[str, frozenset[str] | None] = {
+    "unless-failed": None,
+    "attested": frozenset({"tn-validation-passed-a", "tn-validation-passed-b"}),
+}
+
+
+def _caller_id_trust(raw: str) -> str:
+    if raw not in CALLER_ID_TRUST:
+        raise SettingsError(f"SMS_CALLER_ID_TRUST must be one of {', '.join(CALLER_ID_TRUST)} (got {raw!r})")
+    return raw
+
+
+def caller_id_untrusted(verstat: str | None, *, trust: str = "unless-failed") -> bool:
+    """Whether a call's caller ID is not to be taken as the caller's number (Twilio's ``StirVerstat``)."""
+    verdict = (verstat or "").strip().lower()
+    if verdict.startswith("tn-validation-failed"):
+        return True
+    trusted = CALLER_ID_TRUST[trust]
+    return trusted is not None and verdict not in trusted
 
 
 def _judge_name(raw: str) -> str:
@@ -464,10 +492,10 @@ class SmsService:
         if isinstance(form, Response):
             return form
         # Twilio's STIR/SHAKEN verdict on the caller ID: a failed one is probably someone else's number
-        untrusted = form.get("StirVerstat", "").strip().lower().startswith("tn-validation-failed")
+        untrusted = caller_id_untrusted(form.get("StirVerstat"), trust=self.settings.caller_id_trust)
         if untrusted:
-            _log.warning("caller ID failed its STIR/SHAKEN check: the call is treated as anonymous (no texts to or "
-                         "from its number)")
+            _log.warning("caller ID not trusted (STIR/SHAKEN verdict, SMS_CALLER_ID_TRUST=%s): the call is treated "
+                         "as anonymous (no texts to or from its number)", self.settings.caller_id_trust)
         try:
             token = await self.binder.mint(call_sid=form.get("CallSid", ""), caller=e164_or_empty(form.get("From")),
                                            agent_number=e164_or_empty(form.get("To")), caller_untrusted=untrusted)

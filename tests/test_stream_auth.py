@@ -311,3 +311,55 @@ async def test_a_passed_or_absent_verdict_keeps_the_caller(live):
     assert sms_call.caller == CALLER and len(live.agent.registry) == 1
     await call
     await settle(live)
+
+
+@pytest.mark.parametrize("verstat, trust, untrusted", [
+    ("TN-Validation-Failed-A", "unless-failed", True),
+    (" tn-validation-failed ", "unless-failed", True),
+    ("TN-Validation-Passed-C", "unless-failed", False),
+    ("No-TN-Validation", "unless-failed", False),
+    (None, "unless-failed", False),
+    ("TN-Validation-Passed-A", "attested", False),
+    ("TN-Validation-Passed-B", "attested", False),
+    ("TN-Validation-Passed-C", "attested", True),  # the carrier signed the call, not the number
+    ("No-TN-Validation", "attested", True),
+    (None, "attested", True),
+    ("TN-Validation-Failed-A", "attested", True),
+])
+def test_which_caller_ids_are_trusted(verstat, trust, untrusted):
+    from incall_sms.pipeline.service import caller_id_untrusted
+
+    assert caller_id_untrusted(verstat, trust=trust) is untrusted
+
+
+def test_a_bad_caller_id_trust_setting_is_named():
+    from incall_sms.pipeline.service import SettingsError, SmsSettings
+
+    with pytest.raises(SettingsError, match="SMS_CALLER_ID_TRUST"):
+        SmsSettings.from_env({"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                              "PUBLIC_URL": PUBLIC, "SMS_CALLER_ID_TRUST": "paranoid"})
+
+
+async def test_attested_only_makes_a_call_signed_for_the_carrier_but_not_the_number_anonymous(tmp_path):
+    async with TwilioPeer() as twilio, DeepgramPeer([(0.5, "hello there")]) as deepgram, \
+            LLMPeer(lambda body: "Sure.") as llm:
+        settings = LiveSettings.from_env({
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "dg-test-key",
+            "DEEPGRAM_BASE_URL": deepgram.base_url, "SMS_AGENT_LLM_URL": llm.base_url,
+            "SMS_AGENT_LLM_MODEL": "agent", "SMS_AGENT_TTS": "tone", "PUBLIC_URL": PUBLIC,
+            "TWILIO_API_BASE_URL": twilio.base_url, "SMS_STATE_DIR": str(tmp_path / "state"),
+            "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS), "SMS_CALLER_ID_TRUST": "attested"})
+        agent = LiveAgent(settings)
+        async with LiveServer(agent.app) as server:
+            server.agent, server.twilio, server.tmp = agent, twilio, tmp_path
+            _url, params = await voice(server, StirVerstat="TN-Validation-Passed-C")
+            call = asyncio.get_running_loop().create_task(play(server, start_message(params), seconds=1.5))
+            for _ in range(100):
+                if agent.calls:
+                    break
+                await asyncio.sleep(0.02)
+            [sms_call] = agent.calls.values()
+            await asyncio.sleep(0.3)
+            assert sms_call.caller is None and len(agent.registry) == 0
+            await call
+            await settle(server)
