@@ -66,8 +66,9 @@ class CallBinding:
         caller: The caller's number (E.164), or ``""`` when Twilio gave none (anonymous).
         agent_number: The called number (E.164), or ``""``.
         expires_at: Epoch seconds after which the token is refused.
-        caller_untrusted: Twilio said the caller ID failed its STIR/SHAKEN check: ``caller`` is ``""`` and
-            must not be looked up again (the number is probably someone else's).
+        caller_untrusted: The caller ID is not trusted (Twilio's STIR/SHAKEN verdict: failed, or not attested
+            enough for the service's ``caller_id_trust``): ``caller`` is ``""`` and must not be looked up again
+            (the number may be someone else's).
     """
 
     call_sid: str
@@ -121,7 +122,7 @@ class CallBinder:
     async def mint(self, *, call_sid: str, caller: str, agent_number: str, caller_untrusted: bool = False) -> str:
         """A token for the call a signed voice webhook announced (once per call).
 
-        ``caller_untrusted``: the caller ID failed Twilio's STIR/SHAKEN check (see :class:`CallBinding`).
+        ``caller_untrusted``: the caller ID is not trusted (see :class:`CallBinding`).
 
         Raises:
             StreamAuthError: ``call_sid`` is not a Twilio call SID, or this call was announced before.

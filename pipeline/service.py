@@ -241,11 +241,12 @@ class TwilioStream:
     Attributes:
         call_sid: The call (``CA`` + 32 hex digits).
         stream_sid: The stream (``MZ`` + 32 hex digits).
-        caller: The caller (E.164), or ``None`` when Twilio gave no number, or one that failed its
-            STIR/SHAKEN check (``caller_untrusted``).
+        caller: The caller (E.164), or ``None`` when Twilio gave no number, or one that is not trusted
+            (``caller_untrusted``).
         agent_number: The called number (E.164), or ``None``.
-        caller_untrusted: Twilio's ``StirVerstat`` said the caller ID failed validation (probably spoofed):
-            no texts to that number, and the texts it sends are not read to this call.
+        caller_untrusted: Twilio's ``StirVerstat`` says the caller ID failed validation (probably spoofed), or
+            is not attested enough for ``SmsSettings.caller_id_trust``: no texts to that number, and the texts it
+            sends are not read to this call.
     """
 
     call_sid: str
@@ -592,7 +593,7 @@ class SmsService:
     async def caller_number(self, stream: TwilioStream) -> str | None:
         """The caller's number from the signed call, else from the Calls API (by the verified call SID).
 
-        ``None`` for a caller ID that failed Twilio's STIR/SHAKEN check (never looked up: it is the same number).
+        ``None`` for a caller ID that is not trusted (never looked up: the API would give the same number).
         """
         if stream.caller_untrusted:
             return None
