@@ -149,8 +149,11 @@ async def test_report_times_share_one_clock():
 async def test_conversation_lists_everything_in_order():
     report = await replay(_calls("booking_confirmation"), actions=load_actions(CORPUS_ACTIONS))
     kinds = [(t.who, t.kind) for t in report.conversation]
-    assert kinds[:4] == [("caller", "transcript"), ("agent", "reply"), ("caller", "transcript"), ("agent", "filler")]
-    assert ("sms", "accepted") in kinds and ("agent", "confirmation") in kinds
+    assert kinds[:3] == [("caller", "transcript"), ("agent", "reply"), ("caller", "transcript")]
+    # the filler starts playing and the provider accepts the text within a few ms of each other (the local
+    # provider answers at once): either may be listed first on a loaded machine
+    assert sorted(kinds[3:5]) == [("agent", "filler"), ("sms", "accepted")]
+    assert kinds.index(("agent", "confirmation")) > 4
     sms = next(t for t in report.conversation if t.who == "sms" and t.action == "booking_confirmation")
     assert sms.detail and sms.score and sms.text.startswith("Hi there") and sms.turn == 2
     row = next(s for s in report.sms if s.action == "booking_confirmation")
