@@ -398,12 +398,8 @@ class EarlyCallbackProvider(LocalProvider):
         return receipt
 
 
-@pytest.mark.parametrize("statuses, kind, delivery", [
-    ([("sent", None), ("failed", 30007)], SmsEventKind.FAILED, "failed"),
-    ([("delivered", None)], SmsEventKind.DELIVERED, "delivered"),
-])
-async def test_a_status_callback_before_the_create_answer_is_applied_once_the_sid_is_recorded(
-        clock, statuses, kind, delivery):
+def early_callbacks(clock, statuses):
+    """A dispatcher whose provider's callbacks (``statuses``) come before its answers; its events are collected."""
     provider = EarlyCallbackProvider(statuses=statuses, clock=clock.now)
     outbox = Outbox()
     dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=provider, outbox=outbox,
@@ -411,6 +407,16 @@ async def test_a_status_callback_before_the_create_answer_is_applied_once_the_si
     provider.dispatcher = dispatcher
     events = []
     dispatcher.subscribe(events.append)
+    return dispatcher, provider, outbox, events
+
+
+@pytest.mark.parametrize("statuses, kind, delivery", [
+    ([("sent", None), ("failed", 30007)], SmsEventKind.FAILED, "failed"),
+    ([("delivered", None)], SmsEventKind.DELIVERED, "delivered"),
+])
+async def test_a_status_callback_before_the_create_answer_is_applied_once_the_sid_is_recorded(
+        clock, statuses, kind, delivery):
+    dispatcher, provider, outbox, events = early_callbacks(clock, statuses)
     result = await dispatcher.send("link", call=CALL, turn=1)
     assert provider.early == [None] * len(statuses)  # no row had the SID yet: held, no event
     assert result.accepted  # Twilio did accept it; the callback says what became of it
@@ -492,13 +498,7 @@ async def test_a_held_failure_survives_outbox_blips(clock, where, blips):
     # longer outage leaves the callback held for recovery's next pass (the call hears of it then)
     from incall_sms.errors import OutboxUnavailableError
 
-    provider = EarlyCallbackProvider(statuses=[("failed", 30007)], clock=clock.now)
-    outbox = Outbox()
-    dispatcher = Dispatcher(actions=parse_actions(ACTIONS), provider=provider, outbox=outbox,
-                            optouts=SqliteOptOutStore(), clock=clock)
-    provider.dispatcher = dispatcher
-    events = []
-    dispatcher.subscribe(events.append)
+    dispatcher, provider, outbox, events = early_callbacks(clock, [("failed", 30007)])
     take, record = outbox.take_held_status, outbox.record_delivery
     failures = []
 

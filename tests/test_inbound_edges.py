@@ -26,15 +26,55 @@ def message(body="hi", sid="SM" + "5" * 32, **fields):
                           received_at=0.0, **fields)
 
 
-async def test_a_long_whatsapp_message_reaches_the_call(parts):
-    # WhatsApp allows 4,096 characters: signed by Twilio, it is taken, not refused (Twilio would not retry)
-    registry, router, _ = parts
+async def live_call(registry):
+    """Register a live call of (CALLER, AGENT) that collects the bodies handed to it; returns that list."""
     got = []
 
     async def handler(message):
         got.append(message.body)
 
     await registry.register(CALLER, AGENT, handler)
+    return got
+
+
+async def give_up_on_a_slow_delivery(registry, router, body, *, replies=None):
+    """A text with an attachment that takes 1 s to prepare, routed to a call while the router waits 0.5 s.
+
+    Returns:
+        The router's outcomes, the frames the call's inbound processor pushed upstream, and that processor.
+    """
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from incall_sms.inbound import InboundMedia
+    from incall_sms.media.fetch import FetchedMedia, MediaPolicy
+    from incall_sms.processors.inbound import InboundMessageProcessor
+
+    class SlowFetcher:  # a media conversion queued behind other calls' media
+        policy = MediaPolicy()
+
+        async def fetch(self, media, *, budget=None):
+            await asyncio.sleep(1.0)
+            return FetchedMedia(content_type="text/plain", data=b"note")
+
+    inbound = InboundMessageProcessor(fetcher=SlowFetcher(), replies=replies)
+    await registry.register(CALLER, AGENT, inbound.deliver)
+    late = message(body, sid="MM" + "6" * 32, media=(InboundMedia("https://api.twilio.com/x", "text/plain"),))
+    outcome = []
+
+    async def route_soon():
+        await asyncio.sleep(0.1)
+        outcome.append(await router.route(late))
+
+    task = asyncio.get_running_loop().create_task(route_soon())
+    _, up = await run_test(inbound, frames_to_send=[SleepFrame(2.0)])
+    await task
+    return outcome, up, inbound
+
+
+async def test_a_long_whatsapp_message_reaches_the_call(parts):
+    # WhatsApp allows 4,096 characters: signed by Twilio, it is taken, not refused (Twilio would not retry)
+    registry, router, _ = parts
+    got = await live_call(registry)
     body = "My full address and the gate instructions: " + "x" * 4000
     async with App(router) as app:
         form = sms_form(body=body, from_="whatsapp:" + CALLER, to="whatsapp:" + AGENT)
@@ -134,37 +174,12 @@ async def test_an_outage_of_the_shared_stores_stores_the_text(tmp_path, broken):
 
 async def test_a_delivery_the_router_gave_up_on_is_not_injected_later(parts):
     from pipecat.frames.frames import LLMMessagesAppendFrame
-    from pipecat.tests.utils import SleepFrame, run_test
-
-    from incall_sms.inbound import InboundMedia
-    from incall_sms.media.fetch import FetchedMedia, MediaPolicy
-    from incall_sms.processors.inbound import InboundMessageProcessor
-
-    class SlowFetcher:  # a media conversion queued behind other calls' media
-        policy = MediaPolicy()
-
-        async def fetch(self, media, *, budget=None):
-            await asyncio.sleep(1.0)
-            return FetchedMedia(content_type="text/plain", data=b"note")
 
     registry, _, optouts = parts
     router = InboundRouter(registry=registry, optouts=optouts, delivery_timeout=0.5)
-    inbound = InboundMessageProcessor(fetcher=SlowFetcher())
-    await registry.register(CALLER, AGENT, inbound.deliver)
-    late = message("see attached", sid="MM" + "6" * 32,
-                   media=(InboundMedia("https://api.twilio.com/x", "text/plain"),))
-    outcome = []
-
-    async def route_soon():
-        await asyncio.sleep(0.1)
-        outcome.append(await router.route(late))
-
-    task = asyncio.get_running_loop().create_task(route_soon())
-    _, up = await run_test(inbound, frames_to_send=[SleepFrame(2.0)])
-    await task
-    assert outcome == [RouteOutcome.STORED] and [r["sid"] for r in await router.stored()] == [late.sid]
+    outcome, up, inbound = await give_up_on_a_slow_delivery(registry, router, "see attached")
+    assert outcome == [RouteOutcome.STORED] and [r["sid"] for r in await router.stored()] == ["MM" + "6" * 32]
     assert not [f for f in up if isinstance(f, LLMMessagesAppendFrame)] and not inbound.injected
-    router.close()
 
 
 def small_4k_video():
@@ -269,12 +284,7 @@ async def test_a_stop_during_an_opt_out_store_outage_is_kept_as_a_stop_and_told_
     # a blip is retried; a longer outage still tells the live call (it stops texting) and keeps the row a STOP
     optouts = OptOutsDown(failures)
     registry = InProcessCallRegistry()
-    got = []
-
-    async def live_call(m):
-        got.append(m.body)
-
-    await registry.register(CALLER, AGENT, live_call)
+    got = await live_call(registry)
     router = InboundRouter(registry=registry, optouts=optouts, store_path=tmp_path / "inbound.db")
     assert await router.route(message("STOP")) is RouteOutcome.OPT_OUT
     assert got == ["STOP"] and [r["outcome"] for r in await router.stored()] == ["opt_out"]
@@ -286,12 +296,7 @@ async def test_a_failing_write_of_the_workers_own_dedupe_memory_does_not_lose_th
     import sqlite3
 
     registry = InProcessCallRegistry()
-    got = []
-
-    async def live_call(m):
-        got.append(m.body)
-
-    await registry.register(CALLER, AGENT, live_call)
+    got = await live_call(registry)
     router = InboundRouter(registry=registry, optouts=SqliteOptOutStore(), store_path=tmp_path / "inbound.db")
     run = router._db.run
 
@@ -309,18 +314,6 @@ async def test_a_failing_write_of_the_workers_own_dedupe_memory_does_not_lose_th
 async def test_a_reply_the_router_gave_up_on_is_not_taken_by_the_engine(tmp_path):
     # the router stored it: the call's engine must not act on it as the awaited reply either
     from pipecat.frames.frames import LLMMessagesAppendFrame
-    from pipecat.tests.utils import SleepFrame, run_test
-
-    from incall_sms.inbound import InboundMedia
-    from incall_sms.media.fetch import FetchedMedia, MediaPolicy
-    from incall_sms.processors.inbound import InboundMessageProcessor
-
-    class SlowFetcher:
-        policy = MediaPolicy()
-
-        async def fetch(self, media, *, budget=None):
-            await asyncio.sleep(1.0)
-            return FetchedMedia(content_type="text/plain", data=b"note")
 
     class Replies:
         def __init__(self):
@@ -337,19 +330,7 @@ async def test_a_reply_the_router_gave_up_on_is_not_taken_by_the_engine(tmp_path
     router = InboundRouter(registry=registry, optouts=SqliteOptOutStore(), store_path=tmp_path / "i.db",
                            delivery_timeout=0.5)
     replies = Replies()
-    inbound = InboundMessageProcessor(fetcher=SlowFetcher(), replies=replies)
-    await registry.register(CALLER, AGENT, inbound.deliver)
-    late = message("jo@example.com", sid="MM" + "6" * 32,
-                   media=(InboundMedia("https://api.twilio.com/x", "text/plain"),))
-    outcome = []
-
-    async def route_soon():
-        await asyncio.sleep(0.1)
-        outcome.append(await router.route(late))
-
-    task = asyncio.get_running_loop().create_task(route_soon())
-    _, up = await run_test(inbound, frames_to_send=[SleepFrame(2.0)])
-    await task
+    outcome, up, _inbound = await give_up_on_a_slow_delivery(registry, router, "jo@example.com", replies=replies)
     router.close()
     assert outcome == [RouteOutcome.STORED] and not [f for f in up if isinstance(f, LLMMessagesAppendFrame)]
     assert replies.taken == []

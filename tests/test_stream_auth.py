@@ -6,6 +6,7 @@ file, the live-call registry unchanged, a counted, masked refusal.
 """
 
 import asyncio
+import contextlib
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -31,8 +32,9 @@ CALL_SID = "CA" + "ab" * 16
 STREAM_SID = "MZ" + "cd" * 16
 
 
-@pytest.fixture
-async def live(tmp_path):
+@contextlib.asynccontextmanager
+async def live_server(tmp_path, **env):
+    """The live agent on loopback, with Twilio, Deepgram and LLM peers; ``env`` adds settings."""
     async with TwilioPeer() as twilio, DeepgramPeer([(0.5, "hello there")]) as deepgram, \
             LLMPeer(lambda body: "Sure.") as llm:
         settings = LiveSettings.from_env({
@@ -40,11 +42,17 @@ async def live(tmp_path):
             "DEEPGRAM_BASE_URL": deepgram.base_url, "SMS_AGENT_LLM_URL": llm.base_url,
             "SMS_AGENT_LLM_MODEL": "agent", "SMS_AGENT_TTS": "tone", "PUBLIC_URL": PUBLIC,
             "TWILIO_API_BASE_URL": twilio.base_url, "SMS_STATE_DIR": str(tmp_path / "state"),
-            "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS), "SMS_RECORD_DIR": str(tmp_path / "rec" / "calls")})
+            "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS), "SMS_RECORD_DIR": str(tmp_path / "rec" / "calls"), **env})
         agent = LiveAgent(settings)
         async with LiveServer(agent.app) as server:
             server.agent, server.twilio, server.tmp = agent, twilio, tmp_path
             yield server
+
+
+@pytest.fixture
+async def live(tmp_path):
+    async with live_server(tmp_path) as server:
+        yield server
 
 
 async def voice(server, *, call_sid=CALL_SID, caller=CALLER, **extra):
@@ -106,6 +114,16 @@ async def play(server, start, *, signature="valid", seconds=1.5):
         return "open", None
     finally:
         await ws.close()
+
+
+async def live_calls(server):
+    """The server's calls once one has started (and its start-up, registration included, has run)."""
+    for _ in range(100):
+        if server.agent.calls:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    return list(server.agent.calls.values())
 
 
 async def settle(server):
@@ -280,12 +298,7 @@ async def test_a_caller_id_that_failed_stir_shaken_gets_no_texts_either_way(live
     # caller's: the victim's texts to the agent are stored, not read to this caller, and nothing is sent to it
     _url, params = await voice(live, StirVerstat=verstat, StirStatus="C")
     call = asyncio.get_running_loop().create_task(play(live, start_message(params), seconds=3.0))
-    for _ in range(100):
-        if live.agent.calls:
-            break
-        await asyncio.sleep(0.02)
-    [sms_call] = live.agent.calls.values()
-    await asyncio.sleep(0.3)
+    [sms_call] = await live_calls(live)
     assert sms_call.caller is None and len(live.agent.registry) == 0
     form = {"MessageSid": "SM" + "7" * 32, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": AGENT,
             "Body": "Here is my card's security code: 123", "NumMedia": "0"}
@@ -302,12 +315,7 @@ async def test_a_caller_id_that_failed_stir_shaken_gets_no_texts_either_way(live
 async def test_a_passed_or_absent_verdict_keeps_the_caller(live):
     _url, params = await voice(live, StirVerstat="TN-Validation-Passed-A")
     call = asyncio.get_running_loop().create_task(play(live, start_message(params), seconds=1.5))
-    for _ in range(100):
-        if live.agent.calls:
-            break
-        await asyncio.sleep(0.02)
-    [sms_call] = live.agent.calls.values()
-    await asyncio.sleep(0.3)
+    [sms_call] = await live_calls(live)
     assert sms_call.caller == CALLER and len(live.agent.registry) == 1
     await call
     await settle(live)
@@ -341,25 +349,10 @@ def test_a_bad_caller_id_trust_setting_is_named():
 
 
 async def test_attested_only_makes_a_call_signed_for_the_carrier_but_not_the_number_anonymous(tmp_path):
-    async with TwilioPeer() as twilio, DeepgramPeer([(0.5, "hello there")]) as deepgram, \
-            LLMPeer(lambda body: "Sure.") as llm:
-        settings = LiveSettings.from_env({
-            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "DEEPGRAM_API_KEY": "dg-test-key",
-            "DEEPGRAM_BASE_URL": deepgram.base_url, "SMS_AGENT_LLM_URL": llm.base_url,
-            "SMS_AGENT_LLM_MODEL": "agent", "SMS_AGENT_TTS": "tone", "PUBLIC_URL": PUBLIC,
-            "TWILIO_API_BASE_URL": twilio.base_url, "SMS_STATE_DIR": str(tmp_path / "state"),
-            "SMS_ACTIONS_FILE": str(DEFAULT_ACTIONS), "SMS_CALLER_ID_TRUST": "attested"})
-        agent = LiveAgent(settings)
-        async with LiveServer(agent.app) as server:
-            server.agent, server.twilio, server.tmp = agent, twilio, tmp_path
-            _url, params = await voice(server, StirVerstat="TN-Validation-Passed-C")
-            call = asyncio.get_running_loop().create_task(play(server, start_message(params), seconds=1.5))
-            for _ in range(100):
-                if agent.calls:
-                    break
-                await asyncio.sleep(0.02)
-            [sms_call] = agent.calls.values()
-            await asyncio.sleep(0.3)
-            assert sms_call.caller is None and len(agent.registry) == 0
-            await call
-            await settle(server)
+    async with live_server(tmp_path, SMS_CALLER_ID_TRUST="attested") as server:
+        _url, params = await voice(server, StirVerstat="TN-Validation-Passed-C")
+        call = asyncio.get_running_loop().create_task(play(server, start_message(params), seconds=1.5))
+        [sms_call] = await live_calls(server)
+        assert sms_call.caller is None and len(server.agent.registry) == 0
+        await call
+        await settle(server)
