@@ -40,6 +40,16 @@ _log = logging.getLogger(__name__)
 _ROUTE_TRIES = 20
 _ROUTE_RETRY_S = 0.1
 
+
+async def _until_claimed(route: Callable[[], Awaitable[bool]]) -> bool:
+    """Call ``route`` until it reaches a worker, :data:`_ROUTE_TRIES` times :data:`_ROUTE_RETRY_S` apart."""
+    for attempt in range(_ROUTE_TRIES):
+        if attempt:
+            await asyncio.sleep(_ROUTE_RETRY_S)
+        if await route():
+            return True
+    return False
+
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 _STATUSES = {"accepted", "scheduled", "queued", "sending", "sent", "delivered", "undelivered", "failed", "read",
              "receiving", "received", "canceled"}
@@ -132,20 +142,12 @@ class WebhookService:
             # statuses just before it was held here: ask for the sender again for a moment (it applies it; a
             # second application changes nothing)
             if self.status_router is not None and await self.dispatcher.outbox.by_sid(sid) is None:
-                for _ in range(_ROUTE_TRIES):
-                    await asyncio.sleep(_ROUTE_RETRY_S)
-                    if await self.status_router(sid, status, error_code):
-                        return
-            return
-        if self.event_router is None:
-            return
-        # A callback held here before the sender recorded its SID can be applied here just after the sender
-        # wrote the SID and before it claimed the SID in Redis: give the claim a moment to appear.
-        for _ in range(_ROUTE_TRIES):
-            if await self.event_router(event):
-                return
-            await asyncio.sleep(_ROUTE_RETRY_S)
-        _log.warning("delivery event for message %s reached no worker (its worker is gone)", sid)
+                await _until_claimed(lambda: self.status_router(sid, status, error_code))  # type: ignore[misc]
+        # applied here just after the sender wrote the SID and before it claimed the SID in Redis: give the claim
+        # a moment to appear
+        elif self.event_router is not None and not await _until_claimed(
+                lambda: self.event_router(event)):  # type: ignore[misc]
+            _log.warning("delivery event for message %s reached no worker (its worker is gone)", sid)
 
     def url_for(self, request: Request) -> str:
         """The URL Twilio signed: public base + path + query."""
