@@ -109,17 +109,14 @@ def gc_pauses():
         out["gc_max_pause_ms"] = round(max((p for _, p in pauses), default=0.0) * 1000, 2)
 
 
-async def audio_path(sends: int, variant: str, *, http: str = "process") -> dict:
+async def audio_path(sends: int, variant: str, *, http_thread: bool = True) -> dict:
     """Audio gaps while `sends` SMS are in flight against a peer answering after 2 s.
 
     The peer runs in its own process: the event loop measured carries our work (and pipecat's) only.
-    ``http``: where the Twilio client's requests are made: ``process`` (the default: a helper process),
-    ``thread`` (aiohttp on the client's own thread) or ``loop`` (all of it on the pipeline's loop);
-    ``bench/http_thread_ab.py`` compares them.
+    ``http_thread=False`` runs the Twilio client on the pipeline's loop (``bench/http_thread_ab.py``).
     """
     async with PeerProcess(delay=PROVIDER_DELAY) as peer:
-        engine = make_engine(peer=peer, extractor=False, actions=many_actions(sends),
-                             http_thread=http != "loop", http_process=http == "process")
+        engine = make_engine(peer=peer, extractor=False, actions=many_actions(sends), http_thread=http_thread)
         await engine.dispatcher.provider.warm_up()
         if variant == "sms":
             first: FrameProcessor = SmsActionProcessor(engine=engine)

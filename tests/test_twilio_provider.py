@@ -142,7 +142,6 @@ async def test_429_retried_then_sent_once(peer):
 async def test_429_waits_as_long_as_retry_after_asks(peer, retry_after, waits):
     clock = ManualClock(start=time.time())
     dispatcher, provider = make(peer.base_url, clock=clock)
-    await provider.warm_up()  # (the peer dates its answer when it sends it: the same second as `now` below)
     headers = {"Retry-After": retry_after}
     if retry_after == "http-date":
         now = time.time()
@@ -307,7 +306,6 @@ async def test_a_lookup_never_claims_the_message_of_a_twin_still_in_flight(peer)
     provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url, timeout=5.0)
     dispatcher = Dispatcher(actions=ACTIONS, provider=provider, outbox=Outbox(), optouts=SqliteOptOutStore(),
                             retry_policy=RetryPolicy(attempts=1), ambiguity_delay=0.5)
-    await provider.warm_up()  # the HTTP helper runs before the sends (their order at the peer is the test's)
     peer.faults = [Fault(drop=True, commit=False),  # turn 1: the connection drops, nothing created
                    Fault(delay=1.5, commit=True)]  # turn 2: created at once, its answer 1.5 s late
     first = asyncio.create_task(dispatcher.send("again", call=CALL, turn=1))

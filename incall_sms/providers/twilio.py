@@ -4,9 +4,8 @@
   (``AsyncTwilioHttpClient`` opens an aiohttp session) and never retries by itself
   (its ``max_retries`` would resend POSTs on 5xx and create duplicates).
 * By default that loop is a private one on its own thread (:class:`LoopThread`): the client's
-  per-request CPU never runs between the pipeline's audio frames. The requests themselves
-  (aiohttp: one connection pool for every call of the process) are made by a helper process
-  (:mod:`incall_sms.providers.http_process`): their objects and CPU stay out of this one.
+  per-request CPU (about a millisecond) never runs between the pipeline's audio frames, and
+  every call the process handles shares one connection pool.
 * Every request has an explicit deadline (``asyncio.timeout``): the client's own
   ``timeout`` argument is ignored by the SDK.
 * ``base_url`` points the client at a loopback peer in tests.
@@ -24,7 +23,7 @@ import datetime as dt
 import email.utils
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
@@ -36,13 +35,6 @@ from twilio.rest.api.v2010.account.message import MessageInstance
 from incall_sms.errors import SendError, SendErrorKind
 from incall_sms.providers.base import FAILED_STATUSES, OutboundSms, ProviderReceipt, delivery_reason
 from incall_sms.providers.http_log import mask_twilio_logs
-from incall_sms.providers.http_process import (
-    START_TIMEOUT_S,
-    HttpProcess,
-    ProcessHttpClient,
-    RequestLost,
-    RequestNotSent,
-)
 from incall_sms.providers.loop_thread import LoopThread
 from incall_sms.providers.server_clock import ServerClock
 from incall_sms.providers.stored_text import stored_form
@@ -96,6 +88,24 @@ _MESSAGE_SID = re.compile(r"(?:SM|MM)[0-9a-fA-F]{32}")
 _BACKSTOP_S = 2.0
 
 
+def _date_headers_to(clock: ServerClock) -> aiohttp.TraceConfig:
+    """An aiohttp trace config handing the ``Date`` header of Twilio's own fresh answers to ``clock``.
+
+    Successful JSON answers only, none from a cache (``Age``): a gateway's error page or a stored answer
+    carries another clock.
+    """
+    config = aiohttp.TraceConfig()
+
+    async def on_request_end(_session: object, _context: object, params: aiohttp.TraceRequestEndParams) -> None:
+        response = params.response
+        if 200 <= response.status < 300 and "Age" not in response.headers \
+                and response.content_type == "application/json":
+            clock.observe(response.headers.get("Date"))
+
+    config.on_request_end.append(on_request_end)
+    return config
+
+
 #: The ``Retry-After`` seconds of 429 answers to the request running in this context (:meth:`TwilioProvider._create`
 #: sets a list; the trace config below fills it: the twilio exception carries no headers).
 _RETRY_AFTER: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("twilio_retry_after", default=None)
@@ -127,33 +137,20 @@ def retry_after_seconds(value: str | None, *, date: str | None = None) -> float 
     return max(0.0, (when - now).total_seconds())
 
 
-def _note_answer(clock: ServerClock, status: int, headers: Mapping[str, str]) -> None:
-    """What an answer's headers tell: Twilio's clock, and how long a 429 asks to wait.
-
-    The ``Date`` of Twilio's own fresh successful JSON answers goes to ``clock`` (none from a cache
-    (``Age``): a gateway's error page or a stored answer carries another clock); a 429's ``Retry-After``
-    goes to the request's :data:`_RETRY_AFTER` (the twilio exception carries no headers). Never raises:
-    a hook that raised would turn the answer into an unreadable one (ambiguous).
-    """
-    try:
-        content_type = (headers.get("Content-Type") or "").partition(";")[0].strip().lower()
-        if 200 <= status < 300 and "Age" not in headers and content_type == "application/json":
-            clock.observe(headers.get("Date"))
-        asked = _RETRY_AFTER.get()
-        if asked is not None and status == 429:
-            seconds = retry_after_seconds(headers.get("Retry-After"), date=headers.get("Date"))
-            if seconds is not None:
-                asked.append(seconds)
-    except Exception:  # see above
-        _log.debug("unreadable answer headers", exc_info=True)
-
-
-def _answer_trace(clock: ServerClock) -> aiohttp.TraceConfig:
-    """An aiohttp trace config handing each answer's headers to :func:`_note_answer` (the in-process client)."""
+def _retry_after_headers() -> aiohttp.TraceConfig:
+    """An aiohttp trace config handing the ``Retry-After`` of a 429 to the request's :data:`_RETRY_AFTER`."""
     config = aiohttp.TraceConfig()
 
     async def on_request_end(_session: object, _context: object, params: aiohttp.TraceRequestEndParams) -> None:
-        _note_answer(clock, params.response.status, params.response.headers)
+        asked = _RETRY_AFTER.get()
+        if asked is not None and params.response.status == 429:
+            headers = params.response.headers
+            try:  # a hook that raised would turn the answer into an unreadable one (ambiguous)
+                seconds = retry_after_seconds(headers.get("Retry-After"), date=headers.get("Date"))
+            except Exception:
+                seconds = None
+            if seconds is not None:
+                asked.append(seconds)
 
     config.on_request_end.append(on_request_end)
     return config
@@ -204,11 +201,8 @@ class TwilioProvider:
         base_url: API base, e.g. ``http://127.0.0.1:8099`` for a loopback peer;
             ``None`` keeps Twilio's.
         timeout: Deadline for one request, seconds.
-        http_thread: Run the client's work on a private event loop on its own thread
+        http_thread: Run the client's HTTP work on a private event loop on its own thread
             (default); ``False`` runs it on the caller's loop.
-        http_process: With ``http_thread``, make the client's HTTP requests in a helper process
-            (default: aiohttp's objects and CPU stay out of the audio process; see
-            :mod:`incall_sms.providers.http_process`); ``False`` makes them on that thread.
 
     Attributes:
         request_timeout: ``timeout``: the longest a send request stays on the wire (the
@@ -225,7 +219,6 @@ class TwilioProvider:
         base_url: str | None = None,
         timeout: float = 10.0,
         http_thread: bool = True,
-        http_process: bool = True,
     ) -> None:
         if not account_sid or not auth_token:
             raise ValueError("account_sid and auth_token are required")
@@ -236,27 +229,19 @@ class TwilioProvider:
         self.request_timeout = timeout
         self.server_clock = ServerClock(name="Twilio")  # this host's clock against Twilio's (Date headers)
         self._client: Client | None = None
-        self._http: AsyncTwilioHttpClient | ProcessHttpClient | None = None
+        self._http: AsyncTwilioHttpClient | None = None
         self._use_thread = http_thread
-        self._use_process = http_thread and http_process
         self._thread: LoopThread | None = None
 
     def _get_client(self) -> Client:
         if self._client is None:
             mask_twilio_logs()  # the client logs its requests' URLs at INFO: a lookup's carry both numbers
-            self._http = self._new_http()
+            self._http = AsyncTwilioHttpClient(trace_configs=[_date_headers_to(self.server_clock),
+                                                              _retry_after_headers()])
             self._client = Client(self._account_sid, self._auth_token, http_client=self._http)
             if self._base_url:
                 self._client.api.base_url = self._base_url.rstrip("/")
         return self._client
-
-    def _new_http(self) -> AsyncTwilioHttpClient | ProcessHttpClient:
-        clock = self.server_clock
-        if self._use_process:
-            return ProcessHttpClient(process=HttpProcess(name="twilio-http"),
-                                     deadline=self._timeout * 3 + _BACKSTOP_S,
-                                     on_answer=lambda status, headers: _note_answer(clock, status, headers))
-        return AsyncTwilioHttpClient(trace_configs=[_answer_trace(clock)])
 
     async def run_with_client(self, work: Callable[[Client], Awaitable[T]]) -> T:
         """Run ``work(client)`` where this provider's HTTP work runs (its own thread unless ``http_thread=False``).
@@ -275,40 +260,16 @@ class TwilioProvider:
         """Build the client and import its lazily loaded modules now (at start-up, not mid-call).
 
         The first construction of the twilio client costs tens of milliseconds of CPU; doing it
-        before calls start keeps it off the audio path (and starts the HTTP thread and helper process).
+        before calls start keeps it off the audio path (and starts the HTTP thread).
         """
         async def build(client: Client) -> None:
             _ = client.messages  # imports the v2010 account/message modules
             from twilio.rest.api.v2010.account.message import MessageInstance, MessageList  # noqa: F401
 
         await self.run_with_client(build)
-        await self._ensure_helper()  # ~0.3 s of interpreter start-up, not on a first send
-
-    async def _ensure_helper(self) -> None:
-        """Start the HTTP helper process (if one is used and none runs) before a request's deadline starts.
-
-        Its start-up is no time on the wire: it must not eat a request's deadline (and make a send that
-        never left look ambiguous).
-
-        Raises:
-            RequestNotSent: The helper did not start.
-        """
-        http = self._http
-        if not self._use_process or (isinstance(http, ProcessHttpClient) and http.process.pid is not None):
-            return  # (read across threads: a stale answer only means one more hop to the thread, or none)
-
-        async def start(client: Client) -> None:
-            if isinstance(client.http_client, ProcessHttpClient):
-                await client.http_client.process.start()
-
-        try:  # (the helper's own start-up deadline runs on the thread; this one backs it up: a stuck thread)
-            async with asyncio.timeout(START_TIMEOUT_S + _BACKSTOP_S):
-                await self.run_with_client(start)
-        except TimeoutError:
-            raise RequestNotSent("the HTTP helper did not start in time") from None
 
     async def _create(self, client: Client, kwargs: dict[str, object]) -> ProviderReceipt:
-        asked: list[float] = []  # Retry-After of a 429 (see _note_answer)
+        asked: list[float] = []  # Retry-After of a 429 (see _retry_after_headers)
         token = _RETRY_AFTER.set(asked)
         try:
             async with asyncio.timeout(self._timeout):
@@ -359,7 +320,6 @@ class TwilioProvider:
         if sms.validity_period:
             kwargs["validity_period"] = sms.validity_period
         try:
-            await self._ensure_helper()
             # the deadline runs where the request runs; this outer one only backs it up (a stuck HTTP thread)
             async with asyncio.timeout(self._timeout + _BACKSTOP_S):
                 return await self.run_with_client(lambda client: self._create(client, kwargs))
@@ -369,10 +329,10 @@ class TwilioProvider:
             raise SendError("bad_response", kind=SendErrorKind.AMBIGUOUS) from None
         except TimeoutError:
             raise SendError("timeout", kind=SendErrorKind.AMBIGUOUS) from None
-        except (aiohttp.ClientConnectorError, RequestNotSent):
-            # Nothing was written: the TCP connection itself failed (or the HTTP helper took no request).
+        except aiohttp.ClientConnectorError:
+            # Nothing was written: the TCP connection itself failed.
             raise SendError("connection_refused", kind=SendErrorKind.RETRYABLE) from None
-        except (aiohttp.ClientError, RequestLost, OSError):
+        except (aiohttp.ClientError, OSError):
             raise SendError("connection_lost", kind=SendErrorKind.AMBIGUOUS) from None
 
     async def find_sent(self, sms: OutboundSms, *, since: float) -> list[ProviderReceipt]:
@@ -392,7 +352,6 @@ class TwilioProvider:
             SendError: The lookup failed (ambiguous: the answer is unknown).
         """
         try:
-            await self._ensure_helper()
             async with asyncio.timeout(self._timeout * 3 + _BACKSTOP_S):
                 found = await self.run_with_client(lambda client: self._lookup(client, sms, since))
         except SendError:

@@ -53,10 +53,10 @@ ACTIONS = {
 
 
 def make_engine(*, provider=None, peer=None, timeout=5.0, outbox=None, call_id="CA1", judge=None, extractor=True,
-                actions=None, http_thread=True, http_process=True):
+                actions=None, http_thread=True):
     if provider is None and peer is not None:
         provider = TwilioProvider(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, base_url=peer.base_url,
-                                  timeout=timeout, http_thread=http_thread, http_process=http_process)
+                                  timeout=timeout, http_thread=http_thread)
     provider = provider or LocalProvider()
     OPEN_PROVIDERS.append(provider)
     dispatcher = Dispatcher(
