@@ -249,12 +249,14 @@ class Dispatcher:
         recovery_window: Rows older than this (seconds) are closed as ``expired`` by recovery,
             never sent: an in-call text is useless (or confusing) much later.
         recovery_interval: Seconds between recovery passes while :meth:`recovery` runs.
-        start_spacing: Least wall-clock time between the starts of two sends of this
-            dispatcher (shared by every call of the process). Each start costs about a
-            millisecond of event-loop time (rendering, number checks, the HTTP request), so
-            a burst (one utterance firing many actions, or many calls at once) would hold
-            the loop, and every call's audio, for that many milliseconds at once; spaced,
-            the audio keeps its 20 ms cadence. 0 disables it.
+        start_spacing: Least wall-clock time between two sends' starts, or two sends' handling
+            of their provider's answer, in this dispatcher (shared by every call of the
+            process). Each start costs about a millisecond of event-loop time (rendering,
+            number checks, the HTTP request), and each answer's handling (outbox writes, the
+            events, the call's confirmation line) a fraction of one; a burst (one utterance
+            firing many actions, or their answers coming back together) would hold the loop,
+            and every call's audio, for that many milliseconds at once; spaced, the audio keeps
+            its 20 ms cadence (the 50th of 50 answers is handled ~0.1 s later). 0 disables it.
         recovery_min_age: A periodic pass leaves rows alone that changed less than this many
             seconds ago (a send of another task may still be working on them).
         recovery_concurrency: Rows a recovery pass works on at once (a dead worker's sends
@@ -301,7 +303,7 @@ class Dispatcher:
         self.clock = clock or SystemClock()
         self.retry_policy = retry_policy or RetryPolicy()
         self._start_spacing = start_spacing
-        self._next_start = 0.0
+        self._next_turn = 0.0
         self._pool = tuple(normalize_e164(n, default_region=None, field="pool_numbers") for n in pool_numbers)
         self._messaging_service_sid = messaging_service_sid
         self._default_agent = (
@@ -580,19 +582,22 @@ class Dispatcher:
 
     # -- sending ----------------------------------------------------------------
 
-    async def _space_start(self) -> None:
-        """Wait for this send's turn to start (see ``start_spacing``); real time, it is about the event loop."""
+    async def _take_turn(self) -> None:
+        """Wait for this send's turn on the event loop, to start or to handle its answer (see ``start_spacing``).
+
+        Real time: it is about the event loop, not the dispatcher's clock.
+        """
         if self._start_spacing <= 0:
             return
         now = time.monotonic()
-        start = max(now, self._next_start)
-        self._next_start = start + self._start_spacing
-        if start > now:
+        turn = max(now, self._next_turn)
+        self._next_turn = turn + self._start_spacing
+        if turn > now:
             try:
-                await asyncio.sleep(start - now)
+                await asyncio.sleep(turn - now)
             except asyncio.CancelledError:
-                if self._next_start == start + self._start_spacing:  # give the slot back when it was the last
-                    self._next_start = start
+                if self._next_turn == turn + self._start_spacing:  # give the slot back when it was the last
+                    self._next_turn = turn
                 raise
 
     async def send(
@@ -622,7 +627,7 @@ class Dispatcher:
         """
         if isinstance(action, str):
             action = self.actions.get(action)
-        await self._space_start()
+        await self._take_turn()
         variables = variables or {}
         key = idempotency_key(call.call_id, action.name, turn)
         now = self.clock.now()
@@ -807,7 +812,9 @@ class Dispatcher:
         except SendError as exc:
             if exc.ambiguous:
                 return await self._resolve_ambiguous(record, sms, exc, resends_left=resends_left, final=final)
+            await self._take_turn()
             return await self._fail(record, exc)
+        await self._take_turn()  # answers come back in bursts (a send's start was spaced; its answer may not be)
         return await self._accept(record, receipt)
 
     async def _found(self, record: OutboxRecord, receipt: ProviderReceipt) -> SendResult:

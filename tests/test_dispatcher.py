@@ -1,6 +1,9 @@
 """Dispatcher rules with the embedded local provider and a manual clock."""
 
+import asyncio
+import itertools
 import logging
+import time
 
 import pytest
 
@@ -526,3 +529,46 @@ async def test_a_held_failure_survives_outbox_blips(clock, where, blips):
     await provider.aclose()
     outbox.close()
 
+
+
+class TogetherProvider(LocalProvider):
+    """A provider whose answers all come back at once: each send waits until ``together`` sends are in."""
+
+    def __init__(self, *, together: int, **kwargs):
+        super().__init__(**kwargs)
+        self.together = together
+        self.waiting = 0
+        self.all_in = asyncio.Event()
+
+    async def send(self, sms):
+        self.waiting += 1
+        if self.waiting >= self.together:
+            self.all_in.set()
+        await self.all_in.wait()
+        return await super().send(sms)
+
+
+@pytest.mark.parametrize("outcome", ["accepted", "refused"])
+async def test_answers_that_come_back_together_are_handled_one_turn_apart(clock, outcome):
+    """A burst of answers (50 sends' 201s in one read) must not hold the event loop in one stretch: each send
+    handles its answer (outbox writes, events, the call's line) in its own turn, ``start_spacing`` apart."""
+    provider = TogetherProvider(together=4, clock=clock.now)
+    if outcome == "refused":  # permanent: each answer is a failure to record and tell
+        provider.fail_next(*(SendError("rejected", kind=SendErrorKind.PERMANENT) for _ in range(4)))
+    outbox = Outbox()
+    dispatcher = Dispatcher(actions=parse_actions({"max_sends_per_call": 10, "actions": [
+        {"name": f"a{i}", "condition": f"if the caller asks for text {i}", "content": {"template": f"Text {i}"}}
+        for i in range(4)]}),
+        provider=provider, outbox=outbox, optouts=SqliteOptOutStore(), clock=clock,
+        retry_policy=RetryPolicy(attempts=1), start_spacing=0.05)
+    handled: list[float] = []
+    dispatcher.subscribe(lambda event: handled.append(time.monotonic()) if event.kind in (
+        SmsEventKind.SENT, SmsEventKind.FAILED) else None)
+    results = await asyncio.gather(*(dispatcher.send(f"a{i}", call=CALL, turn=1) for i in range(4)))
+    assert [r.accepted for r in results] == [outcome == "accepted"] * 4
+    assert len(handled) == 4
+    # the answers were released together; their handling is spread over turns (never closer than a turn,
+    # whatever the machine's speed: the waits only add time)
+    assert all(b - a >= 0.045 for a, b in itertools.pairwise(handled))
+    await provider.aclose()
+    outbox.close()
