@@ -529,7 +529,6 @@ async def test_a_held_failure_survives_outbox_blips(clock, where, blips):
     outbox.close()
 
 
-
 class TogetherProvider(LocalProvider):
     """A provider whose answers all come back at once: each send waits until ``together`` sends are in."""
 
