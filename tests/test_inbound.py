@@ -7,12 +7,12 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.openai.llm import OpenAILLMService
 
-from incall_sms.inbound import InboundRouter, InProcessCallRegistry, RouteOutcome
+from incall_sms.inbound import RouteOutcome
 from incall_sms.media.fetch import MediaFetcher, MediaPolicy
 from incall_sms.media.transcribe import DeepgramPrerecordedTranscriber
-from incall_sms.optout import SqliteOptOutStore
 from incall_sms.processors.inbound import InboundMessageProcessor
 from tests.helpers.pipeline import run_pipeline
+from tests.helpers.router import router_parts  # noqa: F401 (the `parts` fixture)
 from tests.helpers.sms import make_engine
 from tests.helpers.webhooks import (
     AGENT,
@@ -30,15 +30,6 @@ from tests.helpers.webhooks import (
 )
 from tests.peers.llm_peer import LLMPeer
 from tests.peers.twilio_peer import ACCOUNT_SID, AUTH_TOKEN
-
-
-@pytest.fixture
-async def parts(tmp_path):
-    optouts = SqliteOptOutStore()
-    registry = InProcessCallRegistry()
-    router = InboundRouter(registry=registry, optouts=optouts, store_path=tmp_path / "inbound.db")
-    yield registry, router, optouts
-    router.close()
 
 
 async def test_live_call_receives_text_and_image_in_llm_context(parts):

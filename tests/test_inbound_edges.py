@@ -8,17 +8,9 @@ import pytest
 
 from incall_sms.inbound import InboundMessage, InboundRouter, InProcessCallRegistry, RouteOutcome, parse_inbound_form
 from incall_sms.optout import SqliteOptOutStore
+from tests.helpers.router import router_parts  # noqa: F401 (the `parts` fixture)
 from tests.helpers.webhooks import AGENT, CALLER, App, sms_form
 from tests.peers.twilio_peer import ACCOUNT_SID
-
-
-@pytest.fixture
-async def parts(tmp_path):
-    optouts = SqliteOptOutStore()
-    registry = InProcessCallRegistry()
-    router = InboundRouter(registry=registry, optouts=optouts, store_path=tmp_path / "inbound.db")
-    yield registry, router, optouts
-    router.close()
 
 
 def message(body="hi", sid="SM" + "5" * 32, **fields):
